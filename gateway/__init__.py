@@ -1,0 +1,1 @@
+"""IOU gateway: a Redis-backed metering gateway that caps what AI agents can spend."""

@@ -1,0 +1,38 @@
+"""Return codes of the Lua scripts; mirrors the ``C`` table of ``lua/_lib.lua``.
+
+A test checks that this enum, the library table and every script header agree.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Code(IntEnum):
+    OK = 0
+    REPLAY = 1
+    NOT_FOUND = 10
+    FROZEN = 11
+    IDEMPOTENCY_CONFLICT = 12
+    LIMIT_PER_CALL = 13
+    LIMIT_CATEGORY_PER_CALL = 14
+    LIMIT_DAILY = 15
+    LIMIT_CATEGORY_DAILY = 16
+    BALANCE_INSUFFICIENT = 17
+    HOLD_NOT_FOUND = 18
+    HOLD_CLOSED = 19
+    CAPTURE_EXCEEDS_HOLD = 20
+    AGENT_EXISTS = 21
+    BALANCE_OVERFLOW = 22
+    KEY_NOT_FOUND = 23
+    KEYS_FULL = 24
+    BAD_ARGUMENT = 30
+
+
+class Flag(IntEnum):
+    """Bits of the warnings field returned by charge, hold and capture."""
+
+    LOW_BALANCE = 1
+    DAILY_NEAR = 2
+    # Set on exactly the one call whose write took the balance below the threshold.
+    LOW_CROSSED = 4

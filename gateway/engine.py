@@ -1,0 +1,594 @@
+"""The metering domain: typed async operations over the Lua scripts. No HTTP here.
+
+Every operation is one EVALSHA (one Redis round trip, auto-pipelined with the calls of
+concurrent callers). Python validates inputs for clear errors; the scripts validate them
+again and hold every rule that matters for money.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from gateway import ids, keys, money
+from gateway.codes import Code, Flag
+from gateway.config import HOLD_TTL_S_MAX, Settings
+from gateway.errors import (
+    AgentExists,
+    AgentFrozen,
+    BalanceInsufficient,
+    GatewayError,
+    HoldClosed,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+    PerCallLimitExceeded,
+    WindowLimitExceeded,
+)
+from gateway.models import (
+    AgentCreated,
+    AgentState,
+    CaptureResult,
+    CategoryLimits,
+    ChargeResult,
+    FundResult,
+    HoldResult,
+    Limits,
+    ReleaseResult,
+    Tool,
+    warnings_of,
+)
+from gateway.redis_io import RedisConnection
+from gateway.scripts import Scripts
+
+log = logging.getLogger("iou.engine")
+
+NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}", re.ASCII)
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}", re.ASCII)
+METADATA_BYTES_MAX = 2048
+KEYS_PER_AGENT_MAX = 16
+HOLD_TTL_S_DEFAULT = 300
+EXPIRE_BATCH_MAX = 100
+CATALOG_REFRESH_S = 0.5
+SWEEP_INTERVAL_S = 0.25
+LIMIT_FIELDS = {"per_call": "pc", "daily": "dl", "low_balance": "low"}
+
+
+def check_name(field: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise InvalidRequest(field, "must be 1 to 64 characters of a-z 0-9 - _ .")
+    return value
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise InvalidRequest("Idempotency-Key", "must be 1 to 128 printable ASCII characters")
+
+
+def _body_hash(*parts: object) -> str:
+    """Hash of an operation's inputs: a retry must carry the same ones to be replayed."""
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:48]
+
+
+def _metadata_text(metadata: Mapping[str, Any] | None) -> str:
+    if metadata is None:
+        return ""
+    if not isinstance(metadata, Mapping):
+        raise InvalidRequest("metadata", "must be a JSON object")
+    text = orjson.dumps(metadata).decode()
+    if len(text.encode()) > METADATA_BYTES_MAX:
+        raise InvalidRequest("metadata", f"must be at most {METADATA_BYTES_MAX} bytes")
+    return text
+
+
+def _int(value: Any) -> int:
+    return int(value) if not isinstance(value, bytes) else int(value.decode())
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Engine:
+    """The typed domain API the HTTP layer and the CLI call."""
+
+    def __init__(self, conn: RedisConnection, settings: Settings) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.scripts = Scripts(conn)
+        self.partitions = settings.partitions
+        self._agent_keys: dict[str, keys.AgentKeys] = {}
+        self._catalog: dict[str, Tool] = {}
+        self._catalog_version = -1
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    async def start(self, background: bool = True) -> None:
+        """Load scripts, settle the partition count, load the catalog, start the sweeper."""
+        await self.scripts.preload()
+        await self.conn.call_or_raise(b"HSETNX", keys.META, b"partitions", self.partitions)
+        stored = _int(await self.conn.call_or_raise(b"HGET", keys.META, b"partitions"))
+        if stored != self.partitions:
+            log.warning("store was initialised with %d partitions; using %d, not %d",
+                        stored, stored, self.settings.partitions)
+            self.partitions = stored
+        await self.refresh_catalog()
+        if background:
+            self._tasks.append(asyncio.create_task(self._sweep_forever()))
+            self._tasks.append(asyncio.create_task(self._refresh_catalog_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def agent_keys(self, agent: str) -> keys.AgentKeys:
+        cached = self._agent_keys.get(agent)
+        if cached is None:
+            cached = keys.agent_keys(agent, self.partitions)
+            if len(self._agent_keys) < 100_000:
+                self._agent_keys[agent] = cached
+        return cached
+
+    # ---- charges ----------------------------------------------------------------------
+
+    async def charge(self, agent: str, tool: str, cost_micros: int | None = None,
+                     idempotency_key: str | None = None,
+                     metadata: Mapping[str, Any] | None = None) -> ChargeResult:
+        """Charge one call of ``tool``: the catalog price, or ``cost_micros`` for variable
+        tools. Raises the contract's refusal; on success the balance is already lower."""
+        check_name("agent", agent)
+        _check_idempotency_key(idempotency_key)
+        entry = await self._tool(tool)
+        cost = self._call_cost(entry, cost_micros)
+        meta = _metadata_text(metadata)
+        k = self.agent_keys(agent)
+        body_hash = "" if idempotency_key is None else _body_hash("charge", tool, cost_micros,
+                                                                  meta)
+        idem = idempotency_key or ""
+        reply = await self.scripts.run(
+            "charge", [k.agent_hash, k.window, self._idem_key(k, idem), k.events],
+            [agent, ids.uuid7(), tool, entry.category, str(cost),
+             str(self.settings.amount_max_micros), body_hash, idem, meta])
+        code = Code(reply[0])
+        if code == Code.REPLAY:
+            return ChargeResult(_text(reply[3]), agent, tool, entry.category, _int(reply[4]),
+                                _int(reply[1]), warnings_of(_int(reply[2])), False, True)
+        if code != Code.OK:
+            raise _refusal(code, reply, agent=agent, tool=tool, category=entry.category)
+        flags = _int(reply[2])
+        return ChargeResult(_text(reply[3]), agent, tool, entry.category, cost, _int(reply[1]),
+                            warnings_of(flags), bool(flags & Flag.LOW_CROSSED), False)
+
+    def _call_cost(self, entry: Tool, cost_micros: int | None) -> int:
+        if entry.pricing == "fixed":
+            if cost_micros is not None:
+                raise InvalidRequest("cost", "is only accepted for tools priced variable")
+            return entry.price_micros
+        if cost_micros is None:
+            raise InvalidRequest("cost", "is required for tools priced variable")
+        if isinstance(cost_micros, bool) or not isinstance(cost_micros, int) or not (
+                0 <= cost_micros <= self.settings.amount_max_micros):
+            raise InvalidRequest("cost", "must be an amount between 0 and IOU_AMOUNT_MAX")
+        return cost_micros
+
+    def _idem_key(self, k: keys.AgentKeys, idempotency_key: str) -> str:
+        # The key name holds a digest, so any printable key maps to a short, safe name.
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+        return k.idempotency(digest)
+
+    # ---- holds ------------------------------------------------------------------------
+
+    async def hold(self, agent: str, tool: str, max_cost_micros: int | None = None,
+                   ttl_s: int = HOLD_TTL_S_DEFAULT, idempotency_key: str | None = None,
+                   metadata: Mapping[str, Any] | None = None) -> HoldResult:
+        """Authorize up to ``max_cost_micros`` (default: the tool's price) for ``ttl_s``."""
+        check_name("agent", agent)
+        _check_idempotency_key(idempotency_key)
+        entry = await self._tool(tool)
+        amount = entry.price_micros if max_cost_micros is None else max_cost_micros
+        if isinstance(amount, bool) or not isinstance(amount, int) or not (
+                0 < amount <= self.settings.amount_max_micros):
+            raise InvalidRequest("max_cost", "must be an amount above 0 and at most "
+                                 "IOU_AMOUNT_MAX")
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not (
+                1 <= ttl_s <= HOLD_TTL_S_MAX):
+            raise InvalidRequest("ttl_s", f"must be a whole number from 1 to {HOLD_TTL_S_MAX}")
+        meta = _metadata_text(metadata)
+        k = self.agent_keys(agent)
+        hold_id = ids.hold_id()
+        idem = idempotency_key or ""
+        body_hash = "" if not idem else _body_hash("hold", tool, max_cost_micros, ttl_s, meta)
+        reply = await self.scripts.run(
+            "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
+                     self._idem_key(k, idem), k.events],
+            [agent, ids.uuid7(), hold_id, tool, entry.category, str(amount),
+             str(self.settings.amount_max_micros), str(ttl_s * 1000),
+             str(HOLD_TTL_S_MAX * 1000), body_hash, idem, meta])
+        code = Code(reply[0])
+        if code not in (Code.OK, Code.REPLAY):
+            raise _refusal(code, reply, agent=agent, tool=tool, category=entry.category)
+        flags = _int(reply[2])
+        return HoldResult(_text(reply[3]), agent, tool, amount, _int(reply[4]), _int(reply[1]),
+                          warnings_of(flags), bool(flags & Flag.LOW_CROSSED),
+                          code == Code.REPLAY)
+
+    async def capture(self, agent: str, hold_id: str, cost_micros: int,
+                      idempotency_key: str | None = None,
+                      metadata: Mapping[str, Any] | None = None) -> CaptureResult:
+        """Settle a hold at ``cost_micros`` (<= held); the rest returns to the balance."""
+        check_name("agent", agent)
+        _check_idempotency_key(idempotency_key)
+        if isinstance(cost_micros, bool) or not isinstance(cost_micros, int) or not (
+                0 <= cost_micros <= self.settings.amount_max_micros):
+            raise InvalidRequest("cost", "must be an amount between 0 and IOU_AMOUNT_MAX")
+        k = self.agent_keys(agent)
+        meta = _metadata_text(metadata)
+        idem = idempotency_key or ""
+        body_hash = "" if not idem else _body_hash("capture", hold_id, cost_micros, meta)
+        reply = await self.scripts.run(
+            "capture", [k.agent_hash, k.window, k.hold(_hold_ref(hold_id)), k.holds,
+                        self._idem_key(k, idem), k.events],
+            [agent, ids.uuid7(), hold_id, str(cost_micros), str(self.settings.amount_max_micros),
+             body_hash, idem, meta])
+        code = Code(reply[0])
+        if code not in (Code.OK, Code.REPLAY):
+            raise _refusal(code, reply, agent=agent, hold_id=hold_id)
+        return CaptureResult(_text(reply[3]), hold_id, cost_micros, _int(reply[4]),
+                             _int(reply[1]), warnings_of(_int(reply[2])), code == Code.REPLAY)
+
+    async def release(self, agent: str, hold_id: str,
+                      idempotency_key: str | None = None) -> ReleaseResult:
+        """Cancel a hold; its whole amount returns to the balance."""
+        check_name("agent", agent)
+        _check_idempotency_key(idempotency_key)
+        k = self.agent_keys(agent)
+        idem = idempotency_key or ""
+        body_hash = "" if not idem else _body_hash("release", hold_id)
+        reply = await self.scripts.run(
+            "release", [k.agent_hash, k.window, k.hold(_hold_ref(hold_id)), k.holds,
+                        self._idem_key(k, idem), k.events],
+            [agent, ids.uuid7(), hold_id, body_hash, idem])
+        code = Code(reply[0])
+        if code not in (Code.OK, Code.REPLAY):
+            raise _refusal(code, reply, agent=agent, hold_id=hold_id)
+        return ReleaseResult(hold_id, _int(reply[4]), _int(reply[1]), code == Code.REPLAY)
+
+    async def expire_holds(self) -> int:
+        """Release every open hold past its expiry, in every partition; returns how many."""
+        total = 0
+        for p in range(self.partitions):
+            while True:
+                entry_ids = [ids.uuid7() for _ in range(EXPIRE_BATCH_MAX)]
+                reply = await self.scripts.run(
+                    "expire_holds", [keys.holds_index(p), keys.events(p)],
+                    [keys.tag(p), *entry_ids])
+                if reply[0] != Code.OK:
+                    raise _refusal(Code(reply[0]), reply)
+                total += _int(reply[1])
+                if _int(reply[1]) < EXPIRE_BATCH_MAX:
+                    break
+        return total
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.expire_holds()
+            except GatewayError as exc:
+                log.warning("hold sweeper: %s", exc.message)
+            except Exception:
+                log.exception("hold sweeper failed; retrying")
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    # ---- agents -----------------------------------------------------------------------
+
+    async def create_agent(self, agent: str, grant_micros: int | None = None) -> AgentCreated:
+        """Create an agent with its sign-up grant (default IOU_SIGNUP_GRANT) and first key."""
+        check_name("name", agent)
+        grant = self.settings.signup_grant_micros if grant_micros is None else grant_micros
+        if isinstance(grant, bool) or not isinstance(grant, int) or not (
+                0 <= grant <= self.settings.amount_max_micros):
+            raise InvalidRequest("grant", "must be an amount between 0 and IOU_AMOUNT_MAX")
+        k = self.agent_keys(agent)
+        api_key, key_hash = ids.new_api_key(k.partition, self.partitions)
+        key_id = ids.key_id()
+        reply = await self.scripts.run(
+            "create_agent", [k.agent_hash, k.keys, k.api_key_lookup(key_hash), k.events],
+            [agent, ids.uuid7(), ids.uuid7(), str(grant), str(self.settings.amount_max_micros),
+             str(self.settings.low_balance_default_micros), key_id, key_hash])
+        if reply[0] != Code.OK:
+            raise _refusal(Code(reply[0]), reply, agent=agent)
+        return AgentCreated(agent, api_key, key_id, _int(reply[1]), _int(reply[2]))
+
+    async def fund(self, agent: str, amount_micros: int, idempotency_key: str | None = None,
+                   kind: str = "fund", metadata: Mapping[str, Any] | None = None) -> FundResult:
+        """Add ``amount_micros`` (> 0) to the agent's balance."""
+        check_name("agent", agent)
+        _check_idempotency_key(idempotency_key)
+        if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or not (
+                0 < amount_micros <= self.settings.amount_max_micros):
+            raise InvalidRequest("amount", "must be above 0 and at most IOU_AMOUNT_MAX")
+        k = self.agent_keys(agent)
+        idem = idempotency_key or ""
+        meta = _metadata_text(metadata)
+        body_hash = "" if not idem else _body_hash("fund", amount_micros, kind, meta)
+        reply = await self.scripts.run(
+            "fund", [k.agent_hash, self._idem_key(k, idem), k.events],
+            [agent, ids.uuid7(), str(amount_micros), str(self.settings.amount_max_micros),
+             str(money.BALANCE_MAX_MICROS), kind, body_hash, idem, meta])
+        code = Code(reply[0])
+        if code not in (Code.OK, Code.REPLAY):
+            raise _refusal(code, reply, agent=agent)
+        return FundResult(agent, _text(reply[3]), _int(reply[1]), code == Code.REPLAY)
+
+    async def freeze(self, agent: str, frozen: bool) -> bool:
+        check_name("agent", agent)
+        k = self.agent_keys(agent)
+        reply = await self.scripts.run("freeze", [k.agent_hash, k.events],
+                                       [agent, ids.uuid7(), "1" if frozen else "0"])
+        if reply[0] != Code.OK:
+            raise _refusal(Code(reply[0]), reply, agent=agent)
+        return bool(reply[1])
+
+    async def set_limits(self, agent: str, changes: Mapping[str, int | str | None]) -> Limits:
+        """Merge limit changes; keys are per_call, daily, low_balance, webhook_url,
+        categories.<name>.per_call and categories.<name>.daily; None removes a limit."""
+        check_name("agent", agent)
+        pairs = [item for name, value in changes.items() for item in _limit_pair(name, value)]
+        k = self.agent_keys(agent)
+        patch = orjson.dumps(dict(changes)).decode()
+        reply = await self.scripts.run(
+            "set_limits", [k.agent_hash, k.events],
+            [agent, ids.uuid7(), str(self.settings.amount_max_micros), patch, *pairs])
+        if reply[0] != Code.OK:
+            raise _refusal(Code(reply[0]), reply, agent=agent)
+        return (await self.agent_state(agent)).limits
+
+    async def add_key(self, agent: str) -> tuple[str, str]:
+        """A further key for the agent: returns (key_id, api_key); the key is shown once."""
+        check_name("agent", agent)
+        k = self.agent_keys(agent)
+        api_key, key_hash = ids.new_api_key(k.partition, self.partitions)
+        key_id = ids.key_id()
+        reply = await self.scripts.run(
+            "key_add", [k.agent_hash, k.keys, k.api_key_lookup(key_hash), k.events],
+            [agent, ids.uuid7(), key_id, key_hash, str(KEYS_PER_AGENT_MAX)])
+        if reply[0] != Code.OK:
+            raise _refusal(Code(reply[0]), reply, agent=agent)
+        return key_id, api_key
+
+    async def revoke_key(self, agent: str, key_id: str) -> None:
+        check_name("agent", agent)
+        k = self.agent_keys(agent)
+        key_hash = await self.conn.call_or_raise(b"HGET", k.keys, key_id)
+        if key_hash is None:
+            if not await self.conn.call_or_raise(b"EXISTS", k.agent_hash):
+                raise NotFound(f"No agent named {agent}.")
+            raise NotFound(f"Agent {agent} has no key {key_id}.")
+        reply = await self.scripts.run(
+            "key_revoke", [k.agent_hash, k.keys, k.api_key_lookup(_text(key_hash)), k.events],
+            [agent, ids.uuid7(), key_id, _text(key_hash)])
+        if reply[0] != Code.OK:
+            raise _refusal(Code(reply[0]), reply, agent=agent)
+
+    async def authenticate(self, api_key: str) -> str | None:
+        """The agent an agent key acts for, or None for unknown and revoked keys alike."""
+        if not api_key.startswith(ids.API_KEY_PREFIX) or len(api_key) > 128:
+            return None
+        key_hash = keys.api_key_hash(api_key)
+        agent = await self.conn.call_or_raise(
+            b"HGET", keys.api_key_lookup(key_hash, self.partitions), b"agent")
+        return None if agent is None else _text(agent)
+
+    async def agent_state(self, agent: str) -> AgentState:
+        """Balance, held, today's spending and limits of one agent (one round trip)."""
+        check_name("agent", agent)
+        k = self.agent_keys(agent)
+        fields, window, now = await asyncio.gather(
+            self.conn.call_or_raise(b"HGETALL", k.agent_hash),
+            self.conn.call_or_raise(b"HGETALL", k.window),
+            self.conn.call_or_raise(b"TIME"))
+        if not fields:
+            raise NotFound(f"No agent named {agent}.")
+        a = _pairs(fields)
+        w = _pairs(window)
+        today = _int(now[0]) // 86_400
+        fresh = w.get("day") == str(today)
+        by_category = {f[2:]: int(v) for f, v in w.items() if f.startswith("s:")} if fresh else {}
+        return AgentState(agent, int(a["bal"]), int(a.get("held", "0")),
+                          int(w.get("s", "0")) if fresh else 0, by_category,
+                          a.get("frozen") == "1", _limits_of(a), int(a.get("created", "0")))
+
+    async def agent_names(self, count_max: int = 10_000) -> list[str]:
+        """Names of all agents, sorted (SCAN over the agent hashes; bounded)."""
+        names: set[str] = set()
+        cursor = b"0"
+        while True:
+            cursor, batch = await self.conn.call_or_raise(
+                b"SCAN", cursor, b"MATCH", b"iou:{p*}:agent:*", b"COUNT", 1000)
+            names.update(_text(key).split(":agent:", 1)[1] for key in batch)
+            if cursor in (b"0", 0) or len(names) >= count_max:
+                return sorted(names)[:count_max]
+
+    # ---- catalog ----------------------------------------------------------------------
+
+    async def set_tool(self, tool: str, price_micros: int, category: str, pricing: str = "fixed",
+                       upstream: str | None = None,
+                       upstream_headers: Mapping[str, str] | None = None) -> Tool:
+        check_name("tool", tool)
+        check_name("category", category)
+        if pricing not in ("fixed", "variable"):
+            raise InvalidRequest("pricing", "must be fixed or variable")
+        if isinstance(price_micros, bool) or not isinstance(price_micros, int) or not (
+                0 <= price_micros <= self.settings.amount_max_micros):
+            raise InvalidRequest("price", "must be an amount between 0 and IOU_AMOUNT_MAX")
+        if upstream is not None and not re.fullmatch(r"https?://[!-~]{1,2040}", upstream):
+            raise InvalidRequest("upstream", "must be an http:// or https:// URL")
+        headers = "" if not upstream_headers else orjson.dumps(dict(upstream_headers)).decode()
+        reply = await self.scripts.run(
+            "tool_set", [keys.tool(tool), keys.TOOL_NAMES, keys.TOOLS_VERSION, keys.TOOL_EVENTS],
+            [tool, ids.uuid7(), str(price_micros), str(self.settings.amount_max_micros),
+             category, pricing, upstream or "", headers])
+        if reply[0] != Code.OK:
+            raise _refusal(Code(reply[0]), reply, tool=tool)
+        await self.refresh_catalog()
+        return self._catalog[tool]
+
+    async def delete_tool(self, tool: str) -> None:
+        check_name("tool", tool)
+        reply = await self.scripts.run(
+            "tool_delete", [keys.tool(tool), keys.TOOL_NAMES, keys.TOOLS_VERSION,
+                            keys.TOOL_EVENTS], [tool, ids.uuid7()])
+        if reply[0] != Code.OK:
+            raise _refusal(Code(reply[0]), reply, tool=tool)
+        await self.refresh_catalog()
+
+    def tools(self) -> list[Tool]:
+        return sorted(self._catalog.values(), key=lambda t: t.name)
+
+    async def refresh_catalog(self) -> None:
+        """Reload the catalog when its version moved (tool changes reach every worker)."""
+        version = _int(await self.conn.call_or_raise(b"GET", keys.TOOLS_VERSION) or 0)
+        if version == self._catalog_version:
+            return
+        names = sorted(_text(n) for n in await self.conn.call_or_raise(b"SMEMBERS",
+                                                                        keys.TOOL_NAMES))
+        rows = await asyncio.gather(*(self.conn.call_or_raise(b"HGETALL", keys.tool(n))
+                                      for n in names))
+        catalog = {}
+        for name, row in zip(names, rows, strict=True):
+            if row:
+                f = _pairs(row)
+                catalog[name] = Tool(name, int(f["price"]), f["category"], f["pricing"],
+                                     f.get("upstream") or None, f.get("headers") or None)
+        self._catalog, self._catalog_version = catalog, version
+
+    async def _refresh_catalog_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CATALOG_REFRESH_S)
+            try:
+                await self.refresh_catalog()
+            except GatewayError as exc:
+                log.warning("catalog refresh: %s", exc.message)
+
+    async def _tool(self, tool: str) -> Tool:
+        check_name("tool", tool)
+        entry = self._catalog.get(tool)
+        if entry is None:
+            await self.refresh_catalog()
+            entry = self._catalog.get(tool)
+        if entry is None:
+            raise NotFound(f"No tool named {tool} in the catalog.")
+        return entry
+
+
+def _hold_ref(hold_id: str) -> str:
+    if not isinstance(hold_id, str) or not re.fullmatch(r"hold_[0-9a-f]{32}", hold_id):
+        raise NotFound("No such hold.")
+    return hold_id
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    it = iter(flat)
+    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
+
+
+def _limits_of(a: Mapping[str, str]) -> Limits:
+    categories: dict[str, dict[str, int]] = {}
+    for field, value in a.items():
+        if field.startswith("c:"):
+            _, cat, which = field.split(":")
+            categories.setdefault(cat, {})[which] = int(value)
+    low = int(a["low"]) if a.get("low") not in (None, "0") else None
+    return Limits(
+        per_call_micros=int(a["pc"]) if "pc" in a else None,
+        daily_micros=int(a["dl"]) if "dl" in a else None,
+        categories={c: CategoryLimits(v.get("pc"), v.get("dl")) for c, v in
+                    sorted(categories.items())},
+        low_balance_micros=low,
+        webhook_url=a.get("wh"))
+
+
+def _limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
+    """The agent-hash field and value of one limit change ('' removes the field)."""
+    if name == "webhook_url":
+        if value is not None and (not isinstance(value, str) or not re.fullmatch(
+                r"https?://[!-~]{1,2040}", value)):
+            raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
+        return ("wh", value or "")
+    parts = name.split(".")
+    if name in LIMIT_FIELDS:
+        field = LIMIT_FIELDS[name]
+    elif len(parts) == 3 and parts[0] == "categories" and parts[2] in ("per_call", "daily"):
+        check_name("category", parts[1])
+        field = f"c:{parts[1]}:{'pc' if parts[2] == 'per_call' else 'dl'}"
+    else:
+        raise InvalidRequest(name, "is not a known limit")
+    if value is None:
+        return (field, "")
+    low_ok = name == "low_balance" and value == 0
+    if isinstance(value, bool) or not isinstance(value, int) or not (value > 0 or low_ok):
+        raise InvalidRequest(name, "must be an amount above 0")
+    return (field, str(value))
+
+
+def _refusal(code: Code, reply: list[Any], **context: str) -> GatewayError:
+    """The contract's error for a script's refusal code."""
+    agent = context.get("agent", "")
+    if code == Code.NOT_FOUND:
+        what = f"tool {context['tool']}" if "tool" in context and not agent else f"agent {agent}"
+        return NotFound(f"No {what} exists.")
+    if code == Code.HOLD_NOT_FOUND:
+        return NotFound(f"No hold {context.get('hold_id', '')} for agent {agent}.")
+    if code == Code.HOLD_CLOSED:
+        state = _text(reply[1])
+        return HoldClosed(f"The hold is already {state}.", state=state)
+    if code == Code.CAPTURE_EXCEEDS_HOLD:
+        return InvalidRequest("cost", f"must be at most the held amount "
+                                      f"{money.format_amount(_int(reply[1]))}")
+    if code == Code.FROZEN:
+        return AgentFrozen(f"Agent {agent} is frozen; paid calls are refused.")
+    if code == Code.IDEMPOTENCY_CONFLICT:
+        return IdempotencyConflict("This Idempotency-Key was used with a different request.")
+    if code == Code.BALANCE_INSUFFICIENT:
+        return BalanceInsufficient(
+            f"The call costs {money.format_amount(_int(reply[2]))} but only "
+            f"{money.format_amount(_int(reply[1]))} is available.",
+            balance=money.format_amount(_int(reply[1])), cost=money.format_amount(_int(reply[2])))
+    if code in (Code.LIMIT_PER_CALL, Code.LIMIT_CATEGORY_PER_CALL):
+        return _per_call_refusal(code, reply, context)
+    if code in (Code.LIMIT_DAILY, Code.LIMIT_CATEGORY_DAILY):
+        return _window_refusal(code, reply, context)
+    if code == Code.AGENT_EXISTS:
+        return AgentExists(f"An agent named {agent} already exists.")
+    if code == Code.BALANCE_OVERFLOW:
+        return InvalidRequest("amount", "would take the balance above the largest exact amount")
+    if code == Code.KEYS_FULL:
+        return InvalidRequest("keys", f"an agent may have at most {_int(reply[1])} keys")
+    if code == Code.KEY_NOT_FOUND:
+        return NotFound("No such key.")
+    return InvalidRequest("argument", f"was refused by the script (argument {reply[1:]})")
+
+
+def _per_call_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
+    limit = "per_call" if code == Code.LIMIT_PER_CALL else "category_per_call"
+    cap, cost = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
+    return PerCallLimitExceeded(f"The call costs {cost}, above the {limit} cap of {cap}.",
+                                limit=limit, category=context.get("category"), max=cap,
+                                cost=cost)
+
+
+def _window_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
+    limit = "daily" if code == Code.LIMIT_DAILY else "category_daily"
+    cap, spent = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
+    return WindowLimitExceeded(
+        f"Today's {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
+        category=context.get("category"), max=cap, spent=spent, retry_after_s=_int(reply[3]))

@@ -1,0 +1,46 @@
+"""Identifiers minted by the gateway: time-ordered random ids and agent keys."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+
+from gateway import keys
+
+API_KEY_PREFIX = "iou_"
+API_KEY_RANDOM_BYTES = 32  # 43 url-safe characters
+
+
+def uuid7() -> str:
+    """A UUIDv7 (RFC 9562): 48-bit Unix ms, then random bits; sorts by creation time."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= ((rand >> 68) & 0xFFF) << 64
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def hold_id() -> str:
+    return "hold_" + uuid7().replace("-", "")
+
+
+def key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def new_api_key(partition: int, partitions: int) -> tuple[str, str]:
+    """A fresh agent key and its hash, whose lookup record lands in ``partition``.
+
+    Drawing until the hash falls in the agent's partition (P tries on average) keeps the
+    key fully random while its lookup record shares the agent's cluster slot, so one
+    script can create the agent and its key atomically.
+    """
+    while True:
+        api_key = API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
+        key_hash = keys.api_key_hash(api_key)
+        if keys.api_key_partition(key_hash, partitions) == partition:
+            return api_key, key_hash

@@ -1,0 +1,107 @@
+"""Every Redis key name, and the partition rule. No other module builds key strings.
+
+An agent lives in partition ``p = crc32(agent) % P``; every key of that agent carries the
+hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TTL, owner):
+
+- ``iou:meta``                         hash  no TTL   partitions count, schema version
+- ``iou:{pNN}:agent:<agent>``          hash  no TTL   balance, held, frozen, limits (charge.lua ...)
+- ``iou:{pNN}:win:<agent>``            hash  48 h     today's UTC window: day, spent, held per category
+- ``iou:{pNN}:idem:<agent>:<key>``     hash  24 h     first answer of an idempotent call
+- ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
+- ``iou:{pNN}:holds``                  zset  no TTL   open hold ids by expiry (ms), swept by expire_holds.lua
+- ``iou:{pNN}:keys:<agent>``           hash  no TTL   key_id -> sha256 of the agent key
+- ``iou:{pNN}:apikey:<sha256>``        hash  no TTL   agent and key_id of one agent key
+- ``iou:{pNN}:events``                 stream trimmed by the ledger writer (XTRIM MINID) only
+- ``iou:{tools}:tool:<name>``          hash  no TTL   one catalog entry
+- ``iou:{tools}:names``                set   no TTL   catalog names
+- ``iou:{tools}:version``              string no TTL  bumped on every catalog change
+- ``iou:{tools}:events``               stream         catalog change events
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+
+META = "iou:meta"
+TOOLS_TAG = "iou:{tools}:"
+
+
+def partition_of(name: str, partitions: int) -> int:
+    """The partition of an agent: crc32 of its UTF-8 name modulo the store's partition count."""
+    return zlib.crc32(name.encode()) % partitions
+
+
+def tag(partition: int) -> str:
+    """The key prefix of one partition, hash tag included, e.g. ``iou:{p07}:``."""
+    return f"iou:{{p{partition:02d}}}:"
+
+
+def events(partition: int) -> str:
+    return tag(partition) + "events"
+
+
+def holds_index(partition: int) -> str:
+    return tag(partition) + "holds"
+
+
+def api_key_hash(api_key: str) -> str:
+    """The stored form of an agent key: hex sha256 (keys are 256-bit random, no salt needed)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def api_key_partition(key_hash: str, partitions: int) -> int:
+    """The partition whose slot stores the lookup record of a key hash."""
+    return zlib.crc32(key_hash.encode()) % partitions
+
+
+def api_key_lookup(key_hash: str, partitions: int) -> str:
+    return tag(api_key_partition(key_hash, partitions)) + "apikey:" + key_hash
+
+
+def tool(name: str) -> str:
+    return TOOLS_TAG + "tool:" + name
+
+
+TOOL_NAMES = TOOLS_TAG + "names"
+TOOLS_VERSION = TOOLS_TAG + "version"
+TOOL_EVENTS = TOOLS_TAG + "events"
+
+
+@dataclass(frozen=True)
+class AgentKeys:
+    """The precomputed key names of one agent (built once, reused on every call)."""
+
+    agent: str
+    partition: int
+    prefix: str
+    agent_hash: str
+    window: str
+    keys: str
+    events: str
+    holds: str
+
+    def idempotency(self, idempotency_key: str) -> str:
+        return f"{self.prefix}idem:{self.agent}:{idempotency_key}"
+
+    def hold(self, hold_id: str) -> str:
+        return self.prefix + "hold:" + hold_id
+
+    def api_key_lookup(self, key_hash: str) -> str:
+        return self.prefix + "apikey:" + key_hash
+
+
+def agent_keys(agent: str, partitions: int) -> AgentKeys:
+    p = partition_of(agent, partitions)
+    prefix = tag(p)
+    return AgentKeys(
+        agent=agent,
+        partition=p,
+        prefix=prefix,
+        agent_hash=f"{prefix}agent:{agent}",
+        window=f"{prefix}win:{agent}",
+        keys=f"{prefix}keys:{agent}",
+        events=prefix + "events",
+        holds=prefix + "holds",
+    )

@@ -1,0 +1,63 @@
+-- capture.lua: settle an open hold at the actual cost (<= the held amount); the rest goes
+-- back to the balance, the cost counts as spent today, and a capture event is written.
+-- A hold past its expiry is refused as closed (the sweeper releases it within 1 s).
+-- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
+-- KEYS[2] window hash           iou:{pNN}:win:<agent>
+-- KEYS[3] hold hash             iou:{pNN}:hold:<hold_id>
+-- KEYS[4] open holds by expiry  iou:{pNN}:holds
+-- KEYS[5] idempotency record    iou:{pNN}:idem:<agent>:<sha>
+-- KEYS[6] events stream         iou:{pNN}:events
+-- ARGV[1] agent name (the hold must belong to it)
+-- ARGV[2] entry id (UUIDv7) of the capture event; becomes the charge id
+-- ARGV[3] hold id
+-- ARGV[4] cost, micros (0 <= cost <= held amount)
+-- ARGV[5] amount max, micros
+-- ARGV[6] idempotency body hash ('' = none)
+-- ARGV[7] idempotency key as given
+-- ARGV[8] metadata JSON text ('' = none)
+-- Returns:
+--   code OK = 0: {0, balance, flags, entry_id, released}
+--   code REPLAY = 1: {1, balance, flags, entry_id, released} of the first answer
+--   code IDEMPOTENCY_CONFLICT = 12: {12}
+--   code HOLD_NOT_FOUND = 18: {18} unknown hold, or another agent's
+--   code HOLD_CLOSED = 19: {19, state} captured, released or expired
+--   code CAPTURE_EXCEEDS_HOLD = 20: {20, held_amount, cost}
+--   code BAD_ARGUMENT = 30: {30, argv_index}
+
+local amount_max = uint(ARGV[5], MICROS_MAX)
+if not amount_max then return { C.BAD_ARGUMENT, 5 } end
+local cost = uint(ARGV[4], amount_max)
+if not cost then return { C.BAD_ARGUMENT, 4 } end
+if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end
+if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
+if not token(ARGV[3], 64) then return { C.BAD_ARGUMENT, 3 } end
+if ARGV[6] ~= '' and not token(ARGV[6], 64) then return { C.BAD_ARGUMENT, 6 } end
+
+local h = hold_read(KEYS[3])
+if not h or h.agent ~= ARGV[1] then return { C.HOLD_NOT_FOUND } end
+local replay = idem_lookup(KEYS[5], ARGV[6])
+if replay then return replay end
+local ms = now_ms()
+if h.state ~= 'open' then return { C.HOLD_CLOSED, h.state } end
+if ms >= h.exp then return { C.HOLD_CLOSED, 'expired' } end
+if cost > h.amount then return { C.CAPTURE_EXCEEDS_HOLD, h.amount, cost } end
+local a = redis.call('HMGET', KEYS[1], 'dl', 'low', 'lowf',
+  'c:' .. h.category .. ':dl')
+
+-- Writes only from here on.
+local released = h.amount - cost
+local bal = hold_close(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], h, 'captured', released)
+redis.call('HSET', KEYS[3], 'captured', ARGV[4])
+local win = window_read(KEYS[2], math.floor(ms / DAY_MS), h.category)
+window_touch(KEYS[2], win)
+incr(KEYS[2], 's', cost)
+incr(KEYS[2], 's:' .. h.category, cost)
+local dl, cdl = uint(a[1], MICROS_MAX), uint(a[4], MICROS_MAX)
+local flags = low_flags(KEYS[1], bal, uint(a[2], MICROS_MAX), a[3])
+  + near_flag(dl, cdl, win[2] + win[3] + cost, win[4] + win[5] + cost)
+idem_store(KEYS[5], ARGV[6], bal, flags, ARGV[2], istr(released))
+redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'capture',
+  'agent', ARGV[1], 'tool', h.tool, 'category', h.category, 'amount', ARGV[4],
+  'held', istr(h.amount), 'balance_after', istr(bal), 'hold_id', ARGV[3],
+  'idem', ARGV[7], 'meta', ARGV[8])
+return { C.OK, bal, flags, ARGV[2], released }

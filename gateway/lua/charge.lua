@@ -1,0 +1,77 @@
+-- charge.lua: charge one tool call against an agent's balance, atomically.
+-- Order: arguments, agent, idempotency (replay/conflict), free tool, frozen, per-call cap,
+-- category per-call cap, daily cap, category daily cap, balance; then, and only then, the
+-- writes: decrement, window counters, low-balance flag, idempotency record, ledger event.
+-- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
+-- KEYS[2] window hash           iou:{pNN}:win:<agent>
+-- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
+-- KEYS[4] events stream         iou:{pNN}:events
+-- ARGV[1] agent name
+-- ARGV[2] entry id (UUIDv7, minted by the gateway; becomes the charge id)
+-- ARGV[3] tool name
+-- ARGV[4] category
+-- ARGV[5] cost, micros (0 = free tool)
+-- ARGV[6] amount max, micros
+-- ARGV[7] idempotency body hash ('' = no idempotency key)
+-- ARGV[8] idempotency key as given by the caller (for the ledger)
+-- ARGV[9] metadata JSON text ('' = none), passed to the ledger unchanged
+-- Returns:
+--   code OK = 0: {0, balance, flags, entry_id}
+--   code REPLAY = 1: {1, balance, flags, entry_id, cost} of the first answer
+--   code NOT_FOUND = 10: {10} unknown agent
+--   code FROZEN = 11: {11}
+--   code IDEMPOTENCY_CONFLICT = 12: {12} same key, other body
+--   code LIMIT_PER_CALL = 13: {13, max, cost}
+--   code LIMIT_CATEGORY_PER_CALL = 14: {14, max, cost}
+--   code LIMIT_DAILY = 15: {15, max, spent, retry_after_s}
+--   code LIMIT_CATEGORY_DAILY = 16: {16, max, spent, retry_after_s}
+--   code BALANCE_INSUFFICIENT = 17: {17, balance, cost}
+--   code BAD_ARGUMENT = 30: {30, argv_index}
+
+local amount_max = uint(ARGV[6], MICROS_MAX)
+if not amount_max then return { C.BAD_ARGUMENT, 6 } end
+local cost = uint(ARGV[5], amount_max)
+if not cost then return { C.BAD_ARGUMENT, 5 } end
+if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end
+if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
+if not name(ARGV[3]) then return { C.BAD_ARGUMENT, 3 } end
+local cat = name(ARGV[4])
+if not cat then return { C.BAD_ARGUMENT, 4 } end
+if ARGV[7] ~= '' and not token(ARGV[7], 64) then return { C.BAD_ARGUMENT, 7 } end
+
+local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl')
+if not a[1] then return { C.NOT_FOUND } end
+local replay = idem_lookup(KEYS[3], ARGV[7])
+if replay then return replay end
+
+local bal = tonumber(a[1])
+local ms = now_ms()
+local win = window_read(KEYS[2], math.floor(ms / DAY_MS), cat)
+local pc, dl, low, cpc, cdl = uint(a[3], MICROS_MAX), uint(a[4], MICROS_MAX),
+  uint(a[5], MICROS_MAX), uint(a[7], MICROS_MAX), uint(a[8], MICROS_MAX)
+
+if cost > 0 then
+  if a[2] == '1' then return { C.FROZEN } end
+  local refusal = per_call_refusal(pc, cpc, cost) or daily_refusal(dl, cdl, win, cost, ms)
+  if refusal then return refusal end
+  if cost > bal then return { C.BALANCE_INSUFFICIENT, bal, cost } end
+end
+
+-- Writes only from here on; none of them can fail on valid keys.
+local flags = 0
+if cost > 0 then
+  bal = incr(KEYS[1], 'bal', -cost)
+  window_touch(KEYS[2], win)
+  incr(KEYS[2], 's', cost)
+  incr(KEYS[2], 's:' .. cat, cost)
+  flags = low_flags(KEYS[1], bal, low, a[6])
+    + near_flag(dl, cdl, win[2] + win[3] + cost, win[4] + win[5] + cost)
+elseif low and bal < low then
+  flags = F.LOW_BALANCE
+end
+idem_store(KEYS[3], ARGV[7], bal, flags, ARGV[2], ARGV[5])
+redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',
+  'agent', ARGV[1], 'tool', ARGV[3], 'category', cat, 'amount', ARGV[5],
+  'balance_after', istr(bal), 'idem', ARGV[8], 'meta', ARGV[9])
+return { C.OK, bal, flags, ARGV[2] }

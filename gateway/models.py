@@ -1,0 +1,118 @@
+"""Typed results of the engine's operations. Amounts are integer micros."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.codes import Flag
+
+
+def warnings_of(flags: int) -> tuple[str, ...]:
+    """The contract's warning names for the warning bits a script returned."""
+    names = []
+    if flags & Flag.LOW_BALANCE:
+        names.append("low_balance")
+    if flags & Flag.DAILY_NEAR:
+        names.append("daily_near")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    charge_id: str
+    agent: str
+    tool: str
+    category: str
+    cost_micros: int
+    balance_micros: int
+    warnings: tuple[str, ...]
+    # True on exactly the one call whose charge took the balance below low_balance.
+    low_crossed: bool
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    hold_id: str
+    agent: str
+    tool: str
+    amount_micros: int
+    expires_at_ms: int
+    balance_micros: int
+    warnings: tuple[str, ...]
+    low_crossed: bool
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    charge_id: str
+    hold_id: str
+    cost_micros: int
+    released_micros: int
+    balance_micros: int
+    warnings: tuple[str, ...]
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    hold_id: str
+    released_micros: int
+    balance_micros: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class FundResult:
+    agent: str
+    entry_id: str
+    balance_micros: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class AgentCreated:
+    agent: str
+    api_key: str
+    key_id: str
+    balance_micros: int
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class CategoryLimits:
+    per_call_micros: int | None = None
+    daily_micros: int | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_call_micros: int | None = None
+    daily_micros: int | None = None
+    categories: dict[str, CategoryLimits] = field(default_factory=dict)
+    low_balance_micros: int | None = None
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentState:
+    agent: str
+    balance_micros: int
+    held_micros: int
+    spent_today_micros: int
+    spent_today_by_category: dict[str, int]
+    frozen: bool
+    limits: Limits
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    price_micros: int
+    category: str
+    pricing: str  # "fixed" or "variable"
+    upstream: str | None
+    # Secret upstream credentials; never shown by the API.
+    upstream_headers: str | None

@@ -1,0 +1,48 @@
+"""Wiring: settings -> Redis (embedded or configured) -> safety checks -> a started Engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway import safety
+from gateway.config import Settings
+from gateway.embedded import EmbeddedRedis, start_embedded
+from gateway.engine import Engine
+from gateway.redis_io import RedisConnection, parse_redis_url
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    embedded: EmbeddedRedis | None
+    warnings: list[str]
+
+    async def close(self) -> None:
+        await self.engine.stop()
+        self.engine.conn.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def redis_url_of(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """The URL to use: IOU_REDIS_URL, or the embedded server of IOU_DATA_DIR."""
+    if settings.redis_url is not None:
+        return settings.redis_url, None
+    embedded = start_embedded(settings.data_dir)
+    return embedded.url, embedded
+
+
+async def open_runtime(settings: Settings, background: bool = True) -> Runtime:
+    """Connect, refuse an unsafe Redis, load scripts and start the engine."""
+    url, embedded = redis_url_of(settings)
+    conn = RedisConnection(parse_redis_url(url))
+    try:
+        warnings = await safety.check_redis(conn, settings.allow_unsafe_redis)
+        engine = Engine(conn, settings)
+        await engine.start(background=background)
+    except BaseException:
+        conn.close()
+        if embedded is not None:
+            embedded.stop()
+        raise
+    return Runtime(engine, embedded, warnings)

@@ -1,0 +1,78 @@
+"""The Lua scripts: found inside the package, preloaded at start, run by EVALSHA.
+
+Each script is ``_lib.lua`` followed by the script's own file, so the helpers and the
+return-code table exist once. A NOSCRIPT reply (Redis restarted, SCRIPT FLUSH) is
+recovered by loading the script again and retrying, never by failing the call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.redis_io import RedisConnection, ReplyError
+
+SCRIPT_NAMES = (
+    "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
+    "set_limits", "freeze", "key_add", "key_revoke", "tool_set", "tool_delete",
+)
+
+
+def lua_dir() -> Path:
+    """The folder of the shipped Lua files (inside the installed package)."""
+    return Path(__file__).resolve().parent / "lua"
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+
+def load_script(name: str) -> Script:
+    folder = lua_dir()
+    source = (folder / "_lib.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+class ScriptError(RuntimeError):
+    """Redis refused to run a script for a reason other than NOSCRIPT (a bug, not a refusal)."""
+
+
+class Scripts:
+    """All scripts of the gateway, bound to one connection."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self._conn = conn
+        self.by_name = {name: load_script(name) for name in SCRIPT_NAMES}
+        self.reloads = 0
+
+    async def preload(self) -> None:
+        """SCRIPT LOAD every script, so that a broken script fails at start."""
+        for script in self.by_name.values():
+            sha = await self._conn.call(b"SCRIPT", b"LOAD", script.source)
+            if isinstance(sha, ReplyError):
+                raise ScriptError(f"{script.name}.lua does not load: {sha}")
+            if sha.decode() != script.sha:
+                raise ScriptError(f"{script.name}.lua: Redis computed another SHA1")
+
+    async def loaded(self) -> bool:
+        shas = [s.sha for s in self.by_name.values()]
+        flags = await self._conn.call_or_raise(b"SCRIPT", b"EXISTS", *shas)
+        return all(flags)
+
+    async def run(self, name: str, keys: list[str], args: list[str | bytes]) -> list[Any]:
+        """EVALSHA the script; reload and retry once on NOSCRIPT."""
+        script = self.by_name[name]
+        reply = await self._conn.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            self.reloads += 1
+            await self._conn.call(b"SCRIPT", b"LOAD", script.source)
+            reply = await self._conn.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        if isinstance(reply, ReplyError):
+            raise ScriptError(f"{name}.lua failed: {reply}")
+        assert isinstance(reply, list)
+        return reply
