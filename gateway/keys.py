@@ -5,10 +5,10 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 
 - ``iou:meta``                         hash  no TTL   partitions count, schema version
 - ``iou:{pNN}:agent:<agent>``          hash  no TTL   balance, held, frozen, limits (charge.lua ...)
-- ``iou:{pNN}:win:<agent>``            hash  48 h     today's UTC window: day, spent, held per category
-- ``iou:{pNN}:idem:<agent>:<key>``     hash  24 h     first answer of an idempotent call
+- ``iou:{pNN}:win:<agent>``            hash  48 h     UTC day window: spent, held
+- ``iou:{pNN}:idem:<agent>:<sha>``     hash  24 h     first answer of an idempotent call
 - ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
-- ``iou:{pNN}:holds``                  zset  no TTL   open hold ids by expiry (ms), swept by expire_holds.lua
+- ``iou:{pNN}:holds``                  zset  no TTL   open holds by expiry ms (expire_holds)
 - ``iou:{pNN}:keys:<agent>``           hash  no TTL   key_id -> sha256 of the agent key
 - ``iou:{pNN}:apikey:<sha256>``        hash  no TTL   agent and key_id of one agent key
 - ``iou:{pNN}:events``                 stream trimmed by the ledger writer (XTRIM MINID) only

@@ -155,7 +155,7 @@ class RedisConnection:
                 return
             try:
                 await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 raise self._unavailable(str(exc) or type(exc).__name__) from None
             await self._handshake()
 
@@ -168,7 +168,7 @@ class RedisConnection:
             transport, _ = await loop.create_unix_connection(lambda: protocol, addr.unix_path)
         else:
             ctx = ssl.create_default_context() if addr.tls else None
-            transport, _ = await loop.create_connection(lambda: protocol, addr.host,
+            transport, _ = await loop.create_connection(lambda: protocol, addr.host or "",
                                                         addr.port, ssl=ctx)
         assert isinstance(transport, asyncio.Transport)
         self._transport, self._protocol = transport, protocol

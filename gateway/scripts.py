@@ -8,6 +8,7 @@ recovered by loading the script again and retrying, never by failing the call.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,14 +65,18 @@ class Scripts:
         flags = await self._conn.call_or_raise(b"SCRIPT", b"EXISTS", *shas)
         return all(flags)
 
-    async def run(self, name: str, keys: list[str], args: list[str | bytes]) -> list[Any]:
-        """EVALSHA the script; reload and retry once on NOSCRIPT."""
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes]
+                  ) -> list[Any]:
+        """EVALSHA the script; on NOSCRIPT (it did not run) send it whole with EVAL.
+
+        EVAL both runs and caches the script, so a SCRIPT FLUSH racing with a reload
+        cannot fail the call, and the call still runs exactly once.
+        """
         script = self.by_name[name]
         reply = await self._conn.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
         if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
             self.reloads += 1
-            await self._conn.call(b"SCRIPT", b"LOAD", script.source)
-            reply = await self._conn.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await self._conn.call(b"EVAL", script.source, len(keys), *keys, *args)
         if isinstance(reply, ReplyError):
             raise ScriptError(f"{name}.lua failed: {reply}")
         assert isinstance(reply, list)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need, then lint, types, fast and slow tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+.venv/bin/ruff check gateway tests
+.venv/bin/mypy
+.venv/bin/pytest -m "not slow" "$@"
+.venv/bin/pytest -m slow "$@" || [ $? -eq 5 ]  # exit 5: no slow test selected yet

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from gateway.config import load_settings
+from gateway.engine import Engine
+from gateway.redis_io import RedisConnection, parse_redis_url
+from tests.servers import fake_server, redis_server
+
+PARTITIONS = 16
+
+
+@pytest.fixture(scope="session")
+def real_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def real_redis_url(real_redis: tuple[str, subprocess.Popen[bytes]]) -> str:
+    return real_redis[0]
+
+
+@pytest.fixture(scope="session")
+def fake_redis_url() -> Iterator[str]:
+    with fake_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Both backends: the script tests must pass on fakeredis too (the fallback's parity)."""
+    name = "real_redis_url" if request.param == "redis" else "fake_redis_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
+def flush(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+
+
+async def make_engine(url: str, **env: str) -> Engine:
+    flush(url)
+    settings = load_settings({"IOU_REDIS_URL": url, "IOU_PARTITIONS": str(PARTITIONS), **env})
+    engine = Engine(RedisConnection(parse_redis_url(url)), settings)
+    await engine.start(background=False)
+    return engine
+
+
+@pytest.fixture
+async def engine(backend_url: str) -> AsyncIterator[Engine]:
+    eng = await make_engine(backend_url)
+    yield eng
+    await eng.stop()
+    eng.conn.close()
+
+
+@pytest.fixture
+async def real_engine(real_redis_url: str) -> AsyncIterator[Engine]:
+    eng = await make_engine(real_redis_url)
+    yield eng
+    await eng.stop()
+    eng.conn.close()
+
+
+@pytest.fixture
+def redis_client(real_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(real_redis_url, decode_responses=True)
+    yield client
+    client.close()
