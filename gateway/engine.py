@@ -155,7 +155,7 @@ class Engine:
                                                                   meta)
         idem = idempotency_key or ""
         reply = await self.scripts.run(
-            "charge", [k.agent_hash, k.window, self._idem_key(k, idem), k.events],
+            "charge", [k.agent_hash, k.window, self._idem_key(k, idem), k.events, k.webhooks],
             [agent, ids.uuid7(), tool, entry.category, str(cost),
              str(self.settings.amount_max_micros), body_hash, idem, meta])
         code = Code(reply[0])
@@ -209,7 +209,7 @@ class Engine:
         body_hash = "" if not idem else _body_hash("hold", tool, max_cost_micros, ttl_s, meta)
         reply = await self.scripts.run(
             "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
-                     self._idem_key(k, idem), k.events],
+                     self._idem_key(k, idem), k.events, k.webhooks],
             [agent, ids.uuid7(), hold_id, tool, entry.category, str(amount),
              str(self.settings.amount_max_micros), str(ttl_s * 1000),
              str(HOLD_TTL_S_MAX * 1000), body_hash, idem, meta])
@@ -301,7 +301,8 @@ class Engine:
         api_key, key_hash = ids.new_api_key(k.partition, self.partitions)
         key_id = ids.key_id()
         reply = await self.scripts.run(
-            "create_agent", [k.agent_hash, k.keys, k.api_key_lookup(key_hash), k.events],
+            "create_agent", [k.agent_hash, k.keys, k.api_key_lookup(key_hash), k.events,
+                             k.agents_index],
             [agent, ids.uuid7(), ids.uuid7(), str(grant), str(self.settings.amount_max_micros),
              str(self.settings.low_balance_default_micros), key_id, key_hash])
         if reply[0] != Code.OK:
@@ -407,16 +408,16 @@ class Engine:
                           int(w.get("s", "0")) if fresh else 0, by_category,
                           a.get("frozen") == "1", _limits_of(a), int(a.get("created", "0")))
 
-    async def agent_names(self, count_max: int = 10_000) -> list[str]:
-        """Names of all agents, sorted (SCAN over the agent hashes; bounded)."""
-        names: set[str] = set()
-        cursor = b"0"
-        while True:
-            cursor, batch = await self.conn.call_or_raise(
-                b"SCAN", cursor, b"MATCH", b"iou:{p*}:agent:*", b"COUNT", 1000)
-            names.update(_text(key).split(":agent:", 1)[1] for key in batch)
-            if cursor in (b"0", 0) or len(names) >= count_max:
-                return sorted(names)[:count_max]
+    async def agent_names(self, limit: int, after: str | None = None) -> list[str]:
+        """Up to ``limit`` agent names in name order, after ``after`` (a paging cursor).
+
+        Each partition keeps a sorted index of its names; the pages of all partitions
+        are fetched in one round trip and merged."""
+        start = b"(" + after.encode() if after else b"-"
+        pages = await asyncio.gather(*(
+            self.conn.call_or_raise(b"ZRANGE", keys.agents_index(p), start, b"+", b"BYLEX",
+                                    b"LIMIT", 0, limit) for p in range(self.partitions)))
+        return sorted(_text(n) for page in pages for n in page)[:limit]
 
     # ---- catalog ----------------------------------------------------------------------
 

@@ -9,9 +9,13 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{pNN}:idem:<agent>:<sha>``     hash  24 h     first answer of an idempotent call
 - ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
 - ``iou:{pNN}:holds``                  zset  no TTL   open holds by expiry ms (expire_holds)
+- ``iou:{pNN}:agents``                 zset  no TTL   agent names of the partition (listing)
 - ``iou:{pNN}:keys:<agent>``           hash  no TTL   key_id -> sha256 of the agent key
 - ``iou:{pNN}:apikey:<sha256>``        hash  no TTL   agent and key_id of one agent key
 - ``iou:{pNN}:events``                 stream trimmed by the ledger writer (XTRIM MINID) only
+- ``iou:{pNN}:webhooks``               stream webhook outbox, consumer group "webhooks"
+- ``iou:{pNN}:depleted:<agent>``       string 60 s    balance.depleted sent this minute
+- ``iou:{pNN}:hidem:<scope>:<sha>``    hash  24 h     HTTP idempotency record (status, body)
 - ``iou:{tools}:tool:<name>``          hash  no TTL   one catalog entry
 - ``iou:{tools}:names``                set   no TTL   catalog names
 - ``iou:{tools}:version``              string no TTL  bumped on every catalog change
@@ -42,6 +46,14 @@ def events(partition: int) -> str:
     return tag(partition) + "events"
 
 
+def agents_index(partition: int) -> str:
+    return tag(partition) + "agents"
+
+
+def webhooks(partition: int) -> str:
+    return tag(partition) + "webhooks"
+
+
 def holds_index(partition: int) -> str:
     return tag(partition) + "holds"
 
@@ -58,6 +70,11 @@ def api_key_partition(key_hash: str, partitions: int) -> int:
 
 def api_key_lookup(key_hash: str, partitions: int) -> str:
     return tag(api_key_partition(key_hash, partitions)) + "apikey:" + key_hash
+
+
+def http_idempotency(scope: str, digest: str, partitions: int) -> str:
+    """The HTTP idempotency record of one caller scope ("admin" or "agent:<name>")."""
+    return tag(partition_of(scope, partitions)) + f"hidem:{scope}:{digest}"
 
 
 def tool(name: str) -> str:
@@ -81,6 +98,8 @@ class AgentKeys:
     keys: str
     events: str
     holds: str
+    webhooks: str
+    agents_index: str
 
     def idempotency(self, idempotency_key: str) -> str:
         return f"{self.prefix}idem:{self.agent}:{idempotency_key}"
@@ -90,6 +109,9 @@ class AgentKeys:
 
     def api_key_lookup(self, key_hash: str) -> str:
         return self.prefix + "apikey:" + key_hash
+
+    def depleted(self) -> str:
+        return f"{self.prefix}depleted:{self.agent}"
 
 
 def agent_keys(agent: str, partitions: int) -> AgentKeys:
@@ -104,4 +126,6 @@ def agent_keys(agent: str, partitions: int) -> AgentKeys:
         keys=f"{prefix}keys:{agent}",
         events=prefix + "events",
         holds=prefix + "holds",
+        webhooks=prefix + "webhooks",
+        agents_index=prefix + "agents",
     )

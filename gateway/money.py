@@ -20,6 +20,18 @@ _DECIMAL_RE = re.compile(r"(0|[1-9][0-9]*)(\.([0-9]{1,6}))?", re.ASCII)
 _INTEGER_DIGITS_MAX = 16
 
 
+class JsonNumber:
+    """The literal text of a JSON number, kept exact (never converted to float)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"JsonNumber({self.text!r})"
+
+
 class AmountError(ValueError):
     """An amount that the contract rejects; ``reason`` is one short human phrase."""
 
@@ -37,14 +49,16 @@ def parse_amount(
     """Parse a JSON value (decimal string or finite JSON number) into integer micros.
 
     Accepts ``"20"``, ``"0.05"``, ``7`` and JSON numbers with at most 6 decimals (the
-    caller must have parsed JSON numbers as ``int`` or the literal text, never as float:
-    see ``parse_json_number``). Rejects negatives, zero unless ``allow_zero``, NaN and
-    Infinity, exponent forms, more than 6 decimals, separators, non-ASCII digits,
-    booleans and anything above ``max_micros``.
+    caller must have parsed JSON numbers as ``int`` or ``JsonNumber``, never as float).
+    Rejects negatives, zero unless ``allow_zero``, NaN and Infinity, exponent forms, more
+    than 6 decimals, separators, non-ASCII digits, booleans and anything above
+    ``max_micros``.
     """
     if isinstance(value, bool):
         raise AmountError("must be a decimal string, not a boolean")
-    if isinstance(value, int):
+    if isinstance(value, JsonNumber):
+        text = value.text
+    elif isinstance(value, int):
         text = str(value)
     elif isinstance(value, str):
         text = value

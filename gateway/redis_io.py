@@ -162,7 +162,6 @@ class RedisConnection:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         addr = self.address
-        transport: asyncio.BaseTransport
         protocol = _Protocol(self)
         if addr.unix_path:
             transport, _ = await loop.create_unix_connection(lambda: protocol, addr.unix_path)
@@ -170,7 +169,6 @@ class RedisConnection:
             ctx = ssl.create_default_context() if addr.tls else None
             transport, _ = await loop.create_connection(lambda: protocol, addr.host or "",
                                                         addr.port, ssl=ctx)
-        assert isinstance(transport, asyncio.Transport)
         self._transport, self._protocol = transport, protocol
         self._arm_watchdog()
 

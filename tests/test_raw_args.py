@@ -24,7 +24,7 @@ async def ready(engine: Engine) -> str:
 
 def charge_args(engine: Engine, cost: str) -> tuple[list[str], list[str]]:
     k = engine.agent_keys("raw")
-    return ([k.agent_hash, k.window, k.idempotency("x"), k.events],
+    return ([k.agent_hash, k.window, k.idempotency("x"), k.events, k.webhooks],
             ["raw", ids.uuid7(), "web_search", "tool", cost, str(engine.settings.amount_max_micros),
              "", "", ""])
 
@@ -54,12 +54,12 @@ async def test_fund_hold_capture_refuse_bad_amounts(engine: Engine, bad: str) ->
     assert fund[:2] == [Code.BAD_ARGUMENT, 3]
     hold_id = ids.hold_id()
     hold = await run(engine, "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
-                                      k.idempotency("x"), k.events],
+                                      k.idempotency("x"), k.events, k.webhooks],
                      ["raw", ids.uuid7(), hold_id, "llm_summarize", "llm", bad, amax, "1000",
                       "3600000", "", "", ""])
     assert hold[:2] == [Code.BAD_ARGUMENT, 6]
     ttl = await run(engine, "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
-                                     k.idempotency("x"), k.events],
+                                     k.idempotency("x"), k.events, k.webhooks],
                     ["raw", ids.uuid7(), hold_id, "llm_summarize", "llm", "1000", amax, bad,
                      "3600000", "", "", ""])
     assert ttl[:2] == [Code.BAD_ARGUMENT, 8]

@@ -234,3 +234,18 @@ async def test_tool_catalog(engine: Engine) -> None:
     assert "buy" not in [t.name for t in engine.tools()]
     with pytest.raises(errors.NotFound):
         await engine.delete_tool("buy")
+
+
+async def test_crossing_queues_webhooks_once_in_the_same_script(engine: Engine) -> None:
+    agent = await new_agent(engine, 200_000)
+    await engine.set_limits(agent, {"low_balance": 100_000,
+                                    "webhook_url": "http://127.0.0.1:9/hook"})
+    outbox = engine.agent_keys(agent).webhooks
+    await engine.charge(agent, "web_search")
+    await engine.charge(agent, "web_search")
+    assert await engine.conn.call_or_raise(b"XLEN", outbox) == 0
+    await engine.charge(agent, "web_search")  # crossed
+    await engine.charge(agent, "web_search")
+    entries = await engine.conn.call_or_raise(b"XRANGE", outbox, b"-", b"+")
+    events_sent = [dict(zip(f[::2], f[1::2], strict=True))[b"event"] for _, f in entries]
+    assert events_sent == [b"balance.low", b"refill.requested"]

@@ -168,3 +168,14 @@ local function hold_close(agent_key, win_key, hold_key, index_key, hold_id, h, s
   redis.call('ZREM', index_key, hold_id)
   return bal
 end
+
+-- On the one call that crossed below low_balance, queue balance.low and refill.requested
+-- in the partition's webhook outbox (same slot), so a restart loses neither.
+local function outbox_low(outbox_key, flags, webhook_url, agent, bal, low, entry_id, ms)
+  if webhook_url == false or webhook_url == nil or flags % 8 < F.LOW_CROSSED then return end
+  for _, event in ipairs({ 'balance.low', 'refill.requested' }) do
+    redis.call('XADD', outbox_key, '*', 'event_id', entry_id .. ':' .. event, 'event', event,
+      'agent', agent, 'balance', istr(bal), 'threshold', istr(low), 'at', istr(ms),
+      'url', webhook_url)
+  end
+end

@@ -6,6 +6,7 @@
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
 -- KEYS[4] events stream         iou:{pNN}:events
+-- KEYS[5] webhook outbox        iou:{pNN}:webhooks (balance.low on a crossing)
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7, minted by the gateway; becomes the charge id)
 -- ARGV[3] tool name
@@ -40,7 +41,7 @@ if not cat then return { C.BAD_ARGUMENT, 4 } end
 if ARGV[7] ~= '' and not token(ARGV[7], 64) then return { C.BAD_ARGUMENT, 7 } end
 
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[3], ARGV[7])
 if replay then return replay end
@@ -67,6 +68,7 @@ if cost > 0 then
   incr(KEYS[2], 's:' .. cat, cost)
   flags = low_flags(KEYS[1], bal, low, a[6])
     + near_flag(dl, cdl, win[2] + win[3] + cost, win[4] + win[5] + cost)
+  outbox_low(KEYS[5], flags, a[9], ARGV[1], bal, low, ARGV[2], ms)
 elseif low and bal < low then
   flags = F.LOW_BALANCE
 end

@@ -5,6 +5,7 @@
 -- KEYS[2] agent's key hashes    iou:{pNN}:keys:<agent>
 -- KEYS[3] key lookup            iou:{pNN}:apikey:<sha256>  (same partition: see keys.py)
 -- KEYS[4] events stream         iou:{pNN}:events
+-- KEYS[5] agent names           iou:{pNN}:agents (zset, score 0, for listing by name)
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7) of the 'agent' event
 -- ARGV[3] entry id (UUIDv7) of the 'grant' event
@@ -43,6 +44,7 @@ if low > 0 then
   if grant < low then lowf = 1 end
 end
 redis.call('HSET', KEYS[1], 'lowf', istr(lowf))
+redis.call('ZADD', KEYS[5], 0, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[7], ARGV[8])
 redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'key_id', ARGV[7])
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'agent',

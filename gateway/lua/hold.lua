@@ -8,6 +8,7 @@
 -- KEYS[4] open holds by expiry  iou:{pNN}:holds (zset, score = expires_at ms)
 -- KEYS[5] idempotency record    iou:{pNN}:idem:<agent>:<sha>
 -- KEYS[6] events stream         iou:{pNN}:events
+-- KEYS[7] webhook outbox        iou:{pNN}:webhooks (balance.low on a crossing)
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7) of the hold event
 -- ARGV[3] hold id
@@ -50,7 +51,7 @@ if not cat then return { C.BAD_ARGUMENT, 5 } end
 if ARGV[10] ~= '' and not token(ARGV[10], 64) then return { C.BAD_ARGUMENT, 10 } end
 
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[5], ARGV[10])
 if replay then return replay end
@@ -79,6 +80,7 @@ redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'tool', ARGV[4], 'category', cat,
 redis.call('ZADD', KEYS[4], istr(expires), ARGV[3])
 local flags = low_flags(KEYS[1], bal, low, a[6])
   + near_flag(dl, cdl, win[2] + win[3] + max_cost, win[4] + win[5] + max_cost)
+outbox_low(KEYS[7], flags, a[9], ARGV[1], bal, low, ARGV[2], ms)
 idem_store(KEYS[5], ARGV[10], bal, flags, ARGV[3], istr(expires))
 redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'hold',
   'agent', ARGV[1], 'tool', ARGV[4], 'category', cat, 'amount', ARGV[6],

@@ -1,0 +1,236 @@
+"""Admin routes (admin token): agents, funding, limits, freezing, keys, the tool catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api import idempotency
+from gateway.api.body import Fields, parse_amount_field, plain_json, read_body, read_json
+from gateway.api.body import json_from_raw as parse_raw
+from gateway.api.context import Context, endpoint
+from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
+from gateway.api.responses import iso_ms, json_response
+from gateway.engine import check_name
+from gateway.errors import InvalidRequest
+from gateway.money import format_amount as fmt
+
+LIST_LIMIT_MAX = 1000
+LIST_LIMIT_DEFAULT = 100
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
+UPSTREAM_HEADERS_MAX = 16
+
+
+def _agent(request: Request) -> str:
+    return check_name("agent", request.path_params["agent"])
+
+
+def _query_limit(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return LIST_LIMIT_DEFAULT
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
+        raise InvalidRequest("limit", f"must be a whole number from 1 to {LIST_LIMIT_MAX}")
+    return int(raw)
+
+
+@endpoint
+async def create_agent(ctx: Context, request: Request) -> Response:
+    caller = await ctx.auth.admin(request)
+    raw = await read_body(request, ctx.settings.body_bytes_max)
+    key = idempotency.idempotency_key(request)
+
+    async def run() -> Response:
+        fields = Fields(parse_raw(request, raw), ("name", "grant"))
+        name = fields.name("name")
+        assert name is not None
+        grant = fields.amount("grant", False, allow_zero=True,
+                              max_micros=ctx.settings.amount_max_micros)
+        created = await ctx.engine.create_agent(name, grant)
+        return json_response(201, {"agent": created.agent, "api_key": created.api_key,
+                                   "key_id": created.key_id,
+                                   "balance": fmt(created.balance_micros)})
+
+    return await idempotency.once(ctx.engine, caller.scope, key,
+                                  idempotency.request_digest(request, raw), run)
+
+
+@endpoint
+async def list_agents(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    limit = _query_limit(request)
+    cursor = request.query_params.get("cursor")
+    if cursor is not None:
+        check_name("cursor", cursor)
+    names = await ctx.engine.agent_names(limit + 1, cursor)
+    page = names[:limit]
+    states = await asyncio.gather(*(ctx.engine.agent_state(n) for n in page))
+    return json_response(200, {"agents": [agent_summary(s) for s in states],
+                               "next_cursor": page[-1] if len(names) > limit else None})
+
+
+@endpoint
+async def get_agent(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    state = await ctx.engine.agent_state(_agent(request))
+    return json_response(200, agent_detail(state, iso_ms(state.created_at_ms)))
+
+
+@endpoint
+async def fund_agent(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    agent = _agent(request)
+    fields = Fields(await read_json(request, ctx.settings.body_bytes_max), ("amount", "metadata"))
+    amount = fields.amount("amount", max_micros=ctx.settings.amount_max_micros)
+    assert amount is not None
+    metadata = fields.obj("metadata")
+    result = await ctx.engine.fund(agent, amount, idempotency.idempotency_key(request),
+                                   metadata=None if metadata is None else plain_json(metadata))
+    return json_response(200, {"agent": agent, "balance": fmt(result.balance_micros),
+                               "entry_id": result.entry_id})
+
+
+@endpoint
+async def get_limits(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    state = await ctx.engine.agent_state(_agent(request))
+    return json_response(200, limits_payload(state.limits))
+
+
+@endpoint
+async def patch_limits(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    agent = _agent(request)
+    body = await read_json(request, ctx.settings.body_bytes_max)
+    changes = limit_changes(body, ctx.settings.amount_max_micros)
+    await ctx.engine.agent_state(agent)  # 404 before validating against a missing agent
+    limits = await ctx.engine.set_limits(agent, changes)
+    return json_response(200, limits_payload(limits))
+
+
+def limit_changes(body: dict[str, Any], amount_max: int) -> dict[str, int | str | None]:
+    """The engine's flat limit changes from a limits object (null removes)."""
+    fields = Fields(body, ("per_call", "daily", "categories", "low_balance", "webhook_url"))
+    changes: dict[str, int | str | None] = {}
+    for name in ("per_call", "daily", "low_balance"):
+        if name in body:
+            changes[name] = None if body[name] is None else parse_amount_field(
+                name, body[name], name == "low_balance", amount_max)
+    if "webhook_url" in body:
+        url = None if body["webhook_url"] is None else fields.text("webhook_url", 2048)
+        if url is not None and not re.fullmatch(r"https?://[!-~]+", url):
+            raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
+        changes["webhook_url"] = url
+    categories = fields.obj("categories") or {}
+    for category, caps in categories.items():
+        check_name(f"categories.{category}", category)
+        changes.update(_category_changes(category, caps, amount_max))
+    return changes
+
+
+def _category_changes(category: str, caps: Any, amount_max: int) -> dict[str, int | None]:
+    prefix = f"categories.{category}."
+    if caps is None:
+        return {prefix + "per_call": None, prefix + "daily": None}
+    if not isinstance(caps, dict):
+        raise InvalidRequest(prefix[:-1], "must be an object or null")
+    Fields(caps, ("per_call", "daily"), prefix)
+    return {prefix + name: None if value is None else parse_amount_field(
+        prefix + name, value, False, amount_max) for name, value in caps.items()}
+
+
+async def _freeze(ctx: Context, request: Request, frozen: bool) -> Response:
+    caller = await ctx.auth.admin(request)
+    agent = _agent(request)
+    raw = await read_body(request, ctx.settings.body_bytes_max)
+
+    async def run() -> Response:
+        Fields(parse_raw(request, raw, optional=True), ())
+        return json_response(200, {"agent": agent,
+                                   "frozen": await ctx.engine.freeze(agent, frozen)})
+
+    return await idempotency.once(ctx.engine, caller.scope, idempotency.idempotency_key(request),
+                                  idempotency.request_digest(request, raw), run)
+
+
+@endpoint
+async def freeze(ctx: Context, request: Request) -> Response:
+    return await _freeze(ctx, request, True)
+
+
+@endpoint
+async def unfreeze(ctx: Context, request: Request) -> Response:
+    return await _freeze(ctx, request, False)
+
+
+@endpoint
+async def add_key(ctx: Context, request: Request) -> Response:
+    caller = await ctx.auth.admin(request)
+    agent = _agent(request)
+    raw = await read_body(request, ctx.settings.body_bytes_max)
+
+    async def run() -> Response:
+        Fields(parse_raw(request, raw, optional=True), ())
+        key_id, api_key = await ctx.engine.add_key(agent)
+        return json_response(201, {"key_id": key_id, "api_key": api_key})
+
+    return await idempotency.once(ctx.engine, caller.scope, idempotency.idempotency_key(request),
+                                  idempotency.request_digest(request, raw), run)
+
+
+@endpoint
+async def revoke_key(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    await ctx.engine.revoke_key(_agent(request), request.path_params["key_id"])
+    return Response(status_code=204)
+
+
+@endpoint
+async def put_tool(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    tool = check_name("tool", request.path_params["tool"])
+    fields = Fields(await read_json(request, ctx.settings.body_bytes_max),
+                    ("price", "category", "pricing", "upstream", "upstream_headers"))
+    price = fields.amount("price", allow_zero=True, max_micros=ctx.settings.amount_max_micros)
+    category = fields.name("category")
+    pricing = fields.text("pricing", 16) or "fixed"
+    if pricing not in ("fixed", "variable"):
+        raise InvalidRequest("pricing", "must be fixed or variable")
+    upstream = fields.text("upstream", 2048)
+    if upstream is not None and not re.fullmatch(r"https?://[!-~]+", upstream):
+        raise InvalidRequest("upstream", "must be an http:// or https:// URL")
+    headers = _upstream_headers(fields.obj("upstream_headers"))
+    assert price is not None and category is not None
+    entry = await ctx.engine.set_tool(tool, price, category, pricing, upstream, headers)
+    return json_response(200, tool_payload(entry))
+
+
+def _upstream_headers(value: dict[str, Any] | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if len(value) > UPSTREAM_HEADERS_MAX:
+        raise InvalidRequest("upstream_headers", f"may hold at most {UPSTREAM_HEADERS_MAX}")
+    for name, text in value.items():
+        if not HEADER_NAME_RE.fullmatch(name):
+            raise InvalidRequest("upstream_headers", f"has an invalid header name {name!r}")
+        if not isinstance(text, str) or not re.fullmatch(r"[\x20-\x7e]{0,4096}", text):
+            raise InvalidRequest(f"upstream_headers.{name}", "must be printable ASCII")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+@endpoint
+async def list_tools(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    await ctx.engine.refresh_catalog()
+    return json_response(200, {"tools": [tool_payload(t) for t in ctx.engine.tools()]})
+
+
+@endpoint
+async def delete_tool(ctx: Context, request: Request) -> Response:
+    await ctx.auth.admin(request)
+    await ctx.engine.delete_tool(check_name("tool", request.path_params["tool"]))
+    return Response(status_code=204)

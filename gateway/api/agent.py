@@ -1,0 +1,156 @@
+"""Agent routes (agent key): charges, batches, holds, balance."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api import idempotency
+from gateway.api.body import Fields, json_from_raw, plain_json, read_body, read_json
+from gateway.api.context import Context, endpoint
+from gateway.api.metrics import CHARGE_LATENCY, CHARGES
+from gateway.api.payloads import charge_payload, limits_payload, state_warnings
+from gateway.api.responses import iso_ms, json_response
+from gateway.api.webhooks import queue_depleted
+from gateway.config import HOLD_TTL_S_MAX
+from gateway.engine import HOLD_TTL_S_DEFAULT
+from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest
+from gateway.models import ChargeResult
+from gateway.money import format_amount as fmt
+
+BATCH_ITEMS_MAX = 1000
+CHARGE_FIELDS = ("tool", "cost", "metadata")
+
+
+def _outcome(exc: GatewayError) -> str:
+    return str(exc.details.get("limit", exc.code))
+
+
+async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | None,
+                     prefix: str = "") -> ChargeResult:
+    """Validate one charge body and charge it; count the outcome in the metrics."""
+    allowed = (*CHARGE_FIELDS, "idempotency_key") if prefix else CHARGE_FIELDS
+    fields = Fields(body, allowed, prefix)
+    tool = fields.name("tool")
+    assert tool is not None
+    cost = fields.amount("cost", False, allow_zero=True,
+                         max_micros=ctx.settings.amount_max_micros)
+    metadata = fields.obj("metadata")
+    if prefix and fields.has("idempotency_key"):
+        key = fields.text("idempotency_key", 128)
+    try:
+        result = await ctx.engine.charge(agent, tool, cost, key,
+                                         None if metadata is None else plain_json(metadata))
+    except GatewayError as exc:
+        CHARGES.labels(_outcome(exc), str(exc.details.get("category") or "unknown")).inc()
+        if isinstance(exc, BalanceInsufficient):
+            ctx.spawn(queue_depleted(ctx.engine, agent, 0))
+        raise
+    CHARGES.labels("ok", result.category).inc()
+    return result
+
+
+@endpoint
+async def post_charge(ctx: Context, request: Request) -> Response:
+    started = time.perf_counter()
+    agent = await ctx.auth.agent(request)
+    body = await read_json(request, ctx.settings.body_bytes_max)
+    result = await charge_one(ctx, agent, body, idempotency.idempotency_key(request))
+    response = json_response(200, charge_payload(result))
+    CHARGE_LATENCY.observe(time.perf_counter() - started)
+    return response
+
+
+@endpoint
+async def post_charges(ctx: Context, request: Request) -> Response:
+    """Up to 1,000 charges in one request and one Redis round trip; results in order."""
+    agent = await ctx.auth.agent(request)
+    raw = await read_body(request, ctx.settings.body_bytes_max)
+    key = idempotency.idempotency_key(request)
+
+    async def run() -> Response:
+        body = json_from_raw(request, raw)
+        items = Fields(body, ("charges",)).body.get("charges")
+        if not isinstance(items, list) or not 1 <= len(items) <= BATCH_ITEMS_MAX:
+            raise InvalidRequest("charges", f"must be a list of 1 to {BATCH_ITEMS_MAX} charges")
+        results = await asyncio.gather(*(_batch_item(ctx, agent, item, i)
+                                         for i, item in enumerate(items)))
+        return json_response(200, {"results": results})
+
+    return await idempotency.once(ctx.engine, "agent:" + agent, key,
+                                  idempotency.request_digest(request, raw), run)
+
+
+async def _batch_item(ctx: Context, agent: str, item: Any, index: int) -> dict[str, Any]:
+    prefix = f"charges[{index}]."
+    try:
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"charges[{index}]", "must be a JSON object")
+        return charge_payload(await charge_one(ctx, agent, item, None, prefix))
+    except GatewayError as exc:
+        return exc.to_dict()
+
+
+@endpoint
+async def post_hold(ctx: Context, request: Request) -> Response:
+    agent = await ctx.auth.agent(request)
+    fields = Fields(await read_json(request, ctx.settings.body_bytes_max),
+                    ("tool", "max_cost", "ttl_s", "metadata"))
+    tool = fields.name("tool")
+    assert tool is not None
+    max_cost = fields.amount("max_cost", False, max_micros=ctx.settings.amount_max_micros)
+    ttl_s = fields.integer("ttl_s", 1, HOLD_TTL_S_MAX, HOLD_TTL_S_DEFAULT)
+    metadata = fields.obj("metadata")
+    try:
+        hold = await ctx.engine.hold(agent, tool, max_cost, ttl_s,
+                                     idempotency.idempotency_key(request),
+                                     None if metadata is None else plain_json(metadata))
+    except BalanceInsufficient:
+        ctx.spawn(queue_depleted(ctx.engine, agent, 0))
+        raise
+    return json_response(201, {"hold_id": hold.hold_id, "tool": hold.tool,
+                               "amount": fmt(hold.amount_micros),
+                               "expires_at": iso_ms(hold.expires_at_ms),
+                               "balance": fmt(hold.balance_micros),
+                               "warnings": list(hold.warnings)})
+
+
+@endpoint
+async def post_capture(ctx: Context, request: Request) -> Response:
+    agent = await ctx.auth.agent(request)
+    fields = Fields(await read_json(request, ctx.settings.body_bytes_max), ("cost", "metadata"))
+    cost = fields.amount("cost", allow_zero=True, max_micros=ctx.settings.amount_max_micros)
+    assert cost is not None
+    metadata = fields.obj("metadata")
+    result = await ctx.engine.capture(agent, request.path_params["hold_id"], cost,
+                                      idempotency.idempotency_key(request),
+                                      None if metadata is None else plain_json(metadata))
+    return json_response(200, {"charge_id": result.charge_id, "cost": fmt(result.cost_micros),
+                               "released": fmt(result.released_micros),
+                               "balance": fmt(result.balance_micros),
+                               "warnings": list(result.warnings)})
+
+
+@endpoint
+async def post_release(ctx: Context, request: Request) -> Response:
+    agent = await ctx.auth.agent(request)
+    Fields(await read_json(request, ctx.settings.body_bytes_max, optional=True), ())
+    result = await ctx.engine.release(agent, request.path_params["hold_id"],
+                                      idempotency.idempotency_key(request))
+    return json_response(200, {"released": fmt(result.released_micros),
+                               "balance": fmt(result.balance_micros)})
+
+
+@endpoint
+async def get_balance(ctx: Context, request: Request) -> Response:
+    agent = await ctx.auth.agent(request)
+    state = await ctx.engine.agent_state(agent)
+    return json_response(200, {"agent": agent, "balance": fmt(state.balance_micros),
+                               "held": fmt(state.held_micros),
+                               "spent_today": fmt(state.spent_today_micros),
+                               "limits": limits_payload(state.limits),
+                               "warnings": state_warnings(state)})

@@ -1,0 +1,95 @@
+"""The Starlette application: routes, lifespan (engine, webhooks), JSON errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.api import admin, agent, ops, proxy
+from gateway.api.auth import Authenticator
+from gateway.api.context import Context
+from gateway.api.responses import json_response
+from gateway.api.webhooks import WebhookDeliverer
+from gateway.config import Settings, load_settings
+from gateway.runtime import open_runtime
+from gateway.secrets_store import ensure_secret
+
+log = logging.getLogger("iou.app")
+
+ROUTES = [
+    Route("/v1/charge", agent.post_charge, methods=["POST"]),
+    Route("/v1/charges", agent.post_charges, methods=["POST"]),
+    Route("/v1/holds", agent.post_hold, methods=["POST"]),
+    Route("/v1/holds/{hold_id}/capture", agent.post_capture, methods=["POST"]),
+    Route("/v1/holds/{hold_id}/release", agent.post_release, methods=["POST"]),
+    Route("/v1/balance", agent.get_balance, methods=["GET"]),
+    Route("/v1/tools/{tool}/invoke", proxy.invoke, methods=["POST"]),
+    Route("/v1/agents", admin.create_agent, methods=["POST"]),
+    Route("/v1/agents", admin.list_agents, methods=["GET"]),
+    Route("/v1/agents/{agent}", admin.get_agent, methods=["GET"]),
+    Route("/v1/agents/{agent}/fund", admin.fund_agent, methods=["POST"]),
+    Route("/v1/agents/{agent}/limits", admin.get_limits, methods=["GET"]),
+    Route("/v1/agents/{agent}/limits", admin.patch_limits, methods=["PATCH"]),
+    Route("/v1/agents/{agent}/freeze", admin.freeze, methods=["POST"]),
+    Route("/v1/agents/{agent}/unfreeze", admin.unfreeze, methods=["POST"]),
+    Route("/v1/agents/{agent}/keys", admin.add_key, methods=["POST"]),
+    Route("/v1/agents/{agent}/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+    Route("/v1/tools/{tool}", admin.put_tool, methods=["PUT"]),
+    Route("/v1/tools", admin.list_tools, methods=["GET"]),
+    Route("/v1/tools/{tool}", admin.delete_tool, methods=["DELETE"]),
+    Route("/healthz", ops.healthz, methods=["GET"]),
+    Route("/readyz", ops.readyz, methods=["GET"]),
+    Route("/metrics", ops.metrics_text, methods=["GET"]),
+    Route("/openapi.json", ops.openapi, methods=["GET"]),
+]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return json_response(405, {"error": "method_not_allowed",
+                                   "message": f"{request.method} is not allowed here."})
+    return json_response(exc.status_code, {"error": "not_found",
+                                           "message": f"No route {request.url.path}."})
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return json_response(500, {"error": "internal",
+                               "message": "The gateway failed; nothing was charged twice."})
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    runtime = await open_runtime(settings)
+    admin_token = settings.admin_token or ensure_secret(settings.data_dir, "admin_token")
+    secret = settings.webhook_secret or ensure_secret(settings.data_dir, "webhook_secret")
+    http = proxy.client()
+    deliverer = WebhookDeliverer(runtime.engine, secret, http)
+    app.state.ctx = Context(runtime.engine, settings, Authenticator(runtime.engine, admin_token),
+                            http, deliverer)
+    delivery = asyncio.create_task(deliverer.run_forever())
+    try:
+        yield
+    finally:
+        delivery.cancel()
+        await asyncio.gather(delivery, return_exceptions=True)
+        await http.aclose()
+        await runtime.close()
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app; uvicorn calls this once per worker (``--factory``)."""
+    app = Starlette(routes=ROUTES, lifespan=_lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    app.state.settings = settings or load_settings()
+    return app

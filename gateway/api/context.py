@@ -1,0 +1,54 @@
+"""What every route needs, built once per worker in the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.auth import Authenticator
+from gateway.api.responses import error_response
+from gateway.api.webhooks import WebhookDeliverer
+from gateway.config import Settings
+from gateway.engine import Engine
+from gateway.errors import GatewayError
+
+
+@dataclass
+class Context:
+    engine: Engine
+    settings: Settings
+    auth: Authenticator
+    http: httpx.AsyncClient
+    webhooks: WebhookDeliverer
+    # Seconds the ledger is behind, or None when no ledger writer is configured.
+    ledger_lag_s: Callable[[], Awaitable[float | None]] | None = None
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` off the request's path, keeping a reference until it ends."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+Handler = Callable[[Context, Request], Awaitable[Response]]
+
+
+def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint that maps GatewayError to the contract's JSON error."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request.app.state.ctx, request)
+        except GatewayError as exc:
+            return error_response(exc)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run

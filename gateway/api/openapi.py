@@ -1,0 +1,106 @@
+"""The OpenAPI 3.1 document of every route (a test checks it lists exactly the app's routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+AMOUNT = {"type": "string", "pattern": r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$",
+          "description": "decimal IOU tokens, at most 6 decimals"}
+NAME = {"type": "string", "pattern": "^[a-z0-9_.-]{1,64}$"}
+CHARGE_BODY = {"type": "object", "additionalProperties": False, "required": ["tool"],
+               "properties": {"tool": NAME, "cost": AMOUNT, "metadata": {"type": "object"}}}
+LIMITS = {"type": "object", "additionalProperties": False, "properties": {
+    "per_call": AMOUNT, "daily": AMOUNT, "low_balance": AMOUNT,
+    "webhook_url": {"type": ["string", "null"], "format": "uri"},
+    "categories": {"type": "object", "additionalProperties": {
+        "type": ["object", "null"],
+        "properties": {"per_call": AMOUNT, "daily": AMOUNT}}}}}
+
+# (method, path, summary, auth, request body schema or None, success status)
+ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
+    ("POST", "/v1/charge", "Charge one tool call", "agent", CHARGE_BODY, 200),
+    ("POST", "/v1/charges", "Charge up to 1,000 calls in one request", "agent",
+     {"type": "object", "required": ["charges"], "properties": {
+         "charges": {"type": "array", "minItems": 1, "maxItems": 1000, "items": CHARGE_BODY}}},
+     200),
+    ("POST", "/v1/holds", "Hold up to max_cost for a variable-cost call", "agent",
+     {"type": "object", "required": ["tool"], "properties": {
+         "tool": NAME, "max_cost": AMOUNT, "ttl_s": {"type": "integer", "minimum": 1,
+                                                     "maximum": 3600}}}, 201),
+    ("POST", "/v1/holds/{hold_id}/capture", "Capture a hold at the actual cost", "agent",
+     {"type": "object", "required": ["cost"], "properties": {"cost": AMOUNT}}, 200),
+    ("POST", "/v1/holds/{hold_id}/release", "Release a hold", "agent", None, 200),
+    ("GET", "/v1/balance", "The caller's balance, held, spent today, limits", "agent", None,
+     200),
+    ("POST", "/v1/tools/{tool}/invoke", "Call a tool's upstream through the gateway", "agent",
+     None, 200),
+    ("POST", "/v1/agents", "Create an agent (grant defaults to IOU_SIGNUP_GRANT)", "admin",
+     {"type": "object", "required": ["name"], "properties": {"name": NAME, "grant": AMOUNT}},
+     201),
+    ("GET", "/v1/agents", "List agents (limit, cursor)", "admin", None, 200),
+    ("GET", "/v1/agents/{agent}", "One agent with its limits", "admin", None, 200),
+    ("POST", "/v1/agents/{agent}/fund", "Add tokens", "admin",
+     {"type": "object", "required": ["amount"], "properties": {"amount": AMOUNT}}, 200),
+    ("GET", "/v1/agents/{agent}/limits", "The agent's limits", "admin", None, 200),
+    ("PATCH", "/v1/agents/{agent}/limits", "Merge limits; null removes one", "admin", LIMITS,
+     200),
+    ("POST", "/v1/agents/{agent}/freeze", "Freeze: paid calls are refused", "admin", None, 200),
+    ("POST", "/v1/agents/{agent}/unfreeze", "Unfreeze", "admin", None, 200),
+    ("POST", "/v1/agents/{agent}/keys", "A further agent key (shown once)", "admin", None, 201),
+    ("DELETE", "/v1/agents/{agent}/keys/{key_id}", "Revoke a key", "admin", None, 204),
+    ("PUT", "/v1/tools/{tool}", "Create or replace a catalog entry", "admin",
+     {"type": "object", "required": ["price", "category"], "properties": {
+         "price": AMOUNT, "category": NAME, "pricing": {"enum": ["fixed", "variable"]},
+         "upstream": {"type": "string", "format": "uri"},
+         "upstream_headers": {"type": "object", "additionalProperties": {"type": "string"}}}},
+     200),
+    ("GET", "/v1/tools", "The price catalog", "admin", None, 200),
+    ("DELETE", "/v1/tools/{tool}", "Remove a catalog entry", "admin", None, 204),
+    ("GET", "/healthz", "Process up", "none", None, 200),
+    ("GET", "/readyz", "Redis, scripts and ledger lag", "none", None, 200),
+    ("GET", "/metrics", "Prometheus metrics", "none", None, 200),
+    ("GET", "/openapi.json", "This document", "none", None, 200),
+]
+
+ERROR = {"type": "object", "required": ["error", "message"], "properties": {
+    "error": {"type": "string"}, "message": {"type": "string"}}}
+
+
+def _operation(method: str, path: str, summary: str, auth: str, body: dict[str, Any] | None,
+               status: int) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "operationId": f"{method.lower()}_{path.strip('/').replace('/', '_')}".replace(
+            "{", "").replace("}", "").replace(".", "_"),
+        "responses": {str(status): {"description": "success"},
+                      "default": {"description": "error",
+                                  "content": {"application/json": {"schema": ERROR}}}},
+        "parameters": [{"name": p.strip("{}"), "in": "path", "required": True,
+                        "schema": {"type": "string"}}
+                       for p in path.split("/") if p.startswith("{")],
+    }
+    if auth != "none":
+        op["security"] = [{auth: []}]
+    if method == "POST":
+        op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,
+                                 "schema": {"type": "string", "maxLength": 128}})
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, auth, body, status in ROUTE_SPECS:
+        paths.setdefault(path, {})[method.lower()] = _operation(method, path, summary, auth,
+                                                                body, status)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "IOU gateway", "version": "0.1.0",
+                 "description": "Metering gateway that caps what AI agents can spend."},
+        "paths": paths,
+        "components": {"securitySchemes": {
+            "admin": {"type": "http", "scheme": "bearer", "description": "IOU_ADMIN_TOKEN"},
+            "agent": {"type": "http", "scheme": "bearer", "description": "agent key iou_..."}}},
+    }

@@ -1,0 +1,52 @@
+"""Operations routes: /healthz, /readyz, /metrics, /openapi.json."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api import metrics
+from gateway.api.context import Context, endpoint
+from gateway.api.openapi import openapi_document
+from gateway.api.responses import json_response
+from gateway.errors import GatewayError
+
+
+@endpoint
+async def healthz(ctx: Context, request: Request) -> Response:
+    return json_response(200, {"status": "ok"})
+
+
+@endpoint
+async def readyz(ctx: Context, request: Request) -> Response:
+    """Ready when Redis answers, every script is loaded and the ledger keeps up."""
+    checks: dict[str, object] = {}
+    try:
+        await ctx.engine.conn.call_or_raise(b"PING")
+        checks["redis"] = "ok"
+        checks["scripts"] = "ok" if await ctx.engine.scripts.loaded() else "missing"
+    except GatewayError as exc:
+        checks["redis"] = exc.message
+    lag = await ctx.ledger_lag_s() if ctx.ledger_lag_s is not None else None
+    checks["ledger_lag_s"] = lag
+    ledger_ok = lag is None or lag <= ctx.settings.ledger_lag_max_s
+    ready = checks.get("redis") == "ok" and checks.get("scripts") == "ok" and ledger_ok
+    return json_response(200 if ready else 503, {"ready": ready, "checks": checks})
+
+
+@endpoint
+async def metrics_text(ctx: Context, request: Request) -> Response:
+    metrics.BATCH_FACTOR.set(ctx.engine.conn.batch_factor)
+    try:
+        metrics.WEBHOOK_BACKLOG.set(await ctx.webhooks.backlog())
+        if ctx.ledger_lag_s is not None:
+            lag = await ctx.ledger_lag_s()
+            metrics.LEDGER_LAG.set(lag or 0.0)
+    except GatewayError:
+        pass  # Redis down: serve what we have; /readyz says why
+    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+
+@endpoint
+async def openapi(ctx: Context, request: Request) -> Response:
+    return json_response(200, openapi_document())

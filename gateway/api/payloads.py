@@ -1,0 +1,62 @@
+"""Response bodies of the contract, built from the engine's typed results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.models import AgentState, ChargeResult, Limits, Tool
+from gateway.money import format_amount as fmt
+
+
+def charge_payload(r: ChargeResult) -> dict[str, Any]:
+    return {"charge_id": r.charge_id, "tool": r.tool, "category": r.category,
+            "cost": fmt(r.cost_micros), "balance": fmt(r.balance_micros),
+            "warnings": list(r.warnings)}
+
+
+def _opt(micros: int | None) -> str | None:
+    return None if micros is None else fmt(micros)
+
+
+def limits_payload(limits: Limits) -> dict[str, Any]:
+    return {
+        "per_call": _opt(limits.per_call_micros),
+        "daily": _opt(limits.daily_micros),
+        "categories": {name: {k: v for k, v in (("per_call", _opt(c.per_call_micros)),
+                                                ("daily", _opt(c.daily_micros))) if v}
+                       for name, c in limits.categories.items()},
+        "low_balance": _opt(limits.low_balance_micros),
+        "webhook_url": limits.webhook_url,
+    }
+
+
+def state_warnings(state: AgentState) -> list[str]:
+    """Warnings of the balance route: the same rules the scripts apply on a charge."""
+    warnings = []
+    low = state.limits.low_balance_micros
+    if low is not None and state.balance_micros < low:
+        warnings.append("low_balance")
+    daily = state.limits.daily_micros
+    if daily is not None and state.spent_today_micros * 5 > daily * 4:
+        warnings.append("daily_near")
+    return warnings
+
+
+def agent_summary(state: AgentState) -> dict[str, Any]:
+    return {"agent": state.agent, "balance": fmt(state.balance_micros),
+            "held": fmt(state.held_micros), "spent_today": fmt(state.spent_today_micros),
+            "frozen": state.frozen}
+
+
+def agent_detail(state: AgentState, created_at: str) -> dict[str, Any]:
+    return {**agent_summary(state), "limits": limits_payload(state.limits),
+            "created_at": created_at, "warnings": state_warnings(state),
+            "spent_today_by_category": {c: fmt(v) for c, v in
+                                        state.spent_today_by_category.items()}}
+
+
+def tool_payload(tool: Tool) -> dict[str, Any]:
+    # Upstream headers are secret: say whether they are set, never what they are.
+    return {"tool": tool.name, "price": fmt(tool.price_micros), "category": tool.category,
+            "pricing": tool.pricing, "upstream": tool.upstream,
+            "upstream_headers_set": tool.upstream_headers is not None}

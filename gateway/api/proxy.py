@@ -1,0 +1,145 @@
+"""POST /v1/tools/{tool}/invoke: hold, forward with the gateway's credentials, settle.
+
+The hold is taken before the upstream sees the request, so an agent can never spend
+more than its balance through the proxy; 2xx captures (the catalog price, or for variable
+tools the upstream's ``X-IOU-Cost`` if it is a valid amount up to the hold, else the
+hold), anything else or a timeout releases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api import idempotency
+from gateway.api.body import parse_amount_field, read_body
+from gateway.api.context import Context, endpoint
+from gateway.api.metrics import PROXY_CALLS
+from gateway.api.webhooks import queue_depleted
+from gateway.engine import check_name
+from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest, NotFound
+from gateway.models import Tool
+from gateway.money import AmountError, format_amount, parse_amount
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0
+# The hold outlives the slowest upstream answer, so it is never swept mid-call.
+HOLD_TTL_S = 60
+FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
+RETURNED_HEADERS = ("content-type", "cache-control")
+
+
+class UpstreamTimeout(GatewayError):
+    code, status = "upstream_timeout", 504
+
+
+class UpstreamUnavailable(GatewayError):
+    code, status = "upstream_unavailable", 502
+
+
+def client() -> httpx.AsyncClient:
+    """The pooled client for upstream calls and webhooks (timeouts set per request)."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    return httpx.AsyncClient(limits=limits, follow_redirects=False,
+                             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+
+
+@endpoint
+async def invoke(ctx: Context, request: Request) -> Response:
+    agent = await ctx.auth.agent(request)
+    tool_name = check_name("tool", request.path_params["tool"])
+    raw = await read_body(request, ctx.settings.body_bytes_max)
+    key = idempotency.idempotency_key(request)
+    return await idempotency.once(
+        ctx.engine, "agent:" + agent, key, idempotency.request_digest(request, raw),
+        lambda: _invoke(ctx, request, agent, tool_name, raw))
+
+
+async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, raw: bytes
+                  ) -> Response:
+    tool = await _tool(ctx, tool_name)
+    max_cost = _max_cost(request, tool, ctx.settings.amount_max_micros)
+    try:
+        hold = await ctx.engine.hold(agent, tool_name, max_cost, HOLD_TTL_S)
+    except BalanceInsufficient:
+        ctx.spawn(queue_depleted(ctx.engine, agent, 0))
+        raise
+    try:
+        upstream = await _forward(ctx, request, tool, raw)
+    except BaseException:
+        await ctx.engine.release(agent, hold.hold_id)
+        raise
+    if not 200 <= upstream.status_code < 300:
+        released = await ctx.engine.release(agent, hold.hold_id)
+        PROXY_CALLS.labels("released").inc()
+        return _answer(upstream, None, released.balance_micros)
+    cost = _actual_cost(upstream, tool, max_cost)
+    captured = await ctx.engine.capture(agent, hold.hold_id, cost)
+    PROXY_CALLS.labels("captured").inc()
+    return _answer(upstream, captured.charge_id, captured.balance_micros)
+
+
+async def _tool(ctx: Context, name: str) -> Tool:
+    entry = next((t for t in ctx.engine.tools() if t.name == name), None)
+    if entry is None:
+        await ctx.engine.refresh_catalog()
+        entry = next((t for t in ctx.engine.tools() if t.name == name), None)
+    if entry is None:
+        raise NotFound(f"No tool named {name} in the catalog.")
+    if entry.upstream is None:
+        raise InvalidRequest("tool", "has no upstream to invoke")
+    return entry
+
+
+def _max_cost(request: Request, tool: Tool, amount_max: int) -> int:
+    header = request.headers.get("x-iou-max-cost")
+    if tool.pricing == "fixed":
+        if header is not None:
+            raise InvalidRequest("X-IOU-Max-Cost", "is only accepted for tools priced variable")
+        if tool.price_micros == 0:
+            raise InvalidRequest("tool", "is free; call it directly")
+        return tool.price_micros
+    if header is None:
+        raise InvalidRequest("X-IOU-Max-Cost", "is required for tools priced variable")
+    return parse_amount_field("X-IOU-Max-Cost", header, False, amount_max)
+
+
+async def _forward(ctx: Context, request: Request, tool: Tool, raw: bytes) -> httpx.Response:
+    headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h)) is not None}
+    if tool.upstream_headers:
+        headers.update(orjson.loads(tool.upstream_headers))
+    assert tool.upstream is not None
+    try:
+        return await ctx.http.post(tool.upstream, content=raw, headers=headers)
+    except httpx.TimeoutException:
+        PROXY_CALLS.labels("timeout").inc()
+        raise UpstreamTimeout(f"The upstream of {tool.name} did not answer in time; "
+                              "nothing was charged.") from None
+    except httpx.HTTPError as exc:
+        PROXY_CALLS.labels("unreachable").inc()
+        raise UpstreamUnavailable(f"The upstream of {tool.name} is unreachable "
+                                  f"({type(exc).__name__}); nothing was charged.") from None
+
+
+def _actual_cost(upstream: httpx.Response, tool: Tool, max_cost: int) -> int:
+    if tool.pricing == "fixed":
+        return max_cost
+    reported = upstream.headers.get("x-iou-cost")
+    try:
+        cost = parse_amount(reported, allow_zero=True) if reported is not None else max_cost
+    except AmountError:
+        return max_cost
+    return min(cost, max_cost)
+
+
+def _answer(upstream: httpx.Response, charge_id: str | None, balance: int) -> Response:
+    headers: dict[str, Any] = {h: v for h in RETURNED_HEADERS
+                               if (v := upstream.headers.get(h)) is not None}
+    headers["x-iou-balance"] = format_amount(balance)
+    if charge_id is not None:
+        headers["x-iou-charge-id"] = charge_id
+    return Response(upstream.content, status_code=upstream.status_code, headers=headers)

@@ -1,0 +1,30 @@
+"""JSON responses (orjson) and the contract's error body."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from gateway.errors import GatewayError, WindowLimitExceeded
+
+JSON = "application/json"
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: GatewayError) -> Response:
+    headers = None
+    if isinstance(exc, WindowLimitExceeded):
+        headers = {"Retry-After": str(exc.details["retry_after_s"])}
+    return json_response(exc.status, exc.to_dict(), headers)
+
+
+def iso_ms(ms: int) -> str:
+    """Unix ms as an ISO 8601 UTC timestamp with milliseconds."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
