@@ -61,3 +61,7 @@ def _prometheus_multiprocess(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+if __name__ == "__main__":
+    main()

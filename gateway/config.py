@@ -33,6 +33,8 @@ class Settings:
     partitions: int
     # Explicit, logged override of the refusal to run on a Redis that can evict balances.
     allow_unsafe_redis: bool
+    # How long the proxy waits for a tool's upstream before releasing the hold.
+    upstream_timeout_s: int = 30
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -56,6 +58,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ledger_lag_max_s=_int(env, "IOU_LEDGER_LAG_MAX_S", 30, 1, 86_400),
         partitions=_int(env, "IOU_PARTITIONS", PARTITIONS_DEFAULT, 1, PARTITIONS_MAX),
         allow_unsafe_redis=_flag(env, "IOU_ALLOW_UNSAFE_REDIS"),
+        upstream_timeout_s=_int(env, "IOU_UPSTREAM_TIMEOUT_S", 30, 1, 600),
     )
     return settings
 

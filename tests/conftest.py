@@ -9,6 +9,8 @@ import redis
 from gateway.config import load_settings
 from gateway.engine import Engine
 from gateway.redis_io import RedisConnection, parse_redis_url
+from tests.gateway_proc import Gateway, running_gateway
+from tests.http_helpers import seed_tools
 from tests.servers import fake_server, redis_server
 
 PARTITIONS = 16
@@ -74,3 +76,17 @@ def redis_client(real_redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(real_redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def gateway_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis of its own for each HTTP test module, so snapshots see only that module."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_redis: tuple[str, subprocess.Popen[bytes]]) -> Iterator[Gateway]:
+    with running_gateway(gateway_redis[0], IOU_UPSTREAM_TIMEOUT_S="2") as gw:
+        seed_tools(gw)
+        yield gw

@@ -48,7 +48,7 @@ async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | 
     except GatewayError as exc:
         CHARGES.labels(_outcome(exc), str(exc.details.get("category") or "unknown")).inc()
         if isinstance(exc, BalanceInsufficient):
-            ctx.spawn(queue_depleted(ctx.engine, agent, 0))
+            ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
     CHARGES.labels("ok", result.category).inc()
     return result
@@ -109,8 +109,8 @@ async def post_hold(ctx: Context, request: Request) -> Response:
         hold = await ctx.engine.hold(agent, tool, max_cost, ttl_s,
                                      idempotency.idempotency_key(request),
                                      None if metadata is None else plain_json(metadata))
-    except BalanceInsufficient:
-        ctx.spawn(queue_depleted(ctx.engine, agent, 0))
+    except BalanceInsufficient as exc:
+        ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
     return json_response(201, {"hold_id": hold.hold_id, "tool": hold.tool,
                                "amount": fmt(hold.amount_micros),

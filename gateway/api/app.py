@@ -73,7 +73,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     runtime = await open_runtime(settings)
     admin_token = settings.admin_token or ensure_secret(settings.data_dir, "admin_token")
     secret = settings.webhook_secret or ensure_secret(settings.data_dir, "webhook_secret")
-    http = proxy.client()
+    http = proxy.client(settings.upstream_timeout_s)
     deliverer = WebhookDeliverer(runtime.engine, secret, http)
     app.state.ctx = Context(runtime.engine, settings, Authenticator(runtime.engine, admin_token),
                             http, deliverer)

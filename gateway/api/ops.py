@@ -24,6 +24,9 @@ async def readyz(ctx: Context, request: Request) -> Response:
     try:
         await ctx.engine.conn.call_or_raise(b"PING")
         checks["redis"] = "ok"
+        if not await ctx.engine.scripts.loaded():
+            # A restarted Redis has none cached; load them now rather than on first call.
+            await ctx.engine.scripts.preload()
         checks["scripts"] = "ok" if await ctx.engine.scripts.loaded() else "missing"
     except GatewayError as exc:
         checks["redis"] = exc.message

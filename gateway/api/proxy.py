@@ -26,9 +26,8 @@ from gateway.models import Tool
 from gateway.money import AmountError, format_amount, parse_amount
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 30.0
-# The hold outlives the slowest upstream answer, so it is never swept mid-call.
-HOLD_TTL_S = 60
+# The hold outlives the slowest upstream answer by this much, so it is never swept mid-call.
+HOLD_MARGIN_S = 30
 FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
 RETURNED_HEADERS = ("content-type", "cache-control")
 
@@ -41,11 +40,11 @@ class UpstreamUnavailable(GatewayError):
     code, status = "upstream_unavailable", 502
 
 
-def client() -> httpx.AsyncClient:
-    """The pooled client for upstream calls and webhooks (timeouts set per request)."""
+def client(upstream_timeout_s: int) -> httpx.AsyncClient:
+    """The pooled client for upstream calls and webhooks (webhooks set their own timeout)."""
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    return httpx.AsyncClient(limits=limits, follow_redirects=False,
-                             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+    timeout = httpx.Timeout(upstream_timeout_s, connect=CONNECT_TIMEOUT_S)
+    return httpx.AsyncClient(limits=limits, follow_redirects=False, timeout=timeout)
 
 
 @endpoint
@@ -64,9 +63,10 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
     tool = await _tool(ctx, tool_name)
     max_cost = _max_cost(request, tool, ctx.settings.amount_max_micros)
     try:
-        hold = await ctx.engine.hold(agent, tool_name, max_cost, HOLD_TTL_S)
-    except BalanceInsufficient:
-        ctx.spawn(queue_depleted(ctx.engine, agent, 0))
+        hold = await ctx.engine.hold(agent, tool_name, max_cost,
+                                     ctx.settings.upstream_timeout_s + HOLD_MARGIN_S)
+    except BalanceInsufficient as exc:
+        ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
     try:
         upstream = await _forward(ctx, request, tool, raw)

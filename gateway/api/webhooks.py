@@ -25,7 +25,7 @@ import orjson
 from gateway import ids, keys
 from gateway.engine import Engine
 from gateway.errors import GatewayError
-from gateway.money import format_amount
+from gateway.money import format_amount, parse_amount
 from gateway.redis_io import ReplyError
 
 log = logging.getLogger("iou.webhooks")
@@ -49,8 +49,9 @@ def backoff_s(deliveries: int) -> float:
     return float(min(BACKOFF_FIRST_S * 2.0 ** max(deliveries - 1, 0), BACKOFF_MAX_S))
 
 
-async def queue_depleted(engine: Engine, agent: str, balance_micros: int) -> None:
+async def queue_depleted(engine: Engine, agent: str, refusal: GatewayError) -> None:
     """Queue balance.depleted for an agent with a webhook, at most once a minute."""
+    balance_micros = parse_amount(str(refusal.details.get("balance", "0")), allow_zero=True)
     k = engine.agent_keys(agent)
     first = await engine.conn.call_or_raise(b"SET", k.depleted(), b"1", b"NX", b"EX",
                                             DEPLETED_EVERY_S)

@@ -1,0 +1,79 @@
+"""A real gateway: ``iou serve`` in a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.servers import free_port
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+WEBHOOK_SECRET = "test-webhook-secret-0123456789"
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+
+    def agent(self, api_key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"authorization": f"Bearer {api_key}"})
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_gateway(redis_url: str | None, workers: int = 1, **env: str) -> Iterator[Gateway]:
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="iou-gw-"))
+    log_path = data_dir / "gateway.log"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
+    environ.update({"IOU_ADMIN_TOKEN": ADMIN_TOKEN, "IOU_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                    "IOU_DATA_DIR": str(data_dir), **env})
+    if redis_url is not None:
+        environ["IOU_REDIS_URL"] = redis_url
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+             "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT, env=environ)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log_path)
+        yield Gateway(url, process, log_path, data_dir)
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start:\n" + log_path.read_text())
+        time.sleep(0.1)

@@ -1,0 +1,113 @@
+"""Webhooks to a local receiver: signed, retried after failures, never slowing charges."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+from tests.gateway_proc import WEBHOOK_SECRET, Gateway
+from tests.http_helpers import new_agent
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    fail_first = 3
+    hang_s = 0.0
+    attempts: ClassVar[list[dict[str, Any]]] = []
+    accepted: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body,
+                                        hashlib.sha256).hexdigest()
+        event = json.loads(body)
+        Receiver.attempts.append(event)
+        if Receiver.hang_s:
+            time.sleep(Receiver.hang_s)
+        ok = self.headers["x-iou-signature"] == expected and len(Receiver.attempts) > \
+            Receiver.fail_first
+        if ok:
+            Receiver.accepted.append(event)
+        self.send_response(200 if ok else 500)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    Receiver.attempts, Receiver.accepted, Receiver.hang_s = [], [], 0.0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+def test_failing_receiver_gets_exactly_the_events(gateway: Gateway, receiver: str) -> None:
+    name, key = new_agent(gateway, "1.2")
+    with gateway.admin() as admin, gateway.agent(key) as agent:
+        admin.patch(f"/v1/agents/{name}/limits", json={"low_balance": "1",
+                                                       "webhook_url": receiver})
+        assert agent.post("/v1/charge", json={"tool": "web_browse"}).json()["balance"] == "1.08"
+        crossed = agent.post("/v1/charge", json={"tool": "web_browse"}).json()
+        assert crossed["balance"] == "0.96" and crossed["warnings"] == ["low_balance"]
+        agent.post("/v1/charge", json={"tool": "web_browse"})  # still low: no new event
+    deadline = time.monotonic() + 90
+    while len({e["event_id"] for e in Receiver.accepted}) < 2:
+        assert time.monotonic() < deadline, Receiver.attempts
+        time.sleep(0.2)
+    time.sleep(1)
+    kinds = sorted({e["event_id"]: e["event"] for e in Receiver.accepted}.values())
+    assert kinds == ["balance.low", "refill.requested"]
+    assert all(e["agent"] == name and e["balance"] == "0.96" and e["threshold"] == "1"
+               for e in Receiver.accepted)
+    assert len(Receiver.attempts) >= 5  # 3 refused, then both delivered
+
+
+def test_hanging_receiver_does_not_slow_charges(gateway: Gateway, receiver: str) -> None:
+    Receiver.fail_first, Receiver.hang_s = 0, 4.0
+    name, key = new_agent(gateway, "1.2")
+    with gateway.admin() as admin, gateway.agent(key) as agent:
+        admin.patch(f"/v1/agents/{name}/limits", json={"low_balance": "1",
+                                                       "webhook_url": receiver})
+        agent.post("/v1/charge", json={"tool": "web_browse"})
+        agent.post("/v1/charge", json={"tool": "web_browse"})  # crossing: receiver hangs
+        deadline = time.monotonic() + 5
+        while not Receiver.attempts:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        slowest = 0.0
+        for _ in range(50):  # while the receiver is stuck on the first event
+            started = time.monotonic()
+            assert agent.post("/v1/charge", json={"tool": "calc"}).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+    # Not a speed test: a blocked delivery would make these wait seconds.
+    assert slowest < 1.0
+
+
+def test_depleted_event_at_most_once_a_minute(gateway: Gateway, receiver: str) -> None:
+    Receiver.fail_first = 0
+    name, key = new_agent(gateway, "0.01")
+    with gateway.admin() as admin, gateway.agent(key) as agent:
+        admin.patch(f"/v1/agents/{name}/limits", json={"webhook_url": receiver})
+        for _ in range(5):
+            assert agent.post("/v1/charge", json={"tool": "web_search"}).status_code == 402
+    deadline = time.monotonic() + 10
+    while not Receiver.accepted:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)
+    depleted = [e for e in Receiver.accepted if e["event"] == "balance.depleted"]
+    assert len(depleted) == 1 and depleted[0]["agent"] == name
+    assert depleted[0]["balance"] == "0.01"
