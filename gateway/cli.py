@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import click
 
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.embedded import start_embedded
+from gateway.ledger.factory import ledger_location
 from gateway.secrets_store import ensure_secret
 
 
@@ -32,7 +35,8 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--no-writer", is_flag=True, help="Run no ledger writer here (run `iou writer`).")
+def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     """Run the gateway (and, with no IOU_REDIS_URL, its private Redis under IOU_DATA_DIR)."""
     import uvicorn
 
@@ -46,12 +50,18 @@ def serve(host: str, port: int, workers: int) -> None:
         ensure_secret(settings.data_dir, "webhook_secret")
     if workers > 1:
         _prometheus_multiprocess(settings.data_dir / "metrics")
-    click.echo(f"IOU gateway on http://{host}:{port} ({workers} worker(s))")
+    writer = None if no_writer else subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "writer"], stdin=subprocess.DEVNULL)
+    click.echo(f"IOU gateway on http://{host}:{port} ({workers} worker(s)); "
+               f"ledger: {ledger_location(settings)}")
     try:
         uvicorn.run("gateway.api.app:create_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http="httptools", access_log=False,
                     log_level="warning", lifespan="on")
     finally:
+        if writer is not None:
+            writer.terminate()  # SIGTERM: it finishes the batch in hand
+            writer.wait()
         if embedded is not None:
             embedded.stop()
 
@@ -61,6 +71,48 @@ def _prometheus_multiprocess(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+@main.command()
+def writer() -> None:
+    """Run one ledger writer (stream -> ledger table) until SIGTERM."""
+    from gateway.ledger.service import run_writer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run_writer(_settings()))
+
+
+@main.command()
+def reconcile() -> None:
+    """Drain the streams, then compare every balance with the ledger (exit 1 on drift)."""
+    from gateway.ledger.service import run_reconcile
+    from gateway.money import format_amount
+
+    checked, drift = asyncio.run(run_reconcile(_settings()))
+    for d in drift:
+        redis_text = "missing" if d.redis_micros is None else format_amount(d.redis_micros)
+        ledger_text = "missing" if d.ledger_micros is None else format_amount(d.ledger_micros)
+        click.echo(f"DRIFT {d.agent}: redis {redis_text}, ledger {ledger_text}")
+    if drift:
+        click.echo(f"{len(drift)} of {checked} agents drift")
+        sys.exit(1)
+    click.echo(f"reconciled {checked} agents: clean")
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Overwrite agents already in Redis.")
+def recover(force: bool) -> None:
+    """Rebuild Redis (balances, holds, windows, limits, keys, tools) from the ledger."""
+    from gateway.ledger.recover import NotEmpty
+    from gateway.ledger.service import run_recover
+
+    try:
+        done = asyncio.run(run_recover(_settings(), force))
+    except NotEmpty as exc:
+        click.echo(f"iou recover: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"recovered {done.agents} agents, {done.keys} keys, {done.tools} tools, "
+               f"{done.holds} open holds, {done.idempotency_records} idempotency records")
 
 
 if __name__ == "__main__":

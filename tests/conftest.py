@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -10,6 +11,7 @@ from gateway.config import load_settings
 from gateway.engine import Engine
 from gateway.redis_io import RedisConnection, parse_redis_url
 from tests.gateway_proc import Gateway, running_gateway
+from tests.pg import Postgres, postgres_server, reset_database
 from tests.http_helpers import seed_tools
 from tests.servers import fake_server, redis_server
 
@@ -90,3 +92,19 @@ def gateway(gateway_redis: tuple[str, subprocess.Popen[bytes]]) -> Iterator[Gate
     with running_gateway(gateway_redis[0], IOU_UPSTREAM_TIMEOUT_S="2") as gw:
         seed_tools(gw)
         yield gw
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both ledger stores: a fresh SQLite file, or a freshly emptied PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    server: Postgres = request.getfixturevalue("pg_server")
+    reset_database(server.dsn)
+    return server.dsn

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,7 +137,24 @@ CASES: list[tuple[str, str, str, str, bytes, dict[str, str], int, str, str | Non
 ]
 
 
+def _settled(client: redis.Redis) -> None:
+    """Wait until the ledger writer has committed, acknowledged and trimmed every event."""
+    deadline = time.monotonic() + 10
+    while any(client.xlen(k) for k in client.keys("*:events")):
+        assert time.monotonic() < deadline, "the ledger writer did not drain the streams"
+        time.sleep(0.05)
+
+
+def _ledger_rows(gateway: Gateway) -> list[Any]:
+    db = sqlite3.connect(gateway.data_dir / "ledger.db")
+    try:
+        return db.execute("SELECT * FROM ledger_entries ORDER BY entry_id").fetchall()
+    finally:
+        db.close()
+
+
 def _snapshot(client: redis.Redis) -> dict[Any, Any]:
+    _settled(client)
     state: dict[Any, Any] = {}
     for key in sorted(client.keys("*")):
         kind = client.type(key)
@@ -182,6 +201,7 @@ def test_bad_input_changes_nothing(gateway: Gateway, victim: tuple[str, str],
     agent, api_key = victim
     token = ADMIN_TOKEN if who == "admin" else api_key
     before = _snapshot(redis_client)
+    ledger_before = _ledger_rows(gateway)
     response = httpx.request(method, gateway.url + _path(kind, agent), content=body,
                              headers={**headers, "authorization": f"Bearer {token}"})
     assert response.status_code == status, response.text
@@ -190,6 +210,7 @@ def test_bad_input_changes_nothing(gateway: Gateway, victim: tuple[str, str],
     if field is not None:
         assert payload["field"] == field and payload["reason"]
     assert _snapshot(redis_client) == before
+    assert _ledger_rows(gateway) == ledger_before
 
 
 def test_chunked_body_over_limit_is_413(gateway: Gateway, victim: tuple[str, str],

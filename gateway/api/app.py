@@ -13,12 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api import admin, agent, ops, proxy
+from gateway.api import admin, agent, ledger_routes, ops, proxy
 from gateway.api.auth import Authenticator
 from gateway.api.context import Context
 from gateway.api.responses import json_response
 from gateway.api.webhooks import WebhookDeliverer
 from gateway.config import Settings, load_settings
+from gateway.ledger.factory import open_store
+from gateway.ledger.lag import ledger_backlog
 from gateway.runtime import open_runtime
 from gateway.secrets_store import ensure_secret
 
@@ -42,6 +44,7 @@ ROUTES = [
     Route("/v1/agents/{agent}/unfreeze", admin.unfreeze, methods=["POST"]),
     Route("/v1/agents/{agent}/keys", admin.add_key, methods=["POST"]),
     Route("/v1/agents/{agent}/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+    Route("/v1/agents/{agent}/ledger", ledger_routes.get_ledger, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.put_tool, methods=["PUT"]),
     Route("/v1/tools", admin.list_tools, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.delete_tool, methods=["DELETE"]),
@@ -75,8 +78,15 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     secret = settings.webhook_secret or ensure_secret(settings.data_dir, "webhook_secret")
     http = proxy.client(settings.upstream_timeout_s)
     deliverer = WebhookDeliverer(runtime.engine, secret, http)
-    app.state.ctx = Context(runtime.engine, settings, Authenticator(runtime.engine, admin_token),
-                            http, deliverer)
+    ledger = open_store(settings)
+    await ledger.migrate()
+    engine = runtime.engine
+
+    async def lag_s() -> float:
+        return (await ledger_backlog(engine.conn, engine.partitions))[0]
+
+    app.state.ctx = Context(engine, settings, Authenticator(engine, admin_token), http,
+                            deliverer, ledger, lag_s)
     delivery = asyncio.create_task(deliverer.run_forever())
     try:
         yield
@@ -84,6 +94,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         delivery.cancel()
         await asyncio.gather(delivery, return_exceptions=True)
         await http.aclose()
+        await ledger.close()
         await runtime.close()
 
 

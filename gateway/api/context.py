@@ -17,6 +17,7 @@ from gateway.api.webhooks import WebhookDeliverer
 from gateway.config import Settings
 from gateway.engine import Engine
 from gateway.errors import GatewayError
+from gateway.ledger.store import LedgerStore
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Context:
     auth: Authenticator
     http: httpx.AsyncClient
     webhooks: WebhookDeliverer
+    ledger: LedgerStore
     # Seconds the ledger is behind, or None when no ledger writer is configured.
     ledger_lag_s: Callable[[], Awaitable[float | None]] | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)

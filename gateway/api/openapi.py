@@ -48,6 +48,8 @@ ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
     ("POST", "/v1/agents/{agent}/unfreeze", "Unfreeze", "admin", None, 200),
     ("POST", "/v1/agents/{agent}/keys", "A further agent key (shown once)", "admin", None, 201),
     ("DELETE", "/v1/agents/{agent}/keys/{key_id}", "Revoke a key", "admin", None, 204),
+    ("GET", "/v1/agents/{agent}/ledger", "The ledger, newest first (limit, before, kind, tool)",
+     "admin", None, 200),
     ("PUT", "/v1/tools/{tool}", "Create or replace a catalog entry", "admin",
      {"type": "object", "required": ["price", "category"], "properties": {
          "price": AMOUNT, "category": NAME, "pricing": {"enum": ["fixed", "variable"]},

@@ -10,6 +10,7 @@ from gateway.api.context import Context, endpoint
 from gateway.api.openapi import openapi_document
 from gateway.api.responses import json_response
 from gateway.errors import GatewayError
+from gateway.ledger.lag import ledger_backlog
 
 
 @endpoint
@@ -42,9 +43,9 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
     metrics.BATCH_FACTOR.set(ctx.engine.conn.batch_factor)
     try:
         metrics.WEBHOOK_BACKLOG.set(await ctx.webhooks.backlog())
-        if ctx.ledger_lag_s is not None:
-            lag = await ctx.ledger_lag_s()
-            metrics.LEDGER_LAG.set(lag or 0.0)
+        lag_s, pending = await ledger_backlog(ctx.engine.conn, ctx.engine.partitions)
+        metrics.LEDGER_LAG.set(lag_s)
+        metrics.LEDGER_PENDING.set(pending)
     except GatewayError:
         pass  # Redis down: serve what we have; /readyz says why
     return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

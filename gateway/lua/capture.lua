@@ -59,5 +59,5 @@ idem_store(KEYS[5], ARGV[6], bal, flags, ARGV[2], istr(released))
 redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'capture',
   'agent', ARGV[1], 'tool', h.tool, 'category', h.category, 'amount', ARGV[4],
   'held', istr(h.amount), 'balance_after', istr(bal), 'hold_id', ARGV[3],
-  'idem', ARGV[7], 'meta', ARGV[8])
+  'idem', ARGV[7], 'ih', ARGV[6], 'meta', ARGV[8])
 return { C.OK, bal, flags, ARGV[2], released }

@@ -75,5 +75,5 @@ end
 idem_store(KEYS[3], ARGV[7], bal, flags, ARGV[2], ARGV[5])
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',
   'agent', ARGV[1], 'tool', ARGV[3], 'category', cat, 'amount', ARGV[5],
-  'balance_after', istr(bal), 'idem', ARGV[8], 'meta', ARGV[9])
+  'balance_after', istr(bal), 'idem', ARGV[8], 'ih', ARGV[7], 'meta', ARGV[9])
 return { C.OK, bal, flags, ARGV[2] }

@@ -48,5 +48,5 @@ local flags = low_flags(KEYS[1], bal, uint(a[3], MICROS_MAX), a[4])
 idem_store(KEYS[2], ARGV[7], bal, flags, ARGV[2], ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', ARGV[6],
   'agent', ARGV[1], 'amount', ARGV[3], 'balance_after', istr(bal), 'idem', ARGV[8],
-  'meta', ARGV[9])
+  'ih', ARGV[7], 'meta', ARGV[9])
 return { C.OK, bal, flags, ARGV[2] }

@@ -84,5 +84,6 @@ outbox_low(KEYS[7], flags, a[9], ARGV[1], bal, low, ARGV[2], ms)
 idem_store(KEYS[5], ARGV[10], bal, flags, ARGV[3], istr(expires))
 redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'hold',
   'agent', ARGV[1], 'tool', ARGV[4], 'category', cat, 'amount', ARGV[6],
-  'balance_after', istr(bal), 'hold_id', ARGV[3], 'idem', ARGV[11], 'meta', ARGV[12])
+  'balance_after', istr(bal), 'hold_id', ARGV[3], 'expires_at', istr(expires),
+  'idem', ARGV[11], 'ih', ARGV[10], 'meta', ARGV[12])
 return { C.OK, bal, flags, ARGV[3], expires }

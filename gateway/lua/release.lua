@@ -37,5 +37,5 @@ local flags = low_flags(KEYS[1], bal, uint(a[1], MICROS_MAX), a[2])
 idem_store(KEYS[5], ARGV[4], bal, flags, ARGV[2], istr(h.amount))
 redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'release',
   'agent', ARGV[1], 'tool', h.tool, 'category', h.category, 'amount', istr(h.amount),
-  'balance_after', istr(bal), 'hold_id', ARGV[3], 'idem', ARGV[5], 'meta', '')
+  'balance_after', istr(bal), 'hold_id', ARGV[3], 'idem', ARGV[5], 'ih', ARGV[4], 'meta', '')
 return { C.OK, bal, flags, ARGV[2], h.amount }

@@ -52,6 +52,17 @@ local low = uint(redis.call('HGET', KEYS[1], 'low') or '', MICROS_MAX)
 local lowf = '0'
 if low and tonumber(a[1]) < low then lowf = '1' end
 redis.call('HSET', KEYS[1], 'lowf', lowf)
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'at', istr(now_ms()), 'kind', 'limits',
-  'agent', ARGV[1], 'patch', ARGV[4])
+-- The event carries the whole resulting limits ('l.<field>'), so the ledger can rebuild
+-- them from the latest event alone, whatever order patches arrived in.
+local event = { 'id', ARGV[2], 'at', istr(now_ms()), 'kind', 'limits', 'agent', ARGV[1],
+  'patch', ARGV[4] }
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  if f == 'pc' or f == 'dl' or f == 'low' or f == 'wh' or string.sub(f, 1, 2) == 'c:' then
+    event[#event + 1] = 'l.' .. f
+    event[#event + 1] = fields[i + 1]
+  end
+end
+redis.call('XADD', KEYS[2], '*', unpack(event))
 return { C.OK }

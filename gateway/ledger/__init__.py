@@ -1,0 +1,1 @@
+"""The durable ledger: stream writer, SQLite and PostgreSQL stores, reconcile, recover."""

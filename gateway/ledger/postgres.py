@@ -1,0 +1,173 @@
+"""PostgreSQL store (asyncpg): BIGINT micros, JSONB metadata, batches by COPY.
+
+A batch is COPYed into a session temp table and moved with one INSERT ... SELECT ...
+ON CONFLICT (entry_id) DO NOTHING, all in one transaction with its configuration upserts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+
+from gateway.ledger import schema
+from gateway.ledger.entries import LedgerEntry
+from gateway.ledger.store import (
+    ENTRY_COLUMNS,
+    OpenHold,
+    Recovery,
+    StoreUnavailable,
+    config_statements,
+    entries_query,
+    entry_row,
+    row_to_entry,
+)
+
+POOL_SIZE_MAX = 4
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 60.0
+T = TypeVar("T")
+UNAVAILABLE = (OSError, ConnectionError, TimeoutError, asyncpg.PostgresConnectionError,
+               asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+               asyncpg.AdminShutdownError)
+
+
+def dollar(sql: str) -> str:
+    """Rewrite ``?`` placeholders as ``$1, $2, ...``."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+class PostgresStore:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+
+    async def _with(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        try:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self.dsn, min_size=1, max_size=POOL_SIZE_MAX, timeout=CONNECT_TIMEOUT_S,
+                    command_timeout=COMMAND_TIMEOUT_S)
+            async with self._pool.acquire() as conn:
+                return await fn(conn)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def migrate(self) -> None:
+        await self._with(_migrate)
+
+    async def write(self, entries: list[LedgerEntry]) -> int:
+        return await self._with(lambda conn: _write(conn, entries))
+
+    async def dead_letter(self, stream: str, stream_id: str, fields: str, error: str) -> None:
+        await self._with(lambda conn: conn.execute(
+            dollar(schema.INSERT_DEAD_LETTER), stream, stream_id, fields, error,
+            int(time.time() * 1000)))
+
+    async def entries(self, agent: str, limit: int, before: str | None = None,
+                      kind: str | None = None, tool: str | None = None) -> list[LedgerEntry]:
+        return await self._with(lambda conn: _entries(conn, agent, limit, before, kind, tool))
+
+    async def agent_totals(self) -> dict[str, int]:
+        rows = await self._with(lambda conn: conn.fetch(schema.AGENT_TOTALS))
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def open_holds(self) -> list[OpenHold]:
+        rows = await self._with(lambda conn: conn.fetch(schema.OPEN_HOLDS))
+        return [OpenHold(*r) for r in rows]
+
+    async def recovery(self, since_ms: int, idempotent_since_ms: int) -> Recovery:
+        return await self._with(lambda conn: _recovery(conn, since_ms, idempotent_since_ms))
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._with(lambda conn: conn.execute(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            name, value))
+
+    async def count(self, table: str = "ledger_entries") -> int:
+        assert table in ("ledger_entries", "dead_letters", "agents", "tools", "agent_keys")
+        value = await self._with(lambda conn: conn.fetchval(f"SELECT COUNT(*) FROM {table}"))
+        return int(value)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        # One migrator at a time, also with several writers starting together.
+        await conn.execute("SELECT pg_advisory_xact_lock(7306157)")
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER "
+                           "PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
+        done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, statements in enumerate(schema.MIGRATIONS, start=1):
+            if version in done:
+                continue
+            for sql in statements:
+                await conn.execute(sql.format(json="JSONB"))
+            await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version,
+                               int(time.time() * 1000))
+
+
+COPY_COLUMNS = [c.strip() for c in ENTRY_COLUMNS.split(",")]
+
+
+async def _write(conn: asyncpg.Connection, entries: list[LedgerEntry]) -> int:
+    async with conn.transaction():
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_in "
+                           "(LIKE ledger_entries) ON COMMIT DELETE ROWS")
+        await conn.copy_records_to_table("ledger_in", records=[entry_row(e) for e in entries],
+                                         columns=COPY_COLUMNS)
+        status = await conn.execute(
+            f"INSERT INTO ledger_entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM ledger_in "
+            "ON CONFLICT (entry_id) DO NOTHING")
+        for e in entries:
+            for sql, params in config_statements(e):
+                await conn.execute(dollar(sql), *params)
+    return int(status.split()[-1])
+
+
+async def _entries(conn: asyncpg.Connection, agent: str, limit: int, before: str | None,
+                   kind: str | None, tool: str | None) -> list[LedgerEntry]:
+    position = None
+    if before is not None:
+        row = await conn.fetchrow("SELECT stream_ms, stream_seq FROM ledger_entries "
+                                  "WHERE entry_id = $1", before)
+        if row is None:
+            return []
+        position = (int(row[0]), int(row[1]))
+    sql, _ = entries_query(position, kind, tool)
+    params: list[Any] = [agent]
+    if position is not None:
+        params += [position[0], position[0], position[1]]
+    params += [p for p in (kind, tool) if p is not None]
+    params.append(limit)
+    rows = await conn.fetch(dollar(sql).replace("metadata, data", "metadata::text, data::text"),
+                            *params)
+    return [row_to_entry(tuple(r)) for r in rows]
+
+
+async def _recovery(conn: asyncpg.Connection, since_ms: int, idempotent_since_ms: int
+                    ) -> Recovery:
+    meta = {r[0]: r[1] for r in await conn.fetch("SELECT name, value FROM meta")}
+    agents = [(r[0], r[1], bool(r[2]), orjson.loads(r[3])) for r in await conn.fetch(
+        "SELECT agent, created_at_ms, frozen, limits FROM agents WHERE created_pos != ''")]
+    keys = [tuple(r) for r in await conn.fetch(
+        "SELECT key_id, agent, key_hash FROM agent_keys WHERE NOT revoked")]
+    tools = [tuple(r) for r in await conn.fetch(
+        "SELECT tool, price, category, pricing, upstream, headers FROM tools WHERE NOT deleted")]
+    balances = {r[0]: int(r[1]) for r in await conn.fetch(schema.LAST_BALANCES)}
+    holds = [OpenHold(*r) for r in await conn.fetch(schema.OPEN_HOLDS)]
+    spent = [(r[0], r[1], int(r[2])) for r in await conn.fetch(dollar(schema.SPENT_SINCE),
+                                                               since_ms)]
+    idem = [tuple(r) for r in await conn.fetch(dollar(schema.IDEMPOTENT_SINCE),
+                                               idempotent_since_ms)]
+    partitions = int(meta["partitions"]) if "partitions" in meta else None
+    return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)

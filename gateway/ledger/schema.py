@@ -1,0 +1,133 @@
+"""The ledger's numbered migrations and shared SQL (``?`` placeholders; PostgreSQL's
+store rewrites them to ``$n``). Amounts are BIGINT micros in both engines."""
+
+from __future__ import annotations
+
+# Migration n is applied once, in order, inside a transaction; {json} is TEXT in SQLite
+# and JSONB in PostgreSQL.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE ledger_entries (
+            entry_id TEXT PRIMARY KEY,
+            stream TEXT NOT NULL,
+            stream_ms BIGINT NOT NULL,
+            stream_seq BIGINT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            agent TEXT,
+            tool TEXT,
+            category TEXT,
+            amount BIGINT,
+            balance_after BIGINT,
+            held BIGINT,
+            idempotency_key TEXT,
+            idempotency_hash TEXT,
+            hold_id TEXT,
+            expires_at_ms BIGINT,
+            metadata {json},
+            data {json})""",
+        "CREATE INDEX ledger_agent_position ON ledger_entries (agent, stream_ms, stream_seq)",
+        "CREATE INDEX ledger_agent_time ON ledger_entries (agent, at_ms)",
+        "CREATE INDEX ledger_hold ON ledger_entries (hold_id)",
+        """CREATE TABLE dead_letters (
+            stream TEXT NOT NULL,
+            stream_id TEXT NOT NULL,
+            fields TEXT NOT NULL,
+            error TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            PRIMARY KEY (stream, stream_id))""",
+        """CREATE TABLE agents (
+            agent TEXT PRIMARY KEY,
+            created_at_ms BIGINT,
+            created_pos TEXT NOT NULL DEFAULT '',
+            frozen BOOLEAN NOT NULL DEFAULT FALSE,
+            frozen_pos TEXT NOT NULL DEFAULT '',
+            limits TEXT NOT NULL DEFAULT '{{}}',
+            limits_pos TEXT NOT NULL DEFAULT '')""",
+        """CREATE TABLE agent_keys (
+            key_id TEXT PRIMARY KEY,
+            agent TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            revoked BOOLEAN NOT NULL,
+            pos TEXT NOT NULL)""",
+        """CREATE TABLE tools (
+            tool TEXT PRIMARY KEY,
+            price BIGINT NOT NULL,
+            category TEXT NOT NULL,
+            pricing TEXT NOT NULL,
+            upstream TEXT,
+            headers TEXT,
+            deleted BOOLEAN NOT NULL,
+            pos TEXT NOT NULL)""",
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+]
+
+INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms, kind,
+    agent, tool, category, amount, balance_after, held, idempotency_key, idempotency_hash,
+    hold_id, expires_at_ms, metadata, data)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (entry_id) DO NOTHING"""
+
+# Configuration upserts: each column group keeps the stream position of the event that set
+# it, and only a later position may change it, so replays and out-of-order batches from
+# several writers converge on the newest state.
+UPSERT_AGENT_CREATED = """INSERT INTO agents (agent, created_at_ms, created_pos, limits, limits_pos)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (agent) DO UPDATE SET created_at_ms = excluded.created_at_ms,
+        created_pos = excluded.created_pos,
+        limits = CASE WHEN agents.limits_pos < excluded.limits_pos THEN excluded.limits
+                      ELSE agents.limits END,
+        limits_pos = CASE WHEN agents.limits_pos < excluded.limits_pos
+                          THEN excluded.limits_pos ELSE agents.limits_pos END
+    WHERE agents.created_pos < excluded.created_pos"""
+UPSERT_LIMITS = """INSERT INTO agents (agent, limits, limits_pos) VALUES (?, ?, ?)
+    ON CONFLICT (agent) DO UPDATE SET limits = excluded.limits, limits_pos = excluded.limits_pos
+    WHERE agents.limits_pos < excluded.limits_pos"""
+UPSERT_FROZEN = """INSERT INTO agents (agent, frozen, frozen_pos) VALUES (?, ?, ?)
+    ON CONFLICT (agent) DO UPDATE SET frozen = excluded.frozen, frozen_pos = excluded.frozen_pos
+    WHERE agents.frozen_pos < excluded.frozen_pos"""
+UPSERT_KEY = """INSERT INTO agent_keys (key_id, agent, key_hash, revoked, pos)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (key_id) DO UPDATE SET revoked = excluded.revoked, pos = excluded.pos
+    WHERE agent_keys.pos < excluded.pos"""
+UPSERT_TOOL = """INSERT INTO tools (tool, price, category, pricing, upstream, headers, deleted, pos)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (tool) DO UPDATE SET price = excluded.price, category = excluded.category,
+        pricing = excluded.pricing, upstream = excluded.upstream, headers = excluded.headers,
+        deleted = excluded.deleted, pos = excluded.pos
+    WHERE tools.pos < excluded.pos"""
+INSERT_DEAD_LETTER = """INSERT INTO dead_letters (stream, stream_id, fields, error, at_ms)
+    VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, stream_id) DO NOTHING"""
+
+# Balance effect of each kind, in SQL (mirrors entries.balance_delta).
+DELTA_SQL = """CASE kind WHEN 'grant' THEN amount WHEN 'fund' THEN amount
+    WHEN 'release' THEN amount WHEN 'expire' THEN amount
+    WHEN 'charge' THEN -amount WHEN 'hold' THEN -amount
+    WHEN 'capture' THEN held - amount ELSE 0 END"""
+
+OPEN_HOLDS = """SELECT h.agent, h.hold_id, h.tool, h.category, h.amount, h.at_ms, h.expires_at_ms
+    FROM ledger_entries h WHERE h.kind = 'hold' AND NOT EXISTS (
+        SELECT 1 FROM ledger_entries c WHERE c.hold_id = h.hold_id
+        AND c.kind IN ('capture', 'release', 'expire'))"""
+
+AGENT_TOTALS = f"""SELECT agent, SUM({DELTA_SQL}) FROM ledger_entries
+    WHERE agent IS NOT NULL GROUP BY agent"""
+
+LAST_BALANCES = """SELECT e.agent, e.balance_after FROM ledger_entries e
+    JOIN (SELECT agent, MAX(stream_ms * 1000000 + stream_seq) AS position
+          FROM ledger_entries WHERE balance_after IS NOT NULL GROUP BY agent) last
+    ON e.agent = last.agent AND e.stream_ms * 1000000 + e.stream_seq = last.position
+    WHERE e.balance_after IS NOT NULL"""
+
+SPENT_SINCE = """SELECT agent, category, SUM(amount) FROM ledger_entries
+    WHERE kind IN ('charge', 'capture') AND at_ms >= ? GROUP BY agent, category"""
+
+IDEMPOTENT_SINCE = """SELECT agent, idempotency_key, idempotency_hash, entry_id, kind, amount,
+    balance_after, hold_id, expires_at_ms, held FROM ledger_entries
+    WHERE idempotency_hash IS NOT NULL AND at_ms >= ?"""
+
+
+def position(stream_ms: int, stream_seq: int) -> str:
+    """A stream position that sorts as text: zero-padded ms and sequence."""
+    return f"{stream_ms:020d}-{stream_seq:020d}"

@@ -1,0 +1,171 @@
+"""SQLite store (the default): WAL, synchronous=FULL, busy_timeout, BEGIN IMMEDIATE.
+
+sqlite3 is blocking, so every call runs on one dedicated thread; the event loop never
+waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from gateway.ledger import schema
+from gateway.ledger.entries import LedgerEntry
+from gateway.ledger.store import (
+    OpenHold,
+    Recovery,
+    StoreUnavailable,
+    config_statements,
+    entries_query,
+    entry_row,
+    row_to_entry,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iou-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._db = db
+        try:
+            return fn(self._db)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite {self.path}: {exc}") from exc
+
+    async def migrate(self) -> None:
+        await self._run(_migrate)
+
+    async def write(self, entries: list[LedgerEntry]) -> int:
+        return await self._run(lambda db: _write(db, entries))
+
+    async def dead_letter(self, stream: str, stream_id: str, fields: str, error: str) -> None:
+        row = (stream, stream_id, fields, error, int(time.time() * 1000))
+        await self._run(lambda db: db.execute(schema.INSERT_DEAD_LETTER, row))
+
+    async def entries(self, agent: str, limit: int, before: str | None = None,
+                      kind: str | None = None, tool: str | None = None) -> list[LedgerEntry]:
+        return await self._run(lambda db: _entries(db, agent, limit, before, kind, tool))
+
+    async def agent_totals(self) -> dict[str, int]:
+        rows = await self._run(lambda db: db.execute(schema.AGENT_TOTALS).fetchall())
+        return {agent: int(total) for agent, total in rows}
+
+    async def open_holds(self) -> list[OpenHold]:
+        rows = await self._run(lambda db: db.execute(schema.OPEN_HOLDS).fetchall())
+        return [OpenHold(*row) for row in rows]
+
+    async def recovery(self, since_ms: int, idempotent_since_ms: int) -> Recovery:
+        return await self._run(lambda db: _recovery(db, since_ms, idempotent_since_ms))
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, value)))
+
+    async def count(self, table: str = "ledger_entries") -> int:
+        assert table in ("ledger_entries", "dead_letters", "agents", "tools", "agent_keys")
+        row = await self._run(lambda db: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone())
+        return int(row[0])
+
+    async def close(self) -> None:
+        def shut(db: sqlite3.Connection) -> None:
+            db.close()
+            self._db = None
+
+        if self._db is not None:
+            await self._run(shut)
+        self._executor.shutdown(wait=True)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+               "applied_at_ms BIGINT NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+    for version, statements in enumerate(schema.MIGRATIONS, start=1):
+        if version in done:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in statements:
+                db.execute(sql.format(json="TEXT"))
+            db.execute("INSERT INTO schema_migrations VALUES (?, ?)",
+                       (version, int(time.time() * 1000)))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+def _write(db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        before = db.total_changes
+        db.executemany(schema.INSERT_ENTRY, [entry_row(e) for e in entries])
+        inserted = db.total_changes - before
+        for e in entries:
+            for sql, params in config_statements(e):
+                db.execute(sql, params)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return inserted
+
+
+def _position_of(db: sqlite3.Connection, entry_id: str) -> tuple[int, int] | None:
+    row = db.execute("SELECT stream_ms, stream_seq FROM ledger_entries WHERE entry_id = ?",
+                     (entry_id,)).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def _entries(db: sqlite3.Connection, agent: str, limit: int, before: str | None,
+             kind: str | None, tool: str | None) -> list[LedgerEntry]:
+    position = _position_of(db, before) if before is not None else None
+    if before is not None and position is None:
+        return []
+    sql, _ = entries_query(position, kind, tool)
+    params: list[Any] = [agent]
+    if position is not None:
+        params += [position[0], position[0], position[1]]
+    params += [p for p in (kind, tool) if p is not None]
+    params.append(limit)
+    return [row_to_entry(r) for r in db.execute(sql, params).fetchall()]
+
+
+def _recovery(db: sqlite3.Connection, since_ms: int, idempotent_since_ms: int) -> Recovery:
+    meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    agents = [(a, c, bool(f), orjson.loads(lim)) for a, c, f, lim in db.execute(
+        "SELECT agent, created_at_ms, frozen, limits FROM agents WHERE created_pos != ''")]
+    keys = db.execute("SELECT key_id, agent, key_hash FROM agent_keys WHERE NOT revoked"
+                      ).fetchall()
+    tools = db.execute("SELECT tool, price, category, pricing, upstream, headers FROM tools "
+                       "WHERE NOT deleted").fetchall()
+    balances = {a: int(b) for a, b in db.execute(schema.LAST_BALANCES)}
+    holds = [OpenHold(*r) for r in db.execute(schema.OPEN_HOLDS)]
+    spent = [(a, c, int(s)) for a, c, s in db.execute(schema.SPENT_SINCE, (since_ms,))]
+    idem = db.execute(schema.IDEMPOTENT_SINCE, (idempotent_since_ms,)).fetchall()
+    partitions = int(meta["partitions"]) if "partitions" in meta else None
+    return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)

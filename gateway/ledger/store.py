@@ -1,0 +1,127 @@
+"""The store interface both engines implement, and the rows each event becomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.ledger import schema
+from gateway.ledger.entries import LedgerEntry
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+class StoreUnavailable(Exception):
+    """The ledger database cannot be reached; the batch stays pending and is retried."""
+
+
+@dataclass(frozen=True)
+class OpenHold:
+    agent: str
+    hold_id: str
+    tool: str
+    category: str
+    amount: int
+    at_ms: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Everything Redis needs back, read from the ledger in one go."""
+
+    partitions: int | None
+    agents: list[tuple[str, int | None, bool, dict[str, str]]]  # name, created, frozen, limits
+    keys: list[tuple[str, str, str]]  # key_id, agent, key_hash (live keys only)
+    tools: list[tuple[str, int, str, str, str | None, str | None]]
+    balances: dict[str, int]
+    open_holds: list[OpenHold]
+    spent_today: list[tuple[str, str, int]]  # agent, category, micros
+    idempotent: list[tuple[Any, ...]]
+
+
+class LedgerStore(Protocol):
+    async def migrate(self) -> None: ...
+
+    async def write(self, entries: list[LedgerEntry]) -> int:
+        """Insert the entries and apply their configuration in one transaction;
+        returns how many were new. Raises StoreUnavailable when the database is down."""
+        ...
+
+    async def dead_letter(self, stream: str, stream_id: str, fields: str, error: str) -> None: ...
+
+    async def entries(self, agent: str, limit: int, before: str | None = None,
+                      kind: str | None = None, tool: str | None = None) -> list[LedgerEntry]: ...
+
+    async def agent_totals(self) -> dict[str, int]: ...
+
+    async def open_holds(self) -> list[OpenHold]: ...
+
+    async def recovery(self, since_ms: int, idempotent_since_ms: int) -> Recovery: ...
+
+    async def set_meta(self, name: str, value: str) -> None: ...
+
+    async def count(self, table: str = "ledger_entries") -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
+    return (e.entry_id, e.stream, e.stream_ms, e.stream_seq, e.at_ms, e.kind, e.agent, e.tool,
+            e.category, e.amount, e.balance_after, e.held, e.idempotency_key,
+            e.idempotency_hash, e.hold_id, e.expires_at_ms, e.metadata, e.data)
+
+
+def config_statements(e: LedgerEntry) -> list[Statement]:
+    """The configuration upserts of one event (none for money events)."""
+    data: dict[str, str] = orjson.loads(e.data) if e.data else {}
+    pos = schema.position(e.stream_ms, e.stream_seq)
+    if e.kind == "agent":
+        low = data.get("low", "0")
+        limits = orjson.dumps({"low": low} if low not in ("", "0") else {}).decode()
+        return [(schema.UPSERT_AGENT_CREATED, (e.agent, e.at_ms, pos, limits, pos)),
+                (schema.UPSERT_KEY, (data["key_id"], e.agent, data["key_hash"], False, pos))]
+    if e.kind == "limits":
+        state = {k[2:]: v for k, v in data.items() if k.startswith("l.")}
+        return [(schema.UPSERT_LIMITS, (e.agent, orjson.dumps(state).decode(), pos))]
+    if e.kind in ("freeze", "unfreeze"):
+        return [(schema.UPSERT_FROZEN, (e.agent, e.kind == "freeze", pos))]
+    if e.kind in ("key_add", "key_revoke"):
+        return [(schema.UPSERT_KEY, (data["key_id"], e.agent, data["key_hash"],
+                                     e.kind == "key_revoke", pos))]
+    if e.kind == "tool":
+        return [(schema.UPSERT_TOOL, (e.tool, int(data["price"]), e.category,
+                                      data["pricing"], data.get("upstream") or None,
+                                      data.get("headers") or None, False, pos))]
+    if e.kind == "tool_delete":
+        return [(schema.UPSERT_TOOL, (e.tool, 0, "", "fixed", None, None, True, pos))]
+    return []
+
+
+def row_to_entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(*row)
+
+
+ENTRY_COLUMNS = ("entry_id, stream, stream_ms, stream_seq, at_ms, kind, agent, tool, category, "
+                 "amount, balance_after, held, idempotency_key, idempotency_hash, hold_id, "
+                 "expires_at_ms, metadata, data")
+
+
+def entries_query(before_position: tuple[int, int] | None, kind: str | None,
+                  tool: str | None) -> tuple[str, list[str]]:
+    """SQL (with ? placeholders) of one agent's ledger page, newest first."""
+    where = ["agent = ?"]
+    if before_position is not None:
+        where.append("(stream_ms < ? OR (stream_ms = ? AND stream_seq < ?))")
+    if kind is not None:
+        where.append("kind = ?")
+    else:
+        where.append("kind IN ('grant', 'fund', 'charge', 'hold', 'capture', 'release', "
+                     "'expire')")
+    if tool is not None:
+        where.append("tool = ?")
+    sql = (f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE {' AND '.join(where)} "
+           "ORDER BY stream_ms DESC, stream_seq DESC LIMIT ?")
+    return sql, where

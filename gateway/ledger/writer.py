@@ -1,0 +1,221 @@
+"""The ledger writer: partition streams -> ledger table, losing and doubling nothing.
+
+One consumer group ("ledger") over every partition stream and the catalog stream. A batch
+is written in one transaction (ON CONFLICT (entry_id) DO NOTHING), then XACKed, then the
+stream is trimmed with XTRIM MINID below the oldest entry not yet acknowledged. At start
+a writer first re-reads its own pending entries (id 0), and it regularly claims the
+entries of dead writers (XAUTOCLAIM, idle above the slowest batch). An entry that fails to
+parse 5 times goes to dead_letters and is acknowledged: never silently dropped. When the
+database is down nothing is acknowledged, so nothing is trimmed before it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway import keys
+from gateway.errors import GatewayError
+from gateway.ledger.entries import LedgerEntry, PoisonedEntry, parse_entry
+from gateway.ledger.store import LedgerStore, StoreUnavailable, config_statements
+from gateway.redis_io import RedisConnection, ReplyError
+
+GROUP = b"ledger"
+BATCH_SIZE_MAX = 1000
+BLOCK_MS = 200
+CLAIM_IDLE_MS = 30_000
+CLAIM_EVERY_S = 5.0
+TRIM_EVERY_S = 1.0
+FAILURES_MAX = 5
+RETRY_WAIT_S = 1.0
+
+log = logging.getLogger("iou.writer")
+
+
+def stream_names(partitions: int) -> list[str]:
+    return [keys.events(p) for p in range(partitions)] + [keys.TOOL_EVENTS]
+
+
+def stream_label(stream: str) -> str:
+    """The ledger's name of a stream: "p07" or "tools"."""
+    return stream.split("{", 1)[1].split("}", 1)[0]
+
+
+@dataclass
+class WriterStats:
+    committed: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+
+
+class LedgerWriter:
+    def __init__(self, conn: RedisConnection, store: LedgerStore, partitions: int,
+                 consumer: str | None = None) -> None:
+        # A connection of its own: XREADGROUP BLOCK must not stall the gateway's calls.
+        self._conn = conn
+        self._store = store
+        self._streams = stream_names(partitions)
+        self._consumer = (consumer or f"{socket.gethostname()}-{os.getpid()}").encode()
+        self._failures: dict[bytes, int] = {}
+        self._stopping = asyncio.Event()
+        self.stats = WriterStats()
+
+    @property
+    def store(self) -> LedgerStore:
+        return self._store
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def prepare(self) -> None:
+        await self._store.migrate()
+        for stream in self._streams:
+            reply = await self._conn.call(b"XGROUP", b"CREATE", stream, GROUP, b"0",
+                                          b"MKSTREAM")
+            if isinstance(reply, ReplyError) and "BUSYGROUP" not in str(reply):
+                raise reply
+
+    async def run(self) -> None:
+        """Run until stop(): own pending entries first, then new ones, claiming stale ones."""
+        await self.prepare()
+        await self.drain_pending()
+        last_claim = last_trim = 0.0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() - last_claim > CLAIM_EVERY_S:
+                    await self.claim_stale()
+                    last_claim = time.monotonic()
+                await self.read_new(BLOCK_MS)
+                if time.monotonic() - last_trim > TRIM_EVERY_S:
+                    await self.drain_pending()  # retries entries that failed to parse
+                    await self.trim()
+                    last_trim = time.monotonic()
+            except (StoreUnavailable, GatewayError) as exc:
+                log.warning("ledger writer waiting: %s", exc)
+                await asyncio.sleep(RETRY_WAIT_S)
+                await self.drain_pending()
+
+    async def drain_pending(self) -> None:
+        """Process this consumer's pending entries (after a crash or a failed batch)."""
+        while True:
+            batch = await self._read([b"0"] * len(self._streams), 0)
+            if not any(entries for _, entries in batch):
+                return
+            if await self._process(batch) == 0:
+                return  # only entries that keep failing are left; retried on the next pass
+
+    async def read_new(self, block_ms: int) -> int:
+        batch = await self._read([b">"] * len(self._streams), block_ms)
+        return await self._process(batch)
+
+    async def drain(self) -> int:
+        """Commit everything currently in the streams (for reconcile and tests)."""
+        await self.prepare()
+        total = 0
+        await self.drain_pending()
+        await self.claim_stale(idle_ms=0)
+        while (done := await self.read_new(0)) > 0:
+            total += done
+        await self.trim()
+        return total
+
+    async def _read(self, ids: list[bytes], block_ms: int) -> list[tuple[str, list[Any]]]:
+        args: list[Any] = [b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT",
+                           BATCH_SIZE_MAX]
+        if block_ms:
+            args += [b"BLOCK", block_ms]
+        reply = await self._conn.call_or_raise(*args, b"STREAMS", *self._streams, *ids)
+        return [(s.decode(), entries) for s, entries in reply or []]
+
+    async def claim_stale(self, idle_ms: int = CLAIM_IDLE_MS) -> None:
+        """Take over entries a dead writer read but never acknowledged."""
+        for stream in self._streams:
+            cursor = b"0-0"
+            while True:
+                reply = await self._conn.call_or_raise(
+                    b"XAUTOCLAIM", stream, GROUP, self._consumer, idle_ms, cursor, b"COUNT",
+                    BATCH_SIZE_MAX)
+                cursor, entries = reply[0], reply[1]
+                if entries:
+                    await self._process([(stream, entries)])
+                if cursor in (b"0-0", "0-0"):
+                    break
+
+    async def _process(self, batch: list[tuple[str, list[Any]]]) -> int:
+        """Write one batch, then acknowledge it; returns how many entries were settled."""
+        good: list[LedgerEntry] = []
+        acks: dict[str, list[bytes]] = {}
+        for stream, entries in batch:
+            for entry_id, fields in entries:
+                if fields is None:  # deleted before it was read: nothing to keep
+                    acks.setdefault(stream, []).append(entry_id)
+                    continue
+                parsed = await self._parse(stream, entry_id, fields)
+                if parsed is not None:
+                    good.append(parsed)
+                if parsed is not None or self._failures.get(entry_id, 0) == -1:
+                    acks.setdefault(stream, []).append(entry_id)
+        if good:
+            inserted = await self._store.write(good)
+            self.stats.committed += inserted
+            self.stats.duplicates += len(good) - inserted
+            self.stats.batches += 1
+        for stream, ids in acks.items():
+            await self._conn.call_or_raise(b"XACK", stream, GROUP, *ids)
+        return sum(len(ids) for ids in acks.values())
+
+    async def _parse(self, stream: str, entry_id: bytes, fields: list[Any]
+                     ) -> LedgerEntry | None:
+        try:
+            entry = parse_entry(stream_label(stream), entry_id.decode(), fields)
+            config_statements(entry)  # a config event missing its data is poisoned too
+            return entry
+        except (PoisonedEntry, KeyError, ValueError, TypeError) as exc:
+            await self._failed(stream, entry_id, fields, exc)
+            return None
+
+    async def _failed(self, stream: str, entry_id: bytes, fields: list[Any],
+                      exc: Exception) -> None:
+        count = self._failures.get(entry_id, 0) + 1
+        self._failures[entry_id] = count
+        log.warning("ledger entry %s of %s failed (%d/%d): %s", entry_id.decode(), stream,
+                    count, FAILURES_MAX, exc)
+        if count < FAILURES_MAX:
+            return
+        raw = orjson.dumps([f.decode(errors="replace") if isinstance(f, bytes) else str(f)
+                            for f in fields]).decode()
+        await self._store.dead_letter(stream_label(stream), entry_id.decode(), raw, str(exc))
+        self.stats.dead_letters += 1
+        self._failures[entry_id] = -1  # acknowledged with the rest of the batch
+
+    async def trim(self) -> None:
+        """XTRIM MINID below the oldest entry the group has not acknowledged."""
+        for stream in self._streams:
+            floor = await self._unacknowledged_floor(stream)
+            if floor is not None:
+                await self._conn.call_or_raise(b"XTRIM", stream, b"MINID", floor)
+
+    async def _unacknowledged_floor(self, stream: str) -> bytes | None:
+        # Sent in one write, so Redis answers XINFO before XPENDING: an entry delivered
+        # after the last-delivered id was read lies above it and is never trimmed.
+        groups, summary = await asyncio.gather(
+            self._conn.call_or_raise(b"XINFO", b"GROUPS", stream),
+            self._conn.call_or_raise(b"XPENDING", stream, GROUP))
+        if summary[0]:
+            oldest_pending: bytes = summary[1]
+            return oldest_pending
+        for group in groups:
+            info = dict(zip(group[::2], group[1::2], strict=True))
+            if info.get(b"name") == GROUP:
+                delivered: bytes = info[b"last-delivered-id"]
+                ms, seq = delivered.split(b"-")
+                return b"%d-%d" % (int(ms), int(seq) + 1)  # everything delivered is acked
+        return None

@@ -1,0 +1,20 @@
+"""Wiring a writer and a store to a test engine."""
+
+from __future__ import annotations
+
+from gateway.config import load_settings
+from gateway.engine import Engine
+from gateway.ledger.factory import open_store
+from gateway.ledger.store import LedgerStore
+from gateway.ledger.writer import LedgerWriter
+from gateway.redis_io import RedisConnection
+
+
+def store_for(ledger_url: str) -> LedgerStore:
+    return open_store(load_settings({"IOU_LEDGER_URL": ledger_url}))
+
+
+def writer_for(engine: Engine, store: LedgerStore, consumer: str = "test-writer"
+               ) -> LedgerWriter:
+    return LedgerWriter(RedisConnection(engine.conn.address), store, engine.partitions,
+                        consumer)
