@@ -11,8 +11,8 @@ from gateway.config import load_settings
 from gateway.engine import Engine
 from gateway.redis_io import RedisConnection, parse_redis_url
 from tests.gateway_proc import Gateway, running_gateway
-from tests.pg import Postgres, postgres_server, reset_database
 from tests.http_helpers import seed_tools
+from tests.pg import Postgres, postgres_server, reset_database
 from tests.servers import fake_server, redis_server
 
 PARTITIONS = 16
