@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from gateway.cli_client import Options, register
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.embedded import start_embedded
 from gateway.ledger.factory import ledger_location
@@ -27,8 +28,17 @@ def _settings() -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option("--url", default=None, help="Gateway URL (env IOU_URL, default "
+              "http://127.0.0.1:8080).")
+@click.option("--token", default=None, help="Admin token (env IOU_ADMIN_TOKEN, else "
+              "IOU_DATA_DIR/admin_token).")
+@click.option("--agent", default=None, help="Agent name (also accepted after the subcommand).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, token: str | None, agent: str | None,
+         as_json: bool) -> None:
     """IOU gateway: pre-funded balances that cap what AI agents can spend."""
+    ctx.obj = Options(url, token, agent, as_json)
 
 
 @main.command()
@@ -74,12 +84,15 @@ def _prometheus_multiprocess(folder: Path) -> None:
 
 
 @main.command()
-def writer() -> None:
+@click.option("--consumer", default=None,
+              help="Consumer name; a restarted writer with the same name resumes its pending "
+                   "entries at once (default: host-pid).")
+def writer(consumer: str | None) -> None:
     """Run one ledger writer (stream -> ledger table) until SIGTERM."""
     from gateway.ledger.service import run_writer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(run_writer(_settings()))
+    asyncio.run(run_writer(_settings(), consumer))
 
 
 @main.command()
@@ -114,6 +127,8 @@ def recover(force: bool) -> None:
     click.echo(f"recovered {done.agents} agents, {done.keys} keys, {done.tools} tools, "
                f"{done.holds} open holds, {done.idempotency_records} idempotency records")
 
+
+register(main)
 
 if __name__ == "__main__":
     main()

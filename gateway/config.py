@@ -35,6 +35,9 @@ class Settings:
     allow_unsafe_redis: bool
     # How long the proxy waits for a tool's upstream before releasing the hold.
     upstream_timeout_s: int = 30
+    # Testing only: where a ledger writer kills itself with SIGKILL now and then
+    # ("after_read" or "after_commit"), to prove that no crash point loses or doubles rows.
+    fault_inject: str | None = None
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -59,8 +62,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         partitions=_int(env, "IOU_PARTITIONS", PARTITIONS_DEFAULT, 1, PARTITIONS_MAX),
         allow_unsafe_redis=_flag(env, "IOU_ALLOW_UNSAFE_REDIS"),
         upstream_timeout_s=_int(env, "IOU_UPSTREAM_TIMEOUT_S", 30, 1, 600),
+        fault_inject=_choice(env, "IOU_FAULT_INJECT", ("after_read", "after_commit")),
     )
     return settings
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the `iou` client commands need: where the gateway is and the admin token."""
+
+    url: str
+    admin_token: str | None
+    data_dir: Path
+
+
+def load_client_settings(environ: Mapping[str, str] | None = None) -> ClientSettings:
+    env = os.environ if environ is None else environ
+    url = env.get("IOU_URL") or "http://127.0.0.1:8080"
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"IOU_URL={url!r}: must start with http:// or https://")
+    return ClientSettings(url.rstrip("/"), env.get("IOU_ADMIN_TOKEN") or None,
+                          Path(env.get("IOU_DATA_DIR") or "./.iou"))
 
 
 def _amount(env: Mapping[str, str], name: str, default: str, max_micros: int, zero: bool) -> int:
@@ -90,6 +112,15 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw in {"1", "true", "yes"}:
         return True
     raise ConfigError(f"{name}={raw!r}: must be 1/true/yes or 0/false/no")
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r}: must be one of {', '.join(allowed)}")
+    return raw
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:

@@ -166,3 +166,25 @@ async def charge_storm(engine: Engine, agents: int, charges: int, seed: int = 7)
                                                                              charges - start))]
         accepted += sum(await asyncio.gather(*wave))
     return accepted
+
+
+async def test_row_the_database_refuses_is_isolated(real_engine: Engine, ledger_url: str,
+                                                    store: LedgerStore) -> None:
+    await setup_catalog(real_engine)
+    await real_engine.create_agent("isolated", grant_micros=T)
+    stream = real_engine.agent_keys("isolated").events
+    # Parses fine, but PostgreSQL's JSONB refuses the metadata; SQLite stores it as text.
+    await real_engine.conn.call_or_raise(
+        b"XADD", stream, b"*", b"id", b"odd-1", b"at", b"1", b"kind", b"fund", b"agent",
+        b"isolated", b"amount", b"5", b"balance_after", b"5", b"meta", b"{not json")
+    await real_engine.charge("isolated", "web_search")
+    writer = writer_for(real_engine, store)
+    await writer.prepare()
+    for _ in range(6):
+        await writer.drain_pending()
+        await writer.read_new(0)
+    kinds = [e.kind for e in await store.entries("isolated", 10)]
+    if ledger_url.startswith("postgresql"):
+        assert kinds == ["charge", "grant"] and await store.count("dead_letters") == 1
+    else:
+        assert kinds == ["charge", "fund", "grant"]

@@ -22,7 +22,9 @@ def _writer_for(runtime: Runtime, settings: Settings, consumer: str | None = Non
     # The writer blocks on XREADGROUP: it gets a connection of its own.
     conn = RedisConnection(parse_redis_url(_url(runtime)))
     store = open_store(settings)
-    return LedgerWriter(conn, store, runtime.engine.partitions, consumer), conn
+    writer = LedgerWriter(conn, store, runtime.engine.partitions, consumer,
+                          settings.fault_inject)
+    return writer, conn
 
 
 def _url(runtime: Runtime) -> str:
@@ -33,10 +35,10 @@ def _url(runtime: Runtime) -> str:
     return f"{'rediss' if a.tls else 'redis'}://{auth}{a.host}:{a.port}/{a.db}"
 
 
-async def run_writer(settings: Settings) -> None:
+async def run_writer(settings: Settings, consumer: str | None = None) -> None:
     """``iou writer``: run until SIGTERM/SIGINT, then finish the batch in hand and stop."""
     runtime = await open_runtime(settings, background=False)
-    writer, conn = _writer_for(runtime, settings)
+    writer, conn = _writer_for(runtime, settings, consumer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, writer.stop)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ CLAIM_EVERY_S = 5.0
 TRIM_EVERY_S = 1.0
 FAILURES_MAX = 5
 RETRY_WAIT_S = 1.0
+FAULT_PROBABILITY = 0.1
 
 log = logging.getLogger("iou.writer")
 
@@ -58,7 +61,7 @@ class WriterStats:
 
 class LedgerWriter:
     def __init__(self, conn: RedisConnection, store: LedgerStore, partitions: int,
-                 consumer: str | None = None) -> None:
+                 consumer: str | None = None, fault_inject: str | None = None) -> None:
         # A connection of its own: XREADGROUP BLOCK must not stall the gateway's calls.
         self._conn = conn
         self._store = store
@@ -66,6 +69,7 @@ class LedgerWriter:
         self._consumer = (consumer or f"{socket.gethostname()}-{os.getpid()}").encode()
         self._failures: dict[bytes, int] = {}
         self._stopping = asyncio.Event()
+        self._fault_inject = fault_inject
         self.stats = WriterStats()
 
     @property
@@ -86,10 +90,13 @@ class LedgerWriter:
     async def run(self) -> None:
         """Run until stop(): own pending entries first, then new ones, claiming stale ones."""
         await self.prepare()
-        await self.drain_pending()
+        retry_pending = True
         last_claim = last_trim = 0.0
         while not self._stopping.is_set():
             try:
+                if retry_pending:
+                    await self.drain_pending()
+                    retry_pending = False
                 if time.monotonic() - last_claim > CLAIM_EVERY_S:
                     await self.claim_stale()
                     last_claim = time.monotonic()
@@ -99,9 +106,15 @@ class LedgerWriter:
                     await self.trim()
                     last_trim = time.monotonic()
             except (StoreUnavailable, GatewayError) as exc:
+                # Nothing was acknowledged: the batch stays pending and nothing is trimmed.
                 log.warning("ledger writer waiting: %s", exc)
+                retry_pending = True
                 await asyncio.sleep(RETRY_WAIT_S)
-                await self.drain_pending()
+            except Exception:
+                # A writer must outlive surprises; what it held stays pending for the retry.
+                log.exception("ledger writer failed a pass; retrying")
+                retry_pending = True
+                await asyncio.sleep(RETRY_WAIT_S)
 
     async def drain_pending(self) -> None:
         """Process this consumer's pending entries (after a crash or a failed batch)."""
@@ -152,6 +165,7 @@ class LedgerWriter:
     async def _process(self, batch: list[tuple[str, list[Any]]]) -> int:
         """Write one batch, then acknowledge it; returns how many entries were settled."""
         good: list[LedgerEntry] = []
+        entry_streams: dict[str, tuple[str, bytes, list[Any]]] = {}
         acks: dict[str, list[bytes]] = {}
         for stream, entries in batch:
             for entry_id, fields in entries:
@@ -161,16 +175,46 @@ class LedgerWriter:
                 parsed = await self._parse(stream, entry_id, fields)
                 if parsed is not None:
                     good.append(parsed)
-                if parsed is not None or self._failures.get(entry_id, 0) == -1:
+                    entry_streams[parsed.entry_id] = (stream, entry_id, fields)
+                elif self._failures.get(entry_id, 0) == -1:
                     acks.setdefault(stream, []).append(entry_id)
+        self._maybe_crash("after_read")
         if good:
-            inserted = await self._store.write(good)
-            self.stats.committed += inserted
-            self.stats.duplicates += len(good) - inserted
-            self.stats.batches += 1
+            committed = await self._write(good, entry_streams)
+            for stream, entry_id in committed:
+                acks.setdefault(stream, []).append(entry_id)
+        self._maybe_crash("after_commit")
         for stream, ids in acks.items():
             await self._conn.call_or_raise(b"XACK", stream, GROUP, *ids)
         return sum(len(ids) for ids in acks.values())
+
+    async def _write(self, good: list[LedgerEntry],
+                     origin: dict[str, tuple[str, bytes, list[Any]]]) -> list[tuple[str, bytes]]:
+        """Commit the entries; returns (stream, id) of those settled (committed or dead).
+
+        A batch the database refuses for a reason other than being down is written one
+        entry at a time, so one bad row cannot hold back the others."""
+        try:
+            inserted = await self._store.write(good)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(good) == 1:
+                stream, entry_id, fields = origin[good[0].entry_id]
+                await self._failed(stream, entry_id, fields, exc)
+                return [(stream, entry_id)] if self._failures.get(entry_id) == -1 else []
+            settled: list[tuple[str, bytes]] = []
+            for entry in good:
+                settled += await self._write([entry], origin)
+            return settled
+        self.stats.committed += inserted
+        self.stats.duplicates += len(good) - inserted
+        self.stats.batches += 1
+        return [origin[e.entry_id][:2] for e in good]
+
+    def _maybe_crash(self, point: str) -> None:
+        if self._fault_inject == point and random.random() < FAULT_PROBABILITY:
+            os.kill(os.getpid(), signal.SIGKILL)  # testing only (IOU_FAULT_INJECT)
 
     async def _parse(self, stream: str, entry_id: bytes, fields: list[Any]
                      ) -> LedgerEntry | None:

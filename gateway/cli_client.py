@@ -1,0 +1,348 @@
+"""The `iou` commands that talk to a running gateway over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from gateway.client import Client, ClientError
+from gateway.config import ConfigError, load_client_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+CATEGORY_FLAGS = {"tool_calls": "tool", "llm": "llm", "commerce": "commerce"}
+
+
+class Options:
+    """Global options (``iou --url --token --agent --json``), shared with subcommands."""
+
+    def __init__(self, url: str | None, token: str | None, agent: str | None,
+                 as_json: bool) -> None:
+        try:
+            client_settings = load_client_settings()
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        self.url = (url or client_settings.url).rstrip("/")
+        self._token = token or client_settings.admin_token
+        self._data_dir = client_settings.data_dir
+        self.agent = agent
+        self.as_json = as_json
+        self.console = Console(highlight=False)
+
+    def client(self) -> Client:
+        return Client(self.url, self._token or self._token_file())
+
+    def _token_file(self) -> str:
+        path = self._data_dir / "admin_token"
+        if not path.exists():
+            raise ClientError("no_token", f"no admin token: pass --token, set IOU_ADMIN_TOKEN, "
+                              f"or run `iou serve` here so {path} exists")
+        return path.read_text().strip()
+
+    def agent_name(self, local: str | None) -> str:
+        name = local or self.agent
+        if not name:
+            raise click.UsageError("this command needs --agent NAME")
+        return name
+
+    def emit(self, payload: Any, human: Callable[[], None]) -> None:
+        if self.as_json:
+            click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+        else:
+            human()
+
+
+def refusals(fn: F) -> F:
+    """Exit 1 with the contract's error code when the gateway refuses or is unreachable."""
+
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            click.echo(f"error: {exc.code}: {exc.message}", err=True)
+            sys.exit(1)
+
+    return run  # type: ignore[return-value]
+
+
+agent_option = click.option("--agent", "agent", default=None, help="Agent name.")
+pass_options = click.make_pass_decorator(Options)
+
+
+def register(main: click.Group) -> None:
+    for command in (agents, fund, limits, status, ledger, tools, freeze, unfreeze, demo):
+        main.add_command(command)
+
+
+@click.group()
+def agents() -> None:
+    """Provision and list agents."""
+
+
+@agents.command("create")
+@click.argument("name")
+@click.option("--grant", default=None, help="Opening balance (default IOU_SIGNUP_GRANT).")
+@pass_options
+@refusals
+def agents_create(opts: Options, name: str, grant: str | None) -> None:
+    body: dict[str, Any] = {"name": name} | ({"grant": grant} if grant is not None else {})
+    created = opts.client().request("POST", "/v1/agents", body)
+    opts.emit(created, lambda: opts.console.print(
+        f"created [bold]{created['agent']}[/bold] with balance {created['balance']} IOU\n"
+        f"api key (shown once): {created['api_key']}"))
+
+
+@agents.command("list")
+@pass_options
+@refusals
+def agents_list(opts: Options) -> None:
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": "1000"} | ({"cursor": cursor} if cursor else {})
+        page = opts.client().request("GET", "/v1/agents", params=params)
+        rows += page["agents"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    opts.emit({"agents": rows}, lambda: opts.console.print(_agents_table(rows)))
+
+
+def _agents_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("agent", "balance", "held", "spent today", "frozen")
+    for a in rows:
+        table.add_row(a["agent"], a["balance"], a["held"], a["spent_today"],
+                      "yes" if a["frozen"] else "")
+    return table
+
+
+@click.command()
+@agent_option
+@click.option("--amount", required=True, help="Tokens to add, e.g. 20 or 0.5.")
+@pass_options
+@refusals
+def fund(opts: Options, agent: str | None, amount: str) -> None:
+    """Add tokens to an agent's balance."""
+    name = opts.agent_name(agent)
+    result = opts.client().request("POST", f"/v1/agents/{name}/fund", {"amount": amount})
+    opts.emit(result, lambda: opts.console.print(
+        f"funded {name} with {amount}: balance {result['balance']} IOU"))
+
+
+@click.command()
+@agent_option
+@click.option("--per-call", default=None, help="Cap on one call.")
+@click.option("--daily", default=None, help="Cap on one UTC day.")
+@click.option("--tool-calls", default=None, help="Per-call cap of the tool category.")
+@click.option("--llm", default=None, help="Per-call cap of the llm category.")
+@click.option("--commerce", default=None, help="Per-call cap of the commerce category.")
+@click.option("--category", "category_caps", multiple=True, metavar="NAME=X",
+              help="Per-call cap of any category (repeatable).")
+@click.option("--low-balance", default=None, help="Warn below this balance.")
+@click.option("--webhook", default=None, help="URL for balance webhooks.")
+@pass_options
+@refusals
+def limits(opts: Options, agent: str | None, per_call: str | None, daily: str | None,
+           tool_calls: str | None, llm: str | None, commerce: str | None,
+           category_caps: tuple[str, ...], low_balance: str | None,
+           webhook: str | None) -> None:
+    """Set caps (none given: show them). "none" removes a cap."""
+    name = opts.agent_name(agent)
+    patch = _limits_patch(per_call, daily, low_balance, webhook,
+                          {"tool_calls": tool_calls, "llm": llm, "commerce": commerce},
+                          category_caps)
+    client = opts.client()
+    result = (client.request("PATCH", f"/v1/agents/{name}/limits", patch) if patch
+              else client.request("GET", f"/v1/agents/{name}/limits"))
+    opts.emit(result, lambda: opts.console.print(_limits_table(name, result)))
+
+
+def _cap(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _limits_patch(per_call: str | None, daily: str | None, low_balance: str | None,
+                  webhook: str | None, flags: dict[str, str | None],
+                  category_caps: tuple[str, ...]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for field, value in (("per_call", per_call), ("daily", daily),
+                         ("low_balance", low_balance), ("webhook_url", webhook)):
+        if value is not None:
+            patch[field] = _cap(value)
+    categories: dict[str, Any] = {}
+    for flag, value in flags.items():
+        if value is not None:
+            categories[CATEGORY_FLAGS[flag]] = {"per_call": _cap(value)}
+    for item in category_caps:
+        cat, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--category takes NAME=X, not {item!r}")
+        categories[cat] = {"per_call": _cap(value)}
+    if categories:
+        patch["categories"] = categories
+    return patch
+
+
+def _limits_table(name: str, lim: dict[str, Any]) -> Table:
+    table = Table("limit", "value", title=f"limits of {name}")
+    for field in ("per_call", "daily", "low_balance", "webhook_url"):
+        table.add_row(field, lim.get(field) or "-")
+    for cat, caps in lim.get("categories", {}).items():
+        for which, value in caps.items():
+            table.add_row(f"{cat}.{which}", value)
+    return table
+
+
+@click.command()
+@agent_option
+@pass_options
+@refusals
+def status(opts: Options, agent: str | None) -> None:
+    """Balance, held, spent today, limits and the price list (all agents without --agent)."""
+    client = opts.client()
+    prices = client.request("GET", "/v1/tools")["tools"]
+    name = agent or opts.agent
+    if name is None:
+        rows = client.request("GET", "/v1/agents", params={"limit": "1000"})["agents"]
+        opts.emit({"agents": rows, "tools": prices}, lambda: _print_overview(opts, rows, prices))
+        return
+    detail = client.request("GET", f"/v1/agents/{name}")
+    opts.emit({"agent": detail, "tools": prices},
+              lambda: _print_status(opts, detail, prices))
+
+
+def _print_overview(opts: Options, rows: list[dict[str, Any]], prices: list[Any]) -> None:
+    opts.console.print(_agents_table(rows))
+    opts.console.print(_prices_table(prices))
+
+
+def _print_status(opts: Options, d: dict[str, Any], prices: list[dict[str, Any]]) -> None:
+    low = "[bold red] LOW BALANCE[/bold red]" if "low_balance" in d["warnings"] else ""
+    frozen = "  [bold]FROZEN[/bold]" if d["frozen"] else ""
+    opts.console.print(f"[bold]{d['agent']}[/bold]  balance {d['balance']} IOU{low}{frozen}")
+    opts.console.print(f"held {d['held']}  spent today {d['spent_today']}")
+    lim = d["limits"]
+    table = Table("cap", "spent today", "limit", title="daily caps")
+    table.add_row("all calls", d["spent_today"], lim.get("daily") or "-")
+    for cat, caps in lim.get("categories", {}).items():
+        if "daily" in caps:
+            spent = d.get("spent_today_by_category", {}).get(cat, "0")
+            table.add_row(cat, spent, caps["daily"])
+    opts.console.print(table)
+    opts.console.print(_limits_table(d["agent"], lim))
+    opts.console.print(_prices_table(prices))
+
+
+def _prices_table(prices: list[dict[str, Any]]) -> Table:
+    table = Table("tool", "price per call", "category", "pricing", title="price list")
+    for t in prices:
+        table.add_row(t["tool"], t["price"], t["category"], t["pricing"])
+    return table
+
+
+@click.command()
+@agent_option
+@click.option("--limit", "count", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on standard output.")
+@pass_options
+@refusals
+def ledger(opts: Options, agent: str | None, count: int, as_csv: bool) -> None:
+    """The per-call ledger of an agent, newest first."""
+    name = opts.agent_name(agent)
+    page = opts.client().request("GET", f"/v1/agents/{name}/ledger",
+                                 params={"limit": str(count)})
+    if as_csv:
+        _print_csv(page["entries"])
+        return
+    opts.emit(page, lambda: opts.console.print(_ledger_table(name, page["entries"])))
+
+
+LEDGER_FIELDS = ("entry_id", "at", "kind", "tool", "category", "amount", "balance_after",
+                 "idempotency_key", "hold_id")
+
+
+def _print_csv(entries: list[dict[str, Any]]) -> None:
+    out = csv.writer(sys.stdout)
+    out.writerow(LEDGER_FIELDS)
+    for e in entries:
+        out.writerow(["" if e.get(f) is None else e[f] for f in LEDGER_FIELDS])
+
+
+def _ledger_table(name: str, entries: list[dict[str, Any]]) -> Table:
+    table = Table("at", "kind", "tool", "amount", "balance after", title=f"ledger of {name}")
+    for e in entries:
+        sign = "-" if e["kind"] in ("charge", "hold", "capture") else "+"
+        table.add_row(e["at"], e["kind"], e.get("tool") or "", f"{sign}{e['amount']}",
+                      e.get("balance_after") or "")
+    return table
+
+
+@click.group()
+def tools() -> None:
+    """The price catalog."""
+
+
+@tools.command("set")
+@click.argument("name")
+@click.option("--price", required=True)
+@click.option("--category", required=True)
+@click.option("--variable", is_flag=True, help="Priced per call by the caller (via a hold).")
+@click.option("--upstream", default=None, help="URL the gateway proxies invoke calls to.")
+@pass_options
+@refusals
+def tools_set(opts: Options, name: str, price: str, category: str, variable: bool,
+              upstream: str | None) -> None:
+    body: dict[str, Any] = {"price": price, "category": category,
+                            "pricing": "variable" if variable else "fixed"}
+    if upstream:
+        body["upstream"] = upstream
+    tool = opts.client().request("PUT", f"/v1/tools/{name}", body)
+    opts.emit(tool, lambda: opts.console.print(
+        f"{tool['tool']}: {tool['price']} per call ({tool['category']}, {tool['pricing']})"))
+
+
+@tools.command("list")
+@pass_options
+@refusals
+def tools_list(opts: Options) -> None:
+    prices = opts.client().request("GET", "/v1/tools")
+    opts.emit(prices, lambda: opts.console.print(_prices_table(prices["tools"])))
+
+
+def _freeze_command(frozen: bool) -> click.Command:
+    verb = "freeze" if frozen else "unfreeze"
+
+    @click.command(verb, help=f"{verb.capitalize()} an agent (frozen agents make no paid calls).")
+    @agent_option
+    @pass_options
+    @refusals
+    def command(opts: Options, agent: str | None) -> None:
+        name = opts.agent_name(agent)
+        result = opts.client().request("POST", f"/v1/agents/{name}/{verb}")
+        opts.emit(result, lambda: opts.console.print(f"{name}: frozen={result['frozen']}"))
+
+    return command
+
+
+freeze = _freeze_command(True)
+unfreeze = _freeze_command(False)
+
+
+@click.command()
+@pass_options
+@refusals
+def demo(opts: Options) -> None:
+    """Provision a demo agent and play the seed scenario, printing every call."""
+    from gateway.demo import run_demo
+
+    result = run_demo(opts.client(), click.echo)
+    if opts.as_json:
+        click.echo(orjson.dumps(result).decode())
