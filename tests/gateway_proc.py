@@ -40,13 +40,17 @@ class Gateway:
 
 
 @contextmanager
-def running_gateway(redis_url: str | None, workers: int = 1, **env: str) -> Iterator[Gateway]:
+def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | None = ADMIN_TOKEN,
+                    **env: str) -> Iterator[Gateway]:
+    """``iou serve`` on a free port; with ``redis_url`` None it runs on the embedded default,
+    and with ``admin_token`` None it generates its own under the data dir."""
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="iou-gw-"))
     log_path = data_dir / "gateway.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
-    environ.update({"IOU_ADMIN_TOKEN": ADMIN_TOKEN, "IOU_WEBHOOK_SECRET": WEBHOOK_SECRET,
-                    "IOU_DATA_DIR": str(data_dir), **env})
+    environ.update({"IOU_WEBHOOK_SECRET": WEBHOOK_SECRET, "IOU_DATA_DIR": str(data_dir), **env})
+    if admin_token is not None:
+        environ["IOU_ADMIN_TOKEN"] = admin_token
     if redis_url is not None:
         environ["IOU_REDIS_URL"] = redis_url
     with open(log_path, "wb") as log:

@@ -314,3 +314,33 @@ def test_openapi_describes_every_route(gateway: Gateway) -> None:
     described = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     served = {(m, r.path) for r in ROUTES for m in (r.methods or ()) if m != "HEAD"}
     assert described == served
+
+
+def test_ledger_route_pages_newest_first(gateway: Gateway) -> None:
+    name, key = new_agent(gateway, "1")
+    with gateway.agent(key) as agent:
+        for _ in range(3):
+            agent.post("/v1/charge", json={"tool": "web_search"},
+                       headers={"idempotency-key": unique("k")})
+        agent.post("/v1/charge", json={"tool": "email_send", "metadata": {"to": "ops"}})
+    with gateway.admin() as admin:
+        deadline = time.monotonic() + 10
+        while len(admin.get(f"/v1/agents/{name}/ledger").json()["entries"]) < 5:
+            assert time.monotonic() < deadline, "the writer did not commit within 10 s"
+            time.sleep(0.05)
+        first = admin.get(f"/v1/agents/{name}/ledger", params={"limit": "2"}).json()
+        assert [e["kind"] for e in first["entries"]] == ["charge", "charge"]
+        newest = first["entries"][0]
+        assert newest["tool"] == "email_send" and newest["metadata"] == {"to": "ops"}
+        assert newest["amount"] == "0.02" and newest["balance_after"] == "0.83"
+        rest = admin.get(f"/v1/agents/{name}/ledger",
+                         params={"before": first["next_cursor"]}).json()
+        assert [e["kind"] for e in rest["entries"]] == ["charge", "charge", "grant"]
+        assert rest["next_cursor"] is None
+        assert rest["entries"][-1]["amount"] == "1"
+        only = admin.get(f"/v1/agents/{name}/ledger",
+                         params={"kind": "charge", "tool": "web_search"}).json()["entries"]
+        assert len(only) == 3 and all(e["idempotency_key"] for e in only)
+        bad = admin.get(f"/v1/agents/{name}/ledger", params={"kind": "nope"})
+        assert bad.status_code == 422 and bad.json()["field"] == "kind"
+        assert admin.get("/v1/agents/nobody-zz/ledger").status_code == 404
