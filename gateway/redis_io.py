@@ -66,7 +66,11 @@ def parse_redis_url(url: str) -> RedisAddress:
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: RedisConnection) -> None:
         self._owner = owner
-        self._reader = hiredis.Reader(replyError=ReplyError)
+        if owner.decode:
+            self._reader = hiredis.Reader(replyError=ReplyError, encoding="utf-8",
+                                          errors="surrogateescape")
+        else:
+            self._reader = hiredis.Reader(replyError=ReplyError)
 
     def data_received(self, data: bytes) -> None:
         if self._owner._protocol is not self:
@@ -90,8 +94,10 @@ class RedisConnection:
     recover from NOSCRIPT); it raises ``Unavailable`` when Redis cannot be reached.
     """
 
-    def __init__(self, address: RedisAddress) -> None:
+    def __init__(self, address: RedisAddress, decode: bool = False) -> None:
+        """``decode``: bulk replies come back as str (UTF-8) instead of bytes."""
         self.address = address
+        self.decode = decode
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None

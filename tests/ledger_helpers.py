@@ -7,7 +7,6 @@ from gateway.engine import Engine
 from gateway.ledger.factory import open_store
 from gateway.ledger.store import LedgerStore
 from gateway.ledger.writer import LedgerWriter
-from gateway.redis_io import RedisConnection
 
 
 def store_for(ledger_url: str) -> LedgerStore:
@@ -16,5 +15,5 @@ def store_for(ledger_url: str) -> LedgerStore:
 
 def writer_for(engine: Engine, store: LedgerStore, consumer: str = "test-writer"
                ) -> LedgerWriter:
-    return LedgerWriter(RedisConnection(engine.conn.address), store, engine.partitions,
+    return LedgerWriter(engine.conn.address, store, engine.partitions,
                         consumer)

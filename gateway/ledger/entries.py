@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -14,16 +12,15 @@ CONFIG_KINDS = frozenset({"agent", "limits", "freeze", "unfreeze", "key_add", "k
 # Fields kept as columns; anything else of a config event goes to the JSON `data` column.
 COLUMNS = ("id", "at", "kind", "agent", "tool", "category", "amount", "balance_after", "held",
            "idem", "ih", "hold_id", "expires_at", "meta")
-_INT_RE = re.compile(r"0|-?[1-9][0-9]{0,17}")
-_STREAM_ID_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
 class PoisonedEntry(ValueError):
     """A stream entry that can never become a ledger row; it goes to dead_letters."""
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
+class LedgerEntry(NamedTuple):
+    """One ledger row; the field order is the column order of ``ledger_entries``."""
+
     entry_id: str
     stream: str  # the partition tag ("p07") or "tools"
     stream_ms: int
@@ -44,47 +41,52 @@ class LedgerEntry:
     data: str | None  # JSON text: the rest of a configuration event
 
 
-def _opt_int(fields: dict[str, str], name: str) -> int | None:
-    raw = fields.get(name)
-    if raw is None or raw == "":
+def _int(raw: str | None, name: str) -> int | None:
+    if not raw:
         return None
-    if not _INT_RE.fullmatch(raw):
-        raise PoisonedEntry(f"{name}={raw!r} is not an integer")
-    return int(raw)
+    # Digits only (str.isdigit alone admits non-ASCII digits; int() admits " 5", "+5", "1_0").
+    if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        return int(raw)
+    raise PoisonedEntry(f"{name}={raw!r} is not a non-negative integer")
 
 
-def _opt_text(fields: dict[str, str], name: str) -> str | None:
-    value = fields.get(name)
-    return value if value else None
+def _fields(raw: list[Any]) -> dict[str, str]:
+    try:
+        it = iter(raw)
+        if raw and isinstance(raw[0], str):
+            return dict(zip(it, it, strict=True))
+        return {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PoisonedEntry(f"unreadable fields: {exc}") from None
 
 
 def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
     """A LedgerEntry from one XREADGROUP entry; PoisonedEntry if it cannot be one."""
-    try:
-        it = iter(raw)
-        fields = {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PoisonedEntry(f"unreadable fields: {exc}") from None
-    position = _STREAM_ID_RE.fullmatch(stream_id)
-    kind = fields.get("kind", "")
-    if position is None or not fields.get("id") or kind not in MONEY_KINDS | CONFIG_KINDS:
-        raise PoisonedEntry(f"missing id or unknown kind {kind!r}")
-    at_ms = _opt_int(fields, "at")
+    g = _fields(raw).get
+    kind = g("kind") or ""
+    ms, _, seq = stream_id.partition("-")
+    entry_id = g("id")
+    if not (ms.isdigit() and seq.isdigit()) or not entry_id:
+        raise PoisonedEntry("missing id or bad stream position")
+    at_ms = _int(g("at"), "at")
+    amount = _int(g("amount"), "amount")
     if at_ms is None:
         raise PoisonedEntry("missing at")
-    if kind in MONEY_KINDS and (_opt_int(fields, "amount") is None or not fields.get("agent")):
-        raise PoisonedEntry(f"{kind} without amount or agent")
-    rest = {k: v for k, v in fields.items() if k not in COLUMNS}
+    if kind in MONEY_KINDS:
+        if amount is None or not g("agent"):
+            raise PoisonedEntry(f"{kind} without amount or agent")
+        data = None
+    elif kind in CONFIG_KINDS:
+        rest = {k: v for k, v in _fields(raw).items() if k not in COLUMNS}
+        data = orjson.dumps(rest).decode() if rest else None
+    else:
+        raise PoisonedEntry(f"unknown kind {kind!r}")
     return LedgerEntry(
-        entry_id=fields["id"], stream=stream, stream_ms=int(position.group(1)),
-        stream_seq=int(position.group(2)), at_ms=at_ms, kind=kind,
-        agent=_opt_text(fields, "agent"), tool=_opt_text(fields, "tool"),
-        category=_opt_text(fields, "category"), amount=_opt_int(fields, "amount"),
-        balance_after=_opt_int(fields, "balance_after"), held=_opt_int(fields, "held"),
-        idempotency_key=_opt_text(fields, "idem"), idempotency_hash=_opt_text(fields, "ih"),
-        hold_id=_opt_text(fields, "hold_id"), expires_at_ms=_opt_int(fields, "expires_at"),
-        metadata=_opt_text(fields, "meta"),
-        data=orjson.dumps(rest).decode() if rest else None)
+        entry_id, stream, int(ms), int(seq), at_ms, kind, g("agent") or None,
+        g("tool") or None, g("category") or None, amount,
+        _int(g("balance_after"), "balance_after"),
+        _int(g("held"), "held"), g("idem") or None, g("ih") or None, g("hold_id") or None,
+        _int(g("expires_at"), "expires_at"), g("meta") or None, data)
 
 
 def _s(value: Any) -> str:

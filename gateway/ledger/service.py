@@ -11,34 +11,24 @@ from gateway.ledger.factory import open_store
 from gateway.ledger.reconcile import Drift, reconcile
 from gateway.ledger.recover import Recovered, recover
 from gateway.ledger.writer import LedgerWriter
-from gateway.redis_io import RedisConnection, parse_redis_url
 from gateway.runtime import Runtime, open_runtime
 
 log = logging.getLogger("iou.writer")
 
 
 def _writer_for(runtime: Runtime, settings: Settings, consumer: str | None = None
-                ) -> tuple[LedgerWriter, RedisConnection]:
+                ) -> LedgerWriter:
     # The writer blocks on XREADGROUP: it gets a connection of its own.
-    conn = RedisConnection(parse_redis_url(_url(runtime)))
     store = open_store(settings)
-    writer = LedgerWriter(conn, store, runtime.engine.partitions, consumer,
-                          settings.fault_inject)
-    return writer, conn
-
-
-def _url(runtime: Runtime) -> str:
-    a = runtime.engine.conn.address
-    if a.unix_path:
-        return f"unix://{a.unix_path}?db={a.db}"
-    auth = f":{a.password}@" if a.password else ""
-    return f"{'rediss' if a.tls else 'redis'}://{auth}{a.host}:{a.port}/{a.db}"
+    writer = LedgerWriter(runtime.engine.conn.address, store, runtime.engine.partitions,
+                          consumer, settings.fault_inject)
+    return writer
 
 
 async def run_writer(settings: Settings, consumer: str | None = None) -> None:
     """``iou writer``: run until SIGTERM/SIGINT, then finish the batch in hand and stop."""
     runtime = await open_runtime(settings, background=False)
-    writer, conn = _writer_for(runtime, settings, consumer)
+    writer = _writer_for(runtime, settings, consumer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, writer.stop)
@@ -49,21 +39,21 @@ async def run_writer(settings: Settings, consumer: str | None = None) -> None:
         await writer.run()
     finally:
         await writer.store.close()
-        conn.close()
+        writer.close()
         await runtime.close()
     log.info("ledger writer stopped: %s", writer.stats)
 
 
 async def run_reconcile(settings: Settings) -> tuple[int, list[Drift]]:
     runtime = await open_runtime(settings, background=False)
-    writer, conn = _writer_for(runtime, settings)
+    writer = _writer_for(runtime, settings)
     try:
         drift = await reconcile(runtime.engine, writer.store, writer)
         checked = len(await writer.store.agent_totals())
         return checked, drift
     finally:
         await writer.store.close()
-        conn.close()
+        writer.close()
         await runtime.close()
 
 

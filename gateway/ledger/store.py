@@ -69,9 +69,7 @@ class LedgerStore(Protocol):
 
 
 def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
-    return (e.entry_id, e.stream, e.stream_ms, e.stream_seq, e.at_ms, e.kind, e.agent, e.tool,
-            e.category, e.amount, e.balance_after, e.held, e.idempotency_key,
-            e.idempotency_hash, e.hold_id, e.expires_at_ms, e.metadata, e.data)
+    return e  # a LedgerEntry is already the row, in column order
 
 
 def config_statements(e: LedgerEntry) -> list[Statement]:
@@ -101,7 +99,7 @@ def config_statements(e: LedgerEntry) -> list[Statement]:
 
 
 def row_to_entry(row: Any) -> LedgerEntry:
-    return LedgerEntry(*row)
+    return LedgerEntry._make(row)
 
 
 ENTRY_COLUMNS = ("entry_id, stream, stream_ms, stream_seq, at_ms, kind, agent, tool, category, "

@@ -18,7 +18,7 @@ import random
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ from gateway import keys
 from gateway.errors import GatewayError
 from gateway.ledger.entries import LedgerEntry, PoisonedEntry, parse_entry
 from gateway.ledger.store import LedgerStore, StoreUnavailable, config_statements
-from gateway.redis_io import RedisConnection, ReplyError
+from gateway.redis_io import RedisAddress, RedisConnection, ReplyError
 
 GROUP = b"ledger"
 BATCH_SIZE_MAX = 1000
@@ -38,6 +38,7 @@ TRIM_EVERY_S = 1.0
 FAILURES_MAX = 5
 RETRY_WAIT_S = 1.0
 FAULT_PROBABILITY = 0.1
+PIPELINE_BATCHES_MAX = 20
 
 log = logging.getLogger("iou.writer")
 
@@ -52,6 +53,15 @@ def stream_label(stream: str) -> str:
 
 
 @dataclass
+class _Prepared:
+    """A parsed batch waiting for its commit: rows, where each came from, what to ack."""
+
+    good: list[LedgerEntry] = field(default_factory=list)
+    origin: dict[str, tuple[str, str, list[Any]]] = field(default_factory=dict)
+    acks: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class WriterStats:
     committed: int = 0
     duplicates: int = 0
@@ -60,14 +70,15 @@ class WriterStats:
 
 
 class LedgerWriter:
-    def __init__(self, conn: RedisConnection, store: LedgerStore, partitions: int,
+    def __init__(self, address: RedisAddress, store: LedgerStore, partitions: int,
                  consumer: str | None = None, fault_inject: str | None = None) -> None:
-        # A connection of its own: XREADGROUP BLOCK must not stall the gateway's calls.
-        self._conn = conn
+        # A connection of its own (XREADGROUP BLOCK must not stall the gateway's calls),
+        # decoding replies to str in hiredis, which is where parsing time goes.
+        self._conn = RedisConnection(address, decode=True)
         self._store = store
         self._streams = stream_names(partitions)
-        self._consumer = (consumer or f"{socket.gethostname()}-{os.getpid()}").encode()
-        self._failures: dict[bytes, int] = {}
+        self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._failures: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self._fault_inject = fault_inject
         self.stats = WriterStats()
@@ -75,6 +86,9 @@ class LedgerWriter:
     @property
     def store(self) -> LedgerStore:
         return self._store
+
+    def close(self) -> None:
+        self._conn.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -125,9 +139,26 @@ class LedgerWriter:
             if await self._process(batch) == 0:
                 return  # only entries that keep failing are left; retried on the next pass
 
-    async def read_new(self, block_ms: int) -> int:
-        batch = await self._read([b">"] * len(self._streams), block_ms)
-        return await self._process(batch)
+    async def read_new(self, block_ms: int, batches_max: int = PIPELINE_BATCHES_MAX) -> int:
+        """Read new entries, committing each batch while the next is read and parsed.
+
+        Only new entries ('>') can be pipelined: a re-read of pending entries would return
+        the batch still being committed."""
+        inflight: asyncio.Task[int] | None = None
+        settled = 0
+        for _ in range(batches_max):
+            batch = await self._read([b">"] * len(self._streams), block_ms)
+            prepared = await self._prepare(batch) if any(e for _, e in batch) else None
+            if inflight is not None:
+                settled += await inflight
+                inflight = None
+            if prepared is None:
+                break
+            inflight = asyncio.create_task(self._commit(prepared))
+            block_ms = 0  # keep reading only what is already there
+        if inflight is not None:
+            settled += await inflight
+        return settled
 
     async def drain(self) -> int:
         """Commit everything currently in the streams (for reconcile and tests)."""
@@ -146,7 +177,7 @@ class LedgerWriter:
         if block_ms:
             args += [b"BLOCK", block_ms]
         reply = await self._conn.call_or_raise(*args, b"STREAMS", *self._streams, *ids)
-        return [(s.decode(), entries) for s, entries in reply or []]
+        return [(s, entries) for s, entries in reply or []]
 
     async def claim_stale(self, idle_ms: int = CLAIM_IDLE_MS) -> None:
         """Take over entries a dead writer read but never acknowledged."""
@@ -159,29 +190,34 @@ class LedgerWriter:
                 cursor, entries = reply[0], reply[1]
                 if entries:
                     await self._process([(stream, entries)])
-                if cursor in (b"0-0", "0-0"):
+                if cursor == "0-0":
                     break
 
     async def _process(self, batch: list[tuple[str, list[Any]]]) -> int:
         """Write one batch, then acknowledge it; returns how many entries were settled."""
-        good: list[LedgerEntry] = []
-        entry_streams: dict[str, tuple[str, bytes, list[Any]]] = {}
-        acks: dict[str, list[bytes]] = {}
+        return await self._commit(await self._prepare(batch))
+
+    async def _prepare(self, batch: list[tuple[str, list[Any]]]) -> _Prepared:
+        prepared = _Prepared()
         for stream, entries in batch:
             for entry_id, fields in entries:
                 if fields is None:  # deleted before it was read: nothing to keep
-                    acks.setdefault(stream, []).append(entry_id)
+                    prepared.acks.setdefault(stream, []).append(entry_id)
                     continue
                 parsed = await self._parse(stream, entry_id, fields)
                 if parsed is not None:
-                    good.append(parsed)
-                    entry_streams[parsed.entry_id] = (stream, entry_id, fields)
+                    prepared.good.append(parsed)
+                    prepared.origin[parsed.entry_id] = (stream, entry_id, fields)
                 elif self._failures.get(entry_id, 0) == -1:
-                    acks.setdefault(stream, []).append(entry_id)
+                    prepared.acks.setdefault(stream, []).append(entry_id)
+        return prepared
+
+    async def _commit(self, prepared: _Prepared) -> int:
+        """Commit, then XACK: an entry is acknowledged only once its row is durable."""
         self._maybe_crash("after_read")
-        if good:
-            committed = await self._write(good, entry_streams)
-            for stream, entry_id in committed:
+        acks = prepared.acks
+        if prepared.good:
+            for stream, entry_id in await self._write(prepared.good, prepared.origin):
                 acks.setdefault(stream, []).append(entry_id)
         self._maybe_crash("after_commit")
         for stream, ids in acks.items():
@@ -189,7 +225,7 @@ class LedgerWriter:
         return sum(len(ids) for ids in acks.values())
 
     async def _write(self, good: list[LedgerEntry],
-                     origin: dict[str, tuple[str, bytes, list[Any]]]) -> list[tuple[str, bytes]]:
+                     origin: dict[str, tuple[str, str, list[Any]]]) -> list[tuple[str, str]]:
         """Commit the entries; returns (stream, id) of those settled (committed or dead).
 
         A batch the database refuses for a reason other than being down is written one
@@ -203,7 +239,7 @@ class LedgerWriter:
                 stream, entry_id, fields = origin[good[0].entry_id]
                 await self._failed(stream, entry_id, fields, exc)
                 return [(stream, entry_id)] if self._failures.get(entry_id) == -1 else []
-            settled: list[tuple[str, bytes]] = []
+            settled: list[tuple[str, str]] = []
             for entry in good:
                 settled += await self._write([entry], origin)
             return settled
@@ -216,27 +252,28 @@ class LedgerWriter:
         if self._fault_inject == point and random.random() < FAULT_PROBABILITY:
             os.kill(os.getpid(), signal.SIGKILL)  # testing only (IOU_FAULT_INJECT)
 
-    async def _parse(self, stream: str, entry_id: bytes, fields: list[Any]
+    async def _parse(self, stream: str, entry_id: str, fields: list[Any]
                      ) -> LedgerEntry | None:
         try:
-            entry = parse_entry(stream_label(stream), entry_id.decode(), fields)
-            config_statements(entry)  # a config event missing its data is poisoned too
+            entry = parse_entry(stream_label(stream), entry_id, fields)
+            if entry.data is not None:
+                config_statements(entry)  # a config event missing its data is poisoned too
             return entry
         except (PoisonedEntry, KeyError, ValueError, TypeError) as exc:
             await self._failed(stream, entry_id, fields, exc)
             return None
 
-    async def _failed(self, stream: str, entry_id: bytes, fields: list[Any],
+    async def _failed(self, stream: str, entry_id: str, fields: list[Any],
                       exc: Exception) -> None:
         count = self._failures.get(entry_id, 0) + 1
         self._failures[entry_id] = count
-        log.warning("ledger entry %s of %s failed (%d/%d): %s", entry_id.decode(), stream,
+        log.warning("ledger entry %s of %s failed (%d/%d): %s", entry_id, stream,
                     count, FAILURES_MAX, exc)
         if count < FAILURES_MAX:
             return
-        raw = orjson.dumps([f.decode(errors="replace") if isinstance(f, bytes) else str(f)
+        raw = orjson.dumps([str(f).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                             for f in fields]).decode()
-        await self._store.dead_letter(stream_label(stream), entry_id.decode(), raw, str(exc))
+        await self._store.dead_letter(stream_label(stream), entry_id, raw, str(exc))
         self.stats.dead_letters += 1
         self._failures[entry_id] = -1  # acknowledged with the rest of the batch
 
@@ -247,19 +284,18 @@ class LedgerWriter:
             if floor is not None:
                 await self._conn.call_or_raise(b"XTRIM", stream, b"MINID", floor)
 
-    async def _unacknowledged_floor(self, stream: str) -> bytes | None:
+    async def _unacknowledged_floor(self, stream: str) -> str | None:
         # Sent in one write, so Redis answers XINFO before XPENDING: an entry delivered
         # after the last-delivered id was read lies above it and is never trimmed.
         groups, summary = await asyncio.gather(
             self._conn.call_or_raise(b"XINFO", b"GROUPS", stream),
             self._conn.call_or_raise(b"XPENDING", stream, GROUP))
         if summary[0]:
-            oldest_pending: bytes = summary[1]
+            oldest_pending: str = summary[1]
             return oldest_pending
         for group in groups:
             info = dict(zip(group[::2], group[1::2], strict=True))
-            if info.get(b"name") == GROUP:
-                delivered: bytes = info[b"last-delivered-id"]
-                ms, seq = delivered.split(b"-")
-                return b"%d-%d" % (int(ms), int(seq) + 1)  # everything delivered is acked
+            if info.get("name") == GROUP.decode():
+                ms, seq = str(info["last-delivered-id"]).split("-")
+                return f"{ms}-{int(seq) + 1}"  # everything delivered is acknowledged
         return None
