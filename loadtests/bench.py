@@ -1,0 +1,375 @@
+"""One-run benchmark of the gateway against a bare Starlette endpoint, as ratios.
+
+    python -m loadtests.bench [--duration-s 8] [--rounds 2] [--agents 1000] [--json PATH]
+
+Starts its own gateway (`iou serve` on the embedded default in a temp dir, with its
+ledger writer) and a reference app with the same uvicorn settings, for --workers 1 and 2,
+drives them with wrk (apt-get install wrk) from this machine's loopback, interleaving
+rounds, and measures: the reference, POST /v1/charge (auth + Idempotency-Key, many
+agents), POST /v1/charges (100 per request), redis-benchmark EVALSHA of lua/charge.lua,
+the ledger lag during the charge runs, the tail at a fixed rate (hey, if installed), and
+Redis memory per idle agent. Everything stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis
+
+from gateway import keys
+from gateway.ledger.lag import ledger_backlog
+from gateway.redis_io import RedisConnection, parse_redis_url
+from tests.servers import free_port
+
+HERE = Path(__file__).resolve().parent
+WRK_THREADS = 2
+WRK_CONNECTIONS = 64
+
+
+def wrk(url: str, duration_s: float, script_args: list[str] | None = None) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) of one wrk run."""
+    args = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d", f"{int(duration_s)}s",
+            "--latency", "-s", str(HERE / "charge.lua"), url, "--", *(script_args or [])]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": _latency(out, "50%"), "p99_ms": _latency(out, "99%"),
+            "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0}
+
+
+def _latency(out: str, pct: str) -> float:
+    match = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    assert match, out
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def cpu_s(pids: list[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / ticks
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except OSError:
+            continue
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += children.get(current, [])
+    return out
+
+
+def server_pids(root: int) -> list[int]:
+    """The HTTP worker processes of a server (not its ledger writer or Redis)."""
+    keep = []
+    for pid in descendants(root):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"writer" not in cmd and b"redis-server" not in cmd and b"valkey" not in cmd:
+            keep.append(pid)
+    return keep
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict[str, str], ready_url: str) -> None:
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(ready_url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, args
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
+    env.update({"IOU_DATA_DIR": str(data_dir), "IOU_ADMIN_TOKEN": "bench-admin-token-0123456789",
+                "PYTHONPATH": str(HERE.parent)})
+    return env
+
+
+def start_reference(workers: int, data_dir: Path) -> tuple[Server, str]:
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "loadtests.reference_app:app", "--port", str(port),
+            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    return Server(args, base_env(data_dir), url + "/ref"), url
+
+
+def start_gateway(workers: int, data_dir: Path) -> tuple[Server, str]:
+    port = free_port()
+    args = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers",
+            str(workers)]
+    url = f"http://127.0.0.1:{port}"
+    return Server(args, base_env(data_dir), url + "/readyz"), url
+
+
+def provision(url: str, agents: int, keys_file: Path) -> None:
+    admin = httpx.Client(base_url=url, timeout=30,
+                         headers={"authorization": "Bearer bench-admin-token-0123456789"})
+    admin.put("/v1/tools/web_search", json={"price": "0.000001", "category": "tool"})
+    keys = []
+    for i in range(agents):
+        created = admin.post("/v1/agents", json={"name": f"bench-{i}", "grant": "1000000"})
+        keys.append(created.json()["api_key"])
+    keys_file.write_text("\n".join(keys) + "\n")
+    admin.close()
+
+
+def redis_of(data_dir: Path) -> redis.Redis:
+    return redis.Redis.from_url((data_dir / "redis.url").read_text().strip())
+
+
+class LagSampler:
+    """Samples the ledger lag (oldest event not yet committed) every 100 ms during a run."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.url = redis_url
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+
+    async def _run(self) -> None:
+        conn = RedisConnection(parse_redis_url(self.url))
+        partitions = int(await conn.call_or_raise(b"HGET", b"iou:meta", b"partitions"))
+        while not self._stop.is_set():
+            self.samples.append((await ledger_backlog(conn, partitions))[0])
+            await asyncio.sleep(0.1)
+        conn.close()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        ordered = sorted(self.samples) or [0.0]
+        return {"lag_p50_s": round(statistics.median(ordered), 3),
+                "lag_p99_s": round(ordered[max(int(len(ordered) * 0.99) - 1, 0)], 3)}
+
+
+def batch_body(size: int = 100) -> str:
+    return orjson.dumps({"charges": [{"tool": "web_search"}] * size}).decode()
+
+
+def hey_p99(url: str, key: str, rate_per_s: float, duration_s: float, path: str) -> float | None:
+    """p99 (ms) at a constant request rate, with hey (apt-get install hey); None without it."""
+    if shutil.which("hey") is None:
+        return None
+    workers = 32
+    args = ["hey", "-z", f"{int(duration_s)}s", "-c", str(workers), "-q",
+            str(max(int(rate_per_s / workers), 1)), "-m", "POST", "-T", "application/json",
+            "-H", f"Authorization: Bearer {key}", "-d", '{"tool":"web_search"}', url + path]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"99% in ([\d.]+) secs", out)
+    return round(float(match.group(1)) * 1000, 3) if match else None
+
+
+def evalsha_stats(client: redis.Redis) -> dict[str, float]:
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return {"calls": float(stats.get("calls", 0)), "usec": float(stats.get("usec", 0))}
+
+
+def metric(url: str, name: str) -> float | None:
+    text = httpx.get(url + "/metrics").text
+    match = re.search(rf"^{name}(?:{{[^}}]*}})? ([\d.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+def measure_workers(workers: int, agents: int, duration_s: float, rounds: int
+                    ) -> dict[str, Any]:
+    """Interleaved rounds of reference, charge and batch runs for one worker count."""
+    tmp = Path(tempfile.mkdtemp(prefix="iou-bench-"))
+    keys_file = tmp / "keys.txt"
+    ref, ref_url = start_reference(workers, tmp / "ref")
+    gw, gw_url = start_gateway(workers, tmp / "gw")
+    try:
+        provision(gw_url, agents, keys_file)
+        store = redis_of(tmp / "gw")
+        redis_url = (tmp / "gw" / "redis.url").read_text().strip()
+        runs: dict[str, list[dict[str, float]]] = {"reference": [], "charge": [], "batch": []}
+        for r in range(rounds):
+            runs["reference"].append(_timed(ref, duration_s, ref_url, [
+                str(keys_file), "/ref", '{"tool":"web_search"}']))
+            store.config_resetstat()
+            sampler = LagSampler(redis_url)
+            charge = _timed(gw, duration_s, gw_url, [
+                str(keys_file), "/v1/charge", '{"tool":"web_search"}', f"c{workers}-{r}"])
+            charge.update(sampler.stop())
+            stats = evalsha_stats(store)
+            charge["redis_cpu_us_per_charge"] = round(stats["usec"] / max(stats["calls"], 1), 2)
+            runs["charge"].append(charge)
+            batch = _timed(gw, duration_s, gw_url, [
+                str(keys_file), "/v1/charges", batch_body(), f"b{workers}-{r}"])
+            batch["charges_per_s"] = batch["rps"] * 100
+            runs["batch"].append(batch)
+        best = {name: max(items, key=lambda x: x["rps"]) for name, items in runs.items()}
+        key = keys_file.read_text().split()[0]
+        rate = 0.7 * best["charge"]["rps"]
+        tail = {"rate_per_s": round(rate),
+                "reference_p99_ms": hey_p99(ref_url, key, rate, duration_s, "/ref"),
+                "charge_p99_ms": hey_p99(gw_url, key, rate, duration_s, "/v1/charge")}
+        return {"workers": workers, "runs": runs, "best": best, "tail": tail,
+                "batch_factor": metric(gw_url, "iou_redis_batch_factor")}
+    finally:
+        gw.stop()
+        ref.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _timed(server: Server, duration_s: float, url: str, script_args: list[str]
+           ) -> dict[str, float]:
+    """A wrk run plus the server's CPU-µs per request over it."""
+    pids = server_pids(server.process.pid)
+    before = cpu_s(pids)
+    result = wrk(url, duration_s, script_args)
+    requests = max(result["rps"] * duration_s, 1)
+    result["server_cpu_us_per_request"] = round((cpu_s(pids) - before) / requests * 1e6, 1)
+    return result
+
+
+def redis_benchmark_evalsha(clients: int = 50, pipeline: int = 16, requests: int = 300_000
+                            ) -> dict[str, float]:
+    """The Redis-side ceiling: redis-benchmark EVALSHA of the real charge script."""
+    from gateway.scripts import load_script
+    from tests.servers import redis_server
+
+    script = load_script("charge")
+    with redis_server("--appendfsync", "always") as (url, _):
+        client = redis.Redis.from_url(url)
+        sha = client.script_load(script.source)
+        agent_keys = keys.agent_keys("bench-agent", 16)
+        client.hset(agent_keys.agent_hash, mapping={"bal": str(10**15), "held": "0",
+                                                    "frozen": "0", "lowf": "0"})
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        args = ["redis-benchmark", "-p", port, "-n", str(requests), "-c", str(clients), "-P",
+                str(pipeline), "-q", "EVALSHA", sha, "5", agent_keys.agent_hash,
+                agent_keys.window, agent_keys.idempotency("none"), agent_keys.events,
+                agent_keys.webhooks, "bench-agent", "01900000-0000-7000-8000-000000000000",
+                "web_search", "tool", "1", str(10**15), "", "", ""]
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        rps = float(re.findall(r"([\d.]+) requests per second", out)[-1])
+        assert client.hget(agent_keys.agent_hash, "bal") != str(10**15).encode(), \
+            "the benchmarked script did not charge"
+        client.close()
+    return {"evalsha_per_s": rps, "clients": clients, "pipeline": pipeline}
+
+
+async def _memory_per_agent(url: str, agents: int) -> dict[str, float]:
+    from gateway.config import load_settings
+    from gateway.engine import Engine
+
+    engine = Engine(RedisConnection(parse_redis_url(url)), load_settings({"IOU_REDIS_URL": url}))
+    await engine.start(background=False)
+    client = redis.Redis.from_url(url)
+    before = client.info("memory")["used_memory"]
+    for start in range(0, agents, 1000):
+        await asyncio.gather(*(engine.create_agent(f"idle-{i}", 10_000_000)
+                               for i in range(start, min(start + 1000, agents))))
+    # In steady state the ledger writer has trimmed the creation events; do the same.
+    for stream in client.scan_iter("iou:*:events"):
+        client.delete(stream)
+    after = client.info("memory")["used_memory"]
+    client.close()
+    engine.conn.close()
+    return {"agents": agents, "bytes_per_agent": round((after - before) / agents)}
+
+
+def memory_per_agent(agents: int = 100_000) -> dict[str, float]:
+    from tests.servers import redis_server
+
+    with redis_server() as (url, _):
+        return asyncio.run(_memory_per_agent(url, agents))
+
+
+def summarize(results: dict[str, Any]) -> list[str]:
+    ceiling = results["redis_benchmark"]["evalsha_per_s"]
+    lines = [f"{'run':<28}{'workers':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+             f"{'ratio':>8}{'cpu µs':>9}"]
+    for w in results["workers"]:
+        ref = w["best"]["reference"]
+        for name in ("reference", "charge", "batch"):
+            run = w["best"][name]
+            ratio = run["rps"] / ref["rps"]
+            lines.append(f"{name:<28}{w['workers']:>8}{run['rps']:>10.0f}{run['p50_ms']:>9.2f}"
+                         f"{run['p99_ms']:>9.2f}{ratio:>8.2f}"
+                         f"{run['server_cpu_us_per_request']:>9.1f}")
+        charge, batch = w["best"]["charge"], w["best"]["batch"]
+        lines.append(f"  metering CPU (charge - reference): "
+                     f"{charge['server_cpu_us_per_request'] - ref['server_cpu_us_per_request']:.1f}"
+                     f" µs/request; Redis CPU {charge['redis_cpu_us_per_charge']} µs/charge")
+        lines.append(f"  batch route {batch['charges_per_s']:.0f} charges/s = "
+                     f"{batch['charges_per_s'] / ceiling:.2f} x redis-benchmark EVALSHA")
+        lines.append(f"  ledger lag during charge runs: p50 {charge['lag_p50_s']} s, "
+                     f"p99 {charge['lag_p99_s']} s; batch factor {w['batch_factor']}")
+        tail = w["tail"]
+        lines.append(f"  at {tail['rate_per_s']} req/s fixed: p99 charge {tail['charge_p99_ms']} "
+                     f"ms, reference {tail['reference_p99_ms']} ms")
+    lines.append(f"redis-benchmark EVALSHA charge.lua (-P 16): {ceiling:.0f}/s")
+    lines.append(f"Redis memory per idle agent: {results['memory']['bytes_per_agent']} bytes")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration-s", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--memory-agents", type=int, default=100_000)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    assert shutil.which("wrk"), "wrk is needed: apt-get install wrk"
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {os.uname().machine}",
+                               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results["workers"] = [measure_workers(w, args.agents, args.duration_s, args.rounds)
+                          for w in (1, 2)]
+    results["redis_benchmark"] = redis_benchmark_evalsha()
+    results["memory"] = memory_per_agent(args.memory_agents)
+    print("\n".join(summarize(results)))
+    if args.json:
+        args.json.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
