@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="redis-server"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -14,7 +15,7 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
-.venv/bin/ruff check gateway tests
+.venv/bin/ruff check gateway tests loadtests
 .venv/bin/mypy
 .venv/bin/pytest -m "not slow" "$@"
 .venv/bin/pytest -m slow "$@"

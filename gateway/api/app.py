@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway.api import admin, agent, ledger_routes, ops, proxy
 from gateway.api.auth import Authenticator
@@ -52,7 +54,9 @@ ROUTES = [
     Route("/readyz", ops.readyz, methods=["GET"]),
     Route("/metrics", ops.metrics_text, methods=["GET"]),
     Route("/openapi.json", ops.openapi, methods=["GET"]),
+    Route("/dashboard", ops.dashboard, methods=["GET"]),
 ]
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -100,7 +104,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; uvicorn calls this once per worker (``--factory``)."""
-    app = Starlette(routes=ROUTES, lifespan=_lifespan,
+    static = Mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True))
+    app = Starlette(routes=[*ROUTES, static], lifespan=_lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     app.state.settings = settings or load_settings()
     return app

@@ -62,6 +62,8 @@ ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
     ("GET", "/readyz", "Redis, scripts and ledger lag", "none", None, 200),
     ("GET", "/metrics", "Prometheus metrics", "none", None, 200),
     ("GET", "/openapi.json", "This document", "none", None, 200),
+    ("GET", "/dashboard", "The operators' web page (redirects to /dashboard/)", "none", None,
+     308),
 ]
 
 ERROR = {"type": "object", "required": ["error", "message"], "properties": {

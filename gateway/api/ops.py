@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from gateway.api import metrics
 from gateway.api.context import Context, endpoint
@@ -54,3 +54,9 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
 @endpoint
 async def openapi(ctx: Context, request: Request) -> Response:
     return json_response(200, openapi_document())
+
+
+@endpoint
+async def dashboard(ctx: Context, request: Request) -> Response:
+    """The operators' web page (static files under /dashboard/)."""
+    return RedirectResponse("/dashboard/", status_code=308)

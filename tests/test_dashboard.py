@@ -1,0 +1,128 @@
+"""The dashboard in a real headless Chromium (Debian's package) driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.gateway_proc import ADMIN_TOKEN, Gateway
+from tests.http_helpers import new_agent
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    assert executable, "chromium is needed: the test command installs it with apt"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"\ndashboard screenshots: {ARTIFACTS}")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser: Browser, gw: Gateway, width: int, height: int
+              ) -> tuple[Page, list[str], list[str]]:
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    foreign: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith((gw.url, "data:", "blob:"))
+            else foreign.append(r.url))
+    page.goto(gw.url + "/dashboard")
+    return page, errors, foreign
+
+
+def sign_in(page: Page) -> None:
+    token = page.locator("#token")
+    expect(token).to_be_focused()  # keyboard first: the field has the focus
+    page.keyboard.type(ADMIN_TOKEN)
+    page.keyboard.press("Enter")
+    expect(page.locator("#agents")).to_be_visible()
+    expect(page.locator("#signin")).to_be_hidden()
+
+
+def test_operator_flow(browser: Browser, gateway: Gateway) -> None:
+    rich, rich_key = new_agent(gateway, "5", "dash")
+    poor, _ = new_agent(gateway, "0.5", "dash")  # below the default low_balance of 1
+    page, errors, foreign = open_page(browser, gateway, 1280, 800)
+    sign_in(page)
+    assert "iou-token" not in page.url
+    expect(page.locator(f"tr[data-agent='{rich}']")).to_contain_text("5")
+    expect(page.locator(f"tr[data-agent='{poor}']")).to_have_class("low")
+    page.screenshot(path=ARTIFACTS / "overview-1280.png", full_page=True)
+
+    page.locator("#agents input, input[type=search]").first.fill(rich)
+    expect(page.locator("#agents tbody tr")).to_have_count(1)
+    page.click(f"a[href='#/agent/{rich}']")
+    expect(page.locator("#balance")).to_have_text("5")
+    page.fill("#fund input[name=amount]", "20")
+    page.click("#fund button[type=submit]")
+    expect(page.locator("#balance")).to_have_text("25")
+
+    httpx.post(gateway.url + "/v1/charge", json={"tool": "web_search"},
+               headers={"authorization": f"Bearer {rich_key}"}).raise_for_status()
+    expect(page.locator("#ledger tbody tr").first).to_contain_text("web_search", timeout=3000)
+    expect(page.locator("#balance")).to_have_text("24.95", timeout=3000)
+
+    page.fill("#limits input[name=daily]", "0.1")
+    page.click("#limits button[type=submit]")
+    expect(page.locator("[role=status]")).to_have_text("Limits saved")
+    expect(page.locator(".bar[aria-label='50% of daily cap']").first).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "agent-1280.png", full_page=True)
+
+    page.click("a[href='#/']")
+    expect(page.locator(f"tr[data-agent='{rich}'] .bar")).to_be_visible()
+    page.click("a[href='#/tools']")
+    expect(page.locator("tr[data-tool='web_search']")).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "tools-1280.png", full_page=True)
+    assert errors == [] and foreign == []
+    page.close()
+
+
+def test_tools_editable_and_mobile(browser: Browser, gateway: Gateway) -> None:
+    page, errors, foreign = open_page(browser, gateway, 390, 844)
+    sign_in(page)
+    page.screenshot(path=ARTIFACTS / "overview-390.png", full_page=True)
+    page.click("a[href='#/tools']")
+    page.fill("#add-tool input[name=tool]", "dash_tool")
+    page.fill("#add-tool input[name=price]", "0.33")
+    page.click("#add-tool button[type=submit]")
+    row = page.locator("tr[data-tool='dash_tool']")
+    expect(row).to_be_visible()
+    row.locator("input[name=price]").fill("0.44")
+    row.locator("button", has_text="Save").click()
+    expect(page.locator("[role=status]")).to_have_text("Saved dash_tool")
+    tools = httpx.get(gateway.url + "/v1/tools",
+                      headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).json()["tools"]
+    assert next(t for t in tools if t["tool"] == "dash_tool")["price"] == "0.44"
+    page.screenshot(path=ARTIFACTS / "tools-390.png", full_page=True)
+    name, _ = new_agent(gateway, "2", "mobile")
+    page.goto(f"{gateway.url}/dashboard/#/agent/{name}")
+    expect(page.locator("#balance")).to_have_text("2")
+    page.click("#freeze")
+    expect(page.locator("#freeze")).to_have_text("Unfreeze")
+    page.screenshot(path=ARTIFACTS / "agent-390.png", full_page=True)
+    assert errors == [] and foreign == []
+    page.close()
+
+
+def test_wrong_token_is_refused(browser: Browser, gateway: Gateway) -> None:
+    page, errors, _ = open_page(browser, gateway, 1280, 800)
+    page.fill("#token", "not-the-token-at-all")
+    page.click("#signin button[type=submit]")
+    expect(page.locator("#signin-error")).to_have_text("That token was refused.")
+    assert page.evaluate("sessionStorage.getItem('iou-token')") is None
+    assert all("401" in e for e in errors)  # the refused fetch itself, nothing else
+    page.close()
