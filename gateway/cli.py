@@ -67,7 +67,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     try:
         uvicorn.run("gateway.api.app:create_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http="httptools", access_log=False,
-                    log_level="warning", lifespan="on")
+                    log_level="warning", lifespan="on", proxy_headers=False,
+                    server_header=False, date_header=False)
     finally:
         if writer is not None:
             writer.terminate()  # SIGTERM: it finishes the batch in hand

@@ -134,7 +134,8 @@ def start_reference(workers: int, data_dir: Path) -> tuple[Server, str]:
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "loadtests.reference_app:app", "--port", str(port),
             "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
-            "--no-access-log", "--log-level", "warning"]
+            "--no-access-log", "--log-level", "warning", "--no-proxy-headers",
+            "--no-server-header", "--no-date-header"]
     url = f"http://127.0.0.1:{port}"
     return Server(args, base_env(data_dir), url + "/ref"), url
 

@@ -30,6 +30,17 @@ def _outcome(exc: GatewayError) -> str:
     return str(exc.details.get("limit", exc.code))
 
 
+_counters: dict[tuple[str, str], Any] = {}
+
+
+def _count(outcome: str, category: str) -> None:
+    """Count a charge outcome; the labelled children are cached (labels() is not free)."""
+    child = _counters.get((outcome, category))
+    if child is None:
+        child = _counters[(outcome, category)] = CHARGES.labels(outcome, category)
+    child.inc()
+
+
 async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | None,
                      prefix: str = "") -> ChargeResult:
     """Validate one charge body and charge it; count the outcome in the metrics."""
@@ -46,11 +57,11 @@ async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | 
         result = await ctx.engine.charge(agent, tool, cost, key,
                                          None if metadata is None else plain_json(metadata))
     except GatewayError as exc:
-        CHARGES.labels(_outcome(exc), str(exc.details.get("category") or "unknown")).inc()
+        _count(_outcome(exc), str(exc.details.get("category") or "unknown"))
         if isinstance(exc, BalanceInsufficient):
             ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
-    CHARGES.labels("ok", result.category).inc()
+    _count("ok", result.category)
     return result
 
 

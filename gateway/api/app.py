@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.api import admin, agent, ledger_routes, ops, proxy
 from gateway.api.auth import Authenticator
 from gateway.api.context import Context
+from gateway.api.fastpath import ChargeFastPath
 from gateway.api.responses import json_response
 from gateway.api.webhooks import WebhookDeliverer
 from gateway.config import Settings, load_settings
@@ -102,10 +103,10 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.close()
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> ChargeFastPath:
     """The ASGI app; uvicorn calls this once per worker (``--factory``)."""
     static = Mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True))
     app = Starlette(routes=[*ROUTES, static], lifespan=_lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     app.state.settings = settings or load_settings()
-    return app
+    return ChargeFastPath(app)

@@ -60,8 +60,12 @@ class Authenticator:
     async def caller(self, request: Request) -> Caller:
         """The authenticated caller; 401 for a missing, unknown or revoked token."""
         client = request.client.host if request.client else "unknown"
+        return await self.caller_from(request.headers.get("authorization"), client)
+
+    async def caller_from(self, authorization: str | None, client: str) -> Caller:
+        """The caller of an Authorization header value sent from ``client`` (an address)."""
         self._check_rate(client)
-        token = _bearer(request)
+        token = _bearer(authorization or "")
         if token is not None:
             if hmac.compare_digest(token.encode(), self._admin_token):
                 return ADMIN
@@ -72,7 +76,10 @@ class Authenticator:
         raise Unauthorized("A valid bearer token is required.")
 
     async def agent(self, request: Request) -> str:
-        caller = await self.caller(request)
+        return self.require_agent(await self.caller(request))
+
+    @staticmethod
+    def require_agent(caller: Caller) -> str:
         if caller.agent is None:
             raise Forbidden("This route takes an agent key, not the admin token.")
         return caller.agent
@@ -110,8 +117,7 @@ class Authenticator:
         self._failures[client] = (count + 1, until)
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def _bearer(header: str) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

@@ -92,9 +92,14 @@ async def read_json(request: Request, bytes_max: int, *, optional: bool = False
 
 def json_from_raw(request: Request, raw: bytes, *, optional: bool = False) -> dict[str, Any]:
     """A body already read, checked for its media type and parsed as one JSON object."""
+    return json_body(request.headers.get("content-type", ""), raw, optional=optional)
+
+
+def json_body(content_type: str, raw: bytes, *, optional: bool = False) -> dict[str, Any]:
+    """A raw body with its Content-Type value, as one JSON object (415/400 otherwise)."""
     if optional and not raw.strip():
         return {}
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media = content_type.split(";")[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaType("The body must be sent as application/json.")
     return parse_json_object(raw)

@@ -25,7 +25,10 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
+    return check_idempotency_key(request.headers.get("idempotency-key"))
+
+
+def check_idempotency_key(key: str | None) -> str | None:
     if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise InvalidRequest("Idempotency-Key", "must be 1 to 128 printable ASCII characters")
     return key

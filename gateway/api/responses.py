@@ -24,6 +24,14 @@ def error_response(exc: GatewayError) -> Response:
     return json_response(exc.status, exc.to_dict(), headers)
 
 
+def error_body(exc: GatewayError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The same error as error_response, as raw ASGI parts (status, body, extra headers)."""
+    extra = []
+    if isinstance(exc, WindowLimitExceeded):
+        extra.append((b"retry-after", str(exc.details["retry_after_s"]).encode()))
+    return exc.status, orjson.dumps(exc.to_dict()), extra
+
+
 def iso_ms(ms: int) -> str:
     """Unix ms as an ISO 8601 UTC timestamp with milliseconds."""
     moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
