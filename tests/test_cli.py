@@ -158,3 +158,23 @@ def test_no_token_and_no_gateway_are_one_line(embedded_gateway: Gateway, tmp_pat
     down = iou(gw, "--url", "http://127.0.0.1:9", "--token", "x" * 20, "agents", "list")
     assert down.returncode == 1 and "http://127.0.0.1:9" in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
+
+
+def test_reconcile_and_recover_commands(embedded_gateway: Gateway) -> None:
+    import redis
+
+    gw = embedded_gateway
+    name = make_agent(gw, "3")
+    clean = iou(gw, "reconcile")
+    assert clean.returncode == 0 and "clean" in clean.stdout, clean.stderr
+    client = redis.Redis.from_url((gw.data_dir / "redis.url").read_text().strip())
+    agent_key = next(k for k in client.scan_iter(f"iou:*:agent:{name}"))
+    client.hincrby(agent_key, "bal", 7)  # tampering: Redis now disagrees with the ledger
+    drift = iou(gw, "reconcile")
+    assert drift.returncode == 1 and f"DRIFT {name}: redis 3.000007, ledger 3" in drift.stdout
+    assert "iou_reconcile_drift_agents 1.0" in httpx.get(gw.url + "/metrics").text
+    client.hincrby(agent_key, "bal", -7)
+    assert iou(gw, "reconcile").returncode == 0
+    refused = iou(gw, "recover")
+    assert refused.returncode == 1 and "empty Redis" in refused.stderr
+    client.close()

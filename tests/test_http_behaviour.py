@@ -234,3 +234,21 @@ def test_webhook_event_body_shape() -> None:
     assert signature("s", b"x") == "sha256=" + __import__("hmac").new(
         b"s", b"x", "sha256").hexdigest()
     assert json.dumps(body)
+
+
+def test_two_workers_share_one_store() -> None:
+    with redis_server() as (url, _), running_gateway(url, workers=2) as gw:
+        seed_tools(gw)
+        _, key = new_agent(gw, "1")
+
+        def post(i: int) -> httpx.Response:
+            with gw.agent(key) as agent:  # a new connection each: spread over both workers
+                return agent.post("/v1/charge", json={"tool": "web_search"},
+                                  headers={"idempotency-key": f"w{i % 10}"})
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(post, range(40)))
+        assert {r.status_code for r in responses} == {200}
+        assert balance(gw, key) == "0.5"  # 10 distinct keys, 0.05 each
+        metrics = httpx.get(gw.url + "/metrics").text
+        assert 'iou_charges_total{category="tool",outcome="ok"}' in metrics

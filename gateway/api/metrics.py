@@ -27,6 +27,11 @@ LEDGER_PENDING = Gauge("iou_ledger_pending_entries", "Events not yet committed t
                        multiprocess_mode="max")
 WEBHOOK_BACKLOG = Gauge("iou_webhook_backlog", "Webhook events waiting for delivery",
                         multiprocess_mode="max")
+DEAD_LETTERS = Gauge("iou_ledger_dead_letters", "Stream entries the writer gave up on",
+                     multiprocess_mode="max")
+RECONCILE_DRIFT = Gauge("iou_reconcile_drift_agents",
+                        "Agents whose balance disagreed with the ledger at the last reconcile",
+                        multiprocess_mode="max")
 WEBHOOK_DROPPED = Counter("iou_webhooks_dropped_total", "Webhook events given up after an hour")
 PROXY_CALLS = Counter("iou_proxy_calls_total", "Proxied tool calls by result", ["result"])
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from gateway import keys
 from gateway.api import metrics
 from gateway.api.context import Context, endpoint
 from gateway.api.openapi import openapi_document
 from gateway.api.responses import json_response
 from gateway.errors import GatewayError
 from gateway.ledger.lag import ledger_backlog
+from gateway.ledger.store import StoreUnavailable
 
 
 @endpoint
@@ -46,8 +48,11 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
         lag_s, pending = await ledger_backlog(ctx.engine.conn, ctx.engine.partitions)
         metrics.LEDGER_LAG.set(lag_s)
         metrics.LEDGER_PENDING.set(pending)
-    except GatewayError:
-        pass  # Redis down: serve what we have; /readyz says why
+        drift = await ctx.engine.conn.call_or_raise(b"HGET", keys.META, b"reconcile_drift")
+        metrics.RECONCILE_DRIFT.set(int(drift or 0))
+        metrics.DEAD_LETTERS.set(await ctx.ledger.count("dead_letters"))
+    except (GatewayError, StoreUnavailable):
+        pass  # Redis or the ledger down: serve what we have; /readyz says why
     return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
 

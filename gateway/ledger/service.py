@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from gateway import keys
 from gateway.config import Settings
 from gateway.ledger.factory import open_store
 from gateway.ledger.reconcile import Drift, reconcile
@@ -50,6 +51,9 @@ async def run_reconcile(settings: Settings) -> tuple[int, list[Drift]]:
     try:
         drift = await reconcile(runtime.engine, writer.store, writer)
         checked = len(await writer.store.agent_totals())
+        # For the gateway's /metrics (iou_reconcile_drift_agents).
+        await runtime.engine.conn.call_or_raise(b"HSET", keys.META, b"reconcile_drift",
+                                                len(drift))
         return checked, drift
     finally:
         await writer.store.close()
