@@ -41,7 +41,7 @@ class Gateway:
 
 @contextmanager
 def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | None = ADMIN_TOKEN,
-                    **env: str) -> Iterator[Gateway]:
+                    writer: bool = True, **env: str) -> Iterator[Gateway]:
     """``iou serve`` on a free port; with ``redis_url`` None it runs on the embedded default,
     and with ``admin_token`` None it generates its own under the data dir."""
     port = free_port()
@@ -56,7 +56,8 @@ def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | 
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
-             "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT, env=environ)
+             "--workers", str(workers), *([] if writer else ["--no-writer"])],
+            stdout=log, stderr=subprocess.STDOUT, env=environ)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process, log_path)
