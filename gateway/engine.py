@@ -19,6 +19,7 @@ import orjson
 from gateway import ids, keys, money
 from gateway.codes import Code, Flag
 from gateway.config import HOLD_TTL_S_MAX, Settings
+from gateway.connections import Connection
 from gateway.errors import (
     AgentExists,
     AgentFrozen,
@@ -44,7 +45,6 @@ from gateway.models import (
     Tool,
     warnings_of,
 )
-from gateway.redis_io import RedisConnection
 from gateway.scripts import Scripts
 
 log = logging.getLogger("iou.engine")
@@ -98,7 +98,7 @@ def _text(value: Any) -> str:
 class Engine:
     """The typed domain API the HTTP layer and the CLI call."""
 
-    def __init__(self, conn: RedisConnection, settings: Settings) -> None:
+    def __init__(self, conn: Connection, settings: Settings) -> None:
         self.conn = conn
         self.settings = settings
         self.scripts = Scripts(conn)

@@ -14,7 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import hiredis
 
@@ -44,6 +44,16 @@ class RedisAddress:
     @property
     def display(self) -> str:
         return f"unix://{self.unix_path}" if self.unix_path else f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The URL of this address, credentials included (for child processes, not logs)."""
+        auth = ""
+        if self.password:
+            auth = f"{quote(self.username or '')}:{quote(self.password)}@"
+        if self.unix_path:
+            return f"unix://{auth}{self.unix_path}?db={self.db}"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{self.host}:{self.port}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -114,6 +124,23 @@ class RedisConnection:
     def batch_factor(self) -> float:
         """Commands per socket write since start (the auto-pipelining gain)."""
         return self.commands / self.writes if self.writes else 0.0
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    async def call_each(self, *args: Any) -> list[Any]:
+        """The command on every server behind this connection: here, the one."""
+        return [await self.call_or_raise(*args)]
+
+    async def call_after_asking(self, *args: Any) -> Any:
+        """ASKING and the command back to back (a cluster's ASK redirection)."""
+        if self._transport is None:
+            await self._connect()
+        asking = self._enqueue(hiredis.pack_command((b"ASKING",)))
+        reply = self._enqueue(hiredis.pack_command(args))
+        await asking
+        return await reply
 
     async def call(self, *args: Any) -> Any:
         if self._transport is None:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from gateway import safety
 from gateway.config import Settings
+from gateway.connections import open_connection
 from gateway.embedded import EmbeddedRedis, start_embedded
 from gateway.engine import Engine
-from gateway.redis_io import RedisConnection, parse_redis_url
 
 
 @dataclass
@@ -35,7 +35,7 @@ def redis_url_of(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
 async def open_runtime(settings: Settings, background: bool = True) -> Runtime:
     """Connect, refuse an unsafe Redis, load scripts and start the engine."""
     url, embedded = redis_url_of(settings)
-    conn = RedisConnection(parse_redis_url(url))
+    conn = open_connection(url)
     try:
         warnings = await safety.check_redis(conn, settings.allow_unsafe_redis)
         engine = Engine(conn, settings)

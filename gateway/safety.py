@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from gateway.connections import Connection
 from gateway.errors import UnsafeRedis
-from gateway.redis_io import RedisConnection
 
 log = logging.getLogger("iou.safety")
 
@@ -14,19 +14,29 @@ SAFE_POLICIES = {"noeviction"}
 # idempotency records do, and losing an idempotency record can charge a retry twice.
 
 
-def _info_fields(raw: bytes) -> dict[str, str]:
+def _info_fields(raw: bytes | str) -> dict[str, str]:
     fields = {}
-    for line in raw.decode().splitlines():
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    for line in text.splitlines():
         name, sep, value = line.partition(":")
         if sep:
             fields[name.strip()] = value.strip()
     return fields
 
 
-async def check_redis(conn: RedisConnection, allow_unsafe: bool) -> list[str]:
+async def check_redis(conn: Connection, allow_unsafe: bool) -> list[str]:
     """Raise UnsafeRedis on an evicting policy (unless allowed); return warnings."""
-    fields = _info_fields(await conn.call_or_raise(b"INFO", b"memory"))
-    fields.update(_info_fields(await conn.call_or_raise(b"INFO", b"persistence")))
+    warnings: list[str] = []
+    memory = await conn.call_each(b"INFO", b"memory")
+    persistence = await conn.call_each(b"INFO", b"persistence")
+    for mem, per in zip(memory, persistence, strict=True):  # every master of a cluster
+        fields = _info_fields(mem)
+        fields.update(_info_fields(per))
+        warnings += _check_node(conn, fields, allow_unsafe)
+    return warnings
+
+
+def _check_node(conn: Connection, fields: dict[str, str], allow_unsafe: bool) -> list[str]:
     warnings = []
     policy = fields.get("maxmemory_policy")
     if policy is not None and policy not in SAFE_POLICIES:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.redis_io import RedisConnection, ReplyError
+from gateway.connections import Connection
+from gateway.redis_io import ReplyError
 
 SCRIPT_NAMES = (
     "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
@@ -46,7 +47,7 @@ class ScriptError(RuntimeError):
 class Scripts:
     """All scripts of the gateway, bound to one connection."""
 
-    def __init__(self, conn: RedisConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self.by_name = {name: load_script(name) for name in SCRIPT_NAMES}
         self.reloads = 0

@@ -57,7 +57,7 @@ async def fill(engine: Engine, events: int) -> float:
 
 
 async def drain_rate(engine: Engine, store: LedgerStore, events: int) -> dict[str, float]:
-    writer = LedgerWriter(engine.conn.address, store, engine.partitions,
+    writer = LedgerWriter(engine.conn.url, store, engine.partitions,
                           "bench")
     await writer.prepare()
     started = time.perf_counter()

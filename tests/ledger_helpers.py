@@ -15,5 +15,5 @@ def store_for(ledger_url: str) -> LedgerStore:
 
 def writer_for(engine: Engine, store: LedgerStore, consumer: str = "test-writer"
                ) -> LedgerWriter:
-    return LedgerWriter(engine.conn.address, store, engine.partitions,
+    return LedgerWriter(engine.conn.url, store, engine.partitions,
                         consumer)

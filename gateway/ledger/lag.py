@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gateway.connections import Connection
 from gateway.ledger.writer import GROUP, stream_names
-from gateway.redis_io import RedisConnection
 
 
-async def ledger_backlog(conn: RedisConnection, partitions: int) -> tuple[float, int]:
+async def ledger_backlog(conn: Connection, partitions: int) -> tuple[float, int]:
     """(seconds the oldest event not yet in the ledger has waited, events not yet in it)."""
     now = await conn.call_or_raise(b"TIME")
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
@@ -18,7 +18,7 @@ async def ledger_backlog(conn: RedisConnection, partitions: int) -> tuple[float,
     return max(now_ms - oldest, 0) / 1000, sum(n for _, n in results)
 
 
-async def _stream_backlog(conn: RedisConnection, stream: str) -> tuple[int | None, int]:
+async def _stream_backlog(conn: Connection, stream: str) -> tuple[int | None, int]:
     groups, length = await asyncio.gather(conn.call(b"XINFO", b"GROUPS", stream),
                                           conn.call_or_raise(b"XLEN", stream))
     info = _group(groups)

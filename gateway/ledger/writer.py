@@ -24,14 +24,15 @@ from typing import Any
 import orjson
 
 from gateway import keys
+from gateway.connections import open_connection
 from gateway.errors import GatewayError
 from gateway.ledger.entries import LedgerEntry, PoisonedEntry, parse_entry
 from gateway.ledger.store import LedgerStore, StoreUnavailable, config_statements
-from gateway.redis_io import RedisAddress, RedisConnection, ReplyError
+from gateway.redis_io import ReplyError
 
 GROUP = b"ledger"
 BATCH_SIZE_MAX = 1000
-BLOCK_MS = 200
+BLOCK_MS = 100  # idle wait between polls
 CLAIM_IDLE_MS = 30_000
 CLAIM_EVERY_S = 5.0
 TRIM_EVERY_S = 1.0
@@ -70,11 +71,11 @@ class WriterStats:
 
 
 class LedgerWriter:
-    def __init__(self, address: RedisAddress, store: LedgerStore, partitions: int,
+    def __init__(self, redis_url: str, store: LedgerStore, partitions: int,
                  consumer: str | None = None, fault_inject: str | None = None) -> None:
-        # A connection of its own (XREADGROUP BLOCK must not stall the gateway's calls),
-        # decoding replies to str in hiredis, which is where parsing time goes.
-        self._conn = RedisConnection(address, decode=True)
+        # A connection of its own that decodes replies to str in hiredis (C), which is
+        # where the writer's parsing time went.
+        self._conn = open_connection(redis_url, decode=True)
         self._store = store
         self._streams = stream_names(partitions)
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -171,13 +172,18 @@ class LedgerWriter:
         await self.trim()
         return total
 
-    async def _read(self, ids: list[bytes], block_ms: int) -> list[tuple[str, list[Any]]]:
-        args: list[Any] = [b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT",
-                           BATCH_SIZE_MAX]
-        if block_ms:
-            args += [b"BLOCK", block_ms]
-        reply = await self._conn.call_or_raise(*args, b"STREAMS", *self._streams, *ids)
-        return [(s, entries) for s, entries in reply or []]
+    async def _read(self, ids: list[bytes], wait_ms: int) -> list[tuple[str, list[Any]]]:
+        """One XREADGROUP per stream, all in one write (each names one key, so the same
+        code runs on Redis Cluster, where streams live on different nodes); when nothing
+        came back, wait ``wait_ms`` instead of blocking a connection."""
+        replies = await asyncio.gather(*(self._conn.call_or_raise(
+            b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT", BATCH_SIZE_MAX,
+            b"STREAMS", stream, stream_id) for stream, stream_id in zip(
+                self._streams, ids, strict=True)))
+        batch = [(s, entries) for reply in replies for s, entries in reply or []]
+        if wait_ms and not any(entries for _, entries in batch):
+            await asyncio.sleep(wait_ms / 1000)
+        return batch
 
     async def claim_stale(self, idle_ms: int = CLAIM_IDLE_MS) -> None:
         """Take over entries a dead writer read but never acknowledged."""
