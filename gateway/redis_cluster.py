@@ -24,7 +24,8 @@ from gateway.redis_io import RedisAddress, RedisConnection, ReplyError, parse_re
 
 SLOTS = 16384
 REDIRECTS_MAX = 8
-RETRY_WAIT_S = 0.05
+RETRY_WAIT_S = 0.02
+RETRIES_MAX = 100  # TRYAGAIN/CLUSTERDOWN: about 2 s of waiting, then the error surfaces
 # Commands whose key is not their first argument.
 KEYLESS = {b"PING", b"TIME", b"INFO", b"CONFIG", b"CLUSTER", b"DBSIZE"}
 BROADCAST = {b"SCRIPT", b"FLUSHALL", b"FLUSHDB"}
@@ -70,6 +71,7 @@ class ClusterConnection:
         self._slots: list[str] = []
         self._refreshing: asyncio.Lock | None = None
         self._refresh_task: asyncio.Future[None] | None = None
+        self.redirects = 0  # MOVED, ASK and TRYAGAIN answers followed (a resharding shows)
 
     @property
     def batch_factor(self) -> float:
@@ -129,12 +131,19 @@ class ClusterConnection:
 
     async def _call_on(self, node: str, args: tuple[Any, ...]) -> Any:
         asking = False
-        for _ in range(REDIRECTS_MAX):
+        redirects = 0
+        for _ in range(REDIRECTS_MAX + RETRIES_MAX):
             conn = self._node(node)
             reply = await (conn.call_after_asking(*args) if asking else conn.call(*args))
             if not isinstance(reply, ReplyError):
                 return reply
             kind, _, rest = str(reply).partition(" ")
+            if kind in ("MOVED", "ASK", "TRYAGAIN"):
+                self.redirects += 1
+            if kind in ("MOVED", "ASK"):
+                redirects += 1
+                if redirects > REDIRECTS_MAX:
+                    break
             if kind == "MOVED":
                 node = rest.split()[1]
                 self._slots[int(rest.split()[0])] = node

@@ -10,8 +10,8 @@ import pytest
 
 from gateway import errors
 from gateway.config import load_settings
+from gateway.connections import open_connection
 from gateway.engine import Engine
-from gateway.redis_io import RedisConnection, parse_redis_url
 from tests.helpers import T, events, setup_catalog
 
 PROCESSES = 4
@@ -21,7 +21,7 @@ COST = 70_000  # 0.07
 
 async def _charge_many(url: str, agent: str, tool: str, cost: int | None) -> Counter[str]:
     settings = load_settings({"IOU_REDIS_URL": url, "IOU_PARTITIONS": "16"})
-    engine = Engine(RedisConnection(parse_redis_url(url)), settings)
+    engine = Engine(open_connection(url), settings)
     await engine.start(background=False)
 
     async def one() -> str:
@@ -99,5 +99,4 @@ async def test_one_idempotency_key_100_parallel(engine: Engine) -> None:
 
 
 def _url(engine: Engine) -> str:
-    a = engine.conn.address
-    return f"redis://{a.host}:{a.port}/0"
+    return engine.conn.url
