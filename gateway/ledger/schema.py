@@ -26,9 +26,11 @@ MIGRATIONS: list[list[str]] = [
             expires_at_ms BIGINT,
             metadata {json},
             data {json})""",
+        # An agent's events are all in one partition stream, whose ids are Redis-clock
+        # milliseconds: this one index orders an agent's ledger by time, exactly.
         "CREATE INDEX ledger_agent_position ON ledger_entries (agent, stream_ms, stream_seq)",
-        "CREATE INDEX ledger_agent_time ON ledger_entries (agent, at_ms)",
-        "CREATE INDEX ledger_hold ON ledger_entries (hold_id)",
+        # Only hold-related rows carry a hold_id; most rows (charges) skip this index.
+        "CREATE INDEX ledger_hold ON ledger_entries (hold_id) WHERE hold_id IS NOT NULL",
         """CREATE TABLE dead_letters (
             stream TEXT NOT NULL,
             stream_id TEXT NOT NULL,
