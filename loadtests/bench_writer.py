@@ -2,6 +2,7 @@
 
     python -m loadtests.bench_writer [--events 200000] [--load-s 10] [--json PATH]
 
+Also the stores alone: batched inserts of 100,000 charge rows, 1,000 per transaction.
 Starts its own redis-server (appendfsync always, as the embedded default) and PostgreSQL
 on loopback ports, and stops them afterwards. One run; the figures are ratios and rates
 measured together on this machine.
@@ -24,6 +25,8 @@ import orjson
 
 from gateway.config import load_settings
 from gateway.engine import Engine
+from gateway.ids import uuid7
+from gateway.ledger.entries import LedgerEntry
 from gateway.ledger.factory import open_store
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import LedgerStore
@@ -65,6 +68,22 @@ async def drain_rate(engine: Engine, store: LedgerStore, events: int) -> dict[st
     elapsed = time.perf_counter() - started
     rows = writer.stats.committed
     return {"rows": rows, "seconds": round(elapsed, 3), "rows_per_s": round(rows / elapsed)}
+
+
+async def insert_rate(store: LedgerStore, rows: int = 100_000, batch: int = 1000
+                      ) -> dict[str, float]:
+    """The store alone: batched inserts of charge rows shaped like the real ones (UUIDv7
+    ids, 1,000 agents, stream positions), in one transaction per batch."""
+    base_ms = int(time.time() * 1000)
+    batches = [[LedgerEntry(uuid7(), "p01", base_ms + b, i, base_ms, "charge",
+                            f"bench-{(b * batch + i) % AGENTS}", "web_search", "tool", 1,
+                            10**12, None, None, None, None, None, None, None)
+                for i in range(batch)] for b in range(rows // batch)]
+    started = time.perf_counter()
+    for rows_of_batch in batches:
+        await store.write(rows_of_batch)
+    elapsed = time.perf_counter() - started
+    return {"rows": rows, "batch": batch, "rows_per_s": round(rows / elapsed)}
 
 
 async def drain_rate_processes(engine: Engine, redis_url: str, ledger_url: str,
@@ -142,6 +161,7 @@ async def main(events: int, load_s: float) -> dict[str, Any]:
                 results[f"fill_charges_per_s_{name}"] = round(await fill(engine, events))
                 store = open_store(load_settings({"IOU_LEDGER_URL": ledger_url}))
                 await store.migrate()
+                results[f"insert_{name}"] = await insert_rate(store)
                 results[f"drain_{name}"] = await drain_rate(engine, store, events)
                 await store.close()
                 await fill(engine, events)
