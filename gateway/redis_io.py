@@ -20,7 +20,7 @@ import hiredis
 
 from gateway.errors import Unavailable
 
-BATCH_COMMANDS_MAX = 512
+BATCH_COMMANDS_MAX = 1024  # a full 1,000-charge batch goes out in one write
 CONNECT_TIMEOUT_S = 5.0
 # A command without a reply for this long means Redis is stuck: drop the connection so
 # callers fail closed with Unavailable instead of hanging.

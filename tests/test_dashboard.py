@@ -76,6 +76,13 @@ def test_operator_flow(browser: Browser, gateway: Gateway) -> None:
     expect(page.locator("#ledger tbody tr").first).to_contain_text("web_search", timeout=3000)
     expect(page.locator("#balance")).to_have_text("24.95", timeout=3000)
 
+    with page.expect_download() as download:
+        page.click("#csv")
+    exported = Path(download.value.path()).read_text().splitlines()
+    assert exported[0].startswith("entry_id,at,kind") and len(exported) == 4  # + 3 entries
+    page.click("text=New key")
+    expect(page.locator(".key")).to_contain_text("iou_")
+
     page.fill("#limits input[name=daily]", "0.1")
     page.click("#limits button[type=submit]")
     expect(page.locator("[role=status]")).to_have_text("Limits saved")

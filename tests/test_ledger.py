@@ -188,3 +188,19 @@ async def test_row_the_database_refuses_is_isolated(real_engine: Engine, ledger_
         assert kinds == ["charge", "grant"] and await store.count("dead_letters") == 1
     else:
         assert kinds == ["charge", "fund", "grant"]
+
+
+async def test_a_dead_writers_pending_entries_are_taken_over(real_engine: Engine,
+                                                             store: LedgerStore) -> None:
+    await busy_day(real_engine, 2)
+    dead = writer_for(real_engine, store, "dead")
+    await dead.prepare()
+    stolen = await dead._read([b">"] * len(dead._streams), 0)  # read, then "die": no ack
+    assert sum(len(entries) for _, entries in stolen) > 0
+    dead.close()
+    alive = writer_for(real_engine, store, "alive")
+    assert await alive.read_new(0) == 0  # nothing new: all of it is pending with "dead"
+    await alive.claim_stale(idle_ms=0)  # in service: after CLAIM_IDLE_MS of silence
+    assert await reconcile(real_engine, store, alive) == []
+    assert await store.count() == sum(len(entries) for _, entries in stolen)
+    alive.close()

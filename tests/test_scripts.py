@@ -249,3 +249,14 @@ async def test_crossing_queues_webhooks_once_in_the_same_script(engine: Engine) 
     entries = await engine.conn.call_or_raise(b"XRANGE", outbox, b"-", b"+")
     events_sent = [dict(zip(f[::2], f[1::2], strict=True))[b"event"] for _, f in entries]
     assert events_sent == [b"balance.low", b"refill.requested"]
+
+
+async def test_a_thousand_concurrent_charges_go_out_in_one_write(real_engine: Engine) -> None:
+    import asyncio
+
+    await setup_catalog(real_engine)
+    await real_engine.create_agent("batched", grant_micros=100 * T)
+    writes, commands = real_engine.conn.writes, real_engine.conn.commands  # type: ignore[attr-defined]
+    await asyncio.gather(*(real_engine.charge("batched", "web_search") for _ in range(1000)))
+    assert real_engine.conn.commands - commands == 1000  # type: ignore[attr-defined]
+    assert real_engine.conn.writes - writes == 1  # type: ignore[attr-defined]
