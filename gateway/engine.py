@@ -55,6 +55,7 @@ METADATA_BYTES_MAX = 2048
 KEYS_PER_AGENT_MAX = 16
 HOLD_TTL_S_DEFAULT = 300
 EXPIRE_BATCH_MAX = 100
+EXPIRE_FIRST_BATCH = 4  # entry ids minted per partition per sweep when nothing is due
 CATALOG_REFRESH_S = 0.5
 SWEEP_INTERVAL_S = 0.25
 LIMIT_FIELDS = {"per_call": "pc", "daily": "dl", "low_balance": "low"}
@@ -263,20 +264,26 @@ class Engine:
         return ReleaseResult(hold_id, _int(reply[4]), _int(reply[1]), code == Code.REPLAY)
 
     async def expire_holds(self) -> int:
-        """Release every open hold past its expiry, in every partition; returns how many."""
+        """Release every open hold past its expiry, in every partition; returns how many.
+
+        All partitions are swept in one round trip; a partition that used its whole batch
+        of entry ids is swept again with a larger one."""
+        counts = await asyncio.gather(*(self._expire_partition(p, EXPIRE_FIRST_BATCH)
+                                        for p in range(self.partitions)))
+        return sum(counts)
+
+    async def _expire_partition(self, partition: int, batch: int) -> int:
         total = 0
-        for p in range(self.partitions):
-            while True:
-                entry_ids = [ids.uuid7() for _ in range(EXPIRE_BATCH_MAX)]
-                reply = await self.scripts.run(
-                    "expire_holds", [keys.holds_index(p), keys.events(p)],
-                    [keys.tag(p), *entry_ids])
-                if reply[0] != Code.OK:
-                    raise _refusal(Code(reply[0]), reply)
-                total += _int(reply[1])
-                if _int(reply[1]) < EXPIRE_BATCH_MAX:
-                    break
-        return total
+        while True:
+            reply = await self.scripts.run(
+                "expire_holds", [keys.holds_index(partition), keys.events(partition)],
+                [keys.tag(partition), *(ids.uuid7() for _ in range(batch))])
+            if reply[0] != Code.OK:
+                raise _refusal(Code(reply[0]), reply)
+            total += _int(reply[1])
+            if _int(reply[1]) < batch:
+                return total
+            batch = EXPIRE_BATCH_MAX
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -59,3 +59,4 @@ def test_round_trip_exact(micros: int) -> None:
 def test_parse_matches_integer_arithmetic(whole: int, fraction: int) -> None:
     text = f"{whole}.{fraction:06d}"
     assert parse_amount(text, allow_zero=True) == whole * 1_000_000 + fraction
+

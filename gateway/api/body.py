@@ -52,9 +52,7 @@ def _refuse_constant(name: str) -> Any:
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Parse raw bytes as exactly one JSON object; raise MalformedJson otherwise."""
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_object_without_duplicates,
-                           parse_float=money.JsonNumber, parse_int=_int_literal,
-                           parse_constant=_refuse_constant)
+        value = _DECODER.decode(raw.decode("utf-8"))
     except _Duplicate as exc:
         raise MalformedJson(f"The JSON object repeats the key {exc}.") from None
     except (ValueError, UnicodeDecodeError):
@@ -67,6 +65,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 def _int_literal(text: str) -> Any:
     # Integers stay exact too; keep the literal so amounts and counts share one path.
     return money.JsonNumber(text)
+
+
+# Built once: json.loads with hooks would build a new decoder for every body.
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicates,
+                            parse_float=money.JsonNumber, parse_int=_int_literal,
+                            parse_constant=_refuse_constant)
 
 
 async def read_body(request: Request, bytes_max: int) -> bytes:
