@@ -21,22 +21,15 @@ from gateway.codes import Code, Flag
 from gateway.config import HOLD_TTL_S_MAX, Settings
 from gateway.connections import Connection
 from gateway.errors import (
-    AgentExists,
-    AgentFrozen,
-    BalanceInsufficient,
     GatewayError,
-    HoldClosed,
-    IdempotencyConflict,
     InvalidRequest,
     NotFound,
-    PerCallLimitExceeded,
-    WindowLimitExceeded,
 )
+from gateway.limits import check_name, limit_pair, limits_of
 from gateway.models import (
     AgentCreated,
     AgentState,
     CaptureResult,
-    CategoryLimits,
     ChargeResult,
     FundResult,
     HoldResult,
@@ -45,11 +38,11 @@ from gateway.models import (
     Tool,
     warnings_of,
 )
+from gateway.refusals import refusal
 from gateway.scripts import Scripts
 
 log = logging.getLogger("iou.engine")
 
-NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}", re.ASCII)
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}", re.ASCII)
 METADATA_BYTES_MAX = 2048
 KEYS_PER_AGENT_MAX = 16
@@ -58,13 +51,6 @@ EXPIRE_BATCH_MAX = 100
 EXPIRE_FIRST_BATCH = 4  # entry ids minted per partition per sweep when nothing is due
 CATALOG_REFRESH_S = 0.5
 SWEEP_INTERVAL_S = 0.25
-LIMIT_FIELDS = {"per_call": "pc", "daily": "dl", "low_balance": "low"}
-
-
-def check_name(field: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise InvalidRequest(field, "must be 1 to 64 characters of a-z 0-9 - _ .")
-    return value
 
 
 def _check_idempotency_key(key: str | None) -> None:
@@ -164,7 +150,7 @@ class Engine:
             return ChargeResult(_text(reply[3]), agent, tool, entry.category, _int(reply[4]),
                                 _int(reply[1]), warnings_of(_int(reply[2])), False, True)
         if code != Code.OK:
-            raise _refusal(code, reply, agent=agent, tool=tool, category=entry.category)
+            raise refusal(code, reply, agent=agent, tool=tool, category=entry.category)
         flags = _int(reply[2])
         return ChargeResult(_text(reply[3]), agent, tool, entry.category, cost, _int(reply[1]),
                             warnings_of(flags), bool(flags & Flag.LOW_CROSSED), False)
@@ -216,7 +202,7 @@ class Engine:
              str(HOLD_TTL_S_MAX * 1000), body_hash, idem, meta])
         code = Code(reply[0])
         if code not in (Code.OK, Code.REPLAY):
-            raise _refusal(code, reply, agent=agent, tool=tool, category=entry.category)
+            raise refusal(code, reply, agent=agent, tool=tool, category=entry.category)
         flags = _int(reply[2])
         return HoldResult(_text(reply[3]), agent, tool, amount, _int(reply[4]), _int(reply[1]),
                           warnings_of(flags), bool(flags & Flag.LOW_CROSSED),
@@ -242,7 +228,7 @@ class Engine:
              body_hash, idem, meta])
         code = Code(reply[0])
         if code not in (Code.OK, Code.REPLAY):
-            raise _refusal(code, reply, agent=agent, hold_id=hold_id)
+            raise refusal(code, reply, agent=agent, hold_id=hold_id)
         return CaptureResult(_text(reply[3]), hold_id, cost_micros, _int(reply[4]),
                              _int(reply[1]), warnings_of(_int(reply[2])), code == Code.REPLAY)
 
@@ -260,7 +246,7 @@ class Engine:
             [agent, ids.uuid7(), hold_id, body_hash, idem])
         code = Code(reply[0])
         if code not in (Code.OK, Code.REPLAY):
-            raise _refusal(code, reply, agent=agent, hold_id=hold_id)
+            raise refusal(code, reply, agent=agent, hold_id=hold_id)
         return ReleaseResult(hold_id, _int(reply[4]), _int(reply[1]), code == Code.REPLAY)
 
     async def expire_holds(self) -> int:
@@ -279,7 +265,7 @@ class Engine:
                 "expire_holds", [keys.holds_index(partition), keys.events(partition)],
                 [keys.tag(partition), *(ids.uuid7() for _ in range(batch))])
             if reply[0] != Code.OK:
-                raise _refusal(Code(reply[0]), reply)
+                raise refusal(Code(reply[0]), reply)
             total += _int(reply[1])
             if _int(reply[1]) < batch:
                 return total
@@ -313,7 +299,7 @@ class Engine:
             [agent, ids.uuid7(), ids.uuid7(), str(grant), str(self.settings.amount_max_micros),
              str(self.settings.low_balance_default_micros), key_id, key_hash])
         if reply[0] != Code.OK:
-            raise _refusal(Code(reply[0]), reply, agent=agent)
+            raise refusal(Code(reply[0]), reply, agent=agent)
         return AgentCreated(agent, api_key, key_id, _int(reply[1]), _int(reply[2]))
 
     async def fund(self, agent: str, amount_micros: int, idempotency_key: str | None = None,
@@ -334,7 +320,7 @@ class Engine:
              str(money.BALANCE_MAX_MICROS), kind, body_hash, idem, meta])
         code = Code(reply[0])
         if code not in (Code.OK, Code.REPLAY):
-            raise _refusal(code, reply, agent=agent)
+            raise refusal(code, reply, agent=agent)
         return FundResult(agent, _text(reply[3]), _int(reply[1]), code == Code.REPLAY)
 
     async def freeze(self, agent: str, frozen: bool) -> bool:
@@ -343,21 +329,21 @@ class Engine:
         reply = await self.scripts.run("freeze", [k.agent_hash, k.events],
                                        [agent, ids.uuid7(), "1" if frozen else "0"])
         if reply[0] != Code.OK:
-            raise _refusal(Code(reply[0]), reply, agent=agent)
+            raise refusal(Code(reply[0]), reply, agent=agent)
         return bool(reply[1])
 
     async def set_limits(self, agent: str, changes: Mapping[str, int | str | None]) -> Limits:
         """Merge limit changes; keys are per_call, daily, low_balance, webhook_url,
         categories.<name>.per_call and categories.<name>.daily; None removes a limit."""
         check_name("agent", agent)
-        pairs = [item for name, value in changes.items() for item in _limit_pair(name, value)]
+        pairs = [item for name, value in changes.items() for item in limit_pair(name, value)]
         k = self.agent_keys(agent)
         patch = orjson.dumps(dict(changes)).decode()
         reply = await self.scripts.run(
             "set_limits", [k.agent_hash, k.events],
             [agent, ids.uuid7(), str(self.settings.amount_max_micros), patch, *pairs])
         if reply[0] != Code.OK:
-            raise _refusal(Code(reply[0]), reply, agent=agent)
+            raise refusal(Code(reply[0]), reply, agent=agent)
         return (await self.agent_state(agent)).limits
 
     async def add_key(self, agent: str) -> tuple[str, str]:
@@ -370,7 +356,7 @@ class Engine:
             "key_add", [k.agent_hash, k.keys, k.api_key_lookup(key_hash), k.events],
             [agent, ids.uuid7(), key_id, key_hash, str(KEYS_PER_AGENT_MAX)])
         if reply[0] != Code.OK:
-            raise _refusal(Code(reply[0]), reply, agent=agent)
+            raise refusal(Code(reply[0]), reply, agent=agent)
         return key_id, api_key
 
     async def revoke_key(self, agent: str, key_id: str) -> None:
@@ -385,7 +371,7 @@ class Engine:
             "key_revoke", [k.agent_hash, k.keys, k.api_key_lookup(_text(key_hash)), k.events],
             [agent, ids.uuid7(), key_id, _text(key_hash)])
         if reply[0] != Code.OK:
-            raise _refusal(Code(reply[0]), reply, agent=agent)
+            raise refusal(Code(reply[0]), reply, agent=agent)
 
     async def authenticate(self, api_key: str) -> str | None:
         """The agent an agent key acts for, or None for unknown and revoked keys alike."""
@@ -413,7 +399,7 @@ class Engine:
         by_category = {f[2:]: int(v) for f, v in w.items() if f.startswith("s:")} if fresh else {}
         return AgentState(agent, int(a["bal"]), int(a.get("held", "0")),
                           int(w.get("s", "0")) if fresh else 0, by_category,
-                          a.get("frozen") == "1", _limits_of(a), int(a.get("created", "0")))
+                          a.get("frozen") == "1", limits_of(a), int(a.get("created", "0")))
 
     async def agent_names(self, limit: int, after: str | None = None) -> list[str]:
         """Up to ``limit`` agent names in name order, after ``after`` (a paging cursor).
@@ -446,7 +432,7 @@ class Engine:
             [tool, ids.uuid7(), str(price_micros), str(self.settings.amount_max_micros),
              category, pricing, upstream or "", headers])
         if reply[0] != Code.OK:
-            raise _refusal(Code(reply[0]), reply, tool=tool)
+            raise refusal(Code(reply[0]), reply, tool=tool)
         await self.refresh_catalog()
         return self._catalog[tool]
 
@@ -456,7 +442,7 @@ class Engine:
             "tool_delete", [keys.tool(tool), keys.TOOL_NAMES, keys.TOOLS_VERSION,
                             keys.TOOL_EVENTS], [tool, ids.uuid7()])
         if reply[0] != Code.OK:
-            raise _refusal(Code(reply[0]), reply, tool=tool)
+            raise refusal(Code(reply[0]), reply, tool=tool)
         await self.refresh_catalog()
 
     def tools(self) -> list[Tool]:
@@ -507,96 +493,3 @@ def _hold_ref(hold_id: str) -> str:
 def _pairs(flat: list[Any]) -> dict[str, str]:
     it = iter(flat)
     return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
-
-
-def _limits_of(a: Mapping[str, str]) -> Limits:
-    categories: dict[str, dict[str, int]] = {}
-    for field, value in a.items():
-        if field.startswith("c:"):
-            _, cat, which = field.split(":")
-            categories.setdefault(cat, {})[which] = int(value)
-    low = int(a["low"]) if a.get("low") not in (None, "0") else None
-    return Limits(
-        per_call_micros=int(a["pc"]) if "pc" in a else None,
-        daily_micros=int(a["dl"]) if "dl" in a else None,
-        categories={c: CategoryLimits(v.get("pc"), v.get("dl")) for c, v in
-                    sorted(categories.items())},
-        low_balance_micros=low,
-        webhook_url=a.get("wh"))
-
-
-def _limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
-    """The agent-hash field and value of one limit change ('' removes the field)."""
-    if name == "webhook_url":
-        if value is not None and (not isinstance(value, str) or not re.fullmatch(
-                r"https?://[!-~]{1,2040}", value)):
-            raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
-        return ("wh", value or "")
-    parts = name.split(".")
-    if name in LIMIT_FIELDS:
-        field = LIMIT_FIELDS[name]
-    elif len(parts) == 3 and parts[0] == "categories" and parts[2] in ("per_call", "daily"):
-        check_name("category", parts[1])
-        field = f"c:{parts[1]}:{'pc' if parts[2] == 'per_call' else 'dl'}"
-    else:
-        raise InvalidRequest(name, "is not a known limit")
-    if value is None:
-        return (field, "")
-    low_ok = name == "low_balance" and value == 0
-    if isinstance(value, bool) or not isinstance(value, int) or not (value > 0 or low_ok):
-        raise InvalidRequest(name, "must be an amount above 0")
-    return (field, str(value))
-
-
-def _refusal(code: Code, reply: list[Any], **context: str) -> GatewayError:
-    """The contract's error for a script's refusal code."""
-    agent = context.get("agent", "")
-    if code == Code.NOT_FOUND:
-        what = f"tool {context['tool']}" if "tool" in context and not agent else f"agent {agent}"
-        return NotFound(f"No {what} exists.")
-    if code == Code.HOLD_NOT_FOUND:
-        return NotFound(f"No hold {context.get('hold_id', '')} for agent {agent}.")
-    if code == Code.HOLD_CLOSED:
-        state = _text(reply[1])
-        return HoldClosed(f"The hold is already {state}.", state=state)
-    if code == Code.CAPTURE_EXCEEDS_HOLD:
-        return InvalidRequest("cost", f"must be at most the held amount "
-                                      f"{money.format_amount(_int(reply[1]))}")
-    if code == Code.FROZEN:
-        return AgentFrozen(f"Agent {agent} is frozen; paid calls are refused.")
-    if code == Code.IDEMPOTENCY_CONFLICT:
-        return IdempotencyConflict("This Idempotency-Key was used with a different request.")
-    if code == Code.BALANCE_INSUFFICIENT:
-        return BalanceInsufficient(
-            f"The call costs {money.format_amount(_int(reply[2]))} but only "
-            f"{money.format_amount(_int(reply[1]))} is available.",
-            balance=money.format_amount(_int(reply[1])), cost=money.format_amount(_int(reply[2])))
-    if code in (Code.LIMIT_PER_CALL, Code.LIMIT_CATEGORY_PER_CALL):
-        return _per_call_refusal(code, reply, context)
-    if code in (Code.LIMIT_DAILY, Code.LIMIT_CATEGORY_DAILY):
-        return _window_refusal(code, reply, context)
-    if code == Code.AGENT_EXISTS:
-        return AgentExists(f"An agent named {agent} already exists.")
-    if code == Code.BALANCE_OVERFLOW:
-        return InvalidRequest("amount", "would take the balance above the largest exact amount")
-    if code == Code.KEYS_FULL:
-        return InvalidRequest("keys", f"an agent may have at most {_int(reply[1])} keys")
-    if code == Code.KEY_NOT_FOUND:
-        return NotFound("No such key.")
-    return InvalidRequest("argument", f"was refused by the script (argument {reply[1:]})")
-
-
-def _per_call_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
-    limit = "per_call" if code == Code.LIMIT_PER_CALL else "category_per_call"
-    cap, cost = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
-    return PerCallLimitExceeded(f"The call costs {cost}, above the {limit} cap of {cap}.",
-                                limit=limit, category=context.get("category"), max=cap,
-                                cost=cost)
-
-
-def _window_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
-    limit = "daily" if code == Code.LIMIT_DAILY else "category_daily"
-    cap, spent = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
-    return WindowLimitExceeded(
-        f"Today's {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
-        category=context.get("category"), max=cap, spent=spent, retry_after_s=_int(reply[3]))

@@ -15,8 +15,8 @@ from gateway.api.body import json_from_raw as parse_raw
 from gateway.api.context import Context, endpoint
 from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
 from gateway.api.responses import iso_ms, json_response
-from gateway.engine import check_name
 from gateway.errors import InvalidRequest
+from gateway.limits import check_name
 from gateway.money import format_amount as fmt
 
 LIST_LIMIT_MAX = 1000

@@ -14,8 +14,8 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway import money
-from gateway.engine import check_name
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.limits import check_name
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 

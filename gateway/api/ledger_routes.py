@@ -11,9 +11,9 @@ from starlette.responses import Response
 from gateway.api.admin import _agent, _query_limit
 from gateway.api.context import Context, endpoint
 from gateway.api.responses import iso_ms, json_response
-from gateway.engine import check_name
 from gateway.errors import InvalidRequest
 from gateway.ledger.entries import MONEY_KINDS, LedgerEntry
+from gateway.limits import check_name
 from gateway.money import format_amount
 
 

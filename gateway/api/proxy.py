@@ -20,8 +20,8 @@ from gateway.api.body import parse_amount_field, read_body
 from gateway.api.context import Context, endpoint
 from gateway.api.metrics import PROXY_CALLS
 from gateway.api.webhooks import queue_depleted
-from gateway.engine import check_name
 from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest, NotFound
+from gateway.limits import check_name
 from gateway.models import Tool
 from gateway.money import AmountError, format_amount, parse_amount
 
