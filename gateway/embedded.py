@@ -139,8 +139,11 @@ def _start_binary(data_dir: Path, binary: str, kind: str) -> EmbeddedRedis:
     lines, url = _server_config(data_dir)
     conf = data_dir / "redis.conf"
     conf.write_text("\n".join(lines) + "\n")
+    # A session of its own: a Ctrl-C in the terminal reaches `iou serve`, which drains and
+    # then stops this server itself, instead of killing the server under a running gateway.
     process = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not ping(url, 0.5):
         if process.poll() is not None or time.monotonic() > deadline:
