@@ -67,6 +67,9 @@ async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | 
 
 @endpoint
 async def post_charge(ctx: Context, request: Request) -> Response:
+    """The Starlette form of POST /v1/charge. In the app, fastpath.ChargeFastPath answers
+    this route first (same validation, same engine call, same bodies); this route keeps
+    the OpenAPI table, the 405 for other methods and a plain-Starlette reference."""
     started = time.perf_counter()
     agent = await ctx.auth.agent(request)
     body = await read_json(request, ctx.settings.body_bytes_max)
