@@ -178,3 +178,19 @@ def test_reconcile_and_recover_commands(embedded_gateway: Gateway) -> None:
     refused = iou(gw, "recover")
     assert refused.returncode == 1 and "empty Redis" in refused.stderr
     client.close()
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("IOU_AMOUNT_MAX", "lots"), ("IOU_BODY_BYTES_MAX", "-1"), ("IOU_REDIS_URL", "http://x"),
+    ("IOU_LEDGER_URL", "mysql://x"), ("IOU_SIGNUP_GRANT", "1e3"), ("IOU_ADMIN_TOKEN", "short"),
+])
+def test_bad_configuration_is_one_line_naming_it(tmp_path: object, variable: str,
+                                                 value: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
+    env.update({"IOU_DATA_DIR": str(tmp_path), variable: value})
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--port", "9"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith((f"iou: {variable}=", f"iou: {variable}:")), done.stderr
