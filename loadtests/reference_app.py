@@ -15,4 +15,10 @@ async def reference(request: Request) -> Response:
                     media_type="application/json")
 
 
-app = Starlette(routes=[Route("/ref", reference, methods=["POST"])])
+async def ping(request: Request) -> Response:
+    """A constant GET: proves the load generator can drive far more than the gateway."""
+    return Response(b'{"ok":true}', media_type="application/json")
+
+
+app = Starlette(routes=[Route("/ref", reference, methods=["POST"]),
+                        Route("/ping", ping, methods=["GET"])])
