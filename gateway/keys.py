@@ -6,7 +6,7 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:meta``                         hash  no TTL   partitions count, schema version
 - ``iou:{pNN}:agent:<agent>``          hash  no TTL   balance, held, frozen, limits (charge.lua ...)
 - ``iou:{pNN}:win:<agent>``            hash  48 h     UTC day window: spent, held
-- ``iou:{pNN}:idem:<agent>:<sha>``     hash  24 h     first answer of an idempotent call
+- ``iou:{pNN}:idem:<agent>:<sha>``     string 24 h    first answer of an idempotent call
 - ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
 - ``iou:{pNN}:holds``                  zset  no TTL   open holds by expiry ms (expire_holds)
 - ``iou:{pNN}:agents``                 zset  no TTL   agent names of the partition (listing)

@@ -142,9 +142,9 @@ def _idempotency(engine: Engine, data: Recovery, now_ms: int) -> list[tuple[Any,
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         name = engine.agent_keys(agent).idempotency(digest)
         first_id, extra = _replay_fields(kind, entry_id, amount, hold_id, expires_at, held)
-        out.append(("HSET", name, "h", body_hash, "bal", balance_after, "fl", 0, "id", first_id,
-                    "x", extra))
-        out.append(("PEXPIRE", name, IDEM_TTL_MS))
+        # The record format of idem_store in lua/_lib.lua.
+        out.append(("SET", name, f"{body_hash} {balance_after} 0 {first_id} {extra}", "PX",
+                    IDEM_TTL_MS))
     return out
 
 
