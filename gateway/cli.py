@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,9 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
         [sys.executable, "-m", "gateway.cli", "writer"], stdin=subprocess.DEVNULL)
     click.echo(f"IOU gateway on http://{host}:{port} ({workers} worker(s)); "
                f"ledger: {ledger_location(settings)}")
+    # uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
+    # found: make that one exit through `finally`, so the writer and Redis are stopped too.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run("gateway.api.app:create_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http="httptools", access_log=False,
@@ -75,6 +79,10 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
             writer.wait()
         if embedded is not None:
             embedded.stop()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _prometheus_multiprocess(folder: Path) -> None:

@@ -194,3 +194,30 @@ def test_bad_configuration_is_one_line_naming_it(tmp_path: object, variable: str
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith((f"iou: {variable}=", f"iou: {variable}:")), done.stderr
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_sigterm_stops_the_writer_and_the_embedded_redis() -> None:
+    import time
+
+    with running_gateway(None, admin_token=None) as gw:
+        children = _children(gw.process.pid)
+        assert len(children) >= 2  # the ledger writer and the embedded redis-server
+        gw.process.terminate()
+        gw.process.wait(30)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{pid}") for pid in children):
+            assert time.monotonic() < deadline, "children left running after SIGTERM"
+            time.sleep(0.1)
