@@ -169,6 +169,10 @@ class Engine:
 
     def _idem_key(self, k: keys.AgentKeys, idempotency_key: str) -> str:
         # The key name holds a digest, so any printable key maps to a short, safe name.
+        # Without a key the scripts never touch KEYS[idem]; a fixed name in the agent's slot
+        # (never a digest: those are hex) saves hashing on every such call.
+        if not idempotency_key:
+            return k.idempotency("none")
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
         return k.idempotency(digest)
 

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from gateway.embedded import find_server_binary, ping
 
@@ -71,7 +70,3 @@ def fake_server() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def data_path(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"iou-{name}-"))

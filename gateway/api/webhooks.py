@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from gateway import ids, keys
+from gateway.api.metrics import WEBHOOK_DROPPED
 from gateway.engine import Engine
 from gateway.errors import GatewayError
 from gateway.money import format_amount, parse_amount
@@ -143,6 +144,7 @@ class WebhookDeliverer:
             return  # stays pending; retried after its backoff
         else:
             self.dropped += 1
+            WEBHOOK_DROPPED.inc()
             log.error("webhook %s to %s dropped after an hour of failures",
                       fields["event_id"], url)
         await self._engine.conn.call_or_raise(b"XACK", stream, GROUP, entry_id)

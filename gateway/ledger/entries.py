@@ -91,15 +91,3 @@ def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def balance_delta(entry: LedgerEntry) -> int:
-    """How the entry moved the agent's available balance, in micros."""
-    amount = entry.amount or 0
-    if entry.kind in ("grant", "fund", "release", "expire"):
-        return amount
-    if entry.kind in ("charge", "hold"):
-        return -amount
-    if entry.kind == "capture":
-        return (entry.held or 0) - amount  # the hold's rest comes back
-    return 0

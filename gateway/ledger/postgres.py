@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -143,12 +143,7 @@ async def _entries(conn: asyncpg.Connection, agent: str, limit: int, before: str
         if row is None:
             return []
         position = (int(row[0]), int(row[1]))
-    sql, _ = entries_query(position, kind, tool)
-    params: list[Any] = [agent]
-    if position is not None:
-        params += [position[0], position[0], position[1]]
-    params += [p for p in (kind, tool) if p is not None]
-    params.append(limit)
+    sql, params = entries_query(agent, limit, position, kind, tool)
     rows = await conn.fetch(dollar(sql).replace("metadata, data", "metadata::text, data::text"),
                             *params)
     return [row_to_entry(tuple(r)) for r in rows]

@@ -102,7 +102,7 @@ UPSERT_TOOL = """INSERT INTO tools (tool, price, category, pricing, upstream, he
 INSERT_DEAD_LETTER = """INSERT INTO dead_letters (stream, stream_id, fields, error, at_ms)
     VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, stream_id) DO NOTHING"""
 
-# Balance effect of each kind, in SQL (mirrors entries.balance_delta).
+# Balance effect of each kind: a capture gives back its hold's amount minus the cost.
 DELTA_SQL = """CASE kind WHEN 'grant' THEN amount WHEN 'fund' THEN amount
     WHEN 'release' THEN amount WHEN 'expire' THEN amount
     WHEN 'charge' THEN -amount WHEN 'hold' THEN -amount

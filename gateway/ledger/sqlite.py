@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 
@@ -146,12 +146,7 @@ def _entries(db: sqlite3.Connection, agent: str, limit: int, before: str | None,
     position = _position_of(db, before) if before is not None else None
     if before is not None and position is None:
         return []
-    sql, _ = entries_query(position, kind, tool)
-    params: list[Any] = [agent]
-    if position is not None:
-        params += [position[0], position[0], position[1]]
-    params += [p for p in (kind, tool) if p is not None]
-    params.append(limit)
+    sql, params = entries_query(agent, limit, position, kind, tool)
     return [row_to_entry(r) for r in db.execute(sql, params).fetchall()]
 
 

@@ -107,19 +107,23 @@ ENTRY_COLUMNS = ("entry_id, stream, stream_ms, stream_seq, at_ms, kind, agent, t
                  "expires_at_ms, metadata, data")
 
 
-def entries_query(before_position: tuple[int, int] | None, kind: str | None,
-                  tool: str | None) -> tuple[str, list[str]]:
-    """SQL (with ? placeholders) of one agent's ledger page, newest first."""
-    where = ["agent = ?"]
+def entries_query(agent: str, limit: int, before_position: tuple[int, int] | None,
+                  kind: str | None, tool: str | None) -> tuple[str, list[Any]]:
+    """SQL (with ? placeholders) and parameters of one agent's ledger page, newest first."""
+    where: list[str] = ["agent = ?"]
+    params: list[Any] = [agent]
     if before_position is not None:
         where.append("(stream_ms < ? OR (stream_ms = ? AND stream_seq < ?))")
+        params += [before_position[0], before_position[0], before_position[1]]
     if kind is not None:
         where.append("kind = ?")
+        params.append(kind)
     else:
         where.append("kind IN ('grant', 'fund', 'charge', 'hold', 'capture', 'release', "
                      "'expire')")
     if tool is not None:
         where.append("tool = ?")
+        params.append(tool)
     sql = (f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE {' AND '.join(where)} "
            "ORDER BY stream_ms DESC, stream_seq DESC LIMIT ?")
-    return sql, where
+    return sql, [*params, limit]
