@@ -51,6 +51,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     """Run the gateway (and, with no IOU_REDIS_URL, its private Redis under IOU_DATA_DIR)."""
     import uvicorn
 
+    from gateway.api.http_protocol import CoalescingHttpToolsProtocol
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = _settings()
     embedded = start_embedded(settings.data_dir) if settings.uses_embedded_redis else None
@@ -70,8 +72,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run("gateway.api.app:create_app", factory=True, host=host, port=port,
-                    workers=workers, loop="uvloop", http="httptools", access_log=False,
-                    log_level="warning", lifespan="on", proxy_headers=False,
+                    workers=workers, loop="uvloop", http=CoalescingHttpToolsProtocol,
+                    access_log=False, log_level="warning", lifespan="on", proxy_headers=False,
                     server_header=False, date_header=False)
     finally:
         if writer is not None:
@@ -98,10 +100,13 @@ def _prometheus_multiprocess(folder: Path) -> None:
                    "entries at once (default: host-pid).")
 def writer(consumer: str | None) -> None:
     """Run one ledger writer (stream -> ledger table) until SIGTERM."""
+    import uvloop
+
     from gateway.ledger.service import run_writer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(run_writer(_settings(), consumer))
+    # uvloop, as in the gateway: the writer's time is mostly socket and loop overhead.
+    uvloop.run(run_writer(_settings(), consumer))
 
 
 @main.command()

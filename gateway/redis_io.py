@@ -110,6 +110,9 @@ class RedisConnection:
         self.decode = decode
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None
+        # The loop of the connection, kept: asyncio.get_running_loop() costs a getpid()
+        # system call on CPython 3.11, once per command on the hot path.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
         self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._sent_at: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
@@ -154,7 +157,8 @@ class RedisConnection:
         return reply
 
     def _enqueue(self, packed: bytes) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None, "enqueued before the connection was opened"
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append(packed)
         self._queued_futures.append(fut)
@@ -193,7 +197,7 @@ class RedisConnection:
             await self._handshake()
 
     async def _open(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         addr = self.address
         protocol = _Protocol(self)
         if addr.unix_path:
@@ -221,8 +225,8 @@ class RedisConnection:
             raise self._unavailable(f"{args[0]} failed: {reply}")
 
     def _arm_watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_later(1.0, self._check_stuck)
+        assert self._loop is not None
+        self._watchdog = self._loop.call_later(1.0, self._check_stuck)
 
     def _check_stuck(self) -> None:
         while self._sent_at and self._sent_at[0][1].done():

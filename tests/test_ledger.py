@@ -204,3 +204,26 @@ async def test_a_dead_writers_pending_entries_are_taken_over(real_engine: Engine
     assert await reconcile(real_engine, store, alive) == []
     assert await store.count() == sum(len(entries) for _, entries in stolen)
     alive.close()
+
+
+async def test_a_trickle_is_gathered_while_the_writer_lingers(
+        real_engine: Engine, store: LedgerStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a small batch the writer waits LINGER_MS before reading again, so entries
+    that arrive meanwhile come in the next read (without the wait it would find nothing
+    and return with one entry settled)."""
+    from gateway.ledger import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "LINGER_MS", 400)  # room for a slow, shared machine
+    await setup_catalog(real_engine)
+    writer = writer_for(real_engine, store)
+    await writer.drain()
+    before = await store.count()
+    await real_engine.create_agent("trickle", grant_micros=T)
+    reading = asyncio.create_task(writer.read_new(0, batches_max=2))
+    await asyncio.sleep(0.05)
+    for i in range(3):
+        await real_engine.charge("trickle", "web_search", idempotency_key=f"t-{i}")
+    settled = await reading
+    assert [e.kind for e in await store.entries("trickle", 10)].count("charge") == 3
+    assert settled == await store.count() - before
+    writer.close()
