@@ -19,6 +19,8 @@ from gateway.embedded import start_embedded
 from gateway.ledger.factory import ledger_location
 from gateway.secrets_store import ensure_secret
 
+WRITER_NICENESS = 10  # added to the ledger writer child's nice value by `iou serve`
+
 
 def _settings() -> Settings:
     try:
@@ -65,6 +67,10 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
         _prometheus_multiprocess(settings.data_dir / "metrics")
     writer = None if no_writer else subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "writer"], stdin=subprocess.DEVNULL)
+    if writer is not None:
+        # The writer is background work with a second of slack (lag target < 1 s): at a
+        # lower priority its batches wait for a free core instead of delaying requests.
+        os.setpriority(os.PRIO_PROCESS, writer.pid, WRITER_NICENESS)
     click.echo(f"IOU gateway on http://{host}:{port} ({workers} worker(s)); "
                f"ledger: {ledger_location(settings)}")
     # uvicorn shuts down on SIGTERM and then raises the signal again under the handler it

@@ -6,7 +6,6 @@ import os
 import random
 import secrets
 import time
-import uuid
 
 from gateway import keys
 
@@ -30,7 +29,8 @@ def uuid7() -> str:
     value |= ((rand >> 68) & 0xFFF) << 64
     value |= 0b10 << 62  # variant
     value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # the canonical 8-4-4-4-12 form, without building a uuid.UUID
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def hold_id() -> str:

@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from gateway.cli import WRITER_NICENESS
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import unique
 
@@ -197,8 +199,6 @@ def test_bad_configuration_is_one_line_naming_it(tmp_path: object, variable: str
 
 
 def _children(pid: int) -> list[int]:
-    from pathlib import Path
-
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -215,6 +215,12 @@ def test_sigterm_stops_the_writer_and_the_embedded_redis() -> None:
     with running_gateway(None, admin_token=None) as gw:
         children = _children(gw.process.pid)
         assert len(children) >= 2  # the ledger writer and the embedded redis-server
+        writers = [pid for pid in children
+                   if b"writer" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(writers) == 1
+        # Background work: the writer runs at a lower priority than the gateway.
+        assert os.getpriority(os.PRIO_PROCESS, writers[0]) == (
+            os.getpriority(os.PRIO_PROCESS, gw.process.pid) + WRITER_NICENESS)
         gw.process.terminate()
         gw.process.wait(30)
         deadline = time.monotonic() + 10

@@ -74,13 +74,20 @@ local function window_read(key, day, cat)
   return { day, num(w[2]), num(w[3]), num(w[4]), num(w[5]), false }
 end
 
--- Start today's window if the stored one is stale. Its 48 h expiry is set once, when the
+-- Add `amount` to today's total of `kind` ('s' spent, 'h' held) and to its category's
+-- total, in one HSET of the values window_read returned (exact: nothing else runs in
+-- between). A stale window restarts as today's; its 48 h expiry is set once, when the
 -- day's window is created (it outlives the day it counts; later writes need not renew it).
-local function window_touch(key, win)
+local function window_add(key, win, kind, cat, amount)
+  if amount == 0 and not win[6] then return end
+  local at = (kind == 's') and 2 or 3
+  local total, cat_total = istr(win[at] + amount), istr(win[at + 2] + amount)
   if win[6] then
     redis.call('DEL', key)
-    redis.call('HSET', key, 'day', istr(win[1]))
+    redis.call('HSET', key, 'day', istr(win[1]), kind, total, kind .. ':' .. cat, cat_total)
     redis.call('PEXPIRE', key, WINDOW_TTL_MS)
+  else
+    redis.call('HSET', key, kind, total, kind .. ':' .. cat, cat_total)
   end
 end
 

@@ -63,9 +63,7 @@ end
 local flags = 0
 if cost > 0 then
   bal = incr(KEYS[1], 'bal', -cost)
-  window_touch(KEYS[2], win)
-  incr(KEYS[2], 's', cost)
-  incr(KEYS[2], 's:' .. cat, cost)
+  window_add(KEYS[2], win, 's', cat, cost)
   flags = low_flags(KEYS[1], bal, low, a[6])
     + near_flag(dl, cdl, win[2] + win[3] + cost, win[4] + win[5] + cost)
   outbox_low(KEYS[5], flags, a[9], ARGV[1], bal, low, ARGV[2], ms)

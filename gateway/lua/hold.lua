@@ -72,9 +72,7 @@ if max_cost > bal then return { C.BALANCE_INSUFFICIENT, bal, max_cost } end
 local expires = ms + ttl
 bal = incr(KEYS[1], 'bal', -max_cost)
 incr(KEYS[1], 'held', max_cost)
-window_touch(KEYS[2], win)
-incr(KEYS[2], 'h', max_cost)
-incr(KEYS[2], 'h:' .. cat, max_cost)
+window_add(KEYS[2], win, 'h', cat, max_cost)
 redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'tool', ARGV[4], 'category', cat,
   'amount', ARGV[6], 'day', istr(day), 'exp', istr(expires), 'state', 'open')
 redis.call('ZADD', KEYS[4], istr(expires), ARGV[3])
