@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import time
@@ -58,6 +59,15 @@ CASES: list[tuple[str, str, str, str, bytes, dict[str, str], int, str, str | Non
     ("not json", "POST", "charge", "agent", b"{tool:", J, 400, "malformed_json", None),
     ("duplicate keys", "POST", "charge", "agent", b'{"tool": "calc", "tool": "web_search"}',
      J, 400, "malformed_json", None),
+    # The same in orjson's compact form (the parser's fast path takes those first).
+    ("duplicate keys, compact", "POST", "charge", "agent",
+     b'{"tool":"calc","tool":"web_search"}', J, 400, "malformed_json", None),
+    ("nested duplicate keys, compact", "POST", "charge", "agent",
+     b'{"tool":"calc","metadata":{"a":"1","a":"2"}}', J, 400, "malformed_json", None),
+    ("compact array body", "POST", "charge", "agent", b'[{"tool":"calc"}]', J, 400,
+     "malformed_json", None),
+    ("invalid utf-8, compact", "POST", "charge", "agent", b'{"tool":"\xff"}', J, 400,
+     "malformed_json", None),
     ("array body", "POST", "charge", "agent", b'[{"tool": "calc"}]', J, 400, "malformed_json",
      None),
     ("string body", "POST", "charge", "agent", b'"calc"', J, 400, "malformed_json", None),
@@ -226,3 +236,24 @@ def test_chunked_body_over_limit_is_413(gateway: Gateway, victim: tuple[str, str
                           headers={**J, "authorization": f"Bearer {victim[1]}"})
     assert response.status_code == 413 and response.json()["error"] == "body_too_large"
     assert _snapshot(redis_client) == before
+
+
+def test_compact_bodies_parse_like_the_strict_parser() -> None:
+    from gateway.api.body import MalformedJson, _compact_object, parse_json_object
+    from gateway.money import JsonNumber
+
+    # Which parser answers: orjson for the compact form without numbers, else the strict one.
+    assert _compact_object(b'{"tool":"calc"}') == {"tool": "calc"}
+    for raw in (b'{"tool": "calc"}', b'{"cost":5}', b'{"a":"1","a":"1"}', b'{"t":"\\/"}'):
+        assert _compact_object(raw) is None
+
+    for raw in (b'{"tool":"calc"}', b'{"tool": "calc"}', b'{"cost":"0.5","tool":"llm"}',
+                b'{"tool":"calc","metadata":{"q":"\xc3\xa9","x":[true,null]}}'):
+        assert parse_json_object(raw) == json.loads(raw)
+    number = parse_json_object(b'{"cost":5,"tool":"llm"}')["cost"]
+    assert isinstance(number, JsonNumber) and number.text == "5"  # never a bare int/float
+    nested = parse_json_object(b'{"metadata":{"n":1.25}}')["metadata"]["n"]
+    assert isinstance(nested, JsonNumber)
+    for raw in (b'{"a":"1","a":"1"}', b'{"m":{"a":"1","a":"2"}}', b'["x"]', b'{"a":NaN}'):
+        with pytest.raises(MalformedJson):
+            parse_json_object(raw)

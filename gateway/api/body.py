@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from gateway import money
@@ -18,6 +19,9 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.limits import check_name
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Bodies up to this size try the orjson parse first (a charge body is tens of bytes; its
+# metadata at most 2 KiB); past it, a failed attempt would cost more than it saves.
+COMPACT_BYTES_MAX = 4096
 
 
 class MalformedJson(GatewayError):
@@ -51,6 +55,9 @@ def _refuse_constant(name: str) -> Any:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Parse raw bytes as exactly one JSON object; raise MalformedJson otherwise."""
+    compact = _compact_object(raw)
+    if compact is not None:
+        return compact
     try:
         value = _DECODER.decode(raw.decode("utf-8"))
     except _Duplicate as exc:
@@ -60,6 +67,31 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedJson("The body must be one JSON object.")
     return value
+
+
+def _compact_object(raw: bytes) -> dict[str, Any] | None:
+    """The body parsed by orjson (C, several times faster), when that parse is exact: the
+    body is a JSON object without numbers, written exactly as orjson writes it back. Such a
+    text names every key once (orjson writes each key of the dict once), so it has no
+    duplicate key, and without numbers nothing needs a JsonNumber. Anything else (spaces,
+    escapes, numbers, not an object, not JSON) returns None for the strict parser."""
+    if len(raw) > COMPACT_BYTES_MAX:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or _has_number(value) or orjson.dumps(value) != raw:
+        return None
+    return value
+
+
+def _has_number(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_number(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_number(v) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _int_literal(text: str) -> Any:
