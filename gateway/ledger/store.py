@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.ledger import schema
-from gateway.ledger.entries import LedgerEntry
+from gateway.ledger.entries import MONEY_KINDS, LedgerEntry
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -74,6 +74,8 @@ def entry_row(e: LedgerEntry) -> tuple[Any, ...]:
 
 def config_statements(e: LedgerEntry) -> list[Statement]:
     """The configuration upserts of one event (none for money events)."""
+    if e.kind in MONEY_KINDS:
+        return []  # most rows: skip the parse and the position below
     data: dict[str, str] = orjson.loads(e.data) if e.data else {}
     pos = schema.position(e.stream_ms, e.stream_seq)
     if e.kind == "agent":
