@@ -1,13 +1,12 @@
 """The HTTP protocol the gateway serves with: uvicorn's httptools protocol, one send per tick.
 
 uvicorn writes a response's head and its body with two ``transport.write`` calls, and
-uvloop turns each into a ``send`` system call. Measured on the 2-core machine (the
-reference app, wrk, 64 connections): those two sends are about a third of the CPU of a
-small JSON request; joining them saved 8 to 13 µs per request (+20 to 35 % req/s).
-So the transport handed to uvicorn queues what is written during one pass of the event
-loop and hands it to the real transport once, in a callback of the same pass. Nothing is
-reordered or dropped: close() first flushes what is queued, and a transport that is
-already closing gets nothing (uvloop would discard it too).
+uvloop turns each into a ``send`` system call, a large part of the CPU of a small JSON
+request (``python -m loadtests.bench`` runs its reference app on both protocols; see the
+README). So the transport handed to uvicorn queues what is written during one pass of the
+event loop and hands it to the real transport once, in a callback of the same pass.
+Nothing is reordered or dropped: close() first flushes what is queued, and a transport
+that is already closing gets nothing (uvloop would discard it too).
 """
 
 from __future__ import annotations

@@ -156,6 +156,8 @@ class LedgerWriter:
         inflight: asyncio.Task[int] | None = None
         settled = 0
         for _ in range(batches_max):
+            if self._stopping.is_set():
+                break  # what is in flight is still committed and acknowledged below
             read_at = time.monotonic()
             batch = await self._read([b">"] * len(self._streams), block_ms)
             prepared = await self._prepare(batch) if any(e for _, e in batch) else None
