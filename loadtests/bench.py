@@ -3,7 +3,8 @@
     python -m loadtests.bench [--duration-s 8] [--rounds 3] [--agents 1000] [--json PATH]
 
 Starts its own gateway (`iou serve` on the embedded default in a temp dir, with its
-ledger writer) and a reference app with the same uvicorn settings, for --workers 1 and 2,
+ledger writer) and a reference app with the same uvicorn settings (on stock uvicorn, and
+again on the gateway's own HTTP protocol), for --workers 1 and 2,
 drives them with wrk (apt-get install wrk) from this machine's loopback, interleaving
 rounds, and measures: the reference, POST /v1/charge (auth + Idempotency-Key, many
 agents), POST /v1/charges (100 per request), redis-benchmark EVALSHA of lua/charge.lua,

@@ -210,7 +210,7 @@ async def test_a_trickle_is_gathered_while_the_writer_lingers(
         real_engine: Engine, store: LedgerStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a small batch the writer waits LINGER_MS before reading again, so entries
     that arrive meanwhile come in the next read (without the wait it would find nothing
-    and return with one entry settled)."""
+    and return with only the agent's creation settled)."""
     from gateway.ledger import writer as writer_module
 
     monkeypatch.setattr(writer_module, "LINGER_MS", 400)  # room for a slow, shared machine
