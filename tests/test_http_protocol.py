@@ -7,6 +7,8 @@ import gc
 import socket
 from typing import Any
 
+import pytest
+
 from gateway.api.app import GC_YOUNG_THRESHOLD, create_app
 from gateway.api.http_protocol import CoalescingTransport
 from gateway.config import load_settings
@@ -97,8 +99,11 @@ def test_pipelined_requests_get_their_own_answers_in_order(gateway: Gateway) -> 
     assert b"\"error\":\"not_found\"" in responses[1]
 
 
-async def test_the_app_settles_the_collector_at_start(real_redis_url: str,
-                                                      tmp_path: Any) -> None:
+async def test_the_app_settles_the_collector_at_start(
+        real_redis_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.api import app as app_module
+
+    monkeypatch.setattr(app_module, "_gc_settled", False)  # as in a fresh worker process
     gc.unfreeze()
     threshold = gc.get_threshold()
     app = create_app(load_settings({"IOU_REDIS_URL": real_redis_url,
@@ -107,6 +112,9 @@ async def test_the_app_settles_the_collector_at_start(real_redis_url: str,
         async with app.app.router.lifespan_context(app.app):
             assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
             assert gc.get_freeze_count() > 1000  # modules, routes, the engine
+        frozen = gc.get_freeze_count()
+        async with app.app.router.lifespan_context(app.app):
+            assert gc.get_freeze_count() <= frozen  # a second app freezes nothing more
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)

@@ -111,9 +111,17 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.close()
 
 
+_gc_settled = False  # once per process: a frozen object is never collected again
+
+
 def _settle_gc() -> None:
     """Move what start-up built (modules, routes, the engine) out of the collector's sight
-    (gc.freeze) and collect the young generation less often."""
+    (gc.freeze) and collect the young generation less often. Only the first app of a
+    process does it (a server worker has one; a test process starts many)."""
+    global _gc_settled
+    if _gc_settled:
+        return
+    _gc_settled = True
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
