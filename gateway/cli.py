@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -70,7 +71,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     if writer is not None:
         # The writer is background work with a second of slack (lag target < 1 s): at a
         # lower priority its batches wait for a free core instead of delaying requests.
-        os.setpriority(os.PRIO_PROCESS, writer.pid, WRITER_NICENESS)
+        with contextlib.suppress(ProcessLookupError):  # it already exited: its log says why
+            os.setpriority(os.PRIO_PROCESS, writer.pid, WRITER_NICENESS)
     click.echo(f"IOU gateway on http://{host}:{port} ({workers} worker(s)); "
                f"ledger: {ledger_location(settings)}")
     # uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
