@@ -75,8 +75,8 @@ def _compact_object(raw: bytes) -> dict[str, Any] | None:
     text names every key once (orjson writes each key of the dict once), so it has no
     duplicate key, and without numbers nothing needs a JsonNumber. Anything else (spaces,
     escapes, numbers, not an object, not JSON) returns None for the strict parser."""
-    if len(raw) > COMPACT_BYTES_MAX:
-        return None
+    if len(raw) > COMPACT_BYTES_MAX or b'": ' in raw or b', "' in raw:
+        return None  # spaced like Python's json.dumps: not compact, skip the attempt
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
