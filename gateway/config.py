@@ -12,6 +12,8 @@ from gateway import money
 PARTITIONS_DEFAULT = 16
 PARTITIONS_MAX = 1024
 HOLD_TTL_S_MAX = 3600
+# Where the test clock's offset (ms, may be negative) lives; read only with IOU_TEST_CLOCK.
+TEST_CLOCK_KEY = "iou:test:clock_offset_ms"
 
 
 class ConfigError(Exception):
@@ -38,6 +40,9 @@ class Settings:
     # Testing only: where a ledger writer kills itself with SIGKILL now and then
     # ("after_read" or "after_commit"), to prove that no crash point loses or doubles rows.
     fault_inject: str | None = None
+    # Testing only: the scripts' clock adds the milliseconds stored at TEST_CLOCK_KEY to
+    # Redis TIME, so a test can move a day forward (the production scripts never read it).
+    test_clock: bool = False
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -63,6 +68,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         allow_unsafe_redis=_flag(env, "IOU_ALLOW_UNSAFE_REDIS"),
         upstream_timeout_s=_int(env, "IOU_UPSTREAM_TIMEOUT_S", 30, 1, 600),
         fault_inject=_choice(env, "IOU_FAULT_INJECT", ("after_read", "after_commit")),
+        test_clock=_flag(env, "IOU_TEST_CLOCK"),
     )
     return settings
 

@@ -18,7 +18,7 @@ import orjson
 
 from gateway import ids, keys, money
 from gateway.codes import Code, Flag
-from gateway.config import HOLD_TTL_S_MAX, Settings
+from gateway.config import HOLD_TTL_S_MAX, TEST_CLOCK_KEY, Settings
 from gateway.connections import Connection
 from gateway.errors import (
     GatewayError,
@@ -88,7 +88,8 @@ class Engine:
     def __init__(self, conn: Connection, settings: Settings) -> None:
         self.conn = conn
         self.settings = settings
-        self.scripts = Scripts(conn)
+        self.test_clock_key = TEST_CLOCK_KEY if settings.test_clock else None
+        self.scripts = Scripts(conn, self.test_clock_key)
         self.partitions = settings.partitions
         self._agent_keys: dict[str, keys.AgentKeys] = {}
         self._catalog: dict[str, Tool] = {}
@@ -116,6 +117,14 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    async def clock_ms(self) -> int:
+        """The scripts' clock: Redis TIME in ms (plus the test offset under IOU_TEST_CLOCK)."""
+        now = await self.conn.call_or_raise(b"TIME")
+        ms = _int(now[0]) * 1000 + _int(now[1]) // 1000
+        if self.test_clock_key is not None:
+            ms += _int(await self.conn.call_or_raise(b"GET", self.test_clock_key) or 0)
+        return ms
 
     def agent_keys(self, agent: str) -> keys.AgentKeys:
         cached = self._agent_keys.get(agent)
@@ -390,15 +399,15 @@ class Engine:
         """Balance, held, today's spending and limits of one agent (one round trip)."""
         check_name("agent", agent)
         k = self.agent_keys(agent)
-        fields, window, now = await asyncio.gather(
+        fields, window, now_ms = await asyncio.gather(
             self.conn.call_or_raise(b"HGETALL", k.agent_hash),
             self.conn.call_or_raise(b"HGETALL", k.window),
-            self.conn.call_or_raise(b"TIME"))
+            self.clock_ms())
         if not fields:
             raise NotFound(f"No agent named {agent}.")
         a = _pairs(fields)
         w = _pairs(window)
-        today = _int(now[0]) // 86_400
+        today = now_ms // 86_400_000
         fresh = w.get("day") == str(today)
         by_category = {f[2:]: int(v) for f, v in w.items() if f.startswith("s:")} if fresh else {}
         return AgentState(agent, int(a["bal"]), int(a.get("held", "0")),
