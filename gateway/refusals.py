@@ -78,6 +78,8 @@ def _per_call_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) 
 def _window_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
     limit = "daily" if code == Code.LIMIT_DAILY else "category_daily"
     cap, spent = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
+    # A capture learns the hold's category from its script (the 5th element).
+    category = context.get("category") or (_text(reply[4]) if len(reply) > 4 else None)
     return WindowLimitExceeded(
         f"Today's {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
-        category=context.get("category"), max=cap, spent=spent, retry_after_s=_int(reply[3]))
+        category=category, max=cap, spent=spent, retry_after_s=_int(reply[3]))

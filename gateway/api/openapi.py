@@ -66,6 +66,16 @@ ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
      308),
 ]
 
+# Rules of a route beyond its summary, shown as the operation's description.
+DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/v1/holds/{hold_id}/capture"):
+        "A capture is checked against the daily window it lands in: a hold taken on an "
+        "earlier UTC day is not counted in today's window, so its cost must fit today's "
+        "daily and category daily caps, else 429 limit_exceeded (limit daily or "
+        "category_daily) with Retry-After; nothing is written and the hold stays open "
+        "until captured at a cost that fits, released or expired.",
+}
+
 ERROR = {"type": "object", "required": ["error", "message"], "properties": {
     "error": {"type": "string"}, "message": {"type": "string"}}}
 
@@ -83,6 +93,8 @@ def _operation(method: str, path: str, summary: str, auth: str, body: dict[str, 
                         "schema": {"type": "string"}}
                        for p in path.split("/") if p.startswith("{")],
     }
+    if (method, path) in DESCRIPTIONS:
+        op["description"] = DESCRIPTIONS[(method, path)]
     if auth != "none":
         op["security"] = [{auth: []}]
     if method == "POST":

@@ -1,6 +1,9 @@
 -- capture.lua: settle an open hold at the actual cost (<= the held amount); the rest goes
 -- back to the balance, the cost counts as spent today, and a capture event is written.
 -- A hold past its expiry is refused as closed (the sweeper releases it within 1 s).
+-- A hold taken on an earlier UTC day is not in today's window: its cost lands in today's
+-- window as new spending, so it must fit today's daily caps (else 15/16, the hold stays
+-- open until released or expired). A hold of today was counted when it was taken.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] hold hash             iou:{pNN}:hold:<hold_id>
@@ -22,6 +25,8 @@
 --   code HOLD_NOT_FOUND = 18: {18} unknown hold, or another agent's
 --   code HOLD_CLOSED = 19: {19, state} captured, released or expired
 --   code CAPTURE_EXCEEDS_HOLD = 20: {20, held_amount, cost}
+--   code LIMIT_DAILY = 15: {15, max, spent, retry_after_s, category}
+--   code LIMIT_CATEGORY_DAILY = 16: {16, max, spent, retry_after_s, category}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
 local amount_max = uint(ARGV[5], MICROS_MAX)
@@ -43,14 +48,25 @@ if ms >= h.exp then return { C.HOLD_CLOSED, 'expired' } end
 if cost > h.amount then return { C.CAPTURE_EXCEEDS_HOLD, h.amount, cost } end
 local a = redis.call('HMGET', KEYS[1], 'dl', 'low', 'lowf',
   'c:' .. h.category .. ':dl')
+local dl, cdl = uint(a[1], MICROS_MAX), uint(a[4], MICROS_MAX)
+local day = math.floor(ms / DAY_MS)
+local win = nil
+if h.day ~= day then
+  -- hold_close leaves today's window alone for such a hold, so this read stays exact.
+  win = window_read(KEYS[2], day, h.category)
+  local refusal = daily_refusal(dl, cdl, win, cost, ms)
+  if refusal then
+    refusal[5] = h.category
+    return refusal
+  end
+end
 
 -- Writes only from here on.
 local released = h.amount - cost
 local bal = hold_close(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], h, 'captured', released)
 redis.call('HSET', KEYS[3], 'captured', ARGV[4])
-local win = window_read(KEYS[2], math.floor(ms / DAY_MS), h.category)
+win = win or window_read(KEYS[2], day, h.category)
 window_add(KEYS[2], win, 's', h.category, cost)
-local dl, cdl = uint(a[1], MICROS_MAX), uint(a[4], MICROS_MAX)
 local flags = low_flags(KEYS[1], bal, uint(a[2], MICROS_MAX), a[3])
   + near_flag(dl, cdl, win[2] + win[3] + cost, win[4] + win[5] + cost)
 idem_store(KEYS[5], ARGV[6], bal, flags, ARGV[2], istr(released))
