@@ -41,6 +41,16 @@ def _count(outcome: str, category: str) -> None:
     child.inc()
 
 
+def _refused_category(ctx: Context, exc: GatewayError, tool: str) -> str:
+    """The category label of a refusal: its own, else the tool's (402 and 423 carry none);
+    "unknown" only for a tool not in the catalog."""
+    category = exc.details.get("category")
+    if category:
+        return str(category)
+    entry = next((t for t in ctx.engine.tools() if t.name == tool), None)
+    return "unknown" if entry is None else entry.category
+
+
 async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | None,
                      prefix: str = "") -> ChargeResult:
     """Validate one charge body and charge it; count the outcome in the metrics."""
@@ -57,7 +67,7 @@ async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | 
         result = await ctx.engine.charge(agent, tool, cost, key,
                                          None if metadata is None else plain_json(metadata))
     except GatewayError as exc:
-        _count(_outcome(exc), str(exc.details.get("category") or "unknown"))
+        _count(_outcome(exc), _refused_category(ctx, exc, tool))
         if isinstance(exc, BalanceInsufficient):
             ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise

@@ -3,11 +3,14 @@
 The hold is taken before the upstream sees the request, so an agent can never spend
 more than its balance through the proxy; 2xx captures (the catalog price, or for variable
 tools the upstream's ``X-IOU-Cost`` if it is a valid amount up to the hold, else the
-hold), anything else or a timeout releases.
+hold), anything else or a timeout releases. A free tool (fixed price 0) holds nothing: a
+2xx is charged 0 (free calls are in the ledger too), anything else leaves no trace.
+The request's query string goes to the upstream after the upstream URL's own.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import httpx
@@ -54,14 +57,24 @@ async def invoke(ctx: Context, request: Request) -> Response:
     raw = await read_body(request, ctx.settings.body_bytes_max)
     key = idempotency.idempotency_key(request)
     return await idempotency.once(
-        ctx.engine, "agent:" + agent, key, idempotency.request_digest(request, raw),
+        ctx.engine, "agent:" + agent, key, _digest(request, raw),
         lambda: _invoke(ctx, request, agent, tool_name, raw))
+
+
+def _digest(request: Request, raw: bytes) -> str:
+    """The idempotency digest: method, path and body, and the query string, which is
+    forwarded too (the same key with another query is another request: 409)."""
+    digest = idempotency.request_digest(request, raw)
+    query: bytes = request.scope.get("query_string", b"")
+    return digest if not query else hashlib.sha256(digest.encode() + b"?" + query).hexdigest()
 
 
 async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, raw: bytes
                   ) -> Response:
     tool = await _tool(ctx, tool_name)
     max_cost = _max_cost(request, tool, ctx.settings.amount_max_micros)
+    if max_cost == 0:
+        return await _invoke_free(ctx, request, agent, tool, raw)
     try:
         hold = await ctx.engine.hold(agent, tool_name, max_cost,
                                      ctx.settings.upstream_timeout_s + HOLD_MARGIN_S)
@@ -83,6 +96,20 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
     return _answer(upstream, captured.charge_id, captured.balance_micros)
 
 
+async def _invoke_free(ctx: Context, request: Request, agent: str, tool: Tool, raw: bytes
+                       ) -> Response:
+    """A free tool: nothing to hold; the agent reaches it only through the gateway, which
+    alone has its credentials. Charged 0 after a 2xx, as POST /v1/charge would."""
+    upstream = await _forward(ctx, request, tool, raw)
+    if not 200 <= upstream.status_code < 300:
+        PROXY_CALLS.labels("released").inc()
+        state = await ctx.engine.agent_state(agent)
+        return _answer(upstream, None, state.balance_micros)
+    charged = await ctx.engine.charge(agent, tool.name)
+    PROXY_CALLS.labels("captured").inc()
+    return _answer(upstream, charged.charge_id, charged.balance_micros)
+
+
 async def _tool(ctx: Context, name: str) -> Tool:
     entry = next((t for t in ctx.engine.tools() if t.name == name), None)
     if entry is None:
@@ -100,8 +127,6 @@ def _max_cost(request: Request, tool: Tool, amount_max: int) -> int:
     if tool.pricing == "fixed":
         if header is not None:
             raise InvalidRequest("X-IOU-Max-Cost", "is only accepted for tools priced variable")
-        if tool.price_micros == 0:
-            raise InvalidRequest("tool", "is free; call it directly")
         return tool.price_micros
     if header is None:
         raise InvalidRequest("X-IOU-Max-Cost", "is required for tools priced variable")
@@ -114,7 +139,8 @@ async def _forward(ctx: Context, request: Request, tool: Tool, raw: bytes) -> ht
         headers.update(orjson.loads(tool.upstream_headers))
     assert tool.upstream is not None
     try:
-        return await ctx.http.post(tool.upstream, content=raw, headers=headers)
+        return await ctx.http.post(_upstream_url(tool.upstream, request), content=raw,
+                                   headers=headers)
     except httpx.TimeoutException:
         PROXY_CALLS.labels("timeout").inc()
         raise UpstreamTimeout(f"The upstream of {tool.name} did not answer in time; "
@@ -123,6 +149,14 @@ async def _forward(ctx: Context, request: Request, tool: Tool, raw: bytes) -> ht
         PROXY_CALLS.labels("unreachable").inc()
         raise UpstreamUnavailable(f"The upstream of {tool.name} is unreachable "
                                   f"({type(exc).__name__}); nothing was charged.") from None
+
+
+def _upstream_url(upstream: str, request: Request) -> httpx.URL:
+    url = httpx.URL(upstream)
+    query: bytes = request.scope.get("query_string", b"")
+    if not query:
+        return url
+    return url.copy_with(query=url.query + b"&" + query if url.query else query)
 
 
 def _actual_cost(upstream: httpx.Response, tool: Tool, max_cost: int) -> int:
