@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from gateway.cli_client import Options, register
+from gateway.cli_client import Options, fail, json_option, register
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.embedded import start_embedded
 from gateway.ledger.factory import ledger_location
@@ -118,25 +118,38 @@ def writer(consumer: str | None) -> None:
 
 
 @main.command()
-def reconcile() -> None:
+@json_option
+@click.pass_obj
+def reconcile(opts: Options) -> None:
     """Drain the streams, then compare every balance with the ledger (exit 1 on drift)."""
     from gateway.ledger.service import run_reconcile
     from gateway.money import format_amount
 
+    def amount(micros: int | None) -> str | None:
+        return None if micros is None else format_amount(micros)
+
     checked, drift = asyncio.run(run_reconcile(_settings()))
-    for d in drift:
-        redis_text = "missing" if d.redis_micros is None else format_amount(d.redis_micros)
-        ledger_text = "missing" if d.ledger_micros is None else format_amount(d.ledger_micros)
-        click.echo(f"DRIFT {d.agent}: redis {redis_text}, ledger {ledger_text}")
+    rows = [{"agent": d.agent, "redis": amount(d.redis_micros),
+             "ledger": amount(d.ledger_micros)} for d in drift]
+    opts.emit({"checked": checked, "clean": not drift, "drift": rows},
+              lambda: _print_reconcile(checked, rows))
     if drift:
-        click.echo(f"{len(drift)} of {checked} agents drift")
         sys.exit(1)
-    click.echo(f"reconciled {checked} agents: clean")
+
+
+def _print_reconcile(checked: int, rows: list[dict[str, str | None]]) -> None:
+    for row in rows:
+        click.echo(f"DRIFT {row['agent']}: redis {row['redis'] or 'missing'}, "
+                   f"ledger {row['ledger'] or 'missing'}")
+    click.echo(f"{len(rows)} of {checked} agents drift" if rows
+               else f"reconciled {checked} agents: clean")
 
 
 @main.command()
 @click.option("--force", is_flag=True, help="Overwrite agents already in Redis.")
-def recover(force: bool) -> None:
+@json_option
+@click.pass_obj
+def recover(opts: Options, force: bool) -> None:
     """Rebuild Redis (balances, holds, windows, limits, keys, tools) from the ledger."""
     from gateway.ledger.recover import NotEmpty
     from gateway.ledger.service import run_recover
@@ -144,10 +157,13 @@ def recover(force: bool) -> None:
     try:
         done = asyncio.run(run_recover(_settings(), force))
     except NotEmpty as exc:
-        click.echo(f"iou recover: {exc}", err=True)
-        sys.exit(1)
-    click.echo(f"recovered {done.agents} agents, {done.keys} keys, {done.tools} tools, "
-               f"{done.holds} open holds, {done.idempotency_records} idempotency records")
+        fail("not_empty", str(exc))
+        return
+    counts = {"agents": done.agents, "keys": done.keys, "tools": done.tools,
+              "holds": done.holds, "idempotency_records": done.idempotency_records}
+    opts.emit(counts, lambda: click.echo(
+        f"recovered {done.agents} agents, {done.keys} keys, {done.tools} tools, "
+        f"{done.holds} open holds, {done.idempotency_records} idempotency records"))
 
 
 register(main)

@@ -59,6 +59,17 @@ class Options:
             human()
 
 
+def fail(code: str, message: str, body: dict[str, Any] | None = None) -> None:
+    """Exit 1 with one line on standard error: the error object with --json, else text."""
+    opts = click.get_current_context().find_object(Options)
+    if opts is not None and opts.as_json:
+        error = {"error": code, "message": message, **(body or {})}
+        click.echo(orjson.dumps(error).decode(), err=True)
+    else:
+        click.echo(f"error: {code}: {message}", err=True)
+    sys.exit(1)
+
+
 def refusals(fn: F) -> F:
     """Exit 1 with the contract's error code when the gateway refuses or is unreachable."""
 
@@ -67,13 +78,24 @@ def refusals(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ClientError as exc:
-            click.echo(f"error: {exc.code}: {exc.message}", err=True)
-            sys.exit(1)
+            fail(exc.code, exc.message, exc.body)
 
     return run  # type: ignore[return-value]
 
 
+def _local_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Options).as_json = True  # type: ignore[union-attr]
+
+
 agent_option = click.option("--agent", "agent", default=None, help="Agent name.")
+# `--json` is global (`iou --json fund ...`) and also accepted after the subcommand.
+json_option = click.option("--json", is_flag=True, expose_value=False, callback=_local_json,
+                           help="Print JSON (as the global --json).")
+idempotency_option = click.option(
+    "--idempotency-key", default=None,
+    help="Sent as Idempotency-Key: the same key repeats the first result instead of acting "
+         "again (default: a new key per invocation, reused on the command's own retries).")
 pass_options = click.make_pass_decorator(Options)
 
 
@@ -90,17 +112,29 @@ def agents() -> None:
 @agents.command("create")
 @click.argument("name")
 @click.option("--grant", default=None, help="Opening balance (default IOU_SIGNUP_GRANT).")
+@idempotency_option
+@json_option
 @pass_options
 @refusals
-def agents_create(opts: Options, name: str, grant: str | None) -> None:
+def agents_create(opts: Options, name: str, grant: str | None,
+                  idempotency_key: str | None) -> None:
     body: dict[str, Any] = {"name": name} | ({"grant": grant} if grant is not None else {})
-    created = opts.client().request("POST", "/v1/agents", body)
+    created = opts.client().request("POST", "/v1/agents", body,
+                                    idempotency_key=idempotency_key)
     opts.emit(created, lambda: opts.console.print(
         f"created [bold]{created['agent']}[/bold] with balance {created['balance']} IOU\n"
-        f"api key (shown once): {created['api_key']}"))
+        + _key_line(created)))
+
+
+def _key_line(created: dict[str, Any]) -> str:
+    if created.get("api_key"):
+        return f"api key (shown once): {created['api_key']}"
+    # A replayed creation: the key was in the first answer only (keys are kept as hashes).
+    return "api key: not in this replayed answer; add one with POST /v1/agents/NAME/keys"
 
 
 @agents.command("list")
+@json_option
 @pass_options
 @refusals
 def agents_list(opts: Options) -> None:
@@ -127,12 +161,15 @@ def _agents_table(rows: list[dict[str, Any]]) -> Table:
 @click.command()
 @agent_option
 @click.option("--amount", required=True, help="Tokens to add, e.g. 20 or 0.5.")
+@idempotency_option
+@json_option
 @pass_options
 @refusals
-def fund(opts: Options, agent: str | None, amount: str) -> None:
-    """Add tokens to an agent's balance."""
+def fund(opts: Options, agent: str | None, amount: str, idempotency_key: str | None) -> None:
+    """Add tokens to an agent's balance (exactly once, also when retried)."""
     name = opts.agent_name(agent)
-    result = opts.client().request("POST", f"/v1/agents/{name}/fund", {"amount": amount})
+    result = opts.client().request("POST", f"/v1/agents/{name}/fund", {"amount": amount},
+                                   idempotency_key=idempotency_key)
     opts.emit(result, lambda: opts.console.print(
         f"funded {name} with {amount}: balance {result['balance']} IOU"))
 
@@ -148,6 +185,7 @@ def fund(opts: Options, agent: str | None, amount: str) -> None:
               help="Per-call cap of any category (repeatable).")
 @click.option("--low-balance", default=None, help="Warn below this balance.")
 @click.option("--webhook", default=None, help="URL for balance webhooks.")
+@json_option
 @pass_options
 @refusals
 def limits(opts: Options, agent: str | None, per_call: str | None, daily: str | None,
@@ -203,6 +241,7 @@ def _limits_table(name: str, lim: dict[str, Any]) -> Table:
 
 @click.command()
 @agent_option
+@json_option
 @pass_options
 @refusals
 def status(opts: Options, agent: str | None) -> None:
@@ -252,11 +291,21 @@ def _prices_table(prices: list[dict[str, Any]]) -> Table:
 @agent_option
 @click.option("--limit", "count", default=100, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on standard output.")
+@json_option
 @pass_options
 @refusals
 def ledger(opts: Options, agent: str | None, count: int, as_csv: bool) -> None:
-    """The per-call ledger of an agent, newest first."""
+    """The per-call ledger of an agent, newest first.
+
+    \b
+    amount: + funded or granted, - spent (a charge, a capture's cost); sums to
+            funded - spent.
+    held:   + set aside by a hold, - the hold closed (a capture's whole hold, a
+            release, an expiry); sums to what is still held.
+    balance after = sum(amount) - sum(held), over the whole ledger."""
     name = opts.agent_name(agent)
+    if as_csv and opts.as_json:
+        raise click.UsageError("--csv and --json exclude each other")
     page = opts.client().request("GET", f"/v1/agents/{name}/ledger",
                                  params={"limit": str(count)})
     if as_csv:
@@ -265,22 +314,60 @@ def ledger(opts: Options, agent: str | None, count: int, as_csv: bool) -> None:
     opts.emit(page, lambda: opts.console.print(_ledger_table(name, page["entries"])))
 
 
-LEDGER_FIELDS = ("entry_id", "at", "kind", "tool", "category", "amount", "balance_after",
-                 "idempotency_key", "hold_id")
+# The text table and the CSV show the same two signed columns, so that neither a hold nor
+# its capture looks like a second charge:
+#   amount: what the entry did to the agent's money: + funded or granted, - spent (a charge,
+#           a capture's cost). Its sum is funded - spent.
+#   held:   what it did to the money set aside: + a hold, - the hold closing (a capture's
+#           whole hold, its cost included, or a release or expiry). Its sum is still held.
+# So balance = sum(amount) - sum(held), and the spend is the sum of the negative amounts.
+LEDGER_NOTE = ("amount: + funded, - spent (sums to funded - spent); held: + set aside by a "
+               "hold, - the hold closed (captured, released or expired)")
+MONEY_IN = frozenset({"grant", "fund", "refund", "transfer_in"})
+MONEY_OUT = frozenset({"charge", "capture", "debit", "transfer_out"})
+HOLD_CLOSED = frozenset({"release", "expire"})
+LEDGER_FIELDS = ("entry_id", "at", "kind", "tool", "category", "amount", "held",
+                 "balance_after", "idempotency_key", "hold_id")
+
+
+def _signed(sign: str, amount: str | None) -> str:
+    if amount is None:
+        return ""
+    return amount if amount == "0" else sign + amount
+
+
+def ledger_columns(entry: dict[str, Any]) -> tuple[str, str]:
+    """The entry's signed (amount, held) columns, as described above."""
+    kind, amount = entry["kind"], entry.get("amount")
+    if kind in MONEY_IN:
+        return _signed("+", amount), ""
+    if kind == "capture":
+        return _signed("-", amount), _signed("-", entry.get("held"))
+    if kind in MONEY_OUT:
+        return _signed("-", amount), ""
+    if kind == "hold":
+        return "", _signed("+", amount)
+    if kind in HOLD_CLOSED:
+        return "", _signed("-", amount)
+    return amount or "", ""
 
 
 def _print_csv(entries: list[dict[str, Any]]) -> None:
     out = csv.writer(sys.stdout)
     out.writerow(LEDGER_FIELDS)
     for e in entries:
-        out.writerow(["" if e.get(f) is None else e[f] for f in LEDGER_FIELDS])
+        amount, held = ledger_columns(e)
+        signed = {"amount": amount, "held": held}
+        out.writerow([signed[f] if f in signed else "" if e.get(f) is None else e[f]
+                      for f in LEDGER_FIELDS])
 
 
 def _ledger_table(name: str, entries: list[dict[str, Any]]) -> Table:
-    table = Table("at", "kind", "tool", "amount", "balance after", title=f"ledger of {name}")
+    table = Table("at", "kind", "tool", "amount", "held", "balance after",
+                  title=f"ledger of {name}", caption=LEDGER_NOTE)
     for e in entries:
-        sign = "-" if e["kind"] in ("charge", "hold", "capture") else "+"
-        table.add_row(e["at"], e["kind"], e.get("tool") or "", f"{sign}{e['amount']}",
+        amount, held = ledger_columns(e)
+        table.add_row(e["at"], e["kind"], e.get("tool") or "", amount, held,
                       e.get("balance_after") or "")
     return table
 
@@ -296,6 +383,7 @@ def tools() -> None:
 @click.option("--category", required=True)
 @click.option("--variable", is_flag=True, help="Priced per call by the caller (via a hold).")
 @click.option("--upstream", default=None, help="URL the gateway proxies invoke calls to.")
+@json_option
 @pass_options
 @refusals
 def tools_set(opts: Options, name: str, price: str, category: str, variable: bool,
@@ -310,6 +398,7 @@ def tools_set(opts: Options, name: str, price: str, category: str, variable: boo
 
 
 @tools.command("list")
+@json_option
 @pass_options
 @refusals
 def tools_list(opts: Options) -> None:
@@ -322,11 +411,14 @@ def _freeze_command(frozen: bool) -> click.Command:
 
     @click.command(verb, help=f"{verb.capitalize()} an agent (frozen agents make no paid calls).")
     @agent_option
+    @idempotency_option
+    @json_option
     @pass_options
     @refusals
-    def command(opts: Options, agent: str | None) -> None:
+    def command(opts: Options, agent: str | None, idempotency_key: str | None) -> None:
         name = opts.agent_name(agent)
-        result = opts.client().request("POST", f"/v1/agents/{name}/{verb}")
+        result = opts.client().request("POST", f"/v1/agents/{name}/{verb}",
+                                       idempotency_key=idempotency_key)
         opts.emit(result, lambda: opts.console.print(f"{name}: frozen={result['frozen']}"))
 
     return command
@@ -337,12 +429,13 @@ unfreeze = _freeze_command(False)
 
 
 @click.command()
+@json_option
 @pass_options
 @refusals
 def demo(opts: Options) -> None:
     """Provision a demo agent and play the seed scenario, printing every call."""
     from gateway.demo import run_demo
 
-    result = run_demo(opts.client(), click.echo)
-    if opts.as_json:
-        click.echo(orjson.dumps(result).decode())
+    # With --json the calls are in the one JSON document printed at the end, not as lines.
+    result = run_demo(opts.client(), (lambda _line: None) if opts.as_json else click.echo)
+    opts.emit(result, lambda: None)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import csv
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -146,7 +150,7 @@ def test_demo_then_ledger_csv(embedded_gateway: Gateway) -> None:
     entries = api(gw, "GET", f"/v1/agents/{agent}/ledger?limit=1000")["entries"]
     assert isinstance(entries, list) and len(rows) == len(entries)
     assert [r["entry_id"] for r in rows] == [e["entry_id"] for e in entries]
-    assert rows[-1]["kind"] == "grant" and rows[-1]["amount"] == "8.3"
+    assert rows[-1]["kind"] == "grant" and rows[-1]["amount"] == "+8.3"
     as_json = json.loads(iou(gw, "--json", "ledger", "--agent", agent, "--limit", "5").stdout)
     assert len(as_json["entries"]) == 5
 
@@ -227,3 +231,186 @@ def test_sigterm_stops_the_writer_and_the_embedded_redis() -> None:
         while any(os.path.exists(f"/proc/{pid}") for pid in children):
             assert time.monotonic() < deadline, "children left running after SIGTERM"
             time.sleep(0.1)
+
+
+# ---- --json everywhere ---------------------------------------------------------------
+
+def _json_commands(name: str, tool: str, other: str) -> list[list[str]]:
+    return [["agents", "create", other, "--grant", "1"], ["agents", "list"],
+            ["fund", "--agent", name, "--amount", "1"], ["limits", "--agent", name],
+            ["limits", "--agent", name, "--daily", "5"], ["status", "--agent", name],
+            ["status"], ["ledger", "--agent", name],
+            ["tools", "set", tool, "--price", "0.1", "--category", "tool"], ["tools", "list"],
+            ["freeze", "--agent", name], ["unfreeze", "--agent", name], ["reconcile"]]
+
+
+@pytest.mark.parametrize("where", ["global", "after the subcommand"])
+def test_every_client_command_prints_json(embedded_gateway: Gateway, where: str) -> None:
+    gw = embedded_gateway
+    name = make_agent(gw)
+    tool = unique("tj").replace("-", "_")
+    for command in _json_commands(name, tool, unique("cli")):
+        args = ["--json", *command] if where == "global" else [*command, "--json"]
+        done = iou(gw, *args)
+        assert done.returncode == 0, (command, done.stderr)
+        assert isinstance(json.loads(done.stdout), dict), (command, done.stdout)
+
+
+def test_demo_and_reconcile_json(embedded_gateway: Gateway) -> None:
+    gw = embedded_gateway
+    demo = iou(gw, "demo", "--json")
+    assert demo.returncode == 0, demo.stderr
+    result = json.loads(demo.stdout)
+    assert result["grant"] == "8.3" and result["refusal"]["error"] == "balance_insufficient"
+    assert result["calls"][0] == {"tool": "web_search", "arg": "competitor pricing update",
+                                  "cost": "0.05", "balance": "8.25", "warnings": []}
+    assert result["balance"] == result["calls"][-1]["balance"] == "0.11"
+    assert [e["kind"] for e in result["ledger"]][:1] == ["charge"]
+    reconciled = json.loads(iou(gw, "reconcile", "--json").stdout)
+    assert reconciled["clean"] is True and reconciled["drift"] == []
+    assert reconciled["checked"] >= 1
+
+
+def test_refusals_with_json_are_one_json_line_on_stderr(embedded_gateway: Gateway) -> None:
+    gw = embedded_gateway
+    ghost = iou(gw, "--json", "fund", "--agent", "no-such-agent", "--amount", "1")
+    assert ghost.returncode == 1 and ghost.stdout == ""
+    error = json.loads(ghost.stderr)
+    assert error["error"] == "not_found" and error["message"]
+    refused = iou(gw, "recover", "--json")
+    assert refused.returncode == 1
+    assert json.loads(refused.stderr)["error"] == "not_empty"
+    both = iou(gw, "--json", "ledger", "--agent", make_agent(gw), "--csv")
+    assert both.returncode == 2
+
+
+# ---- the ledger: a hold and its capture are not two charges --------------------------
+
+def _agent_key(gw: Gateway, grant: str) -> tuple[str, str]:
+    name = unique("cli")
+    created = json.loads(iou(gw, "--json", "agents", "create", name, "--grant", grant).stdout)
+    return name, created["api_key"]
+
+
+def _as_agent(gw: Gateway, key: str, path: str, body: dict[str, str] | None = None
+              ) -> dict[str, Any]:
+    response = httpx.post(gw.url + path, json=body, headers={"authorization": f"Bearer {key}"})
+    assert response.status_code in (200, 201), response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def test_ledger_shows_holds_apart_from_spend(embedded_gateway: Gateway) -> None:
+    gw = embedded_gateway
+    tool = unique("tv").replace("-", "_")
+    assert iou(gw, "tools", "set", tool, "--price", "0.1", "--category", "llm",
+               "--variable").returncode == 0
+    name, key = _agent_key(gw, "1")
+    captured = _as_agent(gw, key, "/v1/holds", {"tool": tool, "max_cost": "0.5"})["hold_id"]
+    _as_agent(gw, key, f"/v1/holds/{captured}/capture", {"cost": "0.1"})
+    released = _as_agent(gw, key, "/v1/holds", {"tool": tool, "max_cost": "0.2"})["hold_id"]
+    _as_agent(gw, key, f"/v1/holds/{released}/release")
+    _as_agent(gw, key, "/v1/holds", {"tool": tool, "max_cost": "0.3"})  # still open
+    assert _as_agent(gw, key, "/v1/charge", {"tool": tool, "cost": "0.05"})["balance"] == "0.55"
+    rows = _ledger_rows(gw, name, 7)
+    assert [(r["kind"], r["amount"], r["held"]) for r in rows] == [
+        ("charge", "-0.05", ""), ("hold", "", "+0.3"), ("release", "", "-0.2"),
+        ("hold", "", "+0.2"), ("capture", "-0.1", "-0.5"), ("hold", "", "+0.5"),
+        ("grant", "+1", "")]
+    amount = sum(Decimal(r["amount"] or "0") for r in rows)
+    held = sum(Decimal(r["held"] or "0") for r in rows)
+    spent = -sum(Decimal(r["amount"]) for r in rows if r["amount"].startswith("-"))
+    assert (amount, held, spent) == (Decimal("0.85"), Decimal("0.3"), Decimal("0.15"))
+    assert amount - held == Decimal(rows[0]["balance_after"]) == Decimal("0.55")
+    table = iou(gw, "ledger", "--agent", name).stdout
+    lines = [line for line in table.splitlines()
+             if line.startswith("│") and (" capture " in line or " hold " in line)]
+    assert len(lines) == 4 and all("-0.5" not in line for line in lines if " hold " in line)
+    assert "held" in table and "sums to funded - spent" in table
+
+
+def _ledger_rows(gw: Gateway, name: str, count: int) -> list[dict[str, str]]:
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        done = iou(gw, "ledger", "--agent", name, "--csv")
+        rows = list(csv.DictReader(io.StringIO(done.stdout)))
+        if len(rows) >= count:
+            return rows
+        assert time.monotonic() < deadline, done.stdout
+        time.sleep(0.1)
+
+
+# ---- exactly-once funding: Idempotency-Key from the CLI ------------------------------
+
+class _LossyProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the gateway; the first POST is delivered but its answer is lost."""
+
+    target: ClassVar[str] = ""
+    keys: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        self._forward("GET")
+
+    def do_POST(self) -> None:
+        self._forward("POST")
+
+    def _forward(self, method: str) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        answer = httpx.request(method, self.target + self.path, content=body, headers=headers)
+        if method == "POST":
+            _LossyProxy.keys.append(self.headers.get("idempotency-key"))
+            if len(_LossyProxy.keys) == 1:
+                self.close_connection = True  # the gateway acted; the caller hears nothing
+                return
+        self.send_response(answer.status_code)
+        self.send_header("content-type", answer.headers.get("content-type", ""))
+        self.send_header("content-length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def lossy_proxy(embedded_gateway: Gateway) -> Iterator[str]:
+    _LossyProxy.target, _LossyProxy.keys = embedded_gateway.url, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LossyProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fund_retried_after_a_lost_answer_adds_once(embedded_gateway: Gateway,
+                                                    lossy_proxy: str) -> None:
+    gw = embedded_gateway
+    name = make_agent(gw, "0")
+    done = iou(gw, "--url", lossy_proxy, "--json", "fund", "--agent", name, "--amount", "2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["balance"] == "2"
+    assert api(gw, "GET", f"/v1/agents/{name}")["balance"] == "2"
+    sent = _LossyProxy.keys
+    assert len(sent) == 2 and sent[0] is not None and sent[0] == sent[1]
+
+
+def test_idempotency_key_option_repeats_the_first_result(embedded_gateway: Gateway) -> None:
+    gw = embedded_gateway
+    name = make_agent(gw, "0")
+    runs = [json.loads(iou(gw, "--json", "fund", "--agent", name, "--amount", "1",
+                           "--idempotency-key", f"fund-{name}").stdout) for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0]["balance"] == "1"
+    fresh = [iou(gw, "fund", "--agent", name, "--amount", "1") for _ in range(2)]
+    assert all(done.returncode == 0 for done in fresh)  # a new key per invocation
+    assert api(gw, "GET", f"/v1/agents/{name}")["balance"] == "3"
+    other = unique("cli")
+    created = [iou(gw, "agents", "create", other, "--idempotency-key", f"create-{other}")
+               for _ in range(2)]
+    assert [c.returncode for c in created] == [0, 0], created[1].stderr
+    assert f"created {other}" in created[1].stdout
+    frozen = [iou(gw, "--json", "freeze", "--agent", name, "--idempotency-key", "f-" + name)
+              for _ in range(2)]
+    assert [json.loads(f.stdout)["frozen"] for f in frozen] == [True, True]
