@@ -38,7 +38,8 @@ class Settings:
     # How long the proxy waits for a tool's upstream before releasing the hold.
     upstream_timeout_s: int = 30
     # Testing only: where a ledger writer kills itself with SIGKILL now and then
-    # ("after_read" or "after_commit"), to prove that no crash point loses or doubles rows.
+    # ("after_read" or "after_commit"), to prove that no crash point loses or doubles rows;
+    # "batch_item": a batch item with metadata {"iou_fault": "raise"} raises after its charge.
     fault_inject: str | None = None
     # Testing only: the scripts' clock adds the milliseconds stored at TEST_CLOCK_KEY to
     # Redis TIME, so a test can move a day forward (the production scripts never read it).
@@ -67,7 +68,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         partitions=_int(env, "IOU_PARTITIONS", PARTITIONS_DEFAULT, 1, PARTITIONS_MAX),
         allow_unsafe_redis=_flag(env, "IOU_ALLOW_UNSAFE_REDIS"),
         upstream_timeout_s=_int(env, "IOU_UPSTREAM_TIMEOUT_S", 30, 1, 600),
-        fault_inject=_choice(env, "IOU_FAULT_INJECT", ("after_read", "after_commit")),
+        fault_inject=_choice(env, "IOU_FAULT_INJECT", ("after_read", "after_commit",
+                                                                 "batch_item")),
         test_clock=_flag(env, "IOU_TEST_CLOCK"),
     )
     return settings

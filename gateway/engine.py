@@ -58,6 +58,23 @@ def _check_idempotency_key(key: str | None) -> None:
         raise InvalidRequest("Idempotency-Key", "must be 1 to 128 printable ASCII characters")
 
 
+# A caller's key is printable ASCII, so it never holds this character: a derived key (the
+# caller's key, this separator, a part name) can never equal a key a caller chose.
+DERIVED_KEY_SEPARATOR = "\u00b7"
+DERIVED_PART_RE = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)
+
+
+def derived_key(key: str | None, part: str | None) -> str | None:
+    """The idempotency key of one part of a keyed request (a batch item, an invoke's
+    capture), after checking the caller's ``key``; ``key`` itself when ``part`` is None."""
+    _check_idempotency_key(key)
+    if key is None or part is None:
+        return key
+    if not DERIVED_PART_RE.fullmatch(part):
+        raise ValueError(f"bad idempotency part {part!r}")
+    return f"{key}{DERIVED_KEY_SEPARATOR}{part}"
+
+
 def _body_hash(*parts: object) -> str:
     """Hash of an operation's inputs: a retry must carry the same ones to be replayed."""
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:48]
@@ -138,11 +155,14 @@ class Engine:
 
     async def charge(self, agent: str, tool: str, cost_micros: int | None = None,
                      idempotency_key: str | None = None,
-                     metadata: Mapping[str, Any] | None = None) -> ChargeResult:
+                     metadata: Mapping[str, Any] | None = None,
+                     idempotency_part: str | None = None) -> ChargeResult:
         """Charge one call of ``tool``: the catalog price, or ``cost_micros`` for variable
-        tools. Raises the contract's refusal; on success the balance is already lower."""
+        tools. Raises the contract's refusal; on success the balance is already lower.
+        ``idempotency_part`` (e.g. a batch item's index) derives the key of one part of a
+        keyed request, see ``derived_key``."""
         check_name("agent", agent)
-        _check_idempotency_key(idempotency_key)
+        idempotency_key = derived_key(idempotency_key, idempotency_part)
         entry = await self._tool(tool)
         cost = self._call_cost(entry, cost_micros)
         meta = _metadata_text(metadata)
@@ -223,10 +243,11 @@ class Engine:
 
     async def capture(self, agent: str, hold_id: str, cost_micros: int,
                       idempotency_key: str | None = None,
-                      metadata: Mapping[str, Any] | None = None) -> CaptureResult:
+                      metadata: Mapping[str, Any] | None = None,
+                      idempotency_part: str | None = None) -> CaptureResult:
         """Settle a hold at ``cost_micros`` (<= held); the rest returns to the balance."""
         check_name("agent", agent)
-        _check_idempotency_key(idempotency_key)
+        idempotency_key = derived_key(idempotency_key, idempotency_part)
         if isinstance(cost_micros, bool) or not isinstance(cost_micros, int) or not (
                 0 <= cost_micros <= self.settings.amount_max_micros):
             raise InvalidRequest("cost", "must be an amount between 0 and IOU_AMOUNT_MAX")
@@ -296,8 +317,10 @@ class Engine:
 
     # ---- agents -----------------------------------------------------------------------
 
-    async def create_agent(self, agent: str, grant_micros: int | None = None) -> AgentCreated:
-        """Create an agent with its sign-up grant (default IOU_SIGNUP_GRANT) and first key."""
+    async def create_agent(self, agent: str, grant_micros: int | None = None,
+                           key_id: str | None = None) -> AgentCreated:
+        """Create an agent with its sign-up grant (default IOU_SIGNUP_GRANT) and first key
+        (``key_id`` given by an idempotent caller, so that a retry can recognise it)."""
         check_name("name", agent)
         grant = self.settings.signup_grant_micros if grant_micros is None else grant_micros
         if isinstance(grant, bool) or not isinstance(grant, int) or not (
@@ -305,7 +328,7 @@ class Engine:
             raise InvalidRequest("grant", "must be an amount between 0 and IOU_AMOUNT_MAX")
         k = self.agent_keys(agent)
         api_key, key_hash = ids.new_api_key(k.partition, self.partitions)
-        key_id = ids.key_id()
+        key_id = key_id or ids.key_id()
         reply = await self.scripts.run(
             "create_agent", [k.agent_hash, k.keys, k.api_key_lookup(key_hash), k.events,
                              k.agents_index],
@@ -359,18 +382,25 @@ class Engine:
             raise refusal(Code(reply[0]), reply, agent=agent)
         return (await self.agent_state(agent)).limits
 
-    async def add_key(self, agent: str) -> tuple[str, str]:
-        """A further key for the agent: returns (key_id, api_key); the key is shown once."""
+    async def add_key(self, agent: str, key_id: str | None = None) -> tuple[str, str]:
+        """A further key for the agent: returns (key_id, api_key); the key is shown once.
+        An idempotent caller passes ``key_id``, so that a retry can recognise its key."""
         check_name("agent", agent)
         k = self.agent_keys(agent)
         api_key, key_hash = ids.new_api_key(k.partition, self.partitions)
-        key_id = ids.key_id()
+        key_id = key_id or ids.key_id()
         reply = await self.scripts.run(
             "key_add", [k.agent_hash, k.keys, k.api_key_lookup(key_hash), k.events],
             [agent, ids.uuid7(), key_id, key_hash, str(KEYS_PER_AGENT_MAX)])
         if reply[0] != Code.OK:
             raise refusal(Code(reply[0]), reply, agent=agent)
         return key_id, api_key
+
+    async def has_key(self, agent: str, key_id: str) -> bool:
+        """Whether the agent has (an unrevoked) key ``key_id``."""
+        check_name("agent", agent)
+        return bool(await self.conn.call_or_raise(b"HEXISTS", self.agent_keys(agent).keys,
+                                                  key_id))
 
     async def revoke_key(self, agent: str, key_id: str) -> None:
         check_name("agent", agent)

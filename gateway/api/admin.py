@@ -6,6 +6,7 @@ import asyncio
 import re
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,7 +16,7 @@ from gateway.api.body import json_from_raw as parse_raw
 from gateway.api.context import Context, endpoint
 from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
 from gateway.api.responses import iso_ms, json_response
-from gateway.errors import InvalidRequest
+from gateway.errors import AgentExists, InvalidRequest
 from gateway.limits import check_name
 from gateway.money import format_amount as fmt
 
@@ -44,19 +45,49 @@ async def create_agent(ctx: Context, request: Request) -> Response:
     raw = await read_body(request, ctx.settings.body_bytes_max)
     key = idempotency.idempotency_key(request)
 
-    async def run() -> Response:
+    async def run(binding: idempotency.Binding | None) -> Response:
         fields = Fields(parse_raw(request, raw), ("name", "grant"))
         name = fields.name("name")
         assert name is not None
         grant = fields.amount("grant", False, allow_zero=True,
                               max_micros=ctx.settings.amount_max_micros)
-        created = await ctx.engine.create_agent(name, grant)
+        key_id = None if binding is None else _derived_key_id(binding)
+        try:
+            created = await ctx.engine.create_agent(name, grant, key_id)
+        except AgentExists:
+            # The retry of a creation that happened (its answer lost in a crash, or a
+            # concurrent twin): the agent holds the key id derived from this request.
+            if key_id is None or not await ctx.engine.has_key(name, key_id):
+                raise
+            balance = ctx.settings.signup_grant_micros if grant is None else grant
+            return _replayed(201, {"agent": name, "api_key": None, "key_id": key_id,
+                                   "balance": fmt(balance), **KEY_SHOWN_ONCE})
         return json_response(201, {"agent": created.agent, "api_key": created.api_key,
                                    "key_id": created.key_id,
                                    "balance": fmt(created.balance_micros)})
 
     return await idempotency.once(ctx.engine, caller.scope, key,
-                                  idempotency.request_digest(request, raw), run)
+                                  idempotency.request_digest(request, raw), run,
+                                  _without_api_key)
+
+
+# What a replayed key creation says instead of the key, which is never stored in clear.
+KEY_SHOWN_ONCE = {"api_key_note": "The key was shown once, in the first answer, and is "
+                  "not kept; make a new one with POST /v1/agents/{agent}/keys."}
+
+
+def _derived_key_id(binding: idempotency.Binding) -> str:
+    """The key id of the key a keyed request creates: the same on every retry of it."""
+    return "key_" + binding.token[:16]
+
+
+def _without_api_key(response: Response) -> bytes:
+    body = orjson.loads(response.body)
+    return orjson.dumps({**body, "api_key": None, **KEY_SHOWN_ONCE})
+
+
+def _replayed(status: int, payload: dict[str, Any]) -> Response:
+    return json_response(status, payload, {idempotency.REPLAYED_HEADER: "true"})
 
 
 @endpoint
@@ -148,7 +179,8 @@ async def _freeze(ctx: Context, request: Request, frozen: bool) -> Response:
     agent = _agent(request)
     raw = await read_body(request, ctx.settings.body_bytes_max)
 
-    async def run() -> Response:
+    async def run(_: idempotency.Binding | None) -> Response:
+        # Setting the flag again is harmless, so a retry after a crash simply runs again.
         Fields(parse_raw(request, raw, optional=True), ())
         return json_response(200, {"agent": agent,
                                    "frozen": await ctx.engine.freeze(agent, frozen)})
@@ -173,13 +205,23 @@ async def add_key(ctx: Context, request: Request) -> Response:
     agent = _agent(request)
     raw = await read_body(request, ctx.settings.body_bytes_max)
 
-    async def run() -> Response:
+    async def run(binding: idempotency.Binding | None) -> Response:
         Fields(parse_raw(request, raw, optional=True), ())
-        key_id, api_key = await ctx.engine.add_key(agent)
+        key_id = None if binding is None else _derived_key_id(binding)
+        if key_id is not None and await ctx.engine.has_key(agent, key_id):
+            return _replayed(201, {"key_id": key_id, "api_key": None, **KEY_SHOWN_ONCE})
+        try:
+            key_id, api_key = await ctx.engine.add_key(agent, key_id)
+        except InvalidRequest:
+            # A concurrent twin of this request added the key in between.
+            if key_id is not None and await ctx.engine.has_key(agent, key_id):
+                return _replayed(201, {"key_id": key_id, "api_key": None, **KEY_SHOWN_ONCE})
+            raise
         return json_response(201, {"key_id": key_id, "api_key": api_key})
 
     return await idempotency.once(ctx.engine, caller.scope, idempotency.idempotency_key(request),
-                                  idempotency.request_digest(request, raw), run)
+                                  idempotency.request_digest(request, raw), run,
+                                  _without_api_key)
 
 
 @endpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ from gateway.engine import HOLD_TTL_S_DEFAULT
 from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest
 from gateway.models import ChargeResult
 from gateway.money import format_amount as fmt
+
+log = logging.getLogger("iou.api")
 
 BATCH_ITEMS_MAX = 1000
 CHARGE_FIELDS = ("tool", "cost", "metadata")
@@ -52,8 +55,11 @@ def _refused_category(ctx: Context, exc: GatewayError, tool: str) -> str:
 
 
 async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | None,
-                     prefix: str = "") -> ChargeResult:
-    """Validate one charge body and charge it; count the outcome in the metrics."""
+                     prefix: str = "", part: str | None = None) -> ChargeResult:
+    """Validate one charge body and charge it; count the outcome in the metrics.
+
+    A batch item (``prefix`` set) charges under the key derived from the batch's ``key``
+    and its ``part`` (its index), unless it carries its own ``idempotency_key``."""
     allowed = (*CHARGE_FIELDS, "idempotency_key") if prefix else CHARGE_FIELDS
     fields = Fields(body, allowed, prefix)
     tool = fields.name("tool")
@@ -63,9 +69,16 @@ async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | 
     metadata = fields.obj("metadata")
     if prefix and fields.has("idempotency_key"):
         key = fields.text("idempotency_key", 128)
+        part = None
+        try:
+            idempotency.check_idempotency_key(key)
+        except InvalidRequest:
+            raise InvalidRequest(prefix + "idempotency_key",
+                                 "must be 1 to 128 printable ASCII characters") from None
     try:
         result = await ctx.engine.charge(agent, tool, cost, key,
-                                         None if metadata is None else plain_json(metadata))
+                                         None if metadata is None else plain_json(metadata),
+                                         part if key is not None else None)
     except GatewayError as exc:
         _count(_outcome(exc), _refused_category(ctx, exc, tool))
         if isinstance(exc, BalanceInsufficient):
@@ -91,32 +104,60 @@ async def post_charge(ctx: Context, request: Request) -> Response:
 
 @endpoint
 async def post_charges(ctx: Context, request: Request) -> Response:
-    """Up to 1,000 charges in one request and one Redis round trip; results in order."""
+    """Up to 1,000 charges in one request and one Redis round trip; results in order.
+
+    With an Idempotency-Key the batch is exactly-once as a whole: the key is bound to the
+    body (24 h), and each item is charged under a key derived from it and its index, so its
+    own script replays it. A retry runs every item again and gets each item's first answer
+    (a refused item is evaluated again): a crash between items leaves nothing to charge
+    twice, and there is no batch-level answer to lose."""
     agent = await ctx.auth.agent(request)
     raw = await read_body(request, ctx.settings.body_bytes_max)
     key = idempotency.idempotency_key(request)
+    items = Fields(json_from_raw(request, raw), ("charges",)).body.get("charges")
+    if not isinstance(items, list) or not 1 <= len(items) <= BATCH_ITEMS_MAX:
+        raise InvalidRequest("charges", f"must be a list of 1 to {BATCH_ITEMS_MAX} charges")
+    if key is not None:
+        await idempotency.bind(ctx.engine, "agent:" + agent, key,
+                               idempotency.request_digest(request, raw))
+    answers = await asyncio.gather(*(_batch_item(ctx, agent, item, i, key)
+                                     for i, item in enumerate(items)))
+    results = [payload for payload, _ in answers]
+    replayed = any(r is True for _, r in answers) and not any(r is False for _, r in answers)
+    headers = {idempotency.REPLAYED_HEADER: "true"} if replayed else None
+    return json_response(200, {"results": results}, headers)
 
-    async def run() -> Response:
-        body = json_from_raw(request, raw)
-        items = Fields(body, ("charges",)).body.get("charges")
-        if not isinstance(items, list) or not 1 <= len(items) <= BATCH_ITEMS_MAX:
-            raise InvalidRequest("charges", f"must be a list of 1 to {BATCH_ITEMS_MAX} charges")
-        results = await asyncio.gather(*(_batch_item(ctx, agent, item, i)
-                                         for i, item in enumerate(items)))
-        return json_response(200, {"results": results})
 
-    return await idempotency.once(ctx.engine, "agent:" + agent, key,
-                                  idempotency.request_digest(request, raw), run)
+async def _batch_item(ctx: Context, agent: str, item: Any, index: int, key: str | None
+                      ) -> tuple[dict[str, Any], bool | None]:
+    """One item's result or error object, and whether it was replayed (None: refused).
 
-
-async def _batch_item(ctx: Context, agent: str, item: Any, index: int) -> dict[str, Any]:
+    Nothing an item does fails the batch: an unexpected exception becomes this item's
+    error object (and a log line), since the other items may have been charged."""
     prefix = f"charges[{index}]."
     try:
         if not isinstance(item, dict):
             raise InvalidRequest(f"charges[{index}]", "must be a JSON object")
-        return charge_payload(await charge_one(ctx, agent, item, None, prefix))
+        result = await charge_one(ctx, agent, item, key, prefix, str(index))
+        if ctx.settings.fault_inject == "batch_item" and not result.replayed and (
+                item.get("metadata") or {}).get("iou_fault") == "raise":
+            raise RuntimeError("injected fault after the charge (IOU_FAULT_INJECT)")
+        return charge_payload(result), result.replayed
     except GatewayError as exc:
-        return exc.to_dict()
+        return exc.to_dict(), None
+    except Exception:
+        log.exception("batch item %d failed inside the gateway (agent %s)", index, agent)
+        return _item_failed(key is not None), None
+
+
+def _item_failed(keyed: bool) -> dict[str, Any]:
+    if keyed:
+        advice = ("Retry the batch with the same Idempotency-Key: an item already charged "
+                  "answers its charge and is not charged again.")
+    else:
+        advice = ("It may have been charged: check the ledger before sending it again, or "
+                  "send batches with an Idempotency-Key.")
+    return {"error": "internal", "message": "This item failed inside the gateway. " + advice}
 
 
 @endpoint

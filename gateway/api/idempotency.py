@@ -1,15 +1,29 @@
 """HTTP-level idempotency for the POST routes whose script has none of its own.
 
 Money routes (charge, holds, capture, release, fund) are idempotent inside their Lua
-script; the others (agent creation, batches, freeze, keys, invoke) keep the first
-response here: status and body bytes, 24 h, per caller. A refusal is not kept, so a
-retry after fixing the cause runs again; a retry while the first is still running is 409.
+script. The others keep a record here, per caller scope and key, for 24 h:
+
+- a *binding* of the key to the request's digest, created with its expiry in one command
+  (``SET NX PX``), so no crash can leave a record without expiry; the same key with another
+  body is 409 ``idempotency_conflict``;
+- once the request succeeded, its answer (status, headers that matter, body without any
+  secret), replayed to a retry with ``Idempotent-Replayed: true``.
+
+What runs between the two is written so that running it again is safe: a retry that finds
+a binding without an answer (the first request crashed, or is still running) runs the
+request again, and the request recognises its own earlier side effect by what it derived
+from the key (batch items: their own keys; agent creation and keys: the key id; freeze:
+the state itself). A refusal is not kept: its binding is removed, so a retry after fixing
+the cause runs again. Invoke, whose upstream call cannot be repeated safely, uses a short
+running lease on top (see proxy.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -19,9 +33,11 @@ from gateway import keys
 from gateway.engine import IDEMPOTENCY_KEY_RE, Engine
 from gateway.errors import GatewayError, IdempotencyConflict, InvalidRequest
 
-PENDING_TTL_MS = 120_000
-DONE_TTL_MS = 86_400_000
+RECORD_TTL_MS = 86_400_000
 REPLAYED_HEADER = "Idempotent-Replayed"
+KEPT_HEADERS = ("content-type", "cache-control")
+# Removes a binding only while it still holds this request's bare digest (no answer yet).
+_UNBIND = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -42,43 +58,110 @@ def request_digest(request: Request, body: bytes) -> str:
     return h.hexdigest()
 
 
-async def once(engine: Engine, scope: str, key: str | None, digest: str,
-               handler: Callable[[], Awaitable[Response]]) -> Response:
-    """Run ``handler`` at most once per (scope, key); replay its first success."""
-    if key is None:
-        return await handler()
-    name = keys.http_idempotency(scope, hashlib.sha256(key.encode()).hexdigest()[:32],
+@dataclass(frozen=True)
+class Record:
+    """What a binding holds: the digest, and once answered, the answer."""
+
+    digest: str
+    meta: dict[str, Any] | None  # None while there is no answer
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One keyed request's place in the store."""
+
+    engine: Engine
+    name: str
+    digest: str
+    # The record found when the key was already bound (a retry), else None (first request).
+    earlier: Record | None
+
+    @property
+    def token(self) -> str:
+        """A hex digest of (record, request): what a request derives its ids from, the
+        same on every retry of the same request and different for any other."""
+        return hashlib.sha256(f"{self.name}\n{self.digest}".encode()).hexdigest()
+
+    async def store(self, response: Response, body: bytes | None = None, ttl_ms: int =
+                    RECORD_TTL_MS, **extra: Any) -> None:
+        """Keep ``response`` as the answer (``body`` instead of its body when given: a body
+        without secrets), with its expiry, in one command."""
+        kept = {k: v for k, v in response.headers.items()
+                if k.startswith("x-iou-") or k in KEPT_HEADERS}
+        meta = {"s": response.status_code, "x": kept, **extra}
+        value = b"\n".join((self.digest.encode(), orjson.dumps(meta),
+                            response.body if body is None else body))
+        await self.engine.conn.call_or_raise(b"SET", self.name, value, b"PX", ttl_ms)
+
+    async def unbind(self) -> None:
+        """Forget a refused request (only while its binding holds no answer)."""
+        await self.engine.conn.call_or_raise(b"EVAL", _UNBIND, 1, self.name, self.digest)
+
+
+def record_name(engine: Engine, scope: str, key: str) -> str:
+    # "v2.": records are strings now (they were hashes), so an old record is never misread.
+    return keys.http_idempotency(scope, "v2." + hashlib.sha256(key.encode()).hexdigest()[:32],
                                  engine.partitions)
+
+
+async def bind(engine: Engine, scope: str, key: str, digest: str,
+               ttl_ms: int = RECORD_TTL_MS) -> Binding:
+    """Bind ``key`` to ``digest`` for ``ttl_ms``, or find the earlier binding of the same
+    request; another request's binding is 409 ``idempotency_conflict``."""
+    name = record_name(engine, scope, key)
     conn = engine.conn
-    created = await conn.call_or_raise(b"HSETNX", name, b"h", digest)
-    if not created:
-        return await _replay(engine, name, digest)
-    await conn.call_or_raise(b"PEXPIRE", name, PENDING_TTL_MS)
+    for _ in range(3):  # the earlier record may expire between the two commands
+        if await conn.call_or_raise(b"SET", name, digest, b"NX", b"PX", ttl_ms):
+            return Binding(engine, name, digest, None)
+        raw = await conn.call_or_raise(b"GET", name)
+        if raw is not None:
+            earlier = parse(raw)
+            if earlier.digest != digest:
+                raise IdempotencyConflict("This Idempotency-Key was used with a different "
+                                          "request.")
+            return Binding(engine, name, digest, earlier)
+    raise IdempotencyConflict("This Idempotency-Key is changing hands; retry.")
+
+
+def parse(raw: bytes) -> Record:
+    digest, _, rest = raw.partition(b"\n")
+    if not rest:
+        return Record(digest.decode(), None, b"")
+    meta, _, body = rest.partition(b"\n")
+    return Record(digest.decode(), orjson.loads(meta), body)
+
+
+def replay(record: Record) -> Response:
+    """The stored answer of ``record`` (which has one), marked as replayed."""
+    assert record.meta is not None
+    headers = {**record.meta["x"], REPLAYED_HEADER: "true"}
+    return Response(record.body, status_code=int(record.meta["s"]), headers=headers)
+
+
+Handler = Callable[["Binding | None"], Awaitable[Response]]
+Redact = Callable[[Response], bytes]
+
+
+async def once(engine: Engine, scope: str, key: str | None, digest: str, handler: Handler,
+               redact: Redact | None = None) -> Response:
+    """Run ``handler`` so that retries with ``key`` have its effect once.
+
+    ``handler`` gets the binding (None without a key) and must be safe to run again
+    for a binding whose earlier run left no answer (see the module docstring). Its first
+    success is kept (through ``redact`` when given) and replayed; a refusal is not kept."""
+    if key is None:
+        return await handler(None)
+    binding = await bind(engine, scope, key, digest)
+    if binding.earlier is not None and binding.earlier.meta is not None:
+        return replay(binding.earlier)
     try:
-        response = await handler()
+        response = await handler(binding)
     except GatewayError:
-        await conn.call_or_raise(b"DEL", name)
+        await binding.unbind()
         raise
     if response.status_code >= 400:
-        await conn.call_or_raise(b"DEL", name)
+        await binding.unbind()
         return response
-    kept = {k: v for k, v in response.headers.items() if k.startswith("x-iou-")}
-    await conn.call_or_raise(b"HSET", name, b"s", response.status_code, b"b", response.body,
-                             b"t", response.media_type or "", b"x", orjson.dumps(kept))
-    await conn.call_or_raise(b"PEXPIRE", name, DONE_TTL_MS)
+    await binding.store(response, None if redact is None else redact(response))
     return response
-
-
-async def _replay(engine: Engine, name: str, digest: str) -> Response:
-    stored, status, body, media, kept = await engine.conn.call_or_raise(
-        b"HMGET", name, b"h", b"s", b"b", b"t", b"x")
-    if stored is None:
-        raise IdempotencyConflict("The first request with this Idempotency-Key just failed; "
-                                  "retry.")
-    if stored.decode() != digest:
-        raise IdempotencyConflict("This Idempotency-Key was used with a different request.")
-    if status is None:
-        raise IdempotencyConflict("A request with this Idempotency-Key is still running.")
-    headers = {**orjson.loads(kept or b"{}"), REPLAYED_HEADER: "true"}
-    return Response(body, status_code=int(status), media_type=media.decode() or None,
-                    headers=headers)

@@ -16,12 +16,39 @@ LIMITS = {"type": "object", "additionalProperties": False, "properties": {
         "type": ["object", "null"],
         "properties": {"per_call": AMOUNT, "daily": AMOUNT}}}}}
 
+BATCH_ITEM = {**CHARGE_BODY, "properties": {
+    **CHARGE_BODY["properties"],  # type: ignore[dict-item]
+    "idempotency_key": {"type": "string", "maxLength": 128,
+                        "description": "this item's own key, used instead of the derived one"}}}
+_KEY_SHOWN_ONCE = (
+    " The key is shown once: it is stored only as a hash, so a retry with the same "
+    "Idempotency-Key (replayed, `Idempotent-Replayed: true`) answers the same status and body "
+    "with `\"api_key\": null` and an `api_key_note`; make a new key with POST "
+    "/v1/agents/{agent}/keys. A retry after a crash never creates a second one.")
+DESCRIPTIONS = {
+    ("POST", "/v1/charges"): (
+        "With an Idempotency-Key the batch is exactly-once as a whole: the key is bound to "
+        "this body for 24 h (another body with it is 409 idempotency_conflict) and each item "
+        "is charged under a key derived from the batch's key and its index (shown in the "
+        "ledger as `<key>\u00b7<index>`; no client-chosen key can equal it), unless it "
+        "carries its own `idempotency_key`. A retry runs every item again: an item charged "
+        "before answers its first answer without being charged again, a refused item is "
+        "evaluated again. An item that fails inside the gateway is that item's error object "
+        "(`internal`), never a failed batch."),
+    ("POST", "/v1/tools/{tool}/invoke"): (
+        "With an Idempotency-Key the call is charged once: a retry while the first is still "
+        "running is 409; once the upstream answered, its answer is kept and replayed, also "
+        "when the gateway stopped between the upstream's answer and the capture."),
+    ("POST", "/v1/agents"): "Creates the agent and its first key." + _KEY_SHOWN_ONCE,
+    ("POST", "/v1/agents/{agent}/keys"): "Adds a further key." + _KEY_SHOWN_ONCE,
+}
+
 # (method, path, summary, auth, request body schema or None, success status)
 ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
     ("POST", "/v1/charge", "Charge one tool call", "agent", CHARGE_BODY, 200),
     ("POST", "/v1/charges", "Charge up to 1,000 calls in one request", "agent",
      {"type": "object", "required": ["charges"], "properties": {
-         "charges": {"type": "array", "minItems": 1, "maxItems": 1000, "items": CHARGE_BODY}}},
+         "charges": {"type": "array", "minItems": 1, "maxItems": 1000, "items": BATCH_ITEM}}},
      200),
     ("POST", "/v1/holds", "Hold up to max_cost for a variable-cost call", "agent",
      {"type": "object", "required": ["tool"], "properties": {

@@ -23,7 +23,14 @@ from gateway.api.body import parse_amount_field, read_body
 from gateway.api.context import Context, endpoint
 from gateway.api.metrics import PROXY_CALLS
 from gateway.api.webhooks import queue_depleted
-from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest, NotFound
+from gateway.errors import (
+    BalanceInsufficient,
+    GatewayError,
+    HoldClosed,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+)
 from gateway.limits import check_name
 from gateway.models import Tool
 from gateway.money import AmountError, format_amount, parse_amount
@@ -56,9 +63,59 @@ async def invoke(ctx: Context, request: Request) -> Response:
     tool_name = check_name("tool", request.path_params["tool"])
     raw = await read_body(request, ctx.settings.body_bytes_max)
     key = idempotency.idempotency_key(request)
-    return await idempotency.once(
-        ctx.engine, "agent:" + agent, key, _digest(request, raw),
-        lambda: _invoke(ctx, request, agent, tool_name, raw))
+    if key is None:
+        return await _invoke(ctx, request, agent, tool_name, raw, None)
+    return await _invoke_once(ctx, request, agent, tool_name, raw, key)
+
+
+async def _invoke_once(ctx: Context, request: Request, agent: str, tool_name: str, raw: bytes,
+                       key: str) -> Response:
+    """A keyed invoke charges once, whatever crashes in between.
+
+    The upstream call cannot be repeated safely, so the binding is a lease while the call
+    runs (it outlives the slowest upstream answer and then expires by itself: a retry after
+    a crash before any answer runs again, and that attempt's hold expires unused). Once the
+    upstream answered 2xx, the answer and the hold are kept (24 h) *before* the capture, and
+    the capture runs under a key derived from ``key``: a retry after a crash around the
+    capture captures that same hold under that same key (its script replays a capture that
+    happened) and answers the kept answer."""
+    lease_ms = (ctx.settings.upstream_timeout_s + HOLD_MARGIN_S) * 1000
+    binding = await idempotency.bind(ctx.engine, "agent:" + agent, key,
+                                     _digest(request, raw), lease_ms)
+    earlier = binding.earlier
+    if earlier is not None:
+        if earlier.meta is None:
+            raise IdempotencyConflict("A request with this Idempotency-Key is still "
+                                      "running; retry in a moment.")
+        if "hold" in earlier.meta:
+            return await _settle(ctx, agent, key, binding, earlier)
+        return idempotency.replay(earlier)
+    try:
+        response = await _invoke(ctx, request, agent, tool_name, raw, binding, key)
+    except BaseException:
+        await binding.unbind()  # nothing was charged; unless an answer was kept
+        raise
+    if response.status_code >= 400:
+        await binding.unbind()
+    return response
+
+
+async def _settle(ctx: Context, agent: str, key: str, binding: idempotency.Binding,
+                  earlier: idempotency.Record) -> Response:
+    """Finish an invoke whose upstream answered 2xx but whose capture may not have run."""
+    assert earlier.meta is not None
+    headers = dict(earlier.meta["x"])
+    try:
+        captured = await ctx.engine.capture(agent, earlier.meta["hold"], earlier.meta["cost"],
+                                            key, idempotency_part="invoke")
+        headers["x-iou-charge-id"] = captured.charge_id
+        headers["x-iou-balance"] = format_amount(captured.balance_micros)
+    except (HoldClosed, NotFound):
+        pass  # the hold expired before anyone captured it: that call was not charged
+    response = Response(earlier.body, status_code=int(earlier.meta["s"]), headers=headers)
+    await binding.store(response)
+    response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
 
 
 def _digest(request: Request, raw: bytes) -> str:
@@ -69,12 +126,15 @@ def _digest(request: Request, raw: bytes) -> str:
     return digest if not query else hashlib.sha256(digest.encode() + b"?" + query).hexdigest()
 
 
-async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, raw: bytes
-                  ) -> Response:
+async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, raw: bytes,
+                  binding: idempotency.Binding | None, key: str | None = None) -> Response:
     tool = await _tool(ctx, tool_name)
     max_cost = _max_cost(request, tool, ctx.settings.amount_max_micros)
     if max_cost == 0:
-        return await _invoke_free(ctx, request, agent, tool, raw)
+        answer = await _invoke_free(ctx, request, agent, tool, raw)
+        if binding is not None and answer.status_code < 400:
+            await binding.store(answer)  # charged 0: running it again would cost nothing
+        return answer
     try:
         hold = await ctx.engine.hold(agent, tool_name, max_cost,
                                      ctx.settings.upstream_timeout_s + HOLD_MARGIN_S)
@@ -89,11 +149,21 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
     if not 200 <= upstream.status_code < 300:
         released = await ctx.engine.release(agent, hold.hold_id)
         PROXY_CALLS.labels("released").inc()
-        return _answer(upstream, None, released.balance_micros)
+        answer = _answer(upstream, None, released.balance_micros)
+        if binding is not None and answer.status_code < 400:
+            await binding.store(answer)
+        return answer
     cost = _actual_cost(upstream, tool, max_cost)
-    captured = await ctx.engine.capture(agent, hold.hold_id, cost)
+    if binding is not None:
+        await binding.store(_answer(upstream, None, hold.balance_micros), hold=hold.hold_id,
+                            cost=cost)
+    captured = await ctx.engine.capture(agent, hold.hold_id, cost, key,
+                                        idempotency_part=None if key is None else "invoke")
     PROXY_CALLS.labels("captured").inc()
-    return _answer(upstream, captured.charge_id, captured.balance_micros)
+    answer = _answer(upstream, captured.charge_id, captured.balance_micros)
+    if binding is not None:
+        await binding.store(answer)
+    return answer
 
 
 async def _invoke_free(ctx: Context, request: Request, agent: str, tool: Tool, raw: bytes
