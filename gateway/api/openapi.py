@@ -25,23 +25,6 @@ _KEY_SHOWN_ONCE = (
     "Idempotency-Key (replayed, `Idempotent-Replayed: true`) answers the same status and body "
     "with `\"api_key\": null` and an `api_key_note`; make a new key with POST "
     "/v1/agents/{agent}/keys. A retry after a crash never creates a second one.")
-DESCRIPTIONS = {
-    ("POST", "/v1/charges"): (
-        "With an Idempotency-Key the batch is exactly-once as a whole: the key is bound to "
-        "this body for 24 h (another body with it is 409 idempotency_conflict) and each item "
-        "is charged under a key derived from the batch's key and its index (shown in the "
-        "ledger as `<key>\u00b7<index>`; no client-chosen key can equal it), unless it "
-        "carries its own `idempotency_key`. A retry runs every item again: an item charged "
-        "before answers its first answer without being charged again, a refused item is "
-        "evaluated again. An item that fails inside the gateway is that item's error object "
-        "(`internal`), never a failed batch."),
-    ("POST", "/v1/tools/{tool}/invoke"): (
-        "With an Idempotency-Key the call is charged once: a retry while the first is still "
-        "running is 409; once the upstream answered, its answer is kept and replayed, also "
-        "when the gateway stopped between the upstream's answer and the capture."),
-    ("POST", "/v1/agents"): "Creates the agent and its first key." + _KEY_SHOWN_ONCE,
-    ("POST", "/v1/agents/{agent}/keys"): "Adds a further key." + _KEY_SHOWN_ONCE,
-}
 
 # (method, path, summary, auth, request body schema or None, success status)
 ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
@@ -101,6 +84,21 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "daily and category daily caps, else 429 limit_exceeded (limit daily or "
         "category_daily) with Retry-After; nothing is written and the hold stays open "
         "until captured at a cost that fits, released or expired.",
+    ("POST", "/v1/charges"): (
+        "With an Idempotency-Key the batch is exactly-once as a whole: the key is bound to "
+        "this body for 24 h (another body with it is 409 idempotency_conflict) and each item "
+        "is charged under a key derived from the batch's key and its index (shown in the "
+        "ledger as `<key>\u00b7<index>`; no client-chosen key can equal it), unless it "
+        "carries its own `idempotency_key`. A retry runs every item again: an item charged "
+        "before answers its first answer without being charged again, a refused item is "
+        "evaluated again. An item that fails inside the gateway is that item's error object "
+        "(`internal`), never a failed batch."),
+    ("POST", "/v1/tools/{tool}/invoke"): (
+        "With an Idempotency-Key the call is charged once: a retry while the first is still "
+        "running is 409; once the upstream answered, its answer is kept and replayed, also "
+        "when the gateway stopped between the upstream's answer and the capture."),
+    ("POST", "/v1/agents"): "Creates the agent and its first key." + _KEY_SHOWN_ONCE,
+    ("POST", "/v1/agents/{agent}/keys"): "Adds a further key." + _KEY_SHOWN_ONCE,
 }
 
 ERROR = {"type": "object", "required": ["error", "message"], "properties": {
