@@ -234,8 +234,8 @@ def test_webhook_event_body_shape() -> None:
                                         "threshold": "1000000", "at": "1"})
     assert body == {"event_id": "e:balance.low", "event": "balance.low", "agent": "a",
                     "balance": "0.5", "threshold": "1", "at_ms": 1}
-    assert signature("s", b"x") == "sha256=" + __import__("hmac").new(
-        b"s", b"x", "sha256").hexdigest()
+    assert signature("s", b"x", 1700000000) == "t=1700000000,v1=" + __import__("hmac").new(
+        b"s", b"1700000000.x", "sha256").hexdigest()
     assert json.dumps(body)
 
 

@@ -17,22 +17,40 @@ from tests.gateway_proc import WEBHOOK_SECRET, Gateway
 from tests.http_helpers import new_agent
 
 
+# The receiver's check, as the README shows it (Stripe's scheme: a signed timestamp).
+TOLERANCE_S = 300
+
+
+def verify(secret: str, header: str, body: bytes, now_s: float | None = None) -> bool:
+    """True when ``header`` (X-IOU-Signature) signs ``body`` and is at most 5 minutes old."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    t, v1 = parts.get("t", ""), parts.get("v1", "")
+    if not t.isdigit():
+        return False
+    if abs((time.time() if now_s is None else now_s) - int(t)) > TOLERANCE_S:
+        return False  # too old (or from the future): a replay
+    expected = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, v1)
+
+
 class Receiver(http.server.BaseHTTPRequestHandler):
     fail_first = 3
     hang_s = 0.0
     attempts: ClassVar[list[dict[str, Any]]] = []
     accepted: ClassVar[list[dict[str, Any]]] = []
+    # (event_id, X-IOU-Signature, raw body, valid) of every attempt, in arrival order
+    signed: ClassVar[list[tuple[str, str, bytes, bool]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
-        expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body,
-                                        hashlib.sha256).hexdigest()
+        header = self.headers.get("x-iou-signature", "")
+        valid = verify(WEBHOOK_SECRET, header, body)
         event = json.loads(body)
         Receiver.attempts.append(event)
+        Receiver.signed.append((event["event_id"], header, body, valid))
         if Receiver.hang_s:
             time.sleep(Receiver.hang_s)
-        ok = self.headers["x-iou-signature"] == expected and len(Receiver.attempts) > \
-            Receiver.fail_first
+        ok = valid and len(Receiver.attempts) > Receiver.fail_first
         if ok:
             Receiver.accepted.append(event)
         self.send_response(200 if ok else 500)
@@ -46,6 +64,7 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def receiver() -> Iterator[str]:
     Receiver.attempts, Receiver.accepted, Receiver.hang_s = [], [], 0.0
+    Receiver.signed, Receiver.fail_first = [], 3
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -111,3 +130,38 @@ def test_depleted_event_at_most_once_a_minute(gateway: Gateway, receiver: str) -
     depleted = [e for e in Receiver.accepted if e["event"] == "balance.depleted"]
     assert len(depleted) == 1 and depleted[0]["agent"] == name
     assert depleted[0]["balance"] == "0.01"
+
+
+def test_each_attempt_is_signed_afresh_and_old_signatures_are_refused(
+        gateway: Gateway, receiver: str) -> None:
+    Receiver.fail_first = 1  # the first attempt is refused; its retry comes >= 6 s later
+    name, key = new_agent(gateway, "1.2")
+    with gateway.admin() as admin, gateway.agent(key) as agent:
+        admin.patch(f"/v1/agents/{name}/limits", json={"low_balance": "1",
+                                                       "webhook_url": receiver})
+        agent.post("/v1/charge", json={"tool": "web_browse"})
+        agent.post("/v1/charge", json={"tool": "web_browse"})  # crosses: 2 events
+    first_id, first_header, first_body, first_valid = _first_attempt()
+    deadline = time.monotonic() + 30
+    while not any(e["event_id"] == first_id for e in Receiver.accepted):
+        assert time.monotonic() < deadline, Receiver.signed
+        time.sleep(0.2)
+    retry = [s for s in Receiver.signed if s[0] == first_id][-1]
+    assert first_valid and retry[3] and retry[2] == first_body
+    first_t, retry_t = (int(dict(p.split("=", 1) for p in h.split(","))["t"])
+                        for h in (first_header, retry[1]))
+    assert retry_t > first_t  # signed at its own attempt, not when queued
+    assert all(s[3] for s in Receiver.signed)
+    # A captured delivery replayed later than 5 minutes is refused by the receiver's check,
+    # and its signature cannot be moved to a fresh timestamp.
+    assert not verify(WEBHOOK_SECRET, first_header, first_body, now_s=first_t + 301)
+    forged = first_header.replace(f"t={first_t}", f"t={first_t + 400}")
+    assert not verify(WEBHOOK_SECRET, forged, first_body, now_s=first_t + 401)
+
+
+def _first_attempt() -> tuple[str, str, bytes, bool]:
+    deadline = time.monotonic() + 10
+    while not Receiver.signed:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return Receiver.signed[0]

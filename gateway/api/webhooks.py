@@ -1,4 +1,4 @@
-"""Webhooks: signed, at-least-once delivery from the per-partition Redis outbox.
+"""Webhooks: signed (timestamped, per attempt), at-least-once delivery from the per-partition Redis outbox.
 
 The scripts queue ``balance.low`` and ``refill.requested`` in the same step as the charge
 that crossed the threshold; ``balance.depleted`` is queued here after a refusal for
@@ -41,9 +41,13 @@ GIVE_UP_AFTER_S = 3600.0
 DEPLETED_EVERY_S = 60
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The X-IOU-Signature header value: sha256=<hex HMAC-SHA256 of the raw body>."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: str, body: bytes, at_s: int) -> str:
+    """The X-IOU-Signature header value: ``t=<at_s>,v1=<hex HMAC-SHA256 of "<at_s>.<body>">``.
+
+    Stripe's scheme: the timestamp is inside the signed bytes, so a receiver that refuses a
+    ``t`` older than a few minutes cannot be fed a captured delivery later."""
+    signed = str(at_s).encode() + b"." + body
+    return f"t={at_s},v1=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def backoff_s(deliveries: int) -> float:
@@ -161,8 +165,9 @@ class WebhookDeliverer:
         return body
 
     async def _post(self, url: str, body: bytes) -> bool:
+        # Signed at each attempt: a retry an hour later carries a fresh timestamp.
         headers = {"content-type": "application/json",
-                   "x-iou-signature": signature(self._secret, body)}
+                   "x-iou-signature": signature(self._secret, body, int(time.time()))}
         try:
             response = await self._client.post(url, content=body, headers=headers,
                                                timeout=TIMEOUT_S)
