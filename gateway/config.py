@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ PARTITIONS_MAX = 1024
 HOLD_TTL_S_MAX = 3600
 # Where the test clock's offset (ms, may be negative) lives; read only with IOU_TEST_CLOCK.
 TEST_CLOCK_KEY = "iou:test:clock_offset_ms"
+SECRET_KEY_CHARS_MIN = 32  # IOU_SECRET_KEY: high-entropy text (HKDF is no password hash)
 
 
 class ConfigError(Exception):
@@ -44,6 +46,17 @@ class Settings:
     # Testing only: the scripts' clock adds the milliseconds stored at TEST_CLOCK_KEY to
     # Redis TIME, so a test can move a day forward (the production scripts never read it).
     test_clock: bool = False
+    # Encrypts upstream credentials at rest (AES-256-GCM, key derived with HKDF). None on an
+    # external Redis without IOU_SECRET_KEY: a tool with upstream_headers is then refused;
+    # the embedded default generates one into <IOU_DATA_DIR>/secret_key.
+    secret_key: str | None = None
+    # Addresses/networks of reverse proxies whose X-Forwarded-For names the client.
+    trusted_proxies: tuple[str, ...] = ()
+    # Failed authentications allowed per fixed window, counted in Redis (all workers).
+    auth_failures_per_client: int = 20
+    auth_failures_per_credential: int = 10
+    auth_failures_global: int = 1000
+    auth_failure_window_s: int = 60
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -71,6 +84,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         fault_inject=_choice(env, "IOU_FAULT_INJECT", ("after_read", "after_commit",
                                                                  "batch_item")),
         test_clock=_flag(env, "IOU_TEST_CLOCK"),
+        secret_key=_optional_secret(env, "IOU_SECRET_KEY", SECRET_KEY_CHARS_MIN),
+        trusted_proxies=_networks(env, "IOU_TRUSTED_PROXIES"),
+        auth_failures_per_client=_int(env, "IOU_AUTH_FAILURES_PER_CLIENT", 20, 1, 1_000_000),
+        auth_failures_per_credential=_int(env, "IOU_AUTH_FAILURES_PER_CREDENTIAL", 10, 1,
+                                          1_000_000),
+        auth_failures_global=_int(env, "IOU_AUTH_FAILURES_GLOBAL", 1000, 1, 100_000_000),
+        auth_failure_window_s=_int(env, "IOU_AUTH_FAILURE_WINDOW_S", 60, 1, 86_400),
     )
     return settings
 
@@ -152,10 +172,24 @@ def _ledger_url(env: Mapping[str, str]) -> str | None:
     return raw
 
 
-def _optional_secret(env: Mapping[str, str], name: str) -> str | None:
+def _optional_secret(env: Mapping[str, str], name: str, chars_min: int = 16) -> str | None:
     raw = env.get(name)
     if raw is None or raw == "":
         return None
-    if len(raw) < 16:
-        raise ConfigError(f"{name}: must be at least 16 characters long")
+    if len(raw) < chars_min:
+        raise ConfigError(f"{name}: must be at least {chars_min} characters long")
     return raw
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks, normalised (``10.0.0.0/8``)."""
+    raw = env.get(name) or ""
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: {item!r} is not an address or network") from None
+    return tuple(networks)

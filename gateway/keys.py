@@ -20,6 +20,10 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{tools}:names``                set   no TTL   catalog names
 - ``iou:{tools}:version``              string no TTL  bumped on every catalog change
 - ``iou:{tools}:events``               stream         catalog change events
+- ``iou:{pNN}:keyused:<agent>``        hash  no TTL   sha256 of a key -> its last use, ms
+- ``iou:{auth}:fail:all``              string window  failed authentications, everyone
+- ``iou:{auth}:fail:client:<address>`` string window  failed authentications of one client
+- ``iou:{auth}:fail:cred:<sha256>``    string window  failures of one presented credential
 """
 
 from __future__ import annotations
@@ -81,6 +85,18 @@ def tool(name: str) -> str:
     return TOOLS_TAG + "tool:" + name
 
 
+AUTH_TAG = "iou:{auth}:"
+AUTH_FAILURES_ALL = AUTH_TAG + "fail:all"
+
+
+def auth_failures_client(address: str) -> str:
+    return AUTH_TAG + "fail:client:" + address
+
+
+def auth_failures_credential(token_digest: str) -> str:
+    return AUTH_TAG + "fail:cred:" + token_digest
+
+
 TOOL_NAMES = TOOLS_TAG + "names"
 TOOLS_VERSION = TOOLS_TAG + "version"
 TOOL_EVENTS = TOOLS_TAG + "events"
@@ -112,6 +128,10 @@ class AgentKeys:
 
     def depleted(self) -> str:
         return f"{self.prefix}depleted:{self.agent}"
+
+    def keys_used(self) -> str:
+        """When each of the agent's keys was last used (field: the key's hash)."""
+        return f"{self.prefix}keyused:{self.agent}"
 
 
 def agent_keys(agent: str, partitions: int) -> AgentKeys:

@@ -286,8 +286,11 @@ def test_rate_limited_after_repeated_failures(gateway: Gateway) -> None:
     transport = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(base_url=gateway.url, transport=transport,
                       headers={"authorization": "Bearer iou_wrong"}) as client:
-        codes = [client.get("/v1/balance").status_code for _ in range(25)]
-    assert codes[:20] == [401] * 20 and codes[20:] == [429] * 5
+        answers = [client.get("/v1/balance") for _ in range(25)]
+    # The same wrong credential 10 times (its limit), then refused with Retry-After.
+    assert [a.status_code for a in answers] == [401] * 10 + [429] * 15
+    assert error_of(answers[-1]) == "rate_limited"
+    assert 1 <= int(answers[-1].headers["retry-after"]) <= 60
     with gateway.admin() as admin:
         assert admin.get("/v1/tools").status_code == 200
 

@@ -16,7 +16,6 @@ import pytest
 from tests.gateway_proc import WEBHOOK_SECRET, Gateway
 from tests.http_helpers import new_agent
 
-
 # The receiver's check, as the README shows it (Stripe's scheme: a signed timestamp).
 TOLERANCE_S = 300
 

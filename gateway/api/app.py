@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.api import admin, agent, ledger_routes, ops, proxy
-from gateway.api.auth import Authenticator
+from gateway.api.auth import Authenticator, FailureLimits
 from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
 from gateway.api.responses import json_response
@@ -97,8 +97,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     async def lag_s() -> float:
         return (await ledger_backlog(engine.conn, engine.partitions))[0]
 
-    app.state.ctx = Context(engine, settings, Authenticator(engine, admin_token), http,
-                            deliverer, ledger, lag_s)
+    auth = Authenticator(engine, admin_token, FailureLimits.of(settings),
+                         settings.trusted_proxies)
+    app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s)
     delivery = asyncio.create_task(deliverer.run_forever())
     _settle_gc()
     try:

@@ -49,7 +49,8 @@ async def _charge(ctx: Context, scope: Scope, receive: Receive
     headers = _headers(scope)
     client = scope["client"][0] if scope.get("client") else "unknown"
     try:
-        caller = await ctx.auth.caller_from(headers.get("authorization"), client)
+        caller = await ctx.auth.caller_from(headers.get("authorization"), client,
+                                            headers.get("x-forwarded-for"))
         agent = Authenticator.require_agent(caller)
         raw = await _read_body(receive, headers, ctx.settings.body_bytes_max)
         body = json_body(headers.get("content-type", ""), raw)

@@ -33,6 +33,9 @@ RECONCILE_DRIFT = Gauge("iou_reconcile_drift_agents",
                         "Agents whose balance disagreed with the ledger at the last reconcile",
                         multiprocess_mode="max")
 WEBHOOK_DROPPED = Counter("iou_webhooks_dropped_total", "Webhook events given up after an hour")
+AUTH_FAILURES = Counter("iou_auth_failures_total",
+                        "Failed authentications by answer (unauthorized or rate_limited)",
+                        ["result"])
 PROXY_CALLS = Counter("iou_proxy_calls_total", "Proxied tool calls by result", ["result"])
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

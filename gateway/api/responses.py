@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from gateway.errors import GatewayError, WindowLimitExceeded
+from gateway.errors import GatewayError
 
 JSON = "application/json"
 
@@ -18,8 +18,9 @@ def json_response(status: int, payload: Any, headers: dict[str, str] | None = No
 
 
 def error_response(exc: GatewayError) -> Response:
+    # Every refusal that says when to come back (window caps, rate limits) sets Retry-After.
     headers = None
-    if isinstance(exc, WindowLimitExceeded):
+    if "retry_after_s" in exc.details:
         headers = {"Retry-After": str(exc.details["retry_after_s"])}
     return json_response(exc.status, exc.to_dict(), headers)
 
@@ -27,7 +28,7 @@ def error_response(exc: GatewayError) -> Response:
 def error_body(exc: GatewayError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """The same error as error_response, as raw ASGI parts (status, body, extra headers)."""
     extra = []
-    if isinstance(exc, WindowLimitExceeded):
+    if "retry_after_s" in exc.details:
         extra.append((b"retry-after", str(exc.details["retry_after_s"]).encode()))
     return exc.status, orjson.dumps(exc.to_dict()), extra
 

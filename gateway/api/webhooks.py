@@ -1,4 +1,4 @@
-"""Webhooks: signed (timestamped, per attempt), at-least-once delivery from the per-partition Redis outbox.
+"""Webhooks: signed (timestamp included), at-least-once delivery from the Redis outbox.
 
 The scripts queue ``balance.low`` and ``refill.requested`` in the same step as the charge
 that crossed the threshold; ``balance.depleted`` is queued here after a refusal for
