@@ -18,7 +18,7 @@ from gateway.cli_client import Options, fail, json_option, register
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.embedded import start_embedded
 from gateway.ledger.factory import ledger_location
-from gateway.secrets_store import ensure_secret
+from gateway.secrets_store import check_at_start, ensure_secret
 
 WRITER_NICENESS = 10  # added to the ledger writer child's nice value by `iou serve`
 
@@ -64,6 +64,7 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
         click.echo(f"admin token: {(settings.data_dir / 'admin_token').resolve()}")
     if settings.webhook_secret is None:
         ensure_secret(settings.data_dir, "webhook_secret")
+    check_at_start(settings)  # before the workers: they must all read one IOU_SECRET_KEY
     if workers > 1:
         _prometheus_multiprocess(settings.data_dir / "metrics")
     writer = None if no_writer else subprocess.Popen(

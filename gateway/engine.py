@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway import ids, keys, money
+from gateway import ids, keys, money, secrets_store
 from gateway.codes import Code, Flag
 from gateway.config import HOLD_TTL_S_MAX, TEST_CLOCK_KEY, Settings
 from gateway.connections import Connection
@@ -469,7 +469,8 @@ class Engine:
             raise InvalidRequest("price", "must be an amount between 0 and IOU_AMOUNT_MAX")
         if upstream is not None and not re.fullmatch(r"https?://[!-~]{1,2040}", upstream):
             raise InvalidRequest("upstream", "must be an http:// or https:// URL")
-        headers = "" if not upstream_headers else orjson.dumps(dict(upstream_headers)).decode()
+        # Sealed here, before the script: Redis, the stream and the ledger see ciphertext only.
+        headers = secrets_store.seal_headers(self.settings, tool, upstream_headers)
         reply = await self.scripts.run(
             "tool_set", [keys.tool(tool), keys.TOOL_NAMES, keys.TOOLS_VERSION, keys.TOOL_EVENTS],
             [tool, ids.uuid7(), str(price_micros), str(self.settings.amount_max_micros),

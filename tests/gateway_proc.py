@@ -18,6 +18,8 @@ from tests.servers import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
+# Upstream credentials are stored encrypted with it; pass IOU_SECRET_KEY="" to run without.
+SECRET_KEY = "test-secret-key-0123456789abcdef-0123456789"
 
 
 @dataclass
@@ -48,7 +50,8 @@ def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | 
     data_dir = Path(tempfile.mkdtemp(prefix="iou-gw-"))
     log_path = data_dir / "gateway.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
-    environ.update({"IOU_WEBHOOK_SECRET": WEBHOOK_SECRET, "IOU_DATA_DIR": str(data_dir), **env})
+    environ.update({"IOU_WEBHOOK_SECRET": WEBHOOK_SECRET, "IOU_SECRET_KEY": SECRET_KEY,
+                    "IOU_DATA_DIR": str(data_dir), **env})
     if admin_token is not None:
         environ["IOU_ADMIN_TOKEN"] = admin_token
     if redis_url is not None:

@@ -26,7 +26,7 @@ from gateway.config import Settings, load_settings
 from gateway.ledger.factory import open_store
 from gateway.ledger.lag import ledger_backlog
 from gateway.runtime import open_runtime
-from gateway.secrets_store import ensure_secret
+from gateway.secrets_store import check_at_start, ensure_secret
 
 log = logging.getLogger("iou.app")
 
@@ -88,6 +88,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     runtime = await open_runtime(settings)
     admin_token = settings.admin_token or ensure_secret(settings.data_dir, "admin_token")
     secret = settings.webhook_secret or ensure_secret(settings.data_dir, "webhook_secret")
+    check_at_start(settings)  # the embedded default's IOU_SECRET_KEY, or a warning
     http = proxy.client(settings.upstream_timeout_s)
     deliverer = WebhookDeliverer(runtime.engine, secret, http)
     ledger = open_store(settings)

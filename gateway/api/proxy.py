@@ -14,7 +14,6 @@ import hashlib
 from typing import Any
 
 import httpx
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,6 +33,7 @@ from gateway.errors import (
 from gateway.limits import check_name
 from gateway.models import Tool
 from gateway.money import AmountError, format_amount, parse_amount
+from gateway.secrets_store import open_headers
 
 CONNECT_TIMEOUT_S = 5.0
 # The hold outlives the slowest upstream answer by this much, so it is never swept mid-call.
@@ -130,8 +130,10 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
                   binding: idempotency.Binding | None, key: str | None = None) -> Response:
     tool = await _tool(ctx, tool_name)
     max_cost = _max_cost(request, tool, ctx.settings.amount_max_micros)
+    # Opened before the hold: credentials this gateway cannot read cost the agent nothing.
+    credentials = open_headers(ctx.settings, tool.name, tool.upstream_headers)
     if max_cost == 0:
-        answer = await _invoke_free(ctx, request, agent, tool, raw)
+        answer = await _invoke_free(ctx, request, agent, tool, raw, credentials)
         if binding is not None and answer.status_code < 400:
             await binding.store(answer)  # charged 0: running it again would cost nothing
         return answer
@@ -142,7 +144,7 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
     try:
-        upstream = await _forward(ctx, request, tool, raw)
+        upstream = await _forward(ctx, request, tool, raw, credentials)
     except BaseException:
         await ctx.engine.release(agent, hold.hold_id)
         raise
@@ -166,11 +168,11 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
     return answer
 
 
-async def _invoke_free(ctx: Context, request: Request, agent: str, tool: Tool, raw: bytes
-                       ) -> Response:
+async def _invoke_free(ctx: Context, request: Request, agent: str, tool: Tool, raw: bytes,
+                       credentials: dict[str, str]) -> Response:
     """A free tool: nothing to hold; the agent reaches it only through the gateway, which
     alone has its credentials. Charged 0 after a 2xx, as POST /v1/charge would."""
-    upstream = await _forward(ctx, request, tool, raw)
+    upstream = await _forward(ctx, request, tool, raw, credentials)
     if not 200 <= upstream.status_code < 300:
         PROXY_CALLS.labels("released").inc()
         state = await ctx.engine.agent_state(agent)
@@ -203,10 +205,10 @@ def _max_cost(request: Request, tool: Tool, amount_max: int) -> int:
     return parse_amount_field("X-IOU-Max-Cost", header, False, amount_max)
 
 
-async def _forward(ctx: Context, request: Request, tool: Tool, raw: bytes) -> httpx.Response:
+async def _forward(ctx: Context, request: Request, tool: Tool, raw: bytes,
+                   credentials: dict[str, str]) -> httpx.Response:
     headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h)) is not None}
-    if tool.upstream_headers:
-        headers.update(orjson.loads(tool.upstream_headers))
+    headers.update(credentials)
     assert tool.upstream is not None
     try:
         return await ctx.http.post(_upstream_url(tool.upstream, request), content=raw,
