@@ -56,7 +56,10 @@ def get_balance(gw: Gateway, address: str, token: str | None,
                 forwarded: str | None = None) -> httpx.Response:
     headers = {} if forwarded is None else {"x-forwarded-for": forwarded}
     with client_from(gw, address, token) as client:  # a new connection: any worker
-        return client.get("/v1/balance", headers=headers)
+        try:
+            return client.get("/v1/balance", headers=headers)
+        except httpx.TransportError as exc:  # say what the gateway saw, then fail
+            pytest.fail(f"{exc!r} from {address}; gateway log:\n{gw.log_text()[-4000:]}")
 
 
 def assert_rate_limited(response: httpx.Response, window_s: int = 60) -> None:
