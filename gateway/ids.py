@@ -38,7 +38,8 @@ def hold_id() -> str:
 
 
 def key_id() -> str:
-    return "key_" + secrets.token_hex(8)
+    """``key_`` + a UUIDv7 in hex: public, unique, and it carries its creation time (ms)."""
+    return "key_" + uuid7().replace("-", "")
 
 
 def new_api_key(partition: int, partitions: int) -> tuple[str, str]:

@@ -167,6 +167,8 @@ def _snapshot(client: redis.Redis) -> dict[Any, Any]:
     _settled(client)
     state: dict[Any, Any] = {}
     for key in sorted(client.keys("*")):
+        if b":keyused:" in key:  # when a valid key was last used: not the call's state
+            continue
         kind = client.type(key)
         if kind == b"hash":
             state[key] = client.hgetall(key)

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway.api import admin, agent, ledger_routes, ops, proxy
+from gateway.api import admin, agent, agent_keys, ledger_routes, ops, proxy
 from gateway.api.auth import Authenticator, FailureLimits
 from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
@@ -53,6 +53,7 @@ ROUTES = [
     Route("/v1/agents/{agent}/freeze", admin.freeze, methods=["POST"]),
     Route("/v1/agents/{agent}/unfreeze", admin.unfreeze, methods=["POST"]),
     Route("/v1/agents/{agent}/keys", admin.add_key, methods=["POST"]),
+    Route("/v1/agents/{agent}/keys", agent_keys.list_keys, methods=["GET"]),
     Route("/v1/agents/{agent}/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
     Route("/v1/agents/{agent}/ledger", ledger_routes.get_ledger, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.put_tool, methods=["PUT"]),

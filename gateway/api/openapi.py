@@ -57,6 +57,8 @@ ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
     ("POST", "/v1/agents/{agent}/freeze", "Freeze: paid calls are refused", "admin", None, 200),
     ("POST", "/v1/agents/{agent}/unfreeze", "Unfreeze", "admin", None, 200),
     ("POST", "/v1/agents/{agent}/keys", "A further agent key (shown once)", "admin", None, 201),
+    ("GET", "/v1/agents/{agent}/keys", "The agent's key ids, created and last used",
+     "admin|agent", None, 200),
     ("DELETE", "/v1/agents/{agent}/keys/{key_id}", "Revoke a key", "admin", None, 204),
     ("GET", "/v1/agents/{agent}/ledger", "The ledger, newest first (limit, before, kind, tool)",
      "admin", None, 200),
@@ -99,6 +101,12 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "when the gateway stopped between the upstream's answer and the capture."),
     ("POST", "/v1/agents"): "Creates the agent and its first key." + _KEY_SHOWN_ONCE,
     ("POST", "/v1/agents/{agent}/keys"): "Adds a further key." + _KEY_SHOWN_ONCE,
+    ("GET", "/v1/agents/{agent}/keys"):
+        "The admin token, or the agent's own key (another agent's key is 403). Answers "
+        '{"keys": [{"key_id", "created_at", "last_used_at"}]}, oldest first; never a key '
+        "nor its hash. last_used_at is recorded at most once a minute per key and gateway "
+        "worker (no Redis write per request), so it is exact to about a minute; null when "
+        "never used.",
 }
 
 ERROR = {"type": "object", "required": ["error", "message"], "properties": {
@@ -121,7 +129,7 @@ def _operation(method: str, path: str, summary: str, auth: str, body: dict[str, 
     if (method, path) in DESCRIPTIONS:
         op["description"] = DESCRIPTIONS[(method, path)]
     if auth != "none":
-        op["security"] = [{auth: []}]
+        op["security"] = [{name: []} for name in auth.split("|")]  # any one of them
     if method == "POST":
         op["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False,
                                  "schema": {"type": "string", "maxLength": 128}})
