@@ -119,10 +119,10 @@ def world() -> Iterator[World]:
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     # Many deliberate failures from one address: the failed-auth limits are raised here.
-    limits = {"IOU_AUTH_FAILURES_PER_CLIENT": "100000",
-              "IOU_AUTH_FAILURES_PER_CREDENTIAL": "100000",
-              "IOU_AUTH_FAILURES_GLOBAL": "1000000"}
-    with redis_server() as (url, _), running_gateway(url, **limits) as gw:
+    with redis_server() as (url, _), running_gateway(
+            url, IOU_AUTH_FAILURES_PER_CLIENT="100000",
+            IOU_AUTH_FAILURES_PER_CREDENTIAL="100000",
+            IOU_AUTH_FAILURES_GLOBAL="1000000") as gw:
         seed_tools(gw)
         a, a_key = new_agent(gw, "10", "matrix-a")
         b, b_key = new_agent(gw, "10", "matrix-b")
