@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -164,3 +165,21 @@ def _first_attempt() -> tuple[str, str, bytes, bool]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     return Receiver.signed[0]
+
+
+def test_the_readme_example_verifies_what_the_gateway_signs() -> None:
+    from gateway.api.webhooks import signature
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("```python\nimport hashlib, hmac, time")
+    code = readme[start + len("```python\n"):readme.index("```", start + 10)]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    readme_verify = namespace["verify"]
+    body, now_s = b'{"event":"balance.low"}', int(time.time())
+    assert readme_verify(WEBHOOK_SECRET, signature(WEBHOOK_SECRET, body, now_s), body)
+    old = signature(WEBHOOK_SECRET, body, now_s - 301)
+    assert not readme_verify(WEBHOOK_SECRET, old, body)  # replayed after 5 minutes
+    assert not readme_verify(WEBHOOK_SECRET, signature("another-secret", body, now_s), body)
+    assert not readme_verify(WEBHOOK_SECRET, signature(WEBHOOK_SECRET, body, now_s),
+                             body + b" ")
