@@ -43,11 +43,13 @@ class Gateway:
 
 @contextmanager
 def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | None = ADMIN_TOKEN,
-                    writer: bool = True, **env: str) -> Iterator[Gateway]:
+                    writer: bool = True, data_dir: Path | None = None,
+                    **env: str) -> Iterator[Gateway]:
     """``iou serve`` on a free port; with ``redis_url`` None it runs on the embedded default,
-    and with ``admin_token`` None it generates its own under the data dir."""
+    and with ``admin_token`` None it generates its own under the data dir (a new one unless
+    ``data_dir`` is given: a restart passes the one it ran on)."""
     port = free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="iou-gw-"))
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="iou-gw-"))
     log_path = data_dir / "gateway.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
     environ.update({"IOU_WEBHOOK_SECRET": WEBHOOK_SECRET, "IOU_SECRET_KEY": SECRET_KEY,

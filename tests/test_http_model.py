@@ -1,0 +1,628 @@
+"""Random sequences of HTTP calls against a real gateway (a subprocess on a real Redis) and a
+pure-Python model of what each call must do.
+
+Rules: agents, funding, limits (per call, daily, category caps), freezing, single charges
+and batches with and without an Idempotency-Key, holds, captures, releases, retries of any
+earlier keyed request with its key (the model knows the first answer), a batch item that
+raises inside the gateway after its charge (IOU_FAULT_INJECT=batch_item) and, in the slow
+variant, the gateway killed with SIGKILL between two calls (restarted on the same Redis and
+data dir) and the ledger writer killed.
+
+After every step, for every agent touched: the balance, held amount and today's spending
+equal the model's (computed from the model, never read back), so no balance went below
+zero, no daily cap was passed and no retry charged twice; and once the writer caught up,
+the ledger adds up to that balance and holds every acknowledged charge exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from gateway.money import format_amount as fmt
+from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
+from tests.http_helpers import seed_tools
+from tests.servers import redis_server
+
+FIXED = {"web_search": (50_000, "tool"), "web_browse": (120_000, "tool"),
+         "buy": (1_500_000, "commerce"), "calc": (0, "tool")}
+VARIABLE, VARIABLE_CATEGORY = "llm_summarize", "llm"
+CATEGORIES = ("tool", "llm", "commerce")
+AGENTS_MAX = 4
+LEDGER_WAIT_S = 15.0
+_ids = itertools.count()
+
+costs = st.integers(min_value=0, max_value=600_000)
+caps = st.one_of(st.none(), st.integers(min_value=1, max_value=3_000_000))
+
+
+def micros(text: str) -> int:
+    return int(Decimal(text) * 1_000_000)
+
+
+def new_key(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_ids)}"
+
+
+# ---- the harness: one Redis, one gateway (restartable), its writer -------------------------
+
+class Harness:
+    """A gateway subprocess on its own Redis; restartable on the same Redis and data dir."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.data_dir = Path(tempfile.mkdtemp(prefix="iou-model-"))
+        self.stack = ExitStack()
+        self.extra_writers: list[subprocess.Popen[bytes]] = []
+        self.gw = self._start()
+        seed_tools(self.gw)
+
+    def _start(self) -> Gateway:
+        self.stack = ExitStack()
+        return self.stack.enter_context(running_gateway(
+            self.redis_url, data_dir=self.data_dir, IOU_FAULT_INJECT="batch_item"))
+
+    def writer_pids(self) -> list[int]:
+        pid = self.gw.process.pid
+        path = Path(f"/proc/{pid}/task/{pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    def kill_gateway(self) -> None:
+        """SIGKILL of `iou serve` between two calls; its orphaned writer finishes its batch
+        (SIGTERM), and a new gateway starts on the same Redis and data dir."""
+        writers = self.writer_pids()
+        self.gw.process.send_signal(signal.SIGKILL)
+        self.gw.process.wait()
+        for pid in writers:
+            os.kill(pid, signal.SIGTERM)
+        self.stack.close()
+        self.gw = self._start()
+
+    def kill_writer(self) -> None:
+        """SIGKILL of the ledger writer; a writer with the dead one's consumer name takes
+        over its pending entries (what a supervisor does)."""
+        for pid in self.writer_pids():
+            consumer = f"{os.uname().nodename}-{pid}"
+            os.kill(pid, signal.SIGKILL)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
+            env.update({"IOU_REDIS_URL": self.redis_url, "IOU_DATA_DIR": str(self.data_dir)})
+            self.extra_writers.append(subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "writer", "--consumer", consumer],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def close(self) -> None:
+        for proc in self.extra_writers:
+            proc.terminate()
+            proc.wait(20)
+        self.stack.close()
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[Harness]:
+    with redis_server() as (url, _):
+        h = Harness(url)
+        try:
+            yield h
+        finally:
+            h.close()
+
+
+# ---- the model ---------------------------------------------------------------------------
+
+@dataclass
+class HoldModel:
+    hold_id: str
+    agent: str
+    amount: int
+    state: str = "open"
+
+
+@dataclass
+class AgentModel:
+    name: str
+    api_key: str
+    balance: int
+    frozen: bool = False
+    per_call: int | None = None
+    daily: int | None = None
+    category_caps: dict[str, dict[str, int]] = field(default_factory=dict)
+    spent: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)  # open holds, by category
+    # How far spent + held already was above the daily cap when the cap was set (a cap set
+    # below today's spending refuses every paid call; it cannot undo what was spent).
+    daily_excess: int = 0
+    charges: int = 0  # ledger rows of kind charge (free calls included)
+    captures: int = 0
+    acknowledged: set[str] = field(default_factory=set)  # charge ids the client was given
+
+    def refusal(self, cost: int, category: str) -> str | None:
+        """The outcome charge.lua / hold.lua must give for a paid call of ``cost``."""
+        if cost == 0:
+            return None
+        caps = self.category_caps.get(category, {})
+        if self.frozen:
+            return "agent_frozen"
+        if self.per_call is not None and cost > self.per_call:
+            return "per_call"
+        if "per_call" in caps and cost > caps["per_call"]:
+            return "category_per_call"
+        if self.daily is not None and sum(self.spent.values()) + sum(
+                self.held.values()) + cost > self.daily:
+            return "daily"
+        if "daily" in caps and self.spent.get(category, 0) + self.held.get(
+                category, 0) + cost > caps["daily"]:
+            return "category_daily"
+        if cost > self.balance:
+            return "balance_insufficient"
+        return None
+
+    def charge(self, cost: int, category: str) -> None:
+        self.balance -= cost
+        self.spent[category] = self.spent.get(category, 0) + cost
+        self.charges += 1
+
+
+@dataclass
+class Sent:
+    """A keyed request and the first successful answer(s) the model knows of it."""
+
+    kind: str
+    agent: str
+    key: str
+    args: dict[str, Any]
+    answer: dict[str, Any] | None = None
+    items: list[dict[str, Any] | None] = field(default_factory=list)
+
+
+def outcome(body: dict[str, Any]) -> str:
+    return str(body.get("limit", body.get("error")))
+
+
+class HttpModel(RuleBasedStateMachine):
+    harness: Harness
+    faults = False  # the slow variant kills processes too
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.agents: dict[str, AgentModel] = {}
+        self.sent: list[Sent] = []
+        self.holds: list[HoldModel] = []
+        self.touched: set[str] = set()
+        for _ in range(2):
+            self._create(grant=3_000_000, key=None)
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    def post(self, path: str, body: Any, api_key: str | None = None,
+             key: str | None = None) -> httpx.Response:
+        token = api_key or ADMIN_TOKEN
+        headers = {"authorization": f"Bearer {token}"}
+        if key is not None:
+            headers["idempotency-key"] = key
+        with httpx.Client(base_url=self.harness.gw.url, timeout=30) as client:
+            return client.post(path, json=body, headers=headers)
+
+    def admin_get(self, path: str, **params: str) -> Any:
+        with httpx.Client(base_url=self.harness.gw.url, timeout=30,
+                          headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+            response = client.get(path, params=params)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+    def agent(self, index: int) -> AgentModel:
+        names = sorted(self.agents)
+        a = self.agents[names[index % len(names)]]
+        self.touched.add(a.name)
+        return a
+
+    # ---- agents, funds, limits, freezing --------------------------------------------
+
+    def _create(self, grant: int, key: str | None) -> None:
+        name = new_key("model").replace("-", ".")
+        body = {"name": name, "grant": fmt(grant)}
+        response = self.post("/v1/agents", body, key=key)
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert created["balance"] == fmt(grant) and created["api_key"]
+        self.agents[name] = AgentModel(name, created["api_key"], grant)
+        self.touched.add(name)
+        if key is not None:
+            self.sent.append(Sent("create", name, key, body, created))
+
+    @precondition(lambda self: len(self.agents) < AGENTS_MAX)
+    @rule(grant=st.integers(min_value=0, max_value=5_000_000), keyed=st.booleans())
+    def create_agent(self, grant: int, keyed: bool) -> None:
+        self._create(grant, new_key("create") if keyed else None)
+
+    @rule(who=st.integers(0, 9), amount=st.integers(min_value=1, max_value=2_000_000),
+          keyed=st.booleans())
+    def fund(self, who: int, amount: int, keyed: bool) -> None:
+        a = self.agent(who)
+        sent = Sent("fund", a.name, new_key("fund"), {"amount": fmt(amount)}) if keyed else None
+        self._fund(a, amount, sent)
+        if sent is not None:
+            self.sent.append(sent)
+
+    def _fund(self, a: AgentModel, amount: int, sent: Sent | None) -> None:
+        response = self.post(f"/v1/agents/{a.name}/fund", {"amount": fmt(amount)},
+                             key=sent.key if sent else None)
+        assert response.status_code == 200, response.text
+        if sent is not None and sent.answer is not None:
+            assert response.json() == sent.answer  # replayed: added once
+            return
+        a.balance += amount
+        assert response.json()["balance"] == fmt(a.balance)
+        if sent is not None:
+            sent.answer = response.json()
+
+    @rule(who=st.integers(0, 9), per_call=caps, daily=caps,
+          category=st.sampled_from(CATEGORIES), category_per_call=caps, category_daily=caps)
+    def set_limits(self, who: int, per_call: int | None, daily: int | None, category: str,
+                   category_per_call: int | None, category_daily: int | None) -> None:
+        a = self.agent(who)
+        cat = {"per_call": None if category_per_call is None else fmt(category_per_call),
+               "daily": None if category_daily is None else fmt(category_daily)}
+        body = {"per_call": None if per_call is None else fmt(per_call),
+                "daily": None if daily is None else fmt(daily), "categories": {category: cat}}
+        with httpx.Client(base_url=self.harness.gw.url, timeout=30) as client:
+            response = client.patch(f"/v1/agents/{a.name}/limits", json=body,
+                                    headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert response.status_code == 200, response.text
+        a.per_call, a.daily = per_call, daily
+        total = sum(a.spent.values()) + sum(a.held.values())
+        a.daily_excess = 0 if daily is None else max(0, total - daily)
+        a.category_caps[category] = {k: v for k, v in (("per_call", category_per_call),
+                                                       ("daily", category_daily)) if v}
+
+    @rule(who=st.integers(0, 9), frozen=st.booleans(), keyed=st.booleans())
+    def freeze(self, who: int, frozen: bool, keyed: bool) -> None:
+        a = self.agent(who)
+        sent = Sent("freeze", a.name, new_key("freeze"), {"frozen": frozen}) if keyed else None
+        self._freeze(a, frozen, sent)
+        if sent is not None:
+            self.sent.append(sent)
+
+    def _freeze(self, a: AgentModel, frozen: bool, sent: Sent | None) -> None:
+        path = f"/v1/agents/{a.name}/{'freeze' if frozen else 'unfreeze'}"
+        response = self.post(path, None, key=sent.key if sent else None)
+        assert response.status_code == 200, response.text
+        if sent is not None and sent.answer is not None:
+            assert response.json() == sent.answer  # replayed: changes nothing now
+            return
+        assert response.json() == {"agent": a.name, "frozen": frozen}
+        a.frozen = frozen
+        if sent is not None:
+            sent.answer = response.json()
+
+    # ---- charges and batches --------------------------------------------------------
+
+    @rule(who=st.integers(0, 9), tool=st.sampled_from([*sorted(FIXED), VARIABLE]),
+          cost=costs, keyed=st.booleans())
+    def charge(self, who: int, tool: str, cost: int, keyed: bool) -> None:
+        a = self.agent(who)
+        body: dict[str, Any] = {"tool": tool}
+        if tool == VARIABLE:
+            body["cost"] = fmt(cost)
+        sent = Sent("charge", a.name, new_key("charge"), body) if keyed else None
+        self._charge(a, body, sent)
+        if sent is not None:
+            self.sent.append(sent)
+
+    def _charge(self, a: AgentModel, body: dict[str, Any], sent: Sent | None) -> None:
+        response = self.post("/v1/charge", body, a.api_key, sent.key if sent else None)
+        if sent is not None and sent.answer is not None:
+            assert response.status_code == 200 and response.json() == sent.answer
+            return
+        expected = self._expect_item(a, body)
+        got = response.json()
+        self._check_item(expected, got)
+        if "charge_id" in got and sent is not None:
+            sent.answer = got
+
+    def _expect_item(self, a: AgentModel, item: dict[str, Any]) -> dict[str, Any]:
+        """What one charge must answer now, applied to the model when it succeeds."""
+        tool = item["tool"]
+        cost, category = ((micros(item["cost"]), VARIABLE_CATEGORY) if tool == VARIABLE
+                          else FIXED[tool])
+        refused = a.refusal(cost, category)
+        if refused is not None:
+            return {"outcome": refused}
+        a.charge(cost, category)
+        return {"cost": fmt(cost), "balance": fmt(a.balance), "agent": a}
+
+    @staticmethod
+    def _check_item(expected: dict[str, Any], got: dict[str, Any]) -> None:
+        if "outcome" in expected:
+            assert "charge_id" not in got and outcome(got) == expected["outcome"], (expected,
+                                                                                    got)
+            return
+        assert (got.get("cost"), got.get("balance")) == (expected["cost"], expected["balance"]
+                                                         ), (expected, got)
+        expected["agent"].acknowledged.add(got["charge_id"])
+
+    @rule(who=st.integers(0, 9), tools=st.lists(st.sampled_from([*sorted(FIXED), VARIABLE]),
+                                                min_size=1, max_size=6),
+          cost=costs, keyed=st.booleans(), fault=st.one_of(st.none(), st.integers(0, 5)))
+    def batch(self, who: int, tools: list[str], cost: int, keyed: bool, fault: int | None
+              ) -> None:
+        a = self.agent(who)
+        items: list[dict[str, Any]] = []
+        for i, tool in enumerate(tools):
+            item: dict[str, Any] = {"tool": tool}
+            if tool == VARIABLE:
+                item["cost"] = fmt(cost)
+            if i == fault:  # raises inside the gateway after its charge, the first time
+                item["metadata"] = {"iou_fault": "raise"}
+            items.append(item)
+        sent = Sent("batch", a.name, new_key("batch"), {"charges": items},
+                    items=[None] * len(items)) if keyed else None
+        self._batch(a, items, sent)
+        if sent is not None:
+            self.sent.append(sent)
+
+    def _batch(self, a: AgentModel, items: list[dict[str, Any]], sent: Sent | None) -> None:
+        response = self.post("/v1/charges", {"charges": items}, a.api_key,
+                             sent.key if sent else None)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) == len(items)
+        for i, (item, got) in enumerate(zip(items, results, strict=True)):
+            first = sent.items[i] if sent is not None else None
+            if first is not None and first.get("charge_id") is None:
+                # Charged before, but the fault hid its answer: the retry shows it, once.
+                assert (got.get("cost"), got.get("balance")) == (first["cost"],
+                                                                 first["balance"]), got
+                a.acknowledged.add(got["charge_id"])
+                sent.items[i] = got  # type: ignore[union-attr]
+                continue
+            if first is not None:  # charged before: its first answer, charged once
+                assert got == first, (got, first)
+                continue
+            expected = self._expect_item(a, item)
+            if "outcome" not in expected and "metadata" in item:
+                assert got["error"] == "internal", got  # charged, but its answer was lost
+                if sent is not None:
+                    sent.items[i] = {"charge_id": None, "tool": item["tool"],
+                                     "cost": expected["cost"], "balance": expected["balance"]}
+                continue
+            self._check_item(expected, got)
+            if sent is not None and "charge_id" in got:
+                sent.items[i] = got
+
+    # ---- holds ----------------------------------------------------------------------
+
+    @rule(who=st.integers(0, 9), amount=st.integers(min_value=1, max_value=800_000),
+          keyed=st.booleans())
+    def hold(self, who: int, amount: int, keyed: bool) -> None:
+        a = self.agent(who)
+        body = {"tool": VARIABLE, "max_cost": fmt(amount), "ttl_s": 3600}
+        sent = Sent("hold", a.name, new_key("hold"), body) if keyed else None
+        self._hold(a, body, sent)
+        if sent is not None:
+            self.sent.append(sent)
+
+    def _hold(self, a: AgentModel, body: dict[str, Any], sent: Sent | None) -> None:
+        response = self.post("/v1/holds", body, a.api_key, sent.key if sent else None)
+        if sent is not None and sent.answer is not None:
+            assert response.status_code == 201 and response.json() == sent.answer
+            return
+        amount = micros(body["max_cost"])
+        refused = a.refusal(amount, VARIABLE_CATEGORY)
+        if refused is not None:
+            assert response.status_code >= 400 and outcome(response.json()) == refused
+            return
+        assert response.status_code == 201, response.text
+        a.balance -= amount
+        a.held[VARIABLE_CATEGORY] = a.held.get(VARIABLE_CATEGORY, 0) + amount
+        got = response.json()
+        assert (got["amount"], got["balance"]) == (fmt(amount), fmt(a.balance))
+        self.holds.append(HoldModel(got["hold_id"], a.name, amount))
+        if sent is not None:
+            sent.answer = got
+
+    @precondition(lambda self: bool(self.holds))
+    @rule(which=st.integers(0, 99), cost=st.integers(min_value=0, max_value=900_000),
+          keyed=st.booleans())
+    def capture(self, which: int, cost: int, keyed: bool) -> None:
+        h = self.holds[which % len(self.holds)]
+        sent = Sent("capture", h.agent, new_key("capture"),
+                    {"hold": h, "cost": cost}) if keyed else None
+        self._capture(h, cost, sent)
+        if sent is not None:
+            self.sent.append(sent)
+
+    def _capture(self, h: HoldModel, cost: int, sent: Sent | None) -> None:
+        a = self.agents[h.agent]
+        self.touched.add(a.name)
+        response = self.post(f"/v1/holds/{h.hold_id}/capture", {"cost": fmt(cost)},
+                             a.api_key, sent.key if sent else None)
+        if sent is not None and sent.answer is not None:
+            assert response.status_code == 200 and response.json() == sent.answer
+            return
+        if h.state != "open":
+            assert response.status_code == 409 and outcome(response.json()) == "hold_closed"
+            return
+        if cost > h.amount:
+            assert response.status_code == 422, response.text
+            return
+        assert response.status_code == 200, response.text
+        h.state = "captured"
+        a.balance += h.amount - cost
+        a.held[VARIABLE_CATEGORY] -= h.amount
+        a.spent[VARIABLE_CATEGORY] = a.spent.get(VARIABLE_CATEGORY, 0) + cost
+        a.captures += 1
+        got = response.json()
+        assert (got["cost"], got["balance"]) == (fmt(cost), fmt(a.balance))
+        a.acknowledged.add(got["charge_id"])
+        if sent is not None:
+            sent.answer = got
+
+    @precondition(lambda self: bool(self.holds))
+    @rule(which=st.integers(0, 99), keyed=st.booleans())
+    def release(self, which: int, keyed: bool) -> None:
+        h = self.holds[which % len(self.holds)]
+        sent = Sent("release", h.agent, new_key("release"), {"hold": h}) if keyed else None
+        self._release(h, sent)
+        if sent is not None:
+            self.sent.append(sent)
+
+    def _release(self, h: HoldModel, sent: Sent | None) -> None:
+        a = self.agents[h.agent]
+        self.touched.add(a.name)
+        response = self.post(f"/v1/holds/{h.hold_id}/release", None, a.api_key,
+                             sent.key if sent else None)
+        if sent is not None and sent.answer is not None:
+            assert response.status_code == 200 and response.json() == sent.answer
+            return
+        if h.state != "open":
+            assert response.status_code == 409, response.text
+            return
+        assert response.status_code == 200, response.text
+        h.state = "released"
+        a.balance += h.amount
+        a.held[VARIABLE_CATEGORY] -= h.amount
+        assert response.json() == {"released": fmt(h.amount), "balance": fmt(a.balance)}
+        if sent is not None:
+            sent.answer = response.json()
+
+    # ---- retries of keyed requests --------------------------------------------------
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(which=st.integers(0, 999))
+    def retry(self, which: int) -> None:
+        """Send an earlier keyed request again, with its key and body."""
+        sent = self.sent[which % len(self.sent)]
+        a = self.agents[sent.agent]
+        self.touched.add(a.name)
+        if sent.kind == "create":
+            response = self.post("/v1/agents", sent.args, key=sent.key)
+            assert response.status_code == 201, response.text
+            assert response.json() == {**sent.answer, "api_key": None,  # type: ignore[dict-item]
+                                       "api_key_note": response.json()["api_key_note"]}
+        elif sent.kind == "fund":
+            self._fund(a, micros(sent.args["amount"]), sent)
+        elif sent.kind == "freeze":
+            self._freeze(a, sent.args["frozen"], sent)
+        elif sent.kind == "charge":
+            self._charge(a, sent.args, sent)
+        elif sent.kind == "batch":
+            self._batch(a, sent.args["charges"], sent)
+        elif sent.kind == "hold":
+            self._hold(a, sent.args, sent)
+        elif sent.kind == "capture":
+            self._capture(sent.args["hold"], sent.args["cost"], sent)
+        else:
+            self._release(sent.args["hold"], sent)
+
+    # ---- process faults (slow variant) ----------------------------------------------
+
+    @precondition(lambda self: self.faults)
+    @rule()
+    def kill_gateway(self) -> None:
+        self.harness.kill_gateway()
+
+    @precondition(lambda self: self.faults)
+    @rule()
+    def kill_writer(self) -> None:
+        self.harness.kill_writer()
+
+    # ---- invariants -----------------------------------------------------------------
+
+    @invariant()
+    def redis_equals_model(self) -> None:
+        for name in sorted(self.touched):
+            a = self.agents[name]
+            state = self.admin_get(f"/v1/agents/{name}")
+            assert micros(state["balance"]) == a.balance >= 0, (name, state)
+            assert micros(state["held"]) == sum(a.held.values()), (name, state)
+            assert micros(state["spent_today"]) == sum(a.spent.values()), (name, state)
+            if a.daily is not None:  # the cap, as the server counts today
+                assert micros(state["spent_today"]) + micros(state["held"]) <= (
+                    a.daily + a.daily_excess), (name, state, a.daily)
+            assert state["frozen"] == a.frozen
+
+    @invariant()
+    def ledger_equals_model(self) -> None:
+        deadline = time.monotonic() + LEDGER_WAIT_S
+        for name in sorted(self.touched):
+            a = self.agents[name]
+            while True:
+                entries = self._ledger(name)
+                kinds = [e["kind"] for e in entries]
+                caught_up = (kinds.count("charge") >= a.charges
+                             and kinds.count("capture") >= a.captures
+                             and ledger_balance(entries) == a.balance)
+                if caught_up or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            ids = [e["entry_id"] for e in entries]
+            assert len(ids) == len(set(ids)), name
+            assert (kinds.count("charge"), kinds.count("capture")) == (a.charges, a.captures)
+            assert ledger_balance(entries) == a.balance, (name, entries)
+            charged = {e["entry_id"] for e in entries if e["kind"] in ("charge", "capture")}
+            assert a.acknowledged <= charged, a.acknowledged - charged
+        self.touched.clear()
+
+    def _ledger(self, agent: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        params = {"limit": "1000"}
+        while True:
+            page = self.admin_get(f"/v1/agents/{agent}/ledger", **params)
+            entries += page["entries"]
+            if page["next_cursor"] is None:
+                return entries
+            params["before"] = page["next_cursor"]
+
+
+def ledger_balance(entries: list[dict[str, Any]]) -> int:
+    """What the ledger says the balance is: grants and funds in, charges and holds out,
+    a hold's amount back when it closes, less its captured cost."""
+    held = {e["hold_id"]: micros(e["amount"]) for e in entries if e["kind"] == "hold"}
+    total = 0
+    for e in entries:
+        amount = micros(e["amount"]) if e["amount"] is not None else 0
+        if e["kind"] in ("grant", "fund"):
+            total += amount
+        elif e["kind"] in ("charge", "hold"):
+            total -= amount
+        elif e["kind"] in ("release", "expire"):
+            total += amount
+        elif e["kind"] == "capture":
+            total += held[e["hold_id"]] - amount
+    return total
+
+
+def run_machine(harness: Harness, examples: int, steps: int, faults: bool) -> None:
+    HttpModel.harness = harness
+    HttpModel.faults = faults
+    test_case = HttpModel.TestCase
+    test_case.settings = settings(max_examples=examples, stateful_step_count=steps,
+                                  deadline=None, derandomize=not faults,
+                                  suppress_health_check=list(HealthCheck))
+    test_case().runTest()
+
+
+def test_http_api_matches_model(harness: Harness) -> None:
+    run_machine(harness, examples=6, steps=25, faults=False)
+
+
+@pytest.mark.slow
+def test_http_api_matches_model_with_kills(harness: Harness) -> None:
+    run_machine(harness, examples=15, steps=30, faults=True)
