@@ -15,7 +15,7 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{pNN}:events``                 stream trimmed by the ledger writer (XTRIM MINID) only
 - ``iou:{pNN}:webhooks``               stream webhook outbox, consumer group "webhooks"
 - ``iou:{pNN}:depleted:<agent>``       string 60 s    balance.depleted sent this minute
-- ``iou:{pNN}:hidem:<scope>:<sha>``    hash  24 h     HTTP idempotency record (status, body)
+- ``iou:{pNN}:hidem:<scope>:<sha>``    string 24 h    HTTP idempotency record (digest, answer)
 - ``iou:{tools}:tool:<name>``          hash  no TTL   one catalog entry
 - ``iou:{tools}:names``                set   no TTL   catalog names
 - ``iou:{tools}:version``              string no TTL  bumped on every catalog change
