@@ -158,43 +158,50 @@ class Engine:
                      metadata: Mapping[str, Any] | None = None,
                      idempotency_part: str | None = None) -> ChargeResult:
         """Charge one call of ``tool``: the catalog price, or ``cost_micros`` for variable
-        tools. Raises the contract's refusal; on success the balance is already lower.
+        tools. The script reads the price, category and pricing from the agent's partition's
+        copy of the catalog, so a price change applies to every call after its PUT. Raises
+        the contract's refusal; on success the balance is already lower.
         ``idempotency_part`` (e.g. a batch item's index) derives the key of one part of a
         keyed request, see ``derived_key``."""
         check_name("agent", agent)
+        check_name("tool", tool)
         idempotency_key = derived_key(idempotency_key, idempotency_part)
-        entry = await self._tool(tool)
-        cost = self._call_cost(entry, cost_micros)
+        given = self._given_amount("cost", cost_micros, 0)
         meta = _metadata_text(metadata)
         k = self.agent_keys(agent)
         body_hash = "" if idempotency_key is None else _body_hash("charge", tool, cost_micros,
                                                                   meta)
         idem = idempotency_key or ""
         reply = await self.scripts.run(
-            "charge", [k.agent_hash, k.window, self._idem_key(k, idem), k.events, k.webhooks],
-            [agent, ids.uuid7(), tool, entry.category, str(cost),
-             str(self.settings.amount_max_micros), body_hash, idem, meta])
+            "charge", [k.agent_hash, k.window, self._idem_key(k, idem), k.events, k.webhooks,
+                       k.tools],
+            [agent, ids.uuid7(), tool, given, str(self.settings.amount_max_micros), body_hash,
+             idem, meta])
         code = Code(reply[0])
-        if code == Code.REPLAY:
-            return ChargeResult(_text(reply[3]), agent, tool, entry.category, _int(reply[4]),
-                                _int(reply[1]), warnings_of(_int(reply[2])), False, True)
-        if code != Code.OK:
-            raise refusal(code, reply, agent=agent, tool=tool, category=entry.category)
+        if code not in (Code.OK, Code.REPLAY):
+            raise refusal(code, reply, agent=agent, tool=tool, op="charge",
+                          **self._cached_category(tool))
         flags = _int(reply[2])
-        return ChargeResult(_text(reply[3]), agent, tool, entry.category, cost, _int(reply[1]),
-                            warnings_of(flags), bool(flags & Flag.LOW_CROSSED), False)
+        return ChargeResult(_text(reply[3]), agent, tool, _text(reply[5]), _int(reply[4]),
+                            _int(reply[1]), warnings_of(flags),
+                            code == Code.OK and bool(flags & Flag.LOW_CROSSED),
+                            code == Code.REPLAY)
 
-    def _call_cost(self, entry: Tool, cost_micros: int | None) -> int:
-        if entry.pricing == "fixed":
-            if cost_micros is not None:
-                raise InvalidRequest("cost", "is only accepted for tools priced variable")
-            return entry.price_micros
-        if cost_micros is None:
-            raise InvalidRequest("cost", "is required for tools priced variable")
-        if isinstance(cost_micros, bool) or not isinstance(cost_micros, int) or not (
-                0 <= cost_micros <= self.settings.amount_max_micros):
-            raise InvalidRequest("cost", "must be an amount between 0 and IOU_AMOUNT_MAX")
-        return cost_micros
+    def _given_amount(self, field: str, micros: int | None, low: int) -> str:
+        """A client's amount as script text ('' when not given), after its range check."""
+        if micros is None:
+            return ""
+        if isinstance(micros, bool) or not isinstance(micros, int) or not (
+                low <= micros <= self.settings.amount_max_micros):
+            bounds = "above 0 and at most" if low else "between 0 and"
+            raise InvalidRequest(field, f"must be an amount {bounds} IOU_AMOUNT_MAX")
+        return str(micros)
+
+    def _cached_category(self, tool: str) -> dict[str, str]:
+        """The tool's category as this worker last saw it, for refusal details and metrics
+        labels only (the scripts' own category wins where a reply carries one)."""
+        entry = self._catalog.get(tool)
+        return {} if entry is None else {"category": entry.category}
 
     def _idem_key(self, k: keys.AgentKeys, idempotency_key: str) -> str:
         # The key name holds a digest, so any printable key maps to a short, safe name.
@@ -210,15 +217,13 @@ class Engine:
     async def hold(self, agent: str, tool: str, max_cost_micros: int | None = None,
                    ttl_s: int = HOLD_TTL_S_DEFAULT, idempotency_key: str | None = None,
                    metadata: Mapping[str, Any] | None = None) -> HoldResult:
-        """Authorize up to ``max_cost_micros`` (default: the tool's price) for ``ttl_s``."""
+        """Hold for ``ttl_s``: a fixed-price tool holds exactly its price (a
+        ``max_cost_micros`` below it is refused, one above it holds the price); a variable
+        tool holds ``max_cost_micros``, by default its catalog price."""
         check_name("agent", agent)
+        check_name("tool", tool)
         _check_idempotency_key(idempotency_key)
-        entry = await self._tool(tool)
-        amount = entry.price_micros if max_cost_micros is None else max_cost_micros
-        if isinstance(amount, bool) or not isinstance(amount, int) or not (
-                0 < amount <= self.settings.amount_max_micros):
-            raise InvalidRequest("max_cost", "must be an amount above 0 and at most "
-                                 "IOU_AMOUNT_MAX")
+        given = self._given_amount("max_cost", max_cost_micros, 1)
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not (
                 1 <= ttl_s <= HOLD_TTL_S_MAX):
             raise InvalidRequest("ttl_s", f"must be a whole number from 1 to {HOLD_TTL_S_MAX}")
@@ -229,41 +234,41 @@ class Engine:
         body_hash = "" if not idem else _body_hash("hold", tool, max_cost_micros, ttl_s, meta)
         reply = await self.scripts.run(
             "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
-                     self._idem_key(k, idem), k.events, k.webhooks],
-            [agent, ids.uuid7(), hold_id, tool, entry.category, str(amount),
-             str(self.settings.amount_max_micros), str(ttl_s * 1000),
-             str(HOLD_TTL_S_MAX * 1000), body_hash, idem, meta])
+                     self._idem_key(k, idem), k.events, k.webhooks, k.tools],
+            [agent, ids.uuid7(), hold_id, tool, given, str(self.settings.amount_max_micros),
+             str(ttl_s * 1000), str(HOLD_TTL_S_MAX * 1000), body_hash, idem, meta])
         code = Code(reply[0])
         if code not in (Code.OK, Code.REPLAY):
-            raise refusal(code, reply, agent=agent, tool=tool, category=entry.category)
+            raise refusal(code, reply, agent=agent, tool=tool, op="hold",
+                          **self._cached_category(tool))
         flags = _int(reply[2])
-        return HoldResult(_text(reply[3]), agent, tool, amount, _int(reply[4]), _int(reply[1]),
-                          warnings_of(flags), bool(flags & Flag.LOW_CROSSED),
-                          code == Code.REPLAY)
+        return HoldResult(_text(reply[3]), agent, tool, _int(reply[5]), _int(reply[4]),
+                          _int(reply[1]), warnings_of(flags), bool(flags & Flag.LOW_CROSSED),
+                          code == Code.REPLAY, fixed=_int(reply[6]) == 1)
 
-    async def capture(self, agent: str, hold_id: str, cost_micros: int,
+    async def capture(self, agent: str, hold_id: str, cost_micros: int | None = None,
                       idempotency_key: str | None = None,
                       metadata: Mapping[str, Any] | None = None,
                       idempotency_part: str | None = None) -> CaptureResult:
-        """Settle a hold at ``cost_micros`` (<= held); the rest returns to the balance."""
+        """Settle a hold at ``cost_micros`` (<= held); the rest returns to the balance.
+        A hold on a fixed-price tool charges exactly its price: omit the cost (or give
+        exactly that price)."""
         check_name("agent", agent)
         idempotency_key = derived_key(idempotency_key, idempotency_part)
-        if isinstance(cost_micros, bool) or not isinstance(cost_micros, int) or not (
-                0 <= cost_micros <= self.settings.amount_max_micros):
-            raise InvalidRequest("cost", "must be an amount between 0 and IOU_AMOUNT_MAX")
+        given = self._given_amount("cost", cost_micros, 0)
         k = self.agent_keys(agent)
         meta = _metadata_text(metadata)
         idem = idempotency_key or ""
         body_hash = "" if not idem else _body_hash("capture", hold_id, cost_micros, meta)
         reply = await self.scripts.run(
             "capture", [k.agent_hash, k.window, k.hold(_hold_ref(hold_id)), k.holds,
-                        self._idem_key(k, idem), k.events],
-            [agent, ids.uuid7(), hold_id, str(cost_micros), str(self.settings.amount_max_micros),
+                        self._idem_key(k, idem), k.events, k.tools],
+            [agent, ids.uuid7(), hold_id, given, str(self.settings.amount_max_micros),
              body_hash, idem, meta])
         code = Code(reply[0])
         if code not in (Code.OK, Code.REPLAY):
-            raise refusal(code, reply, agent=agent, hold_id=hold_id)
-        return CaptureResult(_text(reply[3]), hold_id, cost_micros, _int(reply[4]),
+            raise refusal(code, reply, agent=agent, hold_id=hold_id, op="capture")
+        return CaptureResult(_text(reply[3]), hold_id, _int(reply[5]), _int(reply[4]),
                              _int(reply[1]), warnings_of(_int(reply[2])), code == Code.REPLAY)
 
     async def release(self, agent: str, hold_id: str,
@@ -477,6 +482,8 @@ class Engine:
              category, pricing, upstream or "", headers])
         if reply[0] != Code.OK:
             raise refusal(Code(reply[0]), reply, tool=tool)
+        # Every partition's copy before the PUT answers: the scripts price from them.
+        await self._copy_everywhere(tool, _int(reply[1]), (price_micros, category, pricing))
         await self.refresh_catalog()
         return self._catalog[tool]
 
@@ -487,13 +494,55 @@ class Engine:
                             keys.TOOL_EVENTS], [tool, ids.uuid7()])
         if reply[0] != Code.OK:
             raise refusal(Code(reply[0]), reply, tool=tool)
+        await self._copy_everywhere(tool, _int(reply[1]), None)
         await self.refresh_catalog()
+
+    async def _copy_everywhere(self, tool: str, version: int,
+                               entry: tuple[int, str, str] | None) -> None:
+        """One tool_copy per partition, all in one pipelined round trip."""
+        await asyncio.gather(*(self._copy(p, tool, version, entry, False)
+                               for p in range(self.partitions)))
+
+    async def _copy(self, partition: int, tool: str, version: int,
+                    entry: tuple[int, str, str] | None, force: bool) -> int:
+        """Write one partition's copy of one entry (None: deleted); 1 if written, 0 if a
+        newer version was already there."""
+        price, category, pricing = ("", "", "") if entry is None else (str(entry[0]), *entry[1:])
+        reply = await self.scripts.run(
+            "tool_copy", [keys.tools_copy(partition)],
+            [tool, str(version), price, category, pricing, "1" if force else "0"])
+        if reply[0] != Code.OK:
+            raise refusal(Code(reply[0]), reply, tool=tool)
+        return _int(reply[1])
+
+    async def sync_tool_copies(self, force: bool = False) -> int:
+        """Make every partition's copy agree with the catalog; returns how many were written.
+
+        Repairs copies a change did not reach (a worker stopped between the catalog write
+        and its copies; a store written before the copies existed). Copies carry the catalog
+        version of their change and tool_copy.lua keeps the newest, so this never undoes a
+        newer change made meanwhile; ``force`` (iou recover) replaces whatever is stored."""
+        catalog, version = self._catalog, self._catalog_version
+        stored = await asyncio.gather(*(self.conn.call_or_raise(b"HGETALL", keys.tools_copy(p))
+                                        for p in range(self.partitions)))
+        calls = []
+        for partition, flat in enumerate(stored):
+            rows = _pairs(flat)
+            for name, t in catalog.items():
+                if rows.get(name) != f"{t.version} {t.price_micros} {t.category} {t.pricing}":
+                    calls.append(self._copy(partition, name, t.version,
+                                            (t.price_micros, t.category, t.pricing), force))
+            for name, row in rows.items():
+                if name not in catalog and " " in row:  # deleted from the catalog
+                    calls.append(self._copy(partition, name, version, None, force))
+        return sum(await asyncio.gather(*calls))
 
     def tools(self) -> list[Tool]:
         return sorted(self._catalog.values(), key=lambda t: t.name)
 
     async def refresh_catalog(self) -> None:
-        """Reload the catalog when its version moved (tool changes reach every worker)."""
+        """Reload the catalog when its version moved (tool changes reach every worker's
+        listing and proxy), then repair the partitions' copies if a change missed one."""
         version = _int(await self.conn.call_or_raise(b"GET", keys.TOOLS_VERSION) or 0)
         if version == self._catalog_version:
             return
@@ -506,8 +555,12 @@ class Engine:
             if row:
                 f = _pairs(row)
                 catalog[name] = Tool(name, int(f["price"]), f["category"], f["pricing"],
-                                     f.get("upstream") or None, f.get("headers") or None)
+                                     f.get("upstream") or None, f.get("headers") or None,
+                                     int(f.get("version", "0")))
         self._catalog, self._catalog_version = catalog, version
+        written = await self.sync_tool_copies()
+        if written:
+            log.warning("catalog copies: repaired %d partition entries", written)
 
     async def _refresh_catalog_forever(self) -> None:
         while True:
@@ -516,16 +569,8 @@ class Engine:
                 await self.refresh_catalog()
             except GatewayError as exc:
                 log.warning("catalog refresh: %s", exc.message)
-
-    async def _tool(self, tool: str) -> Tool:
-        check_name("tool", tool)
-        entry = self._catalog.get(tool)
-        if entry is None:
-            await self.refresh_catalog()
-            entry = self._catalog.get(tool)
-        if entry is None:
-            raise NotFound(f"No tool named {tool} in the catalog.")
-        return entry
+            except Exception:
+                log.exception("catalog refresh failed; retrying")
 
 
 def _hold_ref(hold_id: str) -> str:

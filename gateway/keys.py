@@ -16,6 +16,9 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{pNN}:webhooks``               stream webhook outbox, consumer group "webhooks"
 - ``iou:{pNN}:depleted:<agent>``       string 60 s    balance.depleted sent this minute
 - ``iou:{pNN}:hidem:<scope>:<sha>``    string 24 h    HTTP idempotency record (digest, answer)
+- ``iou:{pNN}:tools``                  hash  no TTL   the partition's copy of the catalog, read by
+  charge.lua/hold.lua/capture.lua: tool -> "<version> <price> <category> <pricing>", or
+  "<version>" alone once deleted (tool_copy.lua; the version orders racing changes)
 - ``iou:{tools}:tool:<name>``          hash  no TTL   one catalog entry
 - ``iou:{tools}:names``                set   no TTL   catalog names
 - ``iou:{tools}:version``              string no TTL  bumped on every catalog change
@@ -60,6 +63,11 @@ def webhooks(partition: int) -> str:
 
 def holds_index(partition: int) -> str:
     return tag(partition) + "holds"
+
+
+def tools_copy(partition: int) -> str:
+    """The partition's copy of the catalog (the scripts cannot read ``{tools}`` on a cluster)."""
+    return tag(partition) + "tools"
 
 
 def api_key_hash(api_key: str) -> str:
@@ -116,6 +124,7 @@ class AgentKeys:
     holds: str
     webhooks: str
     agents_index: str
+    tools: str
 
     def idempotency(self, idempotency_key: str) -> str:
         return f"{self.prefix}idem:{self.agent}:{idempotency_key}"
@@ -148,4 +157,5 @@ def agent_keys(agent: str, partitions: int) -> AgentKeys:
         holds=prefix + "holds",
         webhooks=prefix + "webhooks",
         agents_index=prefix + "agents",
+        tools=prefix + "tools",
     )

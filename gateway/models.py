@@ -42,6 +42,8 @@ class HoldResult:
     warnings: tuple[str, ...]
     low_crossed: bool
     replayed: bool
+    # A fixed-price hold: its capture charges exactly the held price (no cost to name).
+    fixed: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,5 @@ class Tool:
     upstream: str | None
     # Secret upstream credentials; never shown by the API.
     upstream_headers: str | None
+    # The catalog version of the entry's last change (orders the partitions' copies).
+    version: int = 0

@@ -29,12 +29,24 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class NothingToHold(InvalidRequest):
+    """A hold on a free tool: the amount would be 0 (invoke then calls the tool as free)."""
+
+    def __init__(self) -> None:
+        super().__init__("max_cost", "must be above 0 (a free tool needs no hold: charge it)")
+
+
 def refusal(code: Code, reply: list[Any], **context: str) -> GatewayError:
     """The contract's error for a script's refusal code."""
     agent = context.get("agent", "")
     if code == Code.NOT_FOUND:
         what = f"tool {context['tool']}" if "tool" in context and not agent else f"agent {agent}"
         return NotFound(f"No {what} exists.")
+    if code == Code.TOOL_NOT_FOUND:
+        return NotFound(f"No tool named {context.get('tool', '')} in the catalog.")
+    if code in (Code.COST_FIXED, Code.COST_REQUIRED, Code.HOLD_BELOW_PRICE,
+                Code.NOTHING_TO_HOLD):
+        return _price_refusal(code, reply, context)
     if code == Code.HOLD_NOT_FOUND:
         return NotFound(f"No hold {context.get('hold_id', '')} for agent {agent}.")
     if code == Code.HOLD_CLOSED:
@@ -67,19 +79,41 @@ def refusal(code: Code, reply: list[Any], **context: str) -> GatewayError:
     return InvalidRequest("argument", f"was refused by the script (argument {reply[1:]})")
 
 
+def _price_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
+    """A client naming a price the catalog sets: the catalog price is what a call costs."""
+    tool = context.get("tool")
+    if code == Code.COST_REQUIRED:
+        return InvalidRequest("cost", "is required for tools priced variable")
+    if code == Code.NOTHING_TO_HOLD:
+        return NothingToHold()
+    price = money.format_amount(_int(reply[1]))
+    if code == Code.HOLD_BELOW_PRICE:
+        return InvalidRequest("max_cost", f"must be at least the price {price} of the "
+                                          f"fixed-price tool {tool}")
+    if context.get("op") == "capture":
+        return InvalidRequest("cost", f"must be the held price {price} of a fixed-price tool "
+                                      "(or be omitted)")
+    return InvalidRequest("cost", f"is only accepted for tools priced variable ({tool} costs "
+                                  f"{price})")
+
+
+def _category(reply: list[Any], at: int, context: Mapping[str, str]) -> str | None:
+    """The category a script put in its refusal, else the caller's (older scripts, capture)."""
+    return _text(reply[at]) if len(reply) > at else context.get("category")
+
+
 def _per_call_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
     limit = "per_call" if code == Code.LIMIT_PER_CALL else "category_per_call"
     cap, cost = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
     return PerCallLimitExceeded(f"The call costs {cost}, above the {limit} cap of {cap}.",
-                                limit=limit, category=context.get("category"), max=cap,
+                                limit=limit, category=_category(reply, 3, context), max=cap,
                                 cost=cost)
 
 
 def _window_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
     limit = "daily" if code == Code.LIMIT_DAILY else "category_daily"
     cap, spent = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
-    # A capture learns the hold's category from its script (the 5th element).
-    category = context.get("category") or (_text(reply[4]) if len(reply) > 4 else None)
+    category = _category(reply, 4, context)
     return WindowLimitExceeded(
         f"Today's {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
         category=category, max=cap, spent=spent, retry_after_s=_int(reply[3]))

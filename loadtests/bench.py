@@ -330,12 +330,15 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
             agent_keys = keys.agent_keys("bench-agent", 16)
             client.hset(agent_keys.agent_hash, mapping={"bal": str(10**15), "held": "0",
                                                         "frozen": "0", "lowf": "0"})
+            # The partition's copy of the catalog, as tool_copy.lua writes it.
+            client.hset(agent_keys.tools, "web_search", "1 1 tool fixed")
             target = ["-s", sock] if unix_socket else ["-p", str(port)]
             args = ["redis-benchmark", *target, "-n", str(requests), "-c", str(clients), "-P",
-                    str(pipeline), "-q", "EVALSHA", sha, "5", agent_keys.agent_hash,
+                    str(pipeline), "-q", "EVALSHA", sha, "6", agent_keys.agent_hash,
                     agent_keys.window, agent_keys.idempotency("none"), agent_keys.events,
-                    agent_keys.webhooks, "bench-agent", "01900000-0000-7000-8000-000000000000",
-                    "web_search", "tool", "1", str(10**15), "", "", ""]
+                    agent_keys.webhooks, agent_keys.tools, "bench-agent",
+                    "01900000-0000-7000-8000-000000000000", "web_search", "", str(10**15), "",
+                    "", ""]
             out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
             rps = float(re.findall(r"([\d.]+) requests per second", out)[-1])
             assert client.hget(agent_keys.agent_hash, "bal") != str(10**15).encode(), \

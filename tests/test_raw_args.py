@@ -24,8 +24,8 @@ async def ready(engine: Engine) -> str:
 
 def charge_args(engine: Engine, cost: str) -> tuple[list[str], list[str]]:
     k = engine.agent_keys("raw")
-    return ([k.agent_hash, k.window, k.idempotency("x"), k.events, k.webhooks],
-            ["raw", ids.uuid7(), "web_search", "tool", cost, str(engine.settings.amount_max_micros),
+    return ([k.agent_hash, k.window, k.idempotency("x"), k.events, k.webhooks, k.tools],
+            ["raw", ids.uuid7(), "llm_summarize", cost, str(engine.settings.amount_max_micros),
              "", "", ""])
 
 
@@ -38,7 +38,8 @@ async def test_charge_refuses_bad_cost(engine: Engine, bad: str) -> None:
     await ready(engine)
     before = await snapshot(engine)
     reply = await run(engine, "charge", *charge_args(engine, bad))
-    assert reply[:2] == [Code.BAD_ARGUMENT, 5]
+    # '' is "no cost given", which a tool priced variable refuses.
+    assert reply[:2] == ([Code.COST_REQUIRED] if bad == "" else [Code.BAD_ARGUMENT, 4])
     assert await snapshot(engine) == before
 
 
@@ -53,22 +54,22 @@ async def test_fund_hold_capture_refuse_bad_amounts(engine: Engine, bad: str) ->
                      ["raw", ids.uuid7(), bad, amax, str(2**53 - 1), "fund", "", "", ""])
     assert fund[:2] == [Code.BAD_ARGUMENT, 3]
     hold_id = ids.hold_id()
-    hold = await run(engine, "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
-                                      k.idempotency("x"), k.events, k.webhooks],
-                     ["raw", ids.uuid7(), hold_id, "llm_summarize", "llm", bad, amax, "1000",
+    hold_keys = [k.agent_hash, k.window, k.hold(hold_id), k.holds, k.idempotency("x"),
+                 k.events, k.webhooks, k.tools]
+    hold = await run(engine, "hold", hold_keys,
+                     ["raw", ids.uuid7(), hold_id, "llm_summarize", bad, amax, "1000",
                       "3600000", "", "", ""])
-    assert hold[:2] == [Code.BAD_ARGUMENT, 6]
-    ttl = await run(engine, "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
-                                     k.idempotency("x"), k.events, k.webhooks],
-                    ["raw", ids.uuid7(), hold_id, "llm_summarize", "llm", "1000", amax, bad,
+    assert hold[:2] == [Code.BAD_ARGUMENT, 5]
+    ttl = await run(engine, "hold", hold_keys,
+                    ["raw", ids.uuid7(), hold_id, "llm_summarize", "1000", amax, bad,
                      "3600000", "", "", ""])
-    assert ttl[:2] == [Code.BAD_ARGUMENT, 8]
+    assert ttl[:2] == [Code.BAD_ARGUMENT, 7]
     limits = await run(engine, "set_limits", [k.agent_hash, k.events],
                        ["raw", ids.uuid7(), amax, "{}", "dl", bad])
     assert limits[:2] == [Code.BAD_ARGUMENT, 5]
     if bad != "0":
         cap = await run(engine, "capture", [k.agent_hash, k.window, k.hold(hold_id), k.holds,
-                                            k.idempotency("x"), k.events],
+                                            k.idempotency("x"), k.events, k.tools],
                         ["raw", ids.uuid7(), hold_id, bad, amax, "", "", ""])
         assert cap[:2] == [Code.BAD_ARGUMENT, 4]
     assert await snapshot(engine) == before
@@ -78,5 +79,5 @@ async def test_amount_above_max_refused_by_script(engine: Engine) -> None:
     await ready(engine)
     before = await snapshot(engine)
     keys, args = charge_args(engine, str(engine.settings.amount_max_micros + 1))
-    assert (await run(engine, "charge", keys, args))[:2] == [Code.BAD_ARGUMENT, 5]
+    assert (await run(engine, "charge", keys, args))[:2] == [Code.BAD_ARGUMENT, 4]
     assert await snapshot(engine) == before

@@ -188,8 +188,9 @@ async def post_hold(ctx: Context, request: Request) -> Response:
 async def post_capture(ctx: Context, request: Request) -> Response:
     agent = await ctx.auth.agent(request)
     fields = Fields(await read_json(request, ctx.settings.body_bytes_max), ("cost", "metadata"))
-    cost = fields.amount("cost", allow_zero=True, max_micros=ctx.settings.amount_max_micros)
-    assert cost is not None
+    # Optional: a fixed-price hold captures its price (the script refuses any other cost).
+    cost = fields.amount("cost", False, allow_zero=True,
+                         max_micros=ctx.settings.amount_max_micros)
     metadata = fields.obj("metadata")
     result = await ctx.engine.capture(agent, request.path_params["hold_id"], cost,
                                       idempotency.idempotency_key(request),

@@ -33,12 +33,13 @@ ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
      {"type": "object", "required": ["charges"], "properties": {
          "charges": {"type": "array", "minItems": 1, "maxItems": 1000, "items": BATCH_ITEM}}},
      200),
-    ("POST", "/v1/holds", "Hold up to max_cost for a variable-cost call", "agent",
+    ("POST", "/v1/holds", "Hold a tool's price, or up to max_cost for a variable-cost call",
+     "agent",
      {"type": "object", "required": ["tool"], "properties": {
          "tool": NAME, "max_cost": AMOUNT, "ttl_s": {"type": "integer", "minimum": 1,
                                                      "maximum": 3600}}}, 201),
     ("POST", "/v1/holds/{hold_id}/capture", "Capture a hold at the actual cost", "agent",
-     {"type": "object", "required": ["cost"], "properties": {"cost": AMOUNT}}, 200),
+     {"type": "object", "properties": {"cost": AMOUNT}}, 200),
     ("POST", "/v1/holds/{hold_id}/release", "Release a hold", "agent", None, 200),
     ("GET", "/v1/balance", "The caller's balance, held, spent today, limits", "agent", None,
      200),
@@ -80,7 +81,23 @@ ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
 
 # Rules of a route beyond its summary, shown as the operation's description.
 DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/v1/charge"):
+        "The catalog price is what a call costs: cost is accepted only for tools priced "
+        "variable (422 invalid_request, field cost, otherwise). A price or category change "
+        "applies to every call answered after its PUT returned.",
+    ("POST", "/v1/holds"):
+        "A hold on a fixed-price tool holds exactly its price: max_cost may be omitted; "
+        "below the price is 422 invalid_request (field max_cost); above it, the hold is "
+        "exactly the price (see amount in the answer). A variable tool holds max_cost, by "
+        "default its catalog price.",
+    ("PUT", "/v1/tools/{tool}"):
+        "Answers once every partition's copy of the catalog has the change: every charge, "
+        "hold or capture answered after this PUT returned uses the new price, category and "
+        "pricing, on every worker.",
     ("POST", "/v1/holds/{hold_id}/capture"):
+        "cost is required for a variable hold (at most the held amount). A hold on a "
+        "fixed-price tool charges exactly its held price: omit cost or give exactly that "
+        "amount; any other cost is 422 invalid_request (field cost). "
         "A capture is checked against the daily window it lands in: a hold taken on an "
         "earlier UTC day is not counted in today's window, so its cost must fit today's "
         "daily and category daily caps, else 429 limit_exceeded (limit daily or "

@@ -6,6 +6,9 @@ tools the upstream's ``X-IOU-Cost`` if it is a valid amount up to the hold, else
 hold), anything else or a timeout releases. A free tool (fixed price 0) holds nothing: a
 2xx is charged 0 (free calls are in the ledger too), anything else leaves no trace.
 The request's query string goes to the upstream after the upstream URL's own.
+The price is the scripts': a fixed-price hold holds the price as the hold script reads it
+and its capture names no cost, so this worker's catalog (which only says where the
+upstream is and whether the tool is free or variable) can never change what a call costs.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from gateway.errors import (
 from gateway.limits import check_name
 from gateway.models import Tool
 from gateway.money import AmountError, format_amount, parse_amount
+from gateway.refusals import NothingToHold
 from gateway.secrets_store import open_headers
 
 CONNECT_TIMEOUT_S = 5.0
@@ -132,17 +136,19 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
     max_cost = _max_cost(request, tool, ctx.settings.amount_max_micros)
     # Opened before the hold: credentials this gateway cannot read cost the agent nothing.
     credentials = open_headers(ctx.settings, tool.name, tool.upstream_headers)
-    if max_cost == 0:
-        answer = await _invoke_free(ctx, request, agent, tool, raw, credentials)
-        if binding is not None and answer.status_code < 400:
-            await binding.store(answer)  # charged 0: running it again would cost nothing
-        return answer
     try:
+        if max_cost == 0:
+            raise NothingToHold()
         hold = await ctx.engine.hold(agent, tool_name, max_cost,
                                      ctx.settings.upstream_timeout_s + HOLD_MARGIN_S)
     except BalanceInsufficient as exc:
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
+    except NothingToHold:  # free, by this worker's catalog or (just made free) the script's
+        answer = await _invoke_free(ctx, request, agent, tool, raw, credentials)
+        if binding is not None and answer.status_code < 400:
+            await binding.store(answer)  # charged 0: running it again would cost nothing
+        return answer
     try:
         upstream = await _forward(ctx, request, tool, raw, credentials)
     except BaseException:
@@ -155,7 +161,7 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
         if binding is not None and answer.status_code < 400:
             await binding.store(answer)
         return answer
-    cost = _actual_cost(upstream, tool, max_cost)
+    cost = None if hold.fixed else _actual_cost(upstream, hold.amount_micros)
     if binding is not None:
         await binding.store(_answer(upstream, None, hold.balance_micros), hold=hold.hold_id,
                             cost=cost)
@@ -194,12 +200,15 @@ async def _tool(ctx: Context, name: str) -> Tool:
     return entry
 
 
-def _max_cost(request: Request, tool: Tool, amount_max: int) -> int:
+def _max_cost(request: Request, tool: Tool, amount_max: int) -> int | None:
+    """The client's ceiling for a variable tool; None for a fixed-price one (the hold
+    script holds the price)."""
     header = request.headers.get("x-iou-max-cost")
     if tool.pricing == "fixed":
         if header is not None:
             raise InvalidRequest("X-IOU-Max-Cost", "is only accepted for tools priced variable")
-        return tool.price_micros
+        # 0: free, nothing to hold; None: the hold script holds the price it reads.
+        return 0 if tool.price_micros == 0 else None
     if header is None:
         raise InvalidRequest("X-IOU-Max-Cost", "is required for tools priced variable")
     return parse_amount_field("X-IOU-Max-Cost", header, False, amount_max)
@@ -231,9 +240,8 @@ def _upstream_url(upstream: str, request: Request) -> httpx.URL:
     return url.copy_with(query=url.query + b"&" + query if url.query else query)
 
 
-def _actual_cost(upstream: httpx.Response, tool: Tool, max_cost: int) -> int:
-    if tool.pricing == "fixed":
-        return max_cost
+def _actual_cost(upstream: httpx.Response, max_cost: int) -> int:
+    """A variable hold's cost: the upstream's X-IOU-Cost up to the hold, else the hold."""
     reported = upstream.headers.get("x-iou-cost")
     try:
         cost = parse_amount(reported, allow_zero=True) if reported is not None else max_cost

@@ -49,6 +49,7 @@ async def recover(engine: Engine, store: LedgerStore, force: bool = False) -> Re
     commands += _idempotency(engine, data, now_ms)
     await _send(engine, commands)
     await engine.refresh_catalog()
+    await engine.sync_tool_copies(force=True)  # the partitions' copies the scripts price from
     return Recovered(len(data.agents), len(data.keys), len(data.tools), len(data.open_holds),
                      len(data.idempotent))
 

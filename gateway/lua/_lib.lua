@@ -10,7 +10,9 @@ local C = {
   LIMIT_PER_CALL = 13, LIMIT_CATEGORY_PER_CALL = 14, LIMIT_DAILY = 15,
   LIMIT_CATEGORY_DAILY = 16, BALANCE_INSUFFICIENT = 17, HOLD_NOT_FOUND = 18,
   HOLD_CLOSED = 19, CAPTURE_EXCEEDS_HOLD = 20, AGENT_EXISTS = 21,
-  BALANCE_OVERFLOW = 22, KEY_NOT_FOUND = 23, KEYS_FULL = 24, BAD_ARGUMENT = 30,
+  BALANCE_OVERFLOW = 22, KEY_NOT_FOUND = 23, KEYS_FULL = 24, TOOL_NOT_FOUND = 25,
+  COST_FIXED = 26, COST_REQUIRED = 27, HOLD_BELOW_PRICE = 28, NOTHING_TO_HOLD = 29,
+  BAD_ARGUMENT = 30,
 }
 local F = { LOW_BALANCE = 1, DAILY_NEAR = 2, LOW_CROSSED = 4 }
 
@@ -61,6 +63,19 @@ end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) -- clock
+end
+
+-- The next catalog version: one more than the last, and never below the clock in µs, so
+-- versions keep growing even if the version key were lost (a cluster node restored from an
+-- older copy) while the partitions' copies kept newer ones.
+local function next_catalog_version(key)
+  local version = redis.call('INCR', key)
+  local floor = now_ms() * 1000
+  if version < floor then
+    version = floor
+    redis.call('SET', key, istr(version))
+  end
+  return version
 end
 
 -- HINCRBY with a Lua number, skipped when zero; returns the new value.
@@ -156,12 +171,24 @@ local function idem_store(key, body_hash, bal, flags, id, extra)
     .. ' ' .. extra, 'PX', IDEM_TTL_MS)
 end
 
--- The fields of a hold hash, or nil when absent.
+-- The partition's copy of one catalog entry (tool_copy.lua writes every partition before
+-- a PUT answers): {price, category, fixed}, or nil for an unknown or deleted tool.
+local function tool_read(key, tool)
+  local row = redis.call('HGET', key, tool)
+  if not row then return nil end
+  local price, cat, pricing = string.match(row, '^%d+ (%d+) (%S+) (%S+)$')
+  if not price then return nil end
+  return { price = tonumber(price), category = cat, fixed = pricing == 'fixed' }
+end
+
+-- The fields of a hold hash, or nil when absent. fx: '1' fixed price, '0' variable, nil for
+-- a hold written without it (before fx existed, or rebuilt by iou recover).
 local function hold_read(key)
-  local h = redis.call('HMGET', key, 'agent', 'tool', 'category', 'amount', 'day', 'exp', 'state')
+  local h = redis.call('HMGET', key, 'agent', 'tool', 'category', 'amount', 'day', 'exp', 'state',
+    'fx')
   if not h[1] then return nil end
   return { agent = h[1], tool = h[2], category = h[3], amount = tonumber(h[4]),
-    day = tonumber(h[5]), exp = tonumber(h[6]), state = h[7] }
+    day = tonumber(h[5]), exp = tonumber(h[6]), state = h[7], fx = h[8] }
 end
 
 -- Close an open hold: give `credit` micros back to the balance, drop the hold's amount

@@ -1,50 +1,72 @@
 -- charge.lua: charge one tool call against an agent's balance, atomically.
--- Order: arguments, agent, idempotency (replay/conflict), free tool, frozen, per-call cap,
--- category per-call cap, daily cap, category daily cap, balance; then, and only then, the
--- writes: decrement, window counters, low-balance flag, idempotency record, ledger event.
+-- The price, category and pricing come from the partition's copy of the catalog, read here
+-- in the same step as the charge, so a price change applies to every call after the PUT.
+-- Order: arguments, tool, agent, idempotency (replay/conflict), pricing, free tool, frozen,
+-- per-call cap, category per-call cap, daily cap, category daily cap, balance; then, and
+-- only then, the writes: decrement, window counters, low-balance flag, idempotency record,
+-- ledger event.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
 -- KEYS[4] events stream         iou:{pNN}:events
 -- KEYS[5] webhook outbox        iou:{pNN}:webhooks (balance.low on a crossing)
+-- KEYS[6] catalog copy          iou:{pNN}:tools
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7, minted by the gateway; becomes the charge id)
 -- ARGV[3] tool name
--- ARGV[4] category
--- ARGV[5] cost, micros (0 = free tool)
--- ARGV[6] amount max, micros
--- ARGV[7] idempotency body hash ('' = no idempotency key)
--- ARGV[8] idempotency key as given by the caller (for the ledger)
--- ARGV[9] metadata JSON text ('' = none), passed to the ledger unchanged
+-- ARGV[4] cost, micros, for tools priced variable ('' = none; fixed-price tools take none)
+-- ARGV[5] amount max, micros
+-- ARGV[6] idempotency body hash ('' = no idempotency key)
+-- ARGV[7] idempotency key as given by the caller (for the ledger)
+-- ARGV[8] metadata JSON text ('' = none), passed to the ledger unchanged
 -- Returns:
---   code OK = 0: {0, balance, flags, entry_id}
---   code REPLAY = 1: {1, balance, flags, entry_id, cost} of the first answer
+--   code OK = 0: {0, balance, flags, entry_id, cost, category}
+--   code REPLAY = 1: {1, balance, flags, entry_id, cost, category} of the first answer
 --   code NOT_FOUND = 10: {10} unknown agent
+--   code TOOL_NOT_FOUND = 25: {25} the tool is not in the catalog
+--   code COST_FIXED = 26: {26, price} a cost was given for a fixed-price tool
+--   code COST_REQUIRED = 27: {27} no cost for a tool priced variable
 --   code FROZEN = 11: {11}
 --   code IDEMPOTENCY_CONFLICT = 12: {12} same key, other body
---   code LIMIT_PER_CALL = 13: {13, max, cost}
---   code LIMIT_CATEGORY_PER_CALL = 14: {14, max, cost}
---   code LIMIT_DAILY = 15: {15, max, spent, retry_after_s}
---   code LIMIT_CATEGORY_DAILY = 16: {16, max, spent, retry_after_s}
+--   code LIMIT_PER_CALL = 13: {13, max, cost, category}
+--   code LIMIT_CATEGORY_PER_CALL = 14: {14, max, cost, category}
+--   code LIMIT_DAILY = 15: {15, max, spent, retry_after_s, category}
+--   code LIMIT_CATEGORY_DAILY = 16: {16, max, spent, retry_after_s, category}
 --   code BALANCE_INSUFFICIENT = 17: {17, balance, cost}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
-local amount_max = uint(ARGV[6], MICROS_MAX)
-if not amount_max then return { C.BAD_ARGUMENT, 6 } end
-local cost = uint(ARGV[5], amount_max)
-if not cost then return { C.BAD_ARGUMENT, 5 } end
+local amount_max = uint(ARGV[5], MICROS_MAX)
+if not amount_max then return { C.BAD_ARGUMENT, 5 } end
+local given = nil
+if ARGV[4] ~= '' then
+  given = uint(ARGV[4], amount_max)
+  if not given then return { C.BAD_ARGUMENT, 4 } end
+end
 if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end
 if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
 if not name(ARGV[3]) then return { C.BAD_ARGUMENT, 3 } end
-local cat = name(ARGV[4])
-if not cat then return { C.BAD_ARGUMENT, 4 } end
-if ARGV[7] ~= '' and not token(ARGV[7], 64) then return { C.BAD_ARGUMENT, 7 } end
+if ARGV[6] ~= '' and not token(ARGV[6], 64) then return { C.BAD_ARGUMENT, 6 } end
 
+local tool = tool_read(KEYS[6], ARGV[3])
+if not tool then return { C.TOOL_NOT_FOUND } end
+local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
   'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh')
 if not a[1] then return { C.NOT_FOUND } end
-local replay = idem_lookup(KEYS[3], ARGV[7])
-if replay then return replay end
+local replay = idem_lookup(KEYS[3], ARGV[6])
+if replay then
+  replay[6] = cat
+  return replay
+end
+
+-- The catalog price is what a call costs: a client names a cost only for variable tools.
+local cost = given
+if tool.fixed then
+  if given then return { C.COST_FIXED, tool.price } end
+  cost = tool.price
+elseif not given then
+  return { C.COST_REQUIRED }
+end
 
 local bal = tonumber(a[1])
 local ms = now_ms()
@@ -55,7 +77,10 @@ local pc, dl, low, cpc, cdl = uint(a[3], MICROS_MAX), uint(a[4], MICROS_MAX),
 if cost > 0 then
   if a[2] == '1' then return { C.FROZEN } end
   local refusal = per_call_refusal(pc, cpc, cost) or daily_refusal(dl, cdl, win, cost, ms)
-  if refusal then return refusal end
+  if refusal then
+    refusal[#refusal + 1] = cat
+    return refusal
+  end
   if cost > bal then return { C.BALANCE_INSUFFICIENT, bal, cost } end
 end
 
@@ -70,8 +95,9 @@ if cost > 0 then
 elseif low and bal < low then
   flags = F.LOW_BALANCE
 end
-idem_store(KEYS[3], ARGV[7], bal, flags, ARGV[2], ARGV[5])
+local cost_text = istr(cost)
+idem_store(KEYS[3], ARGV[6], bal, flags, ARGV[2], cost_text)
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',
-  'agent', ARGV[1], 'tool', ARGV[3], 'category', cat, 'amount', ARGV[5],
-  'balance_after', istr(bal), 'idem', ARGV[8], 'ih', ARGV[7], 'meta', ARGV[9])
-return { C.OK, bal, flags, ARGV[2] }
+  'agent', ARGV[1], 'tool', ARGV[3], 'category', cat, 'amount', cost_text,
+  'balance_after', istr(bal), 'idem', ARGV[7], 'ih', ARGV[6], 'meta', ARGV[8])
+return { C.OK, bal, flags, ARGV[2], cost, cat }

@@ -15,7 +15,7 @@ if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
 if redis.call('EXISTS', KEYS[1]) == 0 then return { C.NOT_FOUND } end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
-local version = redis.call('INCR', KEYS[3])
+local version = next_catalog_version(KEYS[3])
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(now_ms()), 'kind', 'tool_delete',
   'tool', ARGV[1])
 return { C.OK, version }

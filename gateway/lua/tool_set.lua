@@ -1,4 +1,5 @@
--- tool_set.lua: create or replace one entry of the price catalog.
+-- tool_set.lua: create or replace one entry of the price catalog. The gateway then writes
+-- the entry's copy into every partition (tool_copy.lua) before the PUT answers.
 -- KEYS[1] tool hash             iou:{tools}:tool:<name>
 -- KEYS[2] catalog names         iou:{tools}:names
 -- KEYS[3] catalog version       iou:{tools}:version
@@ -28,11 +29,13 @@ end
 if #ARGV[8] > 8192 then return { C.BAD_ARGUMENT, 8 } end
 
 local ms = istr(now_ms())
+-- The entry keeps the catalog version of its change: the partitions' copies (tool_copy.lua)
+-- keep the newest version, so racing changes end the same in every partition.
+local version = next_catalog_version(KEYS[3])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'price', ARGV[3], 'category', ARGV[5], 'pricing', ARGV[6],
-  'upstream', ARGV[7], 'headers', ARGV[8], 'updated', ms)
+  'upstream', ARGV[7], 'headers', ARGV[8], 'updated', ms, 'version', istr(version))
 redis.call('SADD', KEYS[2], ARGV[1])
-local version = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', ms, 'kind', 'tool', 'tool', ARGV[1],
   'price', ARGV[3], 'category', ARGV[5], 'pricing', ARGV[6], 'upstream', ARGV[7],
   'headers', ARGV[8])

@@ -1,0 +1,182 @@
+"""A price or category change applies to every call answered after the PUT returned, on
+every worker: the scripts read each partition's copy of the catalog, never a worker's cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway import errors, keys
+from gateway.config import load_settings
+from gateway.engine import Engine
+from gateway.ledger.recover import recover
+from gateway.redis_io import RedisConnection, parse_redis_url
+from tests.conftest import PARTITIONS, make_engine
+from tests.gateway_proc import running_gateway
+from tests.helpers import T, setup_catalog
+from tests.http_helpers import new_agent, seed_tools
+from tests.ledger_helpers import store_for, writer_for
+from tests.servers import redis_server
+
+
+async def started_engine(url: str) -> Engine:
+    """An engine on the store as it is (make_engine flushes it first)."""
+    settings = load_settings({"IOU_REDIS_URL": url, "IOU_PARTITIONS": str(PARTITIONS)})
+    engine = Engine(RedisConnection(parse_redis_url(url)), settings)
+    await engine.start(background=False)
+    return engine
+
+
+@pytest.fixture
+async def two(real_redis_url: str) -> AsyncIterator[tuple[Engine, Engine]]:
+    """Two engines on one Redis, like two workers; neither refreshes in the background."""
+    first = await make_engine(real_redis_url)
+    second = await started_engine(real_redis_url)
+    yield first, second
+    for eng in (first, second):
+        await eng.stop()
+        eng.conn.close()
+
+
+async def test_other_worker_charges_the_new_price_and_category(
+        two: tuple[Engine, Engine]) -> None:
+    admin, worker = two
+    await setup_catalog(admin)
+    await worker.refresh_catalog()
+    await admin.create_agent("p", grant_micros=10 * T)
+    await admin.set_limits("p", {"categories.llm.per_call": 60_000})
+    for price in (60_000, 70_000, 10_000):
+        await admin.set_tool("web_search", price, "tool")
+        charged = await worker.charge("p", "web_search")
+        assert (charged.cost_micros, charged.category) == (price, "tool")
+    await admin.set_tool("web_search", 70_000, "llm")  # now under the llm per-call cap
+    with pytest.raises(errors.PerCallLimitExceeded) as info:
+        await worker.charge("p", "web_search")
+    assert info.value.details["category"] == "llm"
+    await admin.set_tool("web_search", 50_000, "llm")
+    assert (await worker.charge("p", "web_search")).category == "llm"
+    assert (await worker.agent_state("p")).spent_today_by_category == {
+        "tool": 140_000, "llm": 50_000}
+
+
+async def test_other_worker_sees_pricing_changes_and_deletions(
+        two: tuple[Engine, Engine]) -> None:
+    admin, worker = two
+    await setup_catalog(admin)
+    await worker.refresh_catalog()
+    await admin.create_agent("q", grant_micros=10 * T)
+    await admin.set_tool("web_search", 50_000, "tool", pricing="variable")
+    with pytest.raises(errors.InvalidRequest, match="cost"):
+        await worker.charge("q", "web_search")
+    assert (await worker.charge("q", "web_search", 7)).cost_micros == 7
+    await admin.set_tool("web_search", 50_000, "tool")
+    with pytest.raises(errors.InvalidRequest, match="cost"):
+        await worker.charge("q", "web_search", 7)
+    hold = await worker.hold("q", "web_search", T)
+    assert hold.amount_micros == 50_000 and hold.fixed
+    await admin.delete_tool("web_search")
+    with pytest.raises(errors.NotFound, match="tool"):
+        await worker.charge("q", "web_search")
+    with pytest.raises(errors.NotFound, match="tool"):
+        await worker.hold("q", "web_search")
+    await admin.set_tool("brand_new", 30_000, "commerce")
+    assert (await worker.charge("q", "brand_new")).cost_micros == 30_000
+
+
+async def test_every_partition_holds_the_copy(two: tuple[Engine, Engine]) -> None:
+    admin, _ = two
+    await admin.set_tool("spread", 1_234, "tool")
+    for p in range(admin.partitions):
+        row = await admin.conn.call_or_raise(b"HGET", keys.tools_copy(p), b"spread")
+        assert row is not None and row.decode().split()[1:] == ["1234", "tool", "fixed"]
+    await admin.delete_tool("spread")
+    for p in range(admin.partitions):
+        row = await admin.conn.call_or_raise(b"HGET", keys.tools_copy(p), b"spread")
+        assert row is not None and len(row.decode().split()) == 1  # a tombstone
+
+
+async def test_start_fills_copies_missing_for_an_older_catalog(real_redis_url: str) -> None:
+    eng = await make_engine(real_redis_url)
+    try:
+        await setup_catalog(eng)
+        await eng.create_agent("old", grant_micros=T)
+        for p in range(eng.partitions):  # a store written before the copies existed
+            await eng.conn.call_or_raise(b"DEL", keys.tools_copy(p))
+        later = await started_engine(real_redis_url)
+        try:
+            assert (await later.charge("old", "web_search")).cost_micros == 50_000
+        finally:
+            await later.stop()
+            later.conn.close()
+    finally:
+        await eng.stop()
+        eng.conn.close()
+
+
+async def test_recover_rewrites_the_copies_from_the_ledger(real_engine: Engine,
+                                                          tmp_path: Path) -> None:
+    """iou recover --force over a store whose copies hold a newer, wrong price."""
+    engine = real_engine
+    store = store_for(f"sqlite:///{tmp_path / 'ledger.db'}")
+    await store.migrate()
+    try:
+        await setup_catalog(engine)
+        await engine.create_agent("r", grant_micros=T)
+        await writer_for(engine, store).drain()
+        for p in range(engine.partitions):
+            await engine.conn.call_or_raise(b"HSET", keys.tools_copy(p), b"web_search",
+                                            b"9999999999999999 1 tool fixed")
+        await recover(engine, store, force=True)
+        assert (await engine.charge("r", "web_search")).cost_micros == 50_000
+    finally:
+        await store.close()
+
+
+def test_two_workers_never_answer_a_stale_price() -> None:
+    """After each PUT returns, the next charge on every connection (spread over both
+    workers) costs the new price in the new category."""
+    with redis_server() as (url, _), running_gateway(url, workers=2) as gw:
+        seed_tools(gw)
+        agents = [new_agent(gw, "1000")[1] for _ in range(6)]
+        clients = [gw.agent(key) for key in agents]
+        stale = []
+        try:
+            with gw.admin() as admin:
+                for i in range(20):
+                    price, category = f"0.{i + 11}", ("llm", "tool")[i % 2]
+                    put = admin.put("/v1/tools/moving", json={"price": price,
+                                                              "category": category})
+                    assert put.status_code == 200
+                    for client in clients:
+                        body = client.post("/v1/charge", json={"tool": "moving"}).json()
+                        if (body.get("cost"), body.get("category")) != (price.rstrip("0"),
+                                                                         category):
+                            stale.append((price, category, body))
+        finally:
+            for client in clients:
+                client.close()
+        assert stale == []
+
+
+def test_two_workers_unknown_tool_right_after_delete() -> None:
+    with redis_server() as (url, _), running_gateway(url, workers=2) as gw:
+        seed_tools(gw)
+        keys_ = [new_agent(gw, "10")[1] for _ in range(4)]
+        with gw.admin() as admin:
+            assert admin.put("/v1/tools/brief", json={"price": "0.5",
+                                                      "category": "tool"}).status_code == 200
+            clients = [httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {k}"})
+                       for k in keys_]
+            try:
+                assert all(c.post("/v1/charge", json={"tool": "brief"}).status_code == 200
+                           for c in clients)
+                assert admin.delete("/v1/tools/brief").status_code == 204
+                codes = [c.post("/v1/charge", json={"tool": "brief"}).status_code
+                         for c in clients]
+            finally:
+                for c in clients:
+                    c.close()
+        assert codes == [404] * 4
