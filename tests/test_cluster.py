@@ -26,6 +26,11 @@ from tests.test_concurrency import (  # noqa: F401
     test_daily_cap_edge,
     test_one_idempotency_key_100_parallel,
 )
+from tests.test_fixed_prices import (  # noqa: F401
+    test_capture_of_a_fixed_hold_charges_exactly_the_price,
+    test_capture_replay_answers_the_cost,
+    test_hold_below_the_price_is_refused,
+)
 from tests.test_holds import (  # noqa: F401
     test_capture_exactly_the_hold_and_above,
     test_expired_but_unswept_hold_cannot_be_captured,
@@ -120,6 +125,31 @@ def migrate_slot(cluster: Cluster, slot: int) -> tuple[int, int]:
     for port in cluster.ports:
         run(cluster, port, "CLUSTER", "SETSLOT", slot, "NODE", node_id(cluster, target))
     return owner, target
+
+
+async def test_price_change_reaches_every_partition_at_once(cluster: Cluster) -> None:
+    """Agents on every master pay the new price from their own partition's copy, through a
+    second engine whose in-memory catalog never reloaded."""
+    admin = await cluster_engine(cluster)
+    worker = Engine(open_connection(cluster.url), load_settings({"IOU_REDIS_URL": cluster.url}))
+    await worker.start(background=False)
+    try:
+        await setup_catalog(admin)
+        names = [agents_in_partition(p, 1, admin.partitions)[0]
+                 for p in range(admin.partitions)]
+        for name in names:
+            await admin.create_agent(name, grant_micros=10 * T)
+        for price, category in ((70_000, "llm"), (30_000, "tool")):
+            await admin.set_tool("web_search", price, category)
+            for name in names:
+                charged = await worker.charge(name, "web_search")
+                assert (charged.cost_micros, charged.category) == (price, category)
+        await admin.delete_tool("web_search")
+        with pytest.raises(errors.NotFound):
+            await worker.charge(names[-1], "web_search")
+    finally:
+        admin.conn.close()
+        worker.conn.close()
 
 
 async def test_resharding_under_load_reaches_no_caller(

@@ -3,8 +3,12 @@ every worker: the scripts read each partition's copy of the catalog, never a wor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import http.server
+import threading
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -135,9 +139,30 @@ async def test_recover_rewrites_the_copies_from_the_ledger(real_engine: Engine,
         await store.close()
 
 
-def test_two_workers_never_answer_a_stale_price() -> None:
-    """After each PUT returns, the next charge on every connection (spread over both
-    workers) costs the new price in the new category."""
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_two_workers_never_answer_a_stale_price(upstream: str) -> None:
+    """After each PUT returns, the next charge and the next invoke on every connection
+    (spread over both workers) cost the new price, the charge in the new category."""
     with redis_server() as (url, _), running_gateway(url, workers=2) as gw:
         seed_tools(gw)
         agents = [new_agent(gw, "1000")[1] for _ in range(6)]
@@ -146,15 +171,19 @@ def test_two_workers_never_answer_a_stale_price() -> None:
         try:
             with gw.admin() as admin:
                 for i in range(20):
-                    price, category = f"0.{i + 11}", ("llm", "tool")[i % 2]
-                    put = admin.put("/v1/tools/moving", json={"price": price,
-                                                              "category": category})
+                    price, category = Decimal(f"0.{i + 11}"), ("llm", "tool")[i % 2]
+                    put = admin.put("/v1/tools/moving", json={
+                        "price": str(price), "category": category, "upstream": upstream})
                     assert put.status_code == 200
                     for client in clients:
                         body = client.post("/v1/charge", json={"tool": "moving"}).json()
-                        if (body.get("cost"), body.get("category")) != (price.rstrip("0"),
-                                                                         category):
-                            stale.append((price, category, body))
+                        if (Decimal(body["cost"]), body["category"]) != (price, category):
+                            stale.append(("charge", price, category, body))
+                        invoked = client.post("/v1/tools/moving/invoke", json={})
+                        paid = Decimal(body["balance"]) - Decimal(
+                            invoked.headers["x-iou-balance"])
+                        if paid != price:
+                            stale.append(("invoke", price, category, paid))
         finally:
             for client in clients:
                 client.close()
