@@ -115,7 +115,10 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/tools/{tool}/invoke"): (
         "With an Idempotency-Key the call is charged once: a retry while the first is still "
         "running is 409; once the upstream answered, its answer is kept and replayed, also "
-        "when the gateway stopped between the upstream's answer and the capture."),
+        "when the gateway stopped between the upstream's answer and the capture. "
+        "A fixed-price tool is held and captured at its catalog price (X-IOU-Max-Cost is "
+        "only for tools priced variable: the hold's ceiling; the upstream's X-IOU-Cost, up "
+        "to it, is captured)."),
     ("POST", "/v1/agents"): "Creates the agent and its first key." + _KEY_SHOWN_ONCE,
     ("POST", "/v1/agents/{agent}/keys"): "Adds a further key." + _KEY_SHOWN_ONCE,
     ("GET", "/v1/agents/{agent}/keys"):
