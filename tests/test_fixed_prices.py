@@ -11,6 +11,7 @@ from gateway.engine import Engine
 from tests.gateway_proc import Gateway
 from tests.helpers import T, events, setup_catalog, snapshot
 from tests.http_helpers import new_agent
+from tests.test_price_changes import ok_upstream
 
 GPT_PRICE = 2 * T
 
@@ -185,3 +186,17 @@ def test_http_charge_and_batch_cannot_name_a_fixed_price(gateway: Gateway) -> No
         first, second = batch.json()["results"]
         assert first["error"] == "invalid_request" and second["cost"] == "2"
         assert agent.get("/v1/balance").json()["balance"] == "8"
+
+
+def test_http_invoke_holds_and_captures_exactly_the_price(gateway: Gateway) -> None:
+    key = _gpt_agent(gateway)
+    with ok_upstream() as upstream, gateway.admin() as admin, gateway.agent(key) as agent:
+        assert admin.put("/v1/tools/gpt_proxied", json={
+            "price": "2", "category": "llm", "upstream": upstream}).status_code == 200
+        chosen = agent.post("/v1/tools/gpt_proxied/invoke", json={},
+                            headers={"x-iou-max-cost": "0.000001"})
+        assert chosen.status_code == 422 and chosen.json()["field"] == "X-IOU-Max-Cost"
+        invoked = agent.post("/v1/tools/gpt_proxied/invoke", json={})
+        assert invoked.status_code == 200 and invoked.headers["x-iou-balance"] == "8"
+        state = agent.get("/v1/balance").json()
+        assert (state["balance"], state["held"]) == ("8", "0")
