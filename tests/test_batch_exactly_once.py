@@ -132,6 +132,19 @@ def test_same_key_other_batch_is_a_conflict_and_charges_nothing(gateway: Gateway
     assert Decimal(balance(gateway, key)) == 10 - price("web_search")
 
 
+def test_a_batch_that_charged_nothing_keeps_no_binding(gateway: Gateway) -> None:
+    """A refusal is not kept: after a batch whose every item was refused, the same key
+    may carry the corrected batch."""
+    _, key = new_agent(gateway, "10")
+    batch_key = unique("batch")
+    with gateway.agent(key) as client:
+        refused = post_batch(client, [{"tol": "web_search"}], batch_key).json()["results"]
+        assert refused[0]["error"] == "invalid_request"
+        fixed = post_batch(client, [{"tool": "web_search"}], batch_key)
+        assert fixed.status_code == 200 and "charge_id" in fixed.json()["results"][0]
+    assert Decimal(balance(gateway, key)) == 10 - price("web_search")
+
+
 def test_a_client_key_never_meets_a_batch_item_key(gateway: Gateway) -> None:
     """Item keys are derived with a character no client can send: no client-chosen key
     (header or item field) replays or blocks a batch item, and the reverse."""

@@ -107,21 +107,23 @@ async def post_charges(ctx: Context, request: Request) -> Response:
     """Up to 1,000 charges in one request and one Redis round trip; results in order.
 
     With an Idempotency-Key the batch is exactly-once as a whole: the key is bound to the
-    body (24 h), and each item is charged under a key derived from it and its index, so its
-    own script replays it. A retry runs every item again and gets each item's first answer
-    (a refused item is evaluated again): a crash between items leaves nothing to charge
-    twice, and there is no batch-level answer to lose."""
+    body (24 h; not kept when every item was refused), and each item is charged under a
+    key derived from it and its index, so its own script replays it. A retry runs every
+    item again and gets each item's first answer (a refused item is evaluated again): a
+    crash between items leaves nothing to charge twice, and there is no batch-level answer
+    to lose."""
     agent = await ctx.auth.agent(request)
     raw = await read_body(request, ctx.settings.body_bytes_max)
     key = idempotency.idempotency_key(request)
     items = Fields(json_from_raw(request, raw), ("charges",)).body.get("charges")
     if not isinstance(items, list) or not 1 <= len(items) <= BATCH_ITEMS_MAX:
         raise InvalidRequest("charges", f"must be a list of 1 to {BATCH_ITEMS_MAX} charges")
-    if key is not None:
-        await idempotency.bind(ctx.engine, "agent:" + agent, key,
-                               idempotency.request_digest(request, raw))
+    binding = None if key is None else await idempotency.bind(
+        ctx.engine, "agent:" + agent, key, idempotency.request_digest(request, raw))
     answers = await asyncio.gather(*(_batch_item(ctx, agent, item, i, key)
                                      for i, item in enumerate(items)))
+    if binding is not None and all(r is None for _, r in answers):
+        await binding.unbind()  # every item refused: nothing written, nothing to keep
     results = [payload for payload, _ in answers]
     replayed = any(r is True for _, r in answers) and not any(r is False for _, r in answers)
     headers = {idempotency.REPLAYED_HEADER: "true"} if replayed else None

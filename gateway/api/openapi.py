@@ -105,7 +105,8 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "until captured at a cost that fits, released or expired.",
     ("POST", "/v1/charges"): (
         "With an Idempotency-Key the batch is exactly-once as a whole: the key is bound to "
-        "this body for 24 h (another body with it is 409 idempotency_conflict) and each item "
+        "this body for 24 h (another body with it is 409 idempotency_conflict; not kept when "
+        "every item was refused) and each item "
         "is charged under a key derived from the batch's key and its index (shown in the "
         "ledger as `<key>\u00b7<index>`; no client-chosen key can equal it), unless it "
         "carries its own `idempotency_key`. A retry runs every item again: an item charged "
