@@ -57,6 +57,19 @@ class Settings:
     auth_failures_per_credential: int = 10
     auth_failures_global: int = 1000
     auth_failure_window_s: int = 60
+    # Request shape limits: JSON nesting (levels, the body object is 1), characters of one
+    # JSON number literal, and the HTTP request head (URL bytes, header bytes and count).
+    json_depth_max: int = 32
+    json_number_chars_max: int = 40
+    url_bytes_max: int = 8192
+    header_bytes_max: int = 16_384
+    headers_count_max: int = 100
+    # Slow clients: seconds allowed for the request head, for the body after the head, and
+    # for an idle keep-alive connection; connections (and requests) per worker.
+    header_timeout_s: int = 10
+    body_timeout_s: int = 30
+    keepalive_timeout_s: int = 5
+    connections_max: int = 1000
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -91,6 +104,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                           1_000_000),
         auth_failures_global=_int(env, "IOU_AUTH_FAILURES_GLOBAL", 1000, 1, 100_000_000),
         auth_failure_window_s=_int(env, "IOU_AUTH_FAILURE_WINDOW_S", 60, 1, 86_400),
+        json_depth_max=_int(env, "IOU_JSON_DEPTH_MAX", 32, 4, 200),
+        json_number_chars_max=_int(env, "IOU_JSON_NUMBER_CHARS_MAX", 40, 24, 1000),
+        url_bytes_max=_int(env, "IOU_URL_BYTES_MAX", 8192, 256, 1024 * 1024),
+        header_bytes_max=_int(env, "IOU_HEADER_BYTES_MAX", 16_384, 1024, 1024 * 1024),
+        headers_count_max=_int(env, "IOU_HEADERS_MAX", 100, 10, 1000),
+        header_timeout_s=_int(env, "IOU_HEADER_TIMEOUT_S", 10, 1, 600),
+        body_timeout_s=_int(env, "IOU_BODY_TIMEOUT_S", 30, 1, 3600),
+        keepalive_timeout_s=_int(env, "IOU_KEEPALIVE_TIMEOUT_S", 5, 1, 3600),
+        connections_max=_int(env, "IOU_CONNECTIONS_MAX", 1000, 8, 1_000_000),
     )
     return settings
 

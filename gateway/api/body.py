@@ -1,24 +1,33 @@
 """Strict request bodies: media type, size (also chunked), one JSON object, known fields.
 
 JSON numbers are kept as their literal text (``JsonNumber``) so amounts never pass
-through a float; duplicate keys, NaN and Infinity are malformed.
+through a float; duplicate keys, NaN and Infinity are malformed. Objects that are kept
+(metadata) must be storable unchanged by Redis and both ledgers (see ``check_storable``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from gateway import money
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.limits import check_name
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# What PostgreSQL JSONB refuses in a string or key (NUL), and what no UTF-8 text can hold
+# (a lone surrogate: orjson, Redis and both ledgers all need UTF-8).
+NUL_OR_SURROGATE_RE = re.compile("[\x00\ud800-\udfff]")
+# orjson (which writes the text Redis and the ledgers keep) and SQLite's JSON functions
+# hold integers in 64 bits; PostgreSQL's numeric would keep more, SQLite would not.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Bodies up to this size try the orjson parse first (a charge body is tens of bytes; its
 # metadata at most 2 KiB); past it, a failed attempt would cost more than it saves.
 COMPACT_BYTES_MAX = 4096
@@ -32,12 +41,36 @@ class BodyTooLarge(GatewayError):
     code, status = "body_too_large", 413
 
 
+class RequestIncomplete(GatewayError):
+    """The connection ended (or was cut for slowness) before the whole body arrived."""
+
+    code, status = "malformed_request", 400
+
+
 class UnsupportedMediaType(GatewayError):
     code, status = "unsupported_media_type", 415
 
 
 class _Duplicate(ValueError):
     pass
+
+
+@dataclass
+class JsonLimits:
+    """Nesting levels of a body (the body object is level 1) and characters of one number
+    literal; set from the settings (IOU_JSON_DEPTH_MAX, IOU_JSON_NUMBER_CHARS_MAX)."""
+
+    depth_max: int = 32
+    number_chars_max: int = 40
+
+
+LIMITS = JsonLimits()
+
+
+def configure_json_limits(depth_max: int, number_chars_max: int) -> None:
+    """Set the process's JSON limits (the app does it once, from its settings)."""
+    LIMITS.depth_max = depth_max
+    LIMITS.number_chars_max = number_chars_max
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -55,18 +88,80 @@ def _refuse_constant(name: str) -> Any:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Parse raw bytes as exactly one JSON object; raise MalformedJson otherwise."""
-    compact = _compact_object(raw)
-    if compact is not None:
-        return compact
+    value = _compact_object(raw)
+    if value is None:
+        value = _strict_object(raw)
+    # A body can only nest as deep as it has brackets: most (a charge has one or two)
+    # skip the walk.
+    if raw.count(b"{") + raw.count(b"[") > LIMITS.depth_max:
+        _check_depth(value)
+    return value
+
+
+def _strict_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        value = _DECODER.decode(text)
     except _Duplicate as exc:
-        raise MalformedJson(f"The JSON object repeats the key {exc}.") from None
+        raise MalformedJson(f"The JSON object repeats the key {_printable(str(exc))}.") from None
+    except RecursionError:  # nested deeper than the parser's stack: name the culprit
+        raise _too_deep(_deep_key(text)) from None
     except (ValueError, UnicodeDecodeError):
         raise MalformedJson("The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise MalformedJson("The body must be one JSON object.")
     return value
+
+
+def _too_deep(field: str) -> InvalidRequest:
+    return InvalidRequest(field or "body", f"is nested more than {LIMITS.depth_max} levels "
+                          "deep")
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    for key, value in body.items():
+        if _deeper_than(value, LIMITS.depth_max - 1):
+            raise _too_deep(_printable(key))
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests more than ``levels`` containers (stops at the limit)."""
+    if isinstance(value, dict):
+        return levels < 1 or any(_deeper_than(v, levels - 1) for v in value.values())
+    if isinstance(value, list):
+        return levels < 1 or any(_deeper_than(v, levels - 1) for v in value)
+    return False
+
+
+_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _deep_key(text: str) -> str:
+    """The top-level key under which ``text`` nests past the limit (a slow scan, run only
+    for a body the parser could not even hold)."""
+    depth, key, last_string = 0, "", ""
+    for match in _TOKEN_RE.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            last_string = token
+        elif token in "[{":
+            depth += 1
+            if depth == 2:
+                key = last_string
+            if depth > LIMITS.depth_max:
+                break
+        else:
+            depth -= 1
+    try:
+        name = json.loads(key) if key else ""
+    except ValueError:
+        return ""
+    return _printable(name) if isinstance(name, str) else ""
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to echo in an error body (a lone surrogate cannot be encoded)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _compact_object(raw: bytes) -> dict[str, Any] | None:
@@ -112,11 +207,14 @@ async def read_body(request: Request, bytes_max: int) -> bytes:
         raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > bytes_max:
-            raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > bytes_max:
+                raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:  # a truncated body is never acted on
+        raise RequestIncomplete("The request body did not arrive whole.") from None
     return b"".join(chunks)
 
 
@@ -149,7 +247,7 @@ class Fields:
         self.prefix = prefix
         for key in body:
             if key not in allowed:
-                raise InvalidRequest(prefix + key, "is not a known field")
+                raise InvalidRequest(prefix + _printable(key), "is not a known field")
 
     def has(self, name: str) -> bool:
         return name in self.body and self.body[name] is not None
@@ -185,7 +283,9 @@ class Fields:
         if value is None:
             return default
         text = value.text if isinstance(value, money.JsonNumber) else None
-        if text is None or not text.isdigit() or not low <= int(text) <= high:
+        # The length first: int() of thousands of digits is slow, and refused past 4,300.
+        if (text is None or len(text) > len(str(high)) or not text.isdigit()
+                or not low <= int(text) <= high):
             raise InvalidRequest(self.prefix + name, f"must be a whole number from {low} to "
                                  f"{high}")
         return int(text)
@@ -199,15 +299,64 @@ class Fields:
                                  "characters")
         if CONTROL_RE.search(value):
             raise InvalidRequest(self.prefix + name, "must not contain control characters")
+        if NUL_OR_SURROGATE_RE.search(value):
+            raise InvalidRequest(self.prefix + name, "must not contain lone surrogates")
         return value
 
     def obj(self, name: str) -> dict[str, Any] | None:
+        """A JSON object field, checked storable as it is (see ``check_storable``)."""
         value = self._get(name, False)
         if value is None:
             return None
         if not isinstance(value, dict):
             raise InvalidRequest(self.prefix + name, "must be a JSON object")
+        check_storable(value, self.prefix + name)
         return value
+
+
+def check_storable(value: Any, field: str) -> None:
+    """Refuse (422 on ``field``) what Redis would take but a ledger would refuse or alter:
+    NUL in a string or key (PostgreSQL JSONB refuses it), lone surrogates (not UTF-8),
+    integers outside 64 bits, numbers longer than the limit, and numbers a double cannot
+    hold (1e400 would become Infinity, 1e-400 zero). Nesting was bounded by the parser."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, field)
+            check_storable(item, field)
+    elif isinstance(value, list):
+        for item in value:
+            check_storable(item, field)
+    elif isinstance(value, str):
+        _check_text(value, field)
+    elif isinstance(value, money.JsonNumber):
+        _check_number(value.text, field)
+
+
+def _check_text(text: str, field: str) -> None:
+    found = NUL_OR_SURROGATE_RE.search(text)
+    if found is None:
+        return
+    if found.group() == "\x00":
+        raise InvalidRequest(field, "must not contain NUL (\\u0000) characters")
+    raise InvalidRequest(field, "must not contain lone surrogates (\\ud800 to \\udfff)")
+
+
+def _check_number(text: str, field: str) -> None:
+    if len(text) > LIMITS.number_chars_max:
+        raise InvalidRequest(field, f"must not hold numbers of more than "
+                             f"{LIMITS.number_chars_max} digits")
+    if _is_integer(text):
+        if not INT64_MIN <= int(text) <= INT64_MAX:
+            raise InvalidRequest(field, "must not hold integers outside the 64-bit range")
+        return
+    number = float(text)
+    mantissa = text.lower().split("e")[0]
+    if math.isinf(number) or (number == 0 and mantissa.strip("-0.") != ""):
+        raise InvalidRequest(field, "must hold finite numbers that a double can represent")
+
+
+def _is_integer(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
 def parse_amount_field(field: str, value: Any, allow_zero: bool, max_micros: int) -> int:
@@ -220,11 +369,13 @@ def parse_amount_field(field: str, value: Any, allow_zero: bool, max_micros: int
 def plain_json(value: Any) -> Any:
     """Turn JsonNumber leaves back into int/float so metadata can be re-serialized.
 
-    Metadata is the caller's annotation, never money, so a float there is harmless."""
+    Metadata is the caller's annotation, never money, so a float there is harmless; the
+    value was checked by ``check_storable`` (no number too long for int())."""
     if isinstance(value, money.JsonNumber):
-        if value.text.lstrip("-").isdigit():
+        if _is_integer(value.text):
             return int(value.text)
-        return float(value.text)
+        # + 0.0 turns -0.0 into 0.0, as PostgreSQL's numeric would store it.
+        return float(value.text) + 0.0
     if isinstance(value, dict):
         return {k: plain_json(v) for k, v in value.items()}
     if isinstance(value, list):

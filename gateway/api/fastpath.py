@@ -8,6 +8,7 @@ rest of the API. Everything else goes on to the Starlette app.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api import idempotency
 from gateway.api.agent import charge_one
 from gateway.api.auth import Authenticator
-from gateway.api.body import BodyTooLarge, json_body
+from gateway.api.body import BodyTooLarge, RequestIncomplete, configure_json_limits, json_body
 from gateway.api.context import Context
 from gateway.api.metrics import CHARGE_LATENCY
 from gateway.api.payloads import charge_payload
@@ -26,11 +27,16 @@ from gateway.api.responses import error_body
 from gateway.errors import GatewayError
 
 CHARGE_PATH = "/v1/charge"
+INTERNAL_BODY = orjson.dumps({"error": "internal",
+                              "message": "The gateway failed; nothing was charged twice."})
+log = logging.getLogger("iou.app")
 
 
 class ChargeFastPath:
     def __init__(self, app: Starlette) -> None:
         self.app = app
+        settings = app.state.settings
+        configure_json_limits(settings.json_depth_max, settings.json_number_chars_max)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != CHARGE_PATH or scope["method"] != "POST":
@@ -38,7 +44,11 @@ class ChargeFastPath:
             return
         ctx: Context = self.app.state.ctx  # set by the Starlette app's lifespan
         started = time.perf_counter()
-        status, body, extra = await _charge(ctx, scope, receive)
+        try:
+            status, body, extra = await _charge(ctx, scope, receive)
+        except Exception:  # the contract's JSON 500, as the Starlette routes answer it
+            log.exception("unhandled error on POST %s", CHARGE_PATH)
+            status, body, extra = 500, INTERNAL_BODY, []
         await _respond(send, status, body, extra)
         if status == 200:
             CHARGE_LATENCY.observe(time.perf_counter() - started)
@@ -73,6 +83,10 @@ async def _read_body(receive: Receive, headers: dict[str, str], bytes_max: int) 
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            # The client left (or was cut off for slowness) before its body was whole: a
+            # truncated body is never charged, whatever prefix of it parses.
+            raise RequestIncomplete("The request body did not arrive whole.")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > bytes_max:
