@@ -54,7 +54,7 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     """Run the gateway (and, with no IOU_REDIS_URL, its private Redis under IOU_DATA_DIR)."""
     import uvicorn
 
-    from gateway.api.http_protocol import CoalescingHttpToolsProtocol
+    from gateway.api.http_protocol import GatewayHttpProtocol
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = _settings()
@@ -81,9 +81,12 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run("gateway.api.app:create_app", factory=True, host=host, port=port,
-                    workers=workers, loop="uvloop", http=CoalescingHttpToolsProtocol,
+                    workers=workers, loop="uvloop", http=GatewayHttpProtocol, ws="none",
                     access_log=False, log_level="warning", lifespan="on", proxy_headers=False,
-                    server_header=False, date_header=False)
+                    server_header=False, date_header=False,
+                    # Per worker; head/body timeouts are the protocol's (IOU_*_TIMEOUT_S).
+                    limit_concurrency=settings.connections_max,
+                    timeout_keep_alive=settings.keepalive_timeout_s)
     finally:
         if writer is not None:
             writer.terminate()  # SIGTERM: it finishes the batch in hand
