@@ -6,6 +6,7 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -122,7 +123,7 @@ def redis_snapshot(client: Any) -> dict[Any, Any]:
     return state
 
 
-def stays_equal(snapshot: Any, expected: Any, window_s: float) -> bool:
+def stays_equal(snapshot: Callable[[], object], expected: object, window_s: float) -> bool:
     """Whether ``snapshot()`` keeps equal to ``expected`` for ``window_s`` (an absence can
     only be checked over a window; a change fails at once)."""
     deadline = time.monotonic() + window_s
@@ -130,4 +131,4 @@ def stays_equal(snapshot: Any, expected: Any, window_s: float) -> bool:
         if snapshot() != expected:
             return False
         time.sleep(0.05)
-    return snapshot() == expected
+    return bool(snapshot() == expected)

@@ -157,7 +157,7 @@ def _drained(sock: socket.socket) -> bool:
     """Read what is there; True once the server has closed."""
     try:
         sock.settimeout(0.01)
-        return not sock.recv(65536) or False
+        return sock.recv(65536) == b""
     except (ConnectionResetError, TimeoutError):
         return True
 

@@ -12,11 +12,11 @@ that is already closing gets nothing (uvloop would discard it too).
 uvicorn answers what its parser refuses with a text/plain 400 and lets a client take as
 long as it likes to send a request. Here every refusal is the contract's JSON error (400
 ``malformed_request``, 414 ``uri_too_long``, 431 ``headers_too_large``, 408
-``request_timeout``, 503 ``unavailable`` at the connection cap), and one sweep per event loop
-cuts connections that stay too long in one phase: the request head
-(IOU_HEADER_TIMEOUT_S), the body after it (IOU_BODY_TIMEOUT_S), or idle between requests
-(IOU_KEEPALIVE_TIMEOUT_S). A request partly received gets a 408 before the close; a body cut
-short is never acted on (the app reads a disconnect).
+``request_timeout``, 505 ``http_version_not_supported``, 503 ``unavailable`` at the
+connection cap), and one sweep per event loop cuts connections that stay too long in one
+phase: the request head (IOU_HEADER_TIMEOUT_S), the body after it (IOU_BODY_TIMEOUT_S), or
+idle between requests (IOU_KEEPALIVE_TIMEOUT_S). A request partly received gets a 408
+before the close; a body cut short is never acted on (the app reads a disconnect).
 """
 
 from __future__ import annotations
@@ -227,6 +227,10 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._enter(BODY)
+        if self.parser.get_http_version() not in ("1.0", "1.1"):  # HTTP/0.9, 2.0 as text...
+            self.refusal = (505, "http_version_not_supported",
+                            "Only HTTP/1.1 and HTTP/1.0 are served.")
+            raise _Refused
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
