@@ -147,7 +147,8 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
                                BODY: float(settings.body_timeout_s)}
         self.phase = IDLE
         self.phase_since = 0.0
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes received while the head is incomplete
+        self.header_bytes = 0  # bytes of the header lines parsed so far
         self.refusal: tuple[int, str, str] | None = None
 
     def _enter(self, phase: int) -> None:
@@ -207,6 +208,7 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         super().on_message_begin()
         self._enter(HEAD)
         self.head_bytes = 0
+        self.header_bytes = 0
         self.refusal = None
 
     def on_url(self, url: bytes) -> None:
@@ -218,8 +220,8 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
-        size = sum(len(n) + len(v) + 4 for n, v in self.headers)
-        if len(self.headers) > self.headers_count_max or size > self.header_bytes_max:
+        self.header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if len(self.headers) > self.headers_count_max or self.header_bytes > self.header_bytes_max:
             self.refusal = (431, "headers_too_large",
                             f"The request carries more than {self.headers_count_max} headers "
                             f"or {self.header_bytes_max} bytes of them.")
