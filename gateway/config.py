@@ -57,8 +57,9 @@ class Settings:
     auth_failures_per_credential: int = 10
     auth_failures_global: int = 1000
     auth_failure_window_s: int = 60
-    # Request shape limits: JSON nesting (levels, the body object is 1), characters of one
-    # JSON number literal, and the HTTP request head (URL bytes, header bytes and count).
+    # Request shape limits: nesting of a kept object such as metadata (levels, the object
+    # is 1), characters of one JSON number literal in it, and the HTTP request head (URL
+    # bytes, header bytes and count).
     json_depth_max: int = 32
     json_number_chars_max: int = 40
     url_bytes_max: int = 8192
