@@ -21,6 +21,7 @@ from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import new_agent, seed_tools
 from tests.ledger_helpers import store_for
 from tests.pg import Postgres, reset_database
+from tests.raw_http import redis_snapshot
 from tests.servers import redis_server
 
 J = {"content-type": "application/json"}
@@ -73,18 +74,7 @@ def _settle(client: redis.Redis) -> None:
 
 def _snapshot(client: redis.Redis) -> dict[Any, Any]:
     _settle(client)
-    state: dict[Any, Any] = {}
-    for key in sorted(client.keys("*")):
-        kind = client.type(key)
-        if kind == b"hash":
-            state[key] = client.hgetall(key)
-        elif kind == b"zset":
-            state[key] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == b"set":
-            state[key] = client.smembers(key)
-        elif kind == b"string":
-            state[key] = client.get(key)
-    return state
+    return redis_snapshot(client)
 
 
 async def _ledger(ledger_url: str, agent: str) -> tuple[list[Any], int]:
