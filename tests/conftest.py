@@ -13,6 +13,7 @@ from gateway.redis_io import RedisConnection, parse_redis_url
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import seed_tools
 from tests.pg import Postgres, postgres_server, reset_database
+from tests.script_helpers import Lua
 from tests.servers import fake_server, redis_server
 
 PARTITIONS = 16
@@ -71,6 +72,24 @@ async def real_engine(real_redis_url: str) -> AsyncIterator[Engine]:
     yield eng
     await eng.stop()
     eng.conn.close()
+
+
+@pytest.fixture
+def lua(real_redis_url: str) -> Iterator[Lua]:
+    """The production scripts, called straight on the session's Redis (emptied first)."""
+    client = redis.Redis.from_url(real_redis_url, decode_responses=True)
+    client.flushall()
+    yield Lua(client)
+    client.close()
+
+
+@pytest.fixture
+def clocked_lua(real_redis_url: str) -> Iterator[Lua]:
+    """Like ``lua``, with the test clock (IOU_TEST_CLOCK's offset key) in the scripts."""
+    client = redis.Redis.from_url(real_redis_url, decode_responses=True)
+    client.flushall()
+    yield Lua(client, clock=True)
+    client.close()
 
 
 @pytest.fixture

@@ -1,0 +1,612 @@
+"""Mutation testing of the Lua scripts: plant one-line money bugs, see whether the tests notice.
+
+Usage (from the repository root):
+
+    python scripts/mutate_lua.py                       # every mutant, 1 job
+    python scripts/mutate_lua.py --sample 60 --seed 7 --jobs 2
+    python scripts/mutate_lua.py --list                # print the mutants, run nothing
+
+Each mutant changes one token (or one ``if`` condition, or removes one writing
+``redis.call``) of one script in the Lua folder (``--lua-dir``, default gateway/lua). It is
+applied to a private COPY of the repository (one per job, in a temporary directory), never
+to the working tree: the copy's tests import the copy's ``gateway`` package, whose loader
+reads the copy's Lua files. A mutant that Redis refuses to compile (SCRIPT LOAD into a
+redis-server of our own) is discarded as unloadable. The others run the money tests
+(``MONEY_TESTS``, fast script-level files first) with ``-x`` and a per-mutant timeout:
+
+- killed: a test failed (or errored) on the mutant;
+- survived: every money test passed: a missing test, unless the mutant is equivalent;
+- equivalent: listed in ``tests/mutants_equivalent.txt`` with a one-line reason (not run);
+- timeout: the run took longer than ``--timeout`` (counted as killed, listed apart).
+
+A mutant is named robustly by ``<file> | <code of its line> | <mutation> #<n>``: the line's
+code (comments cut, spaces collapsed), not its number, so edits elsewhere keep the names;
+``#n`` counts identical (line, mutation) pairs in the same file.
+
+Exit status: 0 when no mutant survived outside the equivalents list, 1 otherwise, 2 when
+the unmutated tree fails its own money tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_DIR_DEFAULT = "gateway/lua"
+EQUIVALENTS_DEFAULT = "tests/mutants_equivalent.txt"
+TIMEOUT_S_DEFAULT = 120.0
+
+# The money tests, in the order they run: fast script- and engine-level files first (most
+# mutants die in the first second), the model-based test last. Only the real-Redis
+# parameter runs (fakeredis parity is the fast suite's job, and the mutant is the same Lua).
+MONEY_TESTS = (
+    "tests/test_layout.py",
+    "tests/test_script_gaps.py",
+    "tests/test_script_args.py",
+    "tests/test_script_events.py",
+    "tests/test_script_edges.py",
+    "tests/test_scripts.py",
+    "tests/test_holds.py",
+    "tests/test_raw_args.py",
+    "tests/test_clock.py",
+    "tests/test_concurrency.py",
+    "tests/test_stateful.py",
+)
+PYTEST_SELECT = ("-m", "not slow", "-k", "not fakeredis")
+
+# Redis commands that write: removing one of these calls is a mutant.
+WRITE_COMMANDS = frozenset({
+    "SET", "DEL", "UNLINK", "HSET", "HSETNX", "HMSET", "HDEL", "HINCRBY", "INCR", "INCRBY",
+    "DECR", "DECRBY", "ZADD", "ZREM", "ZINCRBY", "SADD", "SREM", "XADD", "XTRIM", "XDEL",
+    "EXPIRE", "PEXPIRE", "PEXPIREAT", "LPUSH", "RPUSH", "LTRIM", "SETEX", "PSETEX",
+})
+SWAPS = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "~=", "~=": "==",
+         "and": "or", "or": "and"}
+# Tokens after which a '-' is unary (negation), not a subtraction.
+UNARY_AFTER = frozenset({
+    "(", "[", "{", ",", "=", "==", "~=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%", "^",
+    "..", "return", "and", "or", "not", "then", "do", "else", "elseif", "if", "while",
+    "until", "local", "in",
+})
+BLOCK_OPEN = frozenset({"function", "if", "do", "repeat"})
+BLOCK_CLOSE = frozenset({"end", "until"})
+
+# The area of a mutant, for the per-area score (first match on the line's code wins; then
+# the enclosing _lib function; then the script's default). The money areas are the checks
+# the done-criterion names: balance, cap, window, hold, idempotency.
+AREA_BY_FUNCTION = {
+    "uint": "args", "name": "args", "token": "args", "istr": "core", "num": "core",
+    "now_ms": "clock", "incr": "balance", "window_read": "window", "window_add": "window",
+    "retry_after_s": "window", "daily_refusal": "cap", "per_call_refusal": "cap",
+    "near_flag": "warnings", "low_flags": "warnings", "outbox_low": "warnings",
+    "idem_lookup": "idempotency", "idem_store": "idempotency", "hold_read": "hold",
+    "hold_close": "hold", "field_ok": "args",
+}
+AREA_BY_CODE = (
+    (re.compile(r"BAD_ARGUMENT|^local \w+ = (uint|name|token)\(ARGV"), "args"),
+    (re.compile(r"idem"), "idempotency"),
+    (re.compile(r"'XADD'|^'\w+', "), "ledger"),
+    (re.compile(r"refusal|LIMIT_"), "cap"),
+    (re.compile(r"window|win\b|DAY_MS"), "window"),
+    (re.compile(r"low_flags|near_flag|outbox_low|LOW|lowf"), "warnings"),
+    (re.compile(r"\bbal\b|BALANCE|'held'|amount|cost"), "balance"),
+)
+AREA_BY_SCRIPT = {
+    "charge": "balance", "fund": "balance", "hold": "hold", "capture": "hold",
+    "release": "hold", "expire_holds": "hold", "_lib": "core",
+}
+MONEY_AREAS = ("balance", "cap", "window", "hold", "idempotency")
+
+
+# ---- Lua tokens ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Token:
+    kind: str  # name, number, string, op, comment
+    text: str
+    start: int
+    end: int
+    line: int
+
+
+_LONG_BRACKET = re.compile(r"\[(=*)\[")
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPS = ("...", "..", "==", "~=", "<=", ">=", "+", "-", "*", "/", "%", "^", "#", "<", ">", "=",
+        "(", ")", "{", "}", "[", "]", ";", ":", ",", ".")
+
+
+def tokenize(src: str) -> list[Token]:
+    """Lua 5.1 tokens with offsets; comments kept (kind 'comment') so lines can be cut."""
+    out: list[Token] = []
+    i, line, n = 0, 1, len(src)
+    while i < n:
+        c = src[i]
+        if c == "\n":
+            line += 1
+            i += 1
+            continue
+        if c in " \t\r":
+            i += 1
+            continue
+        start, start_line = i, line
+        if src.startswith("--", i):
+            m = _LONG_BRACKET.match(src, i + 2)
+            if m:
+                close = "]" + m.group(1) + "]"
+                j = src.index(close, m.end()) + len(close)
+            else:
+                j = src.find("\n", i)
+                j = n if j < 0 else j
+            kind = "comment"
+        elif c in "'\"":
+            j = i + 1
+            while src[j] != c:
+                j += 2 if src[j] == "\\" else 1
+            j += 1
+            kind = "string"
+        elif c == "[" and _LONG_BRACKET.match(src, i):
+            m = _LONG_BRACKET.match(src, i)
+            assert m is not None
+            close = "]" + m.group(1) + "]"
+            j = src.index(close, m.end()) + len(close)
+            kind = "string"
+        elif c.isdigit() or (c == "." and i + 1 < n and src[i + 1].isdigit()):
+            m = _NUMBER.match(src, i)
+            assert m is not None
+            j, kind = m.end(), "number"
+        elif c.isalpha() or c == "_":
+            m = _NAME.match(src, i)
+            assert m is not None
+            j, kind = m.end(), "name"
+        else:
+            op = next((o for o in _OPS if src.startswith(o, i)), None)
+            if op is None:
+                raise ValueError(f"line {line}: unexpected {c!r}")
+            j, kind = i + len(op), "op"
+        text = src[start:j]
+        out.append(Token(kind, text, start, j, start_line))
+        line += text.count("\n")
+        i = j
+    return out
+
+
+# ---- mutants ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    file: str  # e.g. "charge.lua"
+    line: int  # for the reader only; never part of the name
+    code: str  # the line's code, comments cut and spaces collapsed
+    mutation: str  # e.g. "'>' -> '>='"
+    occurrence: int
+    start: int
+    end: int
+    replacement: str
+    area: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.file} | {self.code} | {self.mutation} #{self.occurrence}"
+
+    def apply(self, src: str) -> str:
+        return src[:self.start] + self.replacement + src[self.end:]
+
+
+def _line_codes(src: str, tokens: Sequence[Token]) -> dict[int, str]:
+    """Each line's code: the line with its comment cut and its spaces collapsed."""
+    lines = src.split("\n")
+    offsets = [0]
+    for text in lines:
+        offsets.append(offsets[-1] + len(text) + 1)
+    cut = {t.line: t.start - offsets[t.line - 1] for t in tokens if t.kind == "comment"}
+    return {no: " ".join(text[:cut.get(no, len(text))].split())
+            for no, text in enumerate(lines, start=1)}
+
+
+def _functions(tokens: Sequence[Token]) -> list[str]:
+    """For each token, the name of the innermost named function around it ('' at top)."""
+    names: list[str] = []
+    stack: list[tuple[int, str]] = []  # (block depth at which it opened, name)
+    depth = 0
+    for i, t in enumerate(tokens):
+        if t.kind == "name" and t.text in BLOCK_OPEN:
+            depth += 1
+            if t.text == "function":
+                after = tokens[i + 1] if i + 1 < len(tokens) else None
+                name = after.text if after is not None and after.kind == "name" else "<anon>"
+                stack.append((depth, name))
+        elif t.kind == "name" and t.text in BLOCK_CLOSE:
+            if stack and stack[-1][0] == depth:
+                stack.pop()
+            depth -= 1
+        names.append(stack[0][1] if stack else "")
+    return names
+
+
+def _area(script: str, function: str, code: str) -> str:
+    if script == "_lib" and not function:
+        return "core"  # the code tables and constants
+    if function in AREA_BY_FUNCTION:
+        return AREA_BY_FUNCTION[function]
+    for pattern, area in AREA_BY_CODE:
+        if pattern.search(code):
+            return area
+    return AREA_BY_SCRIPT.get(script, "admin")
+
+
+def _matching(tokens: Sequence[Token], i: int, open_: str, close: str) -> int:
+    depth = 0
+    for j in range(i, len(tokens)):
+        if tokens[j].text == open_ and tokens[j].kind == "op":
+            depth += 1
+        elif tokens[j].text == close and tokens[j].kind == "op":
+            depth -= 1
+            if depth == 0:
+                return j
+    raise ValueError("unbalanced brackets")
+
+
+def _edits(tokens: Sequence[Token]) -> Iterator[tuple[int, str, int, int, str]]:
+    """(token index, description, start, end, replacement) of every mutation."""
+    code = [t for t in tokens if t.kind != "comment"]
+    index = {id(t): k for k, t in enumerate(tokens)}
+    for k, t in enumerate(code):
+        i = index[id(t)]
+        prev = code[k - 1] if k > 0 else None
+        if (t.kind == "op" or t.text in ("and", "or")) and t.text in SWAPS:
+            yield i, f"'{t.text}' -> '{SWAPS[t.text]}'", t.start, t.end, SWAPS[t.text]
+        elif t.kind == "op" and t.text in ("+", "-"):
+            unary = t.text == "-" and (prev is None or prev.text in UNARY_AFTER)
+            if unary:
+                yield i, "drop unary '-'", t.start, t.end, ""
+            else:
+                flip = "-" if t.text == "+" else "+"
+                yield i, f"'{t.text}' -> '{flip}'", t.start, t.end, flip
+        elif t.kind == "number" and re.fullmatch(r"\d+", t.text):
+            n = int(t.text)
+            new = {0: 1, 1: 0}.get(n, n + 1)
+            yield i, f"{n} -> {new}", t.start, t.end, str(new)
+        elif t.kind == "name" and t.text in ("if", "elseif"):
+            then = next(j for j in range(k + 1, len(code)) if code[j].text == "then")
+            first, last = code[k + 1], code[then - 1]
+            for forced in ("true", "false"):
+                yield i, f"{t.text} condition -> {forced}", first.start, last.end, forced
+        elif (t.text == "redis" and k + 4 < len(code) and code[k + 1].text == "."
+              and code[k + 2].text == "call" and code[k + 4].kind == "string"):
+            command = code[k + 4].text[1:-1].upper()
+            if command not in WRITE_COMMANDS:
+                continue
+            close = _matching(code, k + 3, "(", ")")
+            statement = prev is None or prev.text not in UNARY_AFTER | {"return"}
+            replacement = "" if statement else "nil"
+            yield (i, f"remove redis.call('{command}')", t.start, code[close].end,
+                   replacement)
+
+
+def mutants_of(path: Path) -> list[Mutant]:
+    src = path.read_text()
+    tokens = tokenize(src)
+    codes = _line_codes(src, tokens)
+    functions = _functions(tokens)
+    script = path.stem
+    seen: Counter[tuple[str, str]] = Counter()
+    out = []
+    for i, description, start, end, replacement in _edits(tokens):
+        line = tokens[i].line
+        code = codes[line]
+        seen[(code, description)] += 1
+        out.append(Mutant(path.name, line, code, description, seen[(code, description)],
+                          start, end, replacement, _area(script, functions[i], code)))
+    return out
+
+
+def all_mutants(lua_dir: Path) -> list[Mutant]:
+    return [m for path in sorted(lua_dir.glob("*.lua")) for m in mutants_of(path)]
+
+
+# ---- equivalents ----------------------------------------------------------------------------
+
+def read_equivalents(path: Path) -> dict[str, str]:
+    """key -> reason, from lines ``<file> | <code> | <mutation> #<n> | <reason>``."""
+    out: dict[str, str] = {}
+    if not path.exists():
+        return out
+    for raw in path.read_text().splitlines():
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        key, sep, reason = raw.rpartition(" | ")
+        if not sep or not reason.strip():
+            raise ValueError(f"{path}: no reason in {raw!r}")
+        out[key.strip()] = reason.strip()
+    return out
+
+
+# ---- Redis: is the mutant loadable ---------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def redis_for_loading() -> Iterator[socket.socket]:
+    """A redis-server of our own (stopped by pid), and a socket to it."""
+    sys.path.insert(0, str(ROOT))
+    from gateway.embedded import find_server_binary
+
+    found = find_server_binary()
+    if found is None:
+        raise SystemExit("no redis-server found")
+    port = _free_port()
+    proc = subprocess.Popen([found[0], "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("redis-server did not start") from None
+                time.sleep(0.05)
+        with conn:
+            yield conn
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _resp(*parts: str) -> bytes:
+    out = [f"*{len(parts)}\r\n".encode()]
+    for p in parts:
+        b = p.encode()
+        out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+    return b"".join(out)
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        chunk = conn.recv(1)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        buf += chunk
+    return buf[:-2]
+
+
+def script_loads(conn: socket.socket, source: str) -> bool:
+    conn.sendall(_resp("SCRIPT", "LOAD", source))
+    head = _read_line(conn)
+    if head.startswith(b"$"):
+        conn.recv(int(head[1:]) + 2, socket.MSG_WAITALL)
+        return True
+    return False
+
+
+def loadable(conn: socket.socket, lua_dir: Path, mutant: Mutant) -> bool:
+    """Compile the mutant the way gateway/scripts.py assembles it: the library, then the
+    script (a mutated library is compiled in front of every script)."""
+    files = {p.name: p.read_text() for p in lua_dir.glob("*.lua")}
+    files[mutant.file] = mutant.apply(files[mutant.file])
+    libs = "".join(files[f] + "\n" for f in sorted(files) if f.startswith("_"))
+    scripts = [f for f in sorted(files) if not f.startswith("_")]
+    if not mutant.file.startswith("_"):
+        scripts = [mutant.file]
+    return all(script_loads(conn, libs + files[f]) for f in scripts)
+
+
+# ---- running the tests on a copy -------------------------------------------------------------
+
+def make_copy(dest: Path) -> Path:
+    """A copy of what the tests need (no .git, no .venv): the mutants are applied here."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", ".mypy_cache",
+                                    ".ruff_cache", ".pytest_cache", "node_modules")
+    for entry in ROOT.iterdir():
+        if entry.name in (".git", ".venv") or entry.name.endswith(".egg-info"):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, dest / entry.name, ignore=ignore)
+        else:
+            shutil.copy2(entry, dest / entry.name)
+    return dest
+
+
+def pytest_command(copy: Path) -> list[str]:
+    files = [f for f in MONEY_TESTS if (copy / f).exists()]
+    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            "-p", "no:randomly", *PYTEST_SELECT, *files]
+
+
+def run_tests(copy: Path, timeout_s: float) -> tuple[str, float, str]:
+    """('passed' | 'failed' | 'timeout', seconds, last output line)."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.monotonic()
+    proc = subprocess.Popen(pytest_command(copy), cwd=copy, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the pytest run and the redis-server it started
+        proc.communicate()
+        return "timeout", time.monotonic() - started, ""
+    elapsed = time.monotonic() - started
+    lines = out.decode(errors="replace").strip().splitlines()
+    failed = next((ln for ln in lines if ln.startswith(("FAILED", "ERROR"))), "")
+    summary = failed or (lines[-1] if lines else "")
+    return ("passed" if proc.returncode == 0 else "failed"), elapsed, summary
+
+
+@dataclasses.dataclass
+class Outcome:
+    mutant: Mutant
+    status: str  # killed, survived, timeout, equivalent, unloadable
+    seconds: float = 0.0
+    detail: str = ""
+
+
+class Workers:
+    """One repository copy per job; a job takes a copy, plants the mutant, runs, restores."""
+
+    def __init__(self, jobs: int, lua_rel: str, timeout_s: float) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="iou-mutants-"))
+        self.copies = [make_copy(self.tmp / f"copy{i}") for i in range(jobs)]
+        self.free = list(self.copies)
+        self.lock = threading.Lock()
+        self.lua_rel = lua_rel
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def baseline(self) -> tuple[str, float, str]:
+        return run_tests(self.copies[0], self.timeout_s)
+
+    def run(self, mutant: Mutant) -> Outcome:
+        with self.lock:
+            copy = self.free.pop()
+        path = copy / self.lua_rel / mutant.file
+        original = path.read_text()
+        try:
+            path.write_text(mutant.apply(original))
+            result, seconds, detail = run_tests(copy, self.timeout_s)
+        finally:
+            path.write_text(original)
+            with self.lock:
+                self.free.append(copy)
+        status = {"passed": "survived", "failed": "killed"}.get(result, result)
+        return Outcome(mutant, status, seconds, detail)
+
+
+# ---- report ------------------------------------------------------------------------------
+
+def score(outcomes: Sequence[Outcome]) -> tuple[int, int]:
+    """(killed incl. timeouts, non-equivalent loadable mutants run)."""
+    counted = [o for o in outcomes if o.status in ("killed", "survived", "timeout")]
+    return sum(o.status != "survived" for o in counted), len(counted)
+
+
+def report(outcomes: Sequence[Outcome], stale: Sequence[str], seconds: float) -> str:
+    counts = Counter(o.status for o in outcomes)
+    killed, total = score(outcomes)
+    lines = [
+        f"mutants: {len(outcomes)}  killed: {counts['killed']}  timeout: {counts['timeout']}  "
+        f"survived: {counts['survived']}  equivalent: {counts['equivalent']}  "
+        f"unloadable: {counts['unloadable']}",
+        f"score: {killed}/{total} = {100 * killed / total if total else 100:.1f} % of the "
+        f"non-equivalent mutants killed ({seconds:.0f} s)",
+    ]
+    by_area: dict[str, list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        by_area[o.mutant.area].append(o)
+    for area in sorted(by_area):
+        k, t = score(by_area[area])
+        tag = "  (money check)" if area in MONEY_AREAS else ""
+        lines.append(f"  {area:<12} {k}/{t} killed{tag}")
+    runs = [o.seconds for o in outcomes if o.status in ("killed", "survived")]
+    if runs:
+        lines.append(f"per mutant: mean {sum(runs) / len(runs):.1f} s, max {max(runs):.1f} s")
+    for o in outcomes:
+        if o.status in ("survived", "timeout"):
+            lines.append(f"{o.status.upper()}: {o.mutant.key}   (line {o.mutant.line}, "
+                         f"{o.mutant.area})")
+    for key in stale:
+        lines.append(f"STALE EQUIVALENT (no such mutant any more): {key}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lua-dir", default=LUA_DIR_DEFAULT,
+                        help="the scripts' folder, relative to the repository root")
+    parser.add_argument("--sample", type=int, default=0, help="run N random mutants only")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sample")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S_DEFAULT,
+                        help="seconds per mutant")
+    parser.add_argument("--equivalents", default=EQUIVALENTS_DEFAULT)
+    parser.add_argument("--only", default="", help="regex on the mutant's name")
+    parser.add_argument("--list", action="store_true", help="list the mutants and stop")
+    parser.add_argument("--json", default="", help="write every outcome to this file")
+    args = parser.parse_args(argv)
+
+    lua_dir = ROOT / args.lua_dir
+    mutants = all_mutants(lua_dir)
+    equivalents = read_equivalents(ROOT / args.equivalents)
+    keys = {m.key for m in mutants}
+    stale = sorted(k for k in equivalents if k not in keys)
+    if args.only:
+        mutants = [m for m in mutants if re.search(args.only, m.key)]
+    if args.list:
+        for m in mutants:
+            mark = "  [equivalent]" if m.key in equivalents else ""
+            print(f"{m.area:<12} line {m.line:<4} {m.key}{mark}")
+        print(f"{len(mutants)} mutants")
+        return 0
+    if args.sample:
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+        print(f"sample of {args.sample} mutants, seed {seed}", flush=True)
+        candidates = [m for m in mutants if m.key not in equivalents]
+        mutants = random.Random(seed).sample(candidates, min(args.sample, len(candidates)))
+
+    started = time.monotonic()
+    outcomes: list[Outcome] = []
+    to_run: list[Mutant] = []
+    with redis_for_loading() as conn:
+        for m in mutants:
+            if m.key in equivalents:
+                outcomes.append(Outcome(m, "equivalent", detail=equivalents[m.key]))
+            elif not loadable(conn, lua_dir, m):
+                outcomes.append(Outcome(m, "unloadable"))
+            else:
+                to_run.append(m)
+    print(f"{len(mutants)} mutants: {len(to_run)} to run, {len(outcomes)} equivalent or "
+          f"unloadable; jobs {args.jobs}, timeout {args.timeout:.0f} s", flush=True)
+
+    workers = Workers(args.jobs, args.lua_dir, args.timeout)
+    try:
+        result, seconds, detail = workers.baseline()
+        print(f"baseline (no mutant): {result} in {seconds:.1f} s", flush=True)
+        if result != "passed":
+            print(f"the money tests fail without any mutant: {detail}")
+            return 2
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for n, outcome in enumerate(pool.map(workers.run, to_run), start=1):
+                outcomes.append(outcome)
+                print(f"[{n}/{len(to_run)}] {outcome.status:<8} {outcome.seconds:5.1f} s  "
+                      f"{outcome.mutant.key}", flush=True)
+    finally:
+        workers.close()
+
+    print(report(outcomes, stale, time.monotonic() - started))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"key": o.mutant.key, "line": o.mutant.line, "area": o.mutant.area,
+              "status": o.status, "seconds": round(o.seconds, 2), "detail": o.detail}
+             for o in outcomes], indent=1))
+    return 1 if any(o.status == "survived" for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Calling the Lua scripts straight (no engine in between), for the script-level tests.
+
+``Lua`` runs a script by name on the session's real Redis with the sources the gateway
+ships (``gateway.scripts.load_script``), and builds valid arguments for every script so a
+test can change just the one it is about. Synchronous on purpose: these tests are the
+first the mutation runner runs, and they stay fast (no event loop, no engine start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from gateway import keys
+from gateway.config import TEST_CLOCK_KEY
+from gateway.scripts import SCRIPT_NAMES, load_script
+
+P = 16  # partitions
+AMAX = 1_000_000_000_000_000  # IOU_AMOUNT_MAX default, micros
+MICROS_MAX = 2**53 - 1
+DAY_MS = 86_400_000
+TTL_MAX_MS = 3_600_000
+AGENT = "a1"
+
+
+def key_hash(n: int) -> str:
+    return hashlib.sha256(f"key-{n}".encode()).hexdigest()
+
+
+class Lua:
+    """The scripts on one Redis. With ``clock`` their clock is Redis TIME plus the test
+    offset (moved by ``shift_to``); without it, the production scripts exactly."""
+
+    def __init__(self, client: redis.Redis, clock: bool = False) -> None:
+        self.r = client
+        self.clock = clock
+        clock_key = TEST_CLOCK_KEY if clock else None
+        self.sources = {n: load_script(n, clock_key).source for n in SCRIPT_NAMES}
+        self.shas = {n: client.script_load(s) for n, s in self.sources.items()}
+        self.n = 0
+
+    def run(self, name: str, keys_: Sequence[str], args: Sequence[str]) -> list[Any]:
+        reply: list[Any] = self.r.evalsha(self.shas[name], len(keys_), *keys_, *args)
+        return reply
+
+    def eid(self) -> str:
+        """A fresh entry id (any printable token will do for the scripts)."""
+        self.n += 1
+        return f"e{self.n:04d}"
+
+    def now_ms(self) -> int:
+        sec, usec = self.r.time()
+        return int(sec) * 1000 + usec // 1000 + int(self.r.get(TEST_CLOCK_KEY) or 0)
+
+    def shift_to(self, target_ms: int) -> None:
+        """Move the scripts' clock so that it now reads ``target_ms``."""
+        assert self.clock, "use the clocked_lua fixture to move the clock"
+        self.r.delete(TEST_CLOCK_KEY)
+        self.r.set(TEST_CLOCK_KEY, target_ms - self.now_ms())
+
+    def today(self) -> int:
+        return self.now_ms() // DAY_MS
+
+    # ---- keys -------------------------------------------------------------------------
+
+    def k(self, agent: str = AGENT) -> keys.AgentKeys:
+        return keys.agent_keys(agent, P)
+
+    def idem_key(self, agent: str = AGENT, idem: str = "") -> str:
+        return self.k(agent).idempotency(hashlib.sha256(idem.encode()).hexdigest()[:32]
+                                         if idem else "none")
+
+    # ---- state ------------------------------------------------------------------------
+
+    def agent(self, agent: str = AGENT) -> dict[str, str]:
+        out: Any = self.r.hgetall(self.k(agent).agent_hash)
+        return out
+
+    def bal(self, agent: str = AGENT) -> int:
+        return int(self.agent(agent)["bal"])
+
+    def window(self, agent: str = AGENT) -> dict[str, str]:
+        out: Any = self.r.hgetall(self.k(agent).window)
+        return out
+
+    def events(self, stream: str | None = None) -> list[dict[str, str]]:
+        raw: Any = self.r.xrange(stream or self.k().events)
+        return [dict(fields) for _id, fields in raw]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every key (but the test clock) with its content and TTL presence."""
+        out: dict[str, Any] = {}
+        names: Any = self.r.keys("*")
+        for name in sorted(names):
+            if name == TEST_CLOCK_KEY:
+                continue
+            kind = self.r.type(name)
+            content: Any
+            if kind == "hash":
+                content = self.r.hgetall(name)
+            elif kind == "stream":
+                content = self.r.xrange(name)
+            elif kind == "zset":
+                content = self.r.zrange(name, 0, -1, withscores=True)
+            elif kind == "set":
+                content = sorted(self.r.smembers(name))
+            else:
+                content = self.r.get(name)
+            out[name] = (kind, content, self.r.pttl(name) > 0)
+        return out
+
+    # ---- valid calls (a test changes one argument) -----------------------------------
+
+    def create_args(self, agent: str = AGENT, grant: int = 1_000_000, low: int = 0,
+                    n: int = 1) -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        kh = key_hash(n)
+        return ([k.agent_hash, k.keys, k.api_key_lookup(kh), k.events, k.agents_index],
+                [agent, self.eid(), self.eid(), str(grant), str(AMAX), str(low), f"key{n}", kh])
+
+    def create(self, agent: str = AGENT, grant: int = 1_000_000, low: int = 0) -> list[Any]:
+        reply = self.run("create_agent", *self.create_args(agent, grant, low,
+                                                           n=abs(hash(agent)) % 10**6))
+        assert reply[0] == 0, reply
+        return reply
+
+    def charge_args(self, cost: int, agent: str = AGENT, cat: str = "tool",
+                    idem: str = "", ih: str = "", meta: str = "", tool: str = "web_search"
+                    ) -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        return ([k.agent_hash, k.window, self.idem_key(agent, idem), k.events, k.webhooks],
+                [agent, self.eid(), tool, cat, str(cost), str(AMAX), ih, idem, meta])
+
+    def charge(self, cost: int, agent: str = AGENT, cat: str = "tool", idem: str = "",
+               ih: str = "") -> list[Any]:
+        return self.run("charge", *self.charge_args(cost, agent, cat, idem, ih or
+                                                    ("h" + idem if idem else "")))
+
+    def hold_args(self, amount: int, hold_id: str = "hold1", agent: str = AGENT,
+                  cat: str = "llm", ttl_ms: int = 60_000, idem: str = "", ih: str = "",
+                  meta: str = "", tool: str = "llm_summarize") -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        return ([k.agent_hash, k.window, k.hold(hold_id), k.holds, self.idem_key(agent, idem),
+                 k.events, k.webhooks],
+                [agent, self.eid(), hold_id, tool, cat, str(amount), str(AMAX), str(ttl_ms),
+                 str(TTL_MAX_MS), ih, idem, meta])
+
+    def hold(self, amount: int, hold_id: str = "hold1", agent: str = AGENT, cat: str = "llm",
+             ttl_ms: int = 60_000, idem: str = "") -> list[Any]:
+        return self.run("hold", *self.hold_args(amount, hold_id, agent, cat, ttl_ms, idem,
+                                                "h" + idem if idem else ""))
+
+    def close_keys(self, hold_id: str, agent: str = AGENT, idem: str = "") -> list[str]:
+        k = self.k(agent)
+        return [k.agent_hash, k.window, k.hold(hold_id), k.holds, self.idem_key(agent, idem),
+                k.events]
+
+    def capture_args(self, cost: int, hold_id: str = "hold1", agent: str = AGENT,
+                     idem: str = "", ih: str = "", meta: str = ""
+                     ) -> tuple[list[str], list[str]]:
+        return (self.close_keys(hold_id, agent, idem),
+                [agent, self.eid(), hold_id, str(cost), str(AMAX), ih, idem, meta])
+
+    def capture(self, cost: int, hold_id: str = "hold1", agent: str = AGENT,
+                idem: str = "") -> list[Any]:
+        return self.run("capture", *self.capture_args(cost, hold_id, agent, idem,
+                                                      "h" + idem if idem else ""))
+
+    def release_args(self, hold_id: str = "hold1", agent: str = AGENT, idem: str = "",
+                     ih: str = "") -> tuple[list[str], list[str]]:
+        return (self.close_keys(hold_id, agent, idem), [agent, self.eid(), hold_id, ih, idem])
+
+    def release(self, hold_id: str = "hold1", agent: str = AGENT, idem: str = "") -> list[Any]:
+        return self.run("release", *self.release_args(hold_id, agent, idem,
+                                                      "h" + idem if idem else ""))
+
+    def expire_args(self, ids: int = 4, agent: str = AGENT) -> tuple[list[str], list[str]]:
+        p = self.k(agent).partition
+        return ([keys.holds_index(p), keys.events(p)],
+                [keys.tag(p), *(self.eid() for _ in range(ids))])
+
+    def expire(self, ids: int = 4, agent: str = AGENT) -> list[Any]:
+        return self.run("expire_holds", *self.expire_args(ids, agent))
+
+    def fund_args(self, amount: int, agent: str = AGENT, balance_max: int = MICROS_MAX,
+                  kind: str = "fund", idem: str = "", ih: str = "", meta: str = ""
+                  ) -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        return ([k.agent_hash, self.idem_key(agent, idem), k.events],
+                [agent, self.eid(), str(amount), str(AMAX), str(balance_max), kind, ih, idem,
+                 meta])
+
+    def fund(self, amount: int, agent: str = AGENT, balance_max: int = MICROS_MAX,
+             idem: str = "") -> list[Any]:
+        return self.run("fund", *self.fund_args(amount, agent, balance_max, "fund", idem,
+                                                "h" + idem if idem else ""))
+
+    def limits_args(self, *pairs: str, agent: str = AGENT) -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        return [k.agent_hash, k.events], [agent, self.eid(), str(AMAX), "{}", *pairs]
+
+    def set_limits(self, *pairs: str, agent: str = AGENT) -> list[Any]:
+        reply = self.run("set_limits", *self.limits_args(*pairs, agent=agent))
+        assert reply == [0], reply
+        return reply
+
+    def freeze_args(self, flag: str, agent: str = AGENT) -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        return [k.agent_hash, k.events], [agent, self.eid(), flag]
+
+    def key_add_args(self, n: int, agent: str = AGENT, keys_max: int = 16
+                     ) -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        kh = key_hash(n)
+        return ([k.agent_hash, k.keys, k.api_key_lookup(kh), k.events],
+                [agent, self.eid(), f"key{n}", kh, str(keys_max)])
+
+    def key_revoke_args(self, n: int, agent: str = AGENT) -> tuple[list[str], list[str]]:
+        k = self.k(agent)
+        kh = key_hash(n)
+        return ([k.agent_hash, k.keys, k.api_key_lookup(kh), k.events],
+                [agent, self.eid(), f"key{n}", kh])
+
+    def tool_set_args(self, name: str = "web_search", price: int = 50_000, cat: str = "tool",
+                      pricing: str = "fixed", upstream: str = "", headers: str = ""
+                      ) -> tuple[list[str], list[str]]:
+        return ([keys.tool(name), keys.TOOL_NAMES, keys.TOOLS_VERSION, keys.TOOL_EVENTS],
+                [name, self.eid(), str(price), str(AMAX), cat, pricing, upstream, headers])
+
+    def tool_delete_args(self, name: str = "web_search") -> tuple[list[str], list[str]]:
+        return ([keys.tool(name), keys.TOOL_NAMES, keys.TOOLS_VERSION, keys.TOOL_EVENTS],
+                [name, self.eid()])
