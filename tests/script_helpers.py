@@ -76,14 +76,14 @@ class Lua:
     # ---- state ------------------------------------------------------------------------
 
     def agent(self, agent: str = AGENT) -> dict[str, str]:
-        out: Any = self.r.hgetall(self.k(agent).agent_hash)
+        out: dict[str, str] = self.r.hgetall(self.k(agent).agent_hash)  # type: ignore[assignment]
         return out
 
     def bal(self, agent: str = AGENT) -> int:
         return int(self.agent(agent)["bal"])
 
     def window(self, agent: str = AGENT) -> dict[str, str]:
-        out: Any = self.r.hgetall(self.k(agent).window)
+        out: dict[str, str] = self.r.hgetall(self.k(agent).window)  # type: ignore[assignment]
         return out
 
     def events(self, stream: str | None = None) -> list[dict[str, str]]:
