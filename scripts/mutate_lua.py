@@ -35,7 +35,9 @@ import json
 import os
 import random
 import re
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -433,29 +435,95 @@ def make_copy(dest: Path) -> Path:
     return dest
 
 
-def pytest_command(copy: Path) -> list[str]:
+def pytest_args(copy: Path) -> list[str]:
     files = [f for f in MONEY_TESTS if (copy / f).exists()]
-    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-            "-p", "no:randomly", *PYTEST_SELECT, *files]
+    # A fixed Hypothesis seed: a mutant is killed or not, the same on every run.
+    return ["-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *PYTEST_SELECT,
+            *files]
 
 
-def run_tests(copy: Path, timeout_s: float) -> tuple[str, float, str]:
-    """('passed' | 'failed' | 'timeout', seconds, last output line)."""
-    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
-    started = time.monotonic()
-    proc = subprocess.Popen(pytest_command(copy), cwd=copy, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)  # the pytest run and the redis-server it started
-        proc.communicate()
-        return "timeout", time.monotonic() - started, ""
-    elapsed = time.monotonic() - started
-    lines = out.decode(errors="replace").strip().splitlines()
-    failed = next((ln for ln in lines if ln.startswith(("FAILED", "ERROR"))), "")
-    summary = failed or (lines[-1] if lines else "")
-    return ("passed" if proc.returncode == 0 else "failed"), elapsed, summary
+# The fork server: imports pytest, the gateway and every money test once (a collect-only
+# pass), then forks one child per mutant, which runs the tests in its own process group
+# (its redis-server included, so a timeout kills both). The Lua files are read by the child
+# when its tests start engines, so each child sees the mutant planted before it was forked.
+# Protocol on the pipe whose fd is in MUTANT_PROTO_FD: "run\n" in; "<child pid>\n" then "<exit code>\n" out.
+FORK_SERVER = r"""
+import os, sys
+import pytest
+proto = os.fdopen(int(os.environ["MUTANT_PROTO_FD"]), "w", buffering=1)
+args = sys.argv[1:]
+log = sys.argv[0]
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)
+os.dup2(null, 2)
+pytest.main(["--collect-only", *args])
+for _line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os._exit(int(pytest.main(args)))
+    proto.write(f"{pid}\n")
+    _, status = os.waitpid(pid, 0)
+    proto.write(f"{os.waitstatus_to_exitcode(status)}\n")
+"""
+
+
+class ForkServer:
+    """One fork server per repository copy."""
+
+    def __init__(self, copy: Path) -> None:
+        self.copy = copy
+        self.log = copy / ".mutant-run.log"
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1",
+               "MUTANT_PROTO_FD": str(write_fd)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FORK_SERVER.replace("sys.argv[0]", repr(str(self.log))),
+             *pytest_args(copy)], cwd=copy, env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_fd,))
+        os.close(write_fd)
+        self.replies = os.fdopen(read_fd, "r")
+
+    def _reply(self, timeout_s: float | None) -> str | None:
+        if timeout_s is not None:
+            ready, _, _ = select.select([self.replies], [], [], max(timeout_s, 0))
+            if not ready:
+                return None
+        line = self.replies.readline()
+        if not line:
+            raise RuntimeError(f"the fork server in {self.copy} died")
+        return line.strip()
+
+    def run(self, timeout_s: float) -> tuple[str, float, str]:
+        """('passed' | 'failed' | 'timeout', seconds, first failure)."""
+        assert self.proc.stdin is not None
+        started = time.monotonic()
+        self.proc.stdin.write(b"run\n")
+        self.proc.stdin.flush()
+        pid = int(self._reply(None) or 0)
+        code = self._reply(timeout_s - (time.monotonic() - started))
+        if code is None:
+            os.killpg(pid, signal.SIGKILL)  # the tests and the redis-server they started
+            self._reply(None)
+            return "timeout", time.monotonic() - started, ""
+        elapsed = time.monotonic() - started
+        lines = self.log.read_text(errors="replace").splitlines()
+        failed = next((ln for ln in lines if ln.startswith(("FAILED", "ERROR"))), "")
+        summary = failed or (lines[-1] if lines else "")
+        return ("passed" if code == "0" else "failed"), elapsed, summary
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.replies.close()
 
 
 @dataclasses.dataclass
@@ -466,35 +534,57 @@ class Outcome:
     detail: str = ""
 
 
+CANARY = "error('mutation runner canary: the tests must see this')\n"
+
+
 class Workers:
-    """One repository copy per job; a job takes a copy, plants the mutant, runs, restores."""
+    """One repository copy (and fork server) per job; a job plants one mutant in a free
+    copy, runs the money tests there, and restores the file."""
 
     def __init__(self, jobs: int, lua_rel: str, timeout_s: float) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="iou-mutants-"))
-        self.copies = [make_copy(self.tmp / f"copy{i}") for i in range(jobs)]
-        self.free = list(self.copies)
-        self.lock = threading.Lock()
+        self.servers: list[ForkServer] = []
         self.lua_rel = lua_rel
         self.timeout_s = timeout_s
+        for i in range(jobs):
+            self.servers.append(ForkServer(make_copy(self.tmp / f"copy{i}")))
+        self.free = list(self.servers)
+        self.lock = threading.Lock()
 
     def close(self) -> None:
+        for server in self.servers:
+            server.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def baseline(self) -> tuple[str, float, str]:
-        return run_tests(self.copies[0], self.timeout_s)
+    def check(self) -> tuple[str, float, str]:
+        """The unmutated copies pass; a canary (every script fails) is caught in each."""
+        for server in self.servers:
+            result, seconds, detail = server.run(self.timeout_s)
+            if result != "passed":
+                return result, seconds, detail
+            lib = sorted((server.copy / self.lua_rel).glob("_*.lua"))[0]
+            original = lib.read_text()
+            lib.write_text(CANARY + original)
+            try:
+                canary, _, _ = server.run(self.timeout_s)
+            finally:
+                lib.write_text(original)
+            if canary != "failed":
+                return "canary not caught (do the tests read the copy's Lua?)", 0.0, ""
+        return "passed", seconds, ""
 
     def run(self, mutant: Mutant) -> Outcome:
         with self.lock:
-            copy = self.free.pop()
-        path = copy / self.lua_rel / mutant.file
+            server = self.free.pop()
+        path = server.copy / self.lua_rel / mutant.file
         original = path.read_text()
         try:
             path.write_text(mutant.apply(original))
-            result, seconds, detail = run_tests(copy, self.timeout_s)
+            result, seconds, detail = server.run(self.timeout_s)
         finally:
             path.write_text(original)
             with self.lock:
-                self.free.append(copy)
+                self.free.append(server)
         status = {"passed": "survived", "failed": "killed"}.get(result, result)
         return Outcome(mutant, status, seconds, detail)
 
@@ -584,10 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(mutants)} mutants: {len(to_run)} to run, {len(outcomes)} equivalent or "
           f"unloadable; jobs {args.jobs}, timeout {args.timeout:.0f} s", flush=True)
 
+    # A TERM (CI's timeout, a kill by pid) still stops the fork servers and removes the copies.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workers = Workers(args.jobs, args.lua_dir, args.timeout)
     try:
-        result, seconds, detail = workers.baseline()
-        print(f"baseline (no mutant): {result} in {seconds:.1f} s", flush=True)
+        result, seconds, detail = workers.check()
+        print(f"baseline (no mutant): {result} in {seconds:.1f} s; canary caught", flush=True)
         if result != "passed":
             print(f"the money tests fail without any mutant: {detail}")
             return 2

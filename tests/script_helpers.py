@@ -8,6 +8,7 @@ first the mutation runner runs, and they stay fast (no event loop, no engine sta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,17 @@ def key_hash(n: int) -> str:
     return hashlib.sha256(f"key-{n}".encode()).hexdigest()
 
 
+@functools.cache
+def _sources(clock: bool) -> dict[str, str]:
+    clock_key = TEST_CLOCK_KEY if clock else None
+    return {n: load_script(n, clock_key).source for n in SCRIPT_NAMES}
+
+
+@functools.cache
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
 class Lua:
     """The scripts on one Redis. With ``clock`` their clock is Redis TIME plus the test
     offset (moved by ``shift_to``); without it, the production scripts exactly."""
@@ -37,13 +49,17 @@ class Lua:
     def __init__(self, client: redis.Redis, clock: bool = False) -> None:
         self.r = client
         self.clock = clock
-        clock_key = TEST_CLOCK_KEY if clock else None
-        self.sources = {n: load_script(n, clock_key).source for n in SCRIPT_NAMES}
-        self.shas = {n: client.script_load(s) for n, s in self.sources.items()}
+        self.sources = _sources(clock)
         self.n = 0
 
     def run(self, name: str, keys_: Sequence[str], args: Sequence[str]) -> list[Any]:
-        reply: list[Any] = self.r.evalsha(self.shas[name], len(keys_), *keys_, *args)
+        """EVALSHA the script (loading it first when Redis does not have it)."""
+        sha = _sha(self.sources[name])
+        try:
+            reply: list[Any] = self.r.evalsha(sha, len(keys_), *keys_, *args)
+        except redis.exceptions.NoScriptError:
+            self.r.script_load(self.sources[name])
+            reply = self.r.evalsha(sha, len(keys_), *keys_, *args)
         return reply
 
     def eid(self) -> str:
