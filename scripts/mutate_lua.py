@@ -446,7 +446,8 @@ def pytest_args(copy: Path) -> list[str]:
 # pass), then forks one child per mutant, which runs the tests in its own process group
 # (its redis-server included, so a timeout kills both). The Lua files are read by the child
 # when its tests start engines, so each child sees the mutant planted before it was forked.
-# Protocol on the pipe whose fd is in MUTANT_PROTO_FD: "run\n" in; "<child pid>\n" then "<exit code>\n" out.
+# Protocol on the pipe whose fd is in MUTANT_PROTO_FD: "run" in; "<child pid>", then
+# "<exit code>" out, one line each.
 FORK_SERVER = r"""
 import os, sys
 import pytest

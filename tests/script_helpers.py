@@ -95,6 +95,10 @@ class Lua:
         out: dict[str, str] = self.r.hgetall(self.k(agent).agent_hash)  # type: ignore[assignment]
         return out
 
+    def hash(self, key: str) -> dict[str, str]:
+        out: dict[str, str] = self.r.hgetall(key)  # type: ignore[assignment]
+        return out
+
     def bal(self, agent: str = AGENT) -> int:
         return int(self.agent(agent)["bal"])
 
