@@ -201,6 +201,20 @@ def test_daily_near_at_eighty_percent(lua: Lua) -> None:
     assert lua.hold(10, "h2")[2] == 2
 
 
+def test_daily_near_counts_what_is_held(lua: Lua) -> None:
+    lua.create(grant=10 * T)
+    lua.set_limits("dl", "100000", "c:llm:dl", "200000")
+    assert lua.hold(40_000, "h1")[2] == 0
+    assert lua.hold(40_000, "h2")[2] == 0
+    assert lua.hold(1, "h3")[2] == 2
+    lua.set_limits("dl", "", "c:llm:dl", "100000")
+    assert lua.hold(1, "h4")[2] == 2
+    assert lua.release("h4")[0] == 0
+    assert lua.release("h3")[0] == 0
+    assert lua.charge(1, cat="llm")[2] == 2
+    assert lua.charge(1, cat="tool")[2] == 0
+
+
 def test_category_daily_near_at_eighty_percent(lua: Lua) -> None:
     lua.create(grant=10 * T)
     lua.set_limits("c:llm:dl", "100000")

@@ -363,8 +363,12 @@ def test_crossing_queues_both_webhooks(lua: Lua) -> None:
 def test_hold_crossing_queues_webhooks_and_no_url_queues_nothing(lua: Lua) -> None:
     lua.create(grant=200_000)
     lua.set_limits("low", "100000", "wh", "http://127.0.0.1:9/hook")
-    assert lua.hold(100_001)[2] == 5
-    assert lua.r.xlen(lua.k().webhooks) == 2
+    keys_, args = lua.hold_args(100_001)
+    assert lua.run("hold", keys_, args)[2] == 5
+    entries = lua.events(lua.k().webhooks)
+    assert [(e["event_id"], e["balance"], e["threshold"]) for e in entries] == [
+        (f"{args[1]}:{event}", "99999", "100000") for event in ("balance.low",
+                                                                 "refill.requested")]
     lua.create("b2", grant=200_000)
     lua.set_limits("low", "100000", agent="b2")  # no webhook URL
     queued = lua.r.xlen(lua.k("b2").webhooks)
