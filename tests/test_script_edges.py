@@ -227,6 +227,19 @@ def test_category_daily_near_at_eighty_percent(lua: Lua) -> None:
     assert lua.hold(1, "h3")[2] == 2
 
 
+def test_capture_daily_near_of_each_cap(lua: Lua) -> None:
+    lua.create(grant=10 * T)
+    lua.set_limits("c:llm:dl", "100000")
+    assert lua.hold(90_000, "h1")[2] == 2
+    assert lua.capture(80_001, "h1")[2] == 2
+    lua.set_limits("c:llm:dl", "", "dl", "100000")
+    assert lua.hold(1_000, "h2")[2] == 2
+    assert lua.capture(0, "h2")[2] == 2
+    lua.set_limits("dl", "1000000")
+    assert lua.hold(1_000, "h3")[2] == 0
+    assert lua.capture(0, "h3")[2] == 0
+
+
 def test_low_balance_bits(lua: Lua) -> None:
     lua.create(grant=200_000)
     lua.set_limits("low", "100000")
