@@ -57,7 +57,8 @@ TIMEOUT_S_DEFAULT = 120.0
 
 # The money tests, in the order they run: fast script- and engine-level files first (most
 # mutants die in the first second), the model-based test last. Only the real-Redis
-# parameter runs (fakeredis parity is the fast suite's job, and the mutant is the same Lua).
+# parameter runs (fakeredis parity is the fast suite's job, and the mutant is the same Lua),
+# and no test that starts a gateway process (test_http_*: seconds each, and the same Lua).
 MONEY_TESTS = (
     "tests/test_layout.py",
     "tests/test_script_gaps.py",
@@ -68,10 +69,11 @@ MONEY_TESTS = (
     "tests/test_holds.py",
     "tests/test_raw_args.py",
     "tests/test_clock.py",
+    "tests/test_capture_window.py",
     "tests/test_concurrency.py",
     "tests/test_stateful.py",
 )
-PYTEST_SELECT = ("-m", "not slow", "-k", "not fakeredis")
+PYTEST_SELECT = ("-m", "not slow", "-k", "not fakeredis and not test_http_")
 
 # Redis commands that write: removing one of these calls is a mutant.
 WRITE_COMMANDS = frozenset({

@@ -4,6 +4,8 @@ holds in every state. Script level, on the session's Redis."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.script_helpers import DAY_MS, Lua
 
 T = 1_000_000
@@ -326,3 +328,37 @@ def test_expired_hold_cannot_be_captured_but_can_be_released(lua: Lua) -> None:
     assert lua.snapshot() == before
     assert lua.capture(1, "h2")[0] == 0
     assert lua.release("h1")[:2] == [0, T - 1]
+
+
+# Spent and held today, in two categories, all different: s 35000, h 30000, s:llm 5000,
+# h:llm 23000, s:tool 30000, h:tool 7000; so a sum that takes the wrong counter is off.
+def busy_day(lua: Lua) -> None:
+    lua.create(grant=10 * T)
+    assert lua.charge(30_000, cat="tool")[0] == 0
+    assert lua.charge(5_000, cat="llm")[0] == 0
+    assert lua.hold(20_000, "A", cat="llm")[0] == 0
+    assert lua.hold(3_000, "B", cat="llm")[0] == 0
+    assert lua.hold(7_000, "C", cat="tool")[0] == 0
+
+
+NEAR_CASES = [  # (call, limit field, limit, cost at 80 % exactly)
+    ("charge", "dl", 100_000, 15_000), ("charge", "c:tool:dl", 100_000, 43_000),
+    ("hold", "dl", 100_000, 15_000), ("hold", "c:llm:dl", 100_000, 52_000),
+    ("capture", "dl", 75_000, 15_000), ("capture", "c:llm:dl", 25_000, 12_000),
+]
+
+
+@pytest.mark.parametrize(("call", "field", "limit", "edge"), NEAR_CASES)
+@pytest.mark.parametrize("over", [0, 1])
+def test_daily_near_sums_the_right_counters(lua: Lua, call: str, field: str, limit: int,
+                                            edge: int, over: int) -> None:
+    busy_day(lua)
+    lua.set_limits(field, str(limit))
+    cost = edge + over
+    if call == "charge":
+        reply = lua.charge(cost, cat="tool")
+    elif call == "hold":
+        reply = lua.hold(cost, "D", cat="llm")
+    else:
+        reply = lua.capture(cost, "A")
+    assert reply[0] == 0 and reply[2] == 2 * over, reply

@@ -50,7 +50,7 @@ def test_create_agent_writes(lua: Lua) -> None:
 
 def test_create_agent_low_flag_edges(lua: Lua) -> None:
     for grant, low, lowf in ((300_000, 300_000, "0"), (299_999, 300_000, "1"),
-                             (0, 0, "0"), (5, 0, "0")):
+                             (0, 0, "0"), (5, 0, "0"), (1, 1, "0"), (0, 1, "1")):
         lua.r.flushall()
         lua.run("create_agent", *lua.create_args("a1", grant=grant, low=low))
         agent = lua.agent()

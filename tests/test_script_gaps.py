@@ -149,3 +149,40 @@ def test_expiry_lowers_todays_held_counters(lua: Lua) -> None:
         assert lua.now_ms() < deadline, "the 1 ms hold was never expired"
     assert window_counters(lua) == ("20000", "20000", None, None)
     assert lua.hold(180_000, "h3")[0] == 0
+
+
+def test_capture_after_midnight_is_checked_against_todays_caps(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    lua.create(grant=10 * T)
+    lua.set_limits("dl", "300000")
+    midnight = midnight_after(lua)
+    lua.shift_to(midnight - 1_000)
+    assert lua.hold(250_000, "old", ttl_ms=3_600_000)[0] == 0
+    lua.set_limits("c:llm:dl", "200000")
+    lua.shift_to(midnight + 1_000)
+    assert lua.charge(100_000)[0] == 0
+    before = lua.snapshot()
+    refused = lua.capture(200_001, "old")
+    assert refused[:3] + refused[4:] == [15, 300_000, 100_000, "llm"]
+    assert 86_398 <= refused[3] <= 86_400
+    lua.set_limits("dl", "400000")
+    before = lua.snapshot()
+    refused = lua.capture(200_001, "old")
+    assert refused[:3] + refused[4:] == [16, 200_000, 0, "llm"]
+    assert lua.snapshot() == before
+    assert lua.capture(200_000, "old")[::2] == [0, 2, 50_000]  # code, flags, released
+    day = str(midnight // DAY_MS)
+    assert lua.window() == {"day": day, "s": "300000", "s:tool": "100000", "s:llm": "200000"}
+    assert lua.agent()["held"] == "0"
+
+
+def test_capture_on_the_day_of_its_hold_is_not_checked_again(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    lua.create(grant=10 * T)
+    lua.set_limits("dl", "300000")
+    midnight = midnight_after(lua)
+    lua.shift_to(midnight - 60_000)
+    assert lua.hold(250_000, "h1")[0] == 0
+    lua.set_limits("dl", "1", "c:llm:dl", "1")  # the hold was counted when it was taken
+    lua.shift_to(midnight - 1_000)
+    assert lua.capture(250_000, "h1")[::2] == [0, 2, 0]
