@@ -65,6 +65,7 @@ MONEY_TESTS = (
     "tests/test_script_args.py",
     "tests/test_script_events.py",
     "tests/test_script_edges.py",
+    "tests/test_script_auth.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
     "tests/test_raw_args.py",

@@ -205,10 +205,12 @@ def test_expire_holds_arguments(lua: Lua) -> None:
     for prefix in ("", "iou:{p1}", "iou:{px}:", "x", other, args[0] + "x"):
         assert lua.run("expire_holds", keys_, [prefix, *args[1:]]) == [30, 1], prefix
     for i in (2, 3):
-        bad = list(args)
-        bad[i - 1] = "a b"
-        assert lua.run("expire_holds", keys_, bad) == [30, i]
+        for value in ("a b", "x" * 65, ""):
+            bad = list(args)
+            bad[i - 1] = value
+            assert lua.run("expire_holds", keys_, bad) == [30, i]
     assert lua.snapshot() == before
+    assert lua.run("expire_holds", keys_, [args[0], "x" * 64, "~"]) == [0, 0]
     assert lua.run("expire_holds", keys_, args[:1]) == [0, 0]
     assert lua.run("expire_holds", keys_, args[:2]) == [0, 0]
 
