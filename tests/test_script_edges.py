@@ -362,3 +362,11 @@ def test_daily_near_sums_the_right_counters(lua: Lua, call: str, field: str, lim
     else:
         reply = lua.capture(cost, "A")
     assert reply[0] == 0 and reply[2] == 2 * over, reply
+
+
+def test_a_second_hold_below_the_threshold_is_no_new_crossing(lua: Lua) -> None:
+    lua.create(grant=200_000)
+    lua.set_limits("low", "100000", "c:llm:pc", "500000")
+    assert lua.hold(100_001, "h1")[2] == 5
+    assert lua.hold(1, "h2")[2] == 1
+    assert lua.charge(1)[2] == 1
