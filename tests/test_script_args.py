@@ -189,10 +189,11 @@ def test_limit_pair_count(lua: Lua) -> None:
     assert lua.run("set_limits", keys_, [*args[:4], "pc", "999"]) == [0]
     assert lua.run("set_limits", keys_, [*args[:4], "low", "1000"]) == [30, 5]
     assert lua.run("set_limits", keys_, [*args[:4], "low", "999"]) == [0]
-    for i in (1, 2):
+    for i, value in ((1, "A B"), (1, "a" * 65), (2, "a b"), (2, "x" * 65), (2, "")):
         bad = list(args)
-        bad[i - 1] = "A B"
+        bad[i - 1] = value
         assert lua.run("set_limits", keys_, bad) == [30, i]
+    assert lua.run("set_limits", keys_, ["a" * 64, "x" * 64, *args[2:]]) == [0]
 
 
 # ---- expire_holds: the partition prefix and the entry ids -----------------------------------
