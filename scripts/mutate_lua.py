@@ -65,12 +65,14 @@ MONEY_TESTS = (
     "tests/test_script_args.py",
     "tests/test_script_events.py",
     "tests/test_script_edges.py",
+    "tests/test_script_prices.py",
     "tests/test_script_auth.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
     "tests/test_raw_args.py",
     "tests/test_clock.py",
     "tests/test_capture_window.py",
+    "tests/test_fixed_prices.py",
     "tests/test_concurrency.py",
     "tests/test_stateful.py",
 )
@@ -102,7 +104,8 @@ AREA_BY_FUNCTION = {
     "retry_after_s": "window", "daily_refusal": "cap", "per_call_refusal": "cap",
     "near_flag": "warnings", "low_flags": "warnings", "outbox_low": "warnings",
     "idem_lookup": "idempotency", "idem_store": "idempotency", "hold_read": "hold",
-    "hold_close": "hold", "field_ok": "args",
+    "hold_close": "hold", "field_ok": "args", "tool_read": "prices",
+    "next_catalog_version": "admin",
 }
 AREA_BY_CODE = (
     (re.compile(r"BAD_ARGUMENT|^local \w+ = (uint|name|token)\(ARGV"), "args"),
@@ -115,7 +118,7 @@ AREA_BY_CODE = (
 )
 AREA_BY_SCRIPT = {
     "charge": "balance", "fund": "balance", "hold": "hold", "capture": "hold",
-    "release": "hold", "expire_holds": "hold", "_lib": "core",
+    "release": "hold", "expire_holds": "hold", "_lib": "core", "tool_copy": "prices",
 }
 MONEY_AREAS = ("balance", "cap", "window", "hold", "idempotency")
 

@@ -79,7 +79,9 @@ def lua(real_redis_url: str) -> Iterator[Lua]:
     """The production scripts, called straight on the session's Redis (emptied first)."""
     client = redis.Redis.from_url(real_redis_url, decode_responses=True)
     client.flushall()
-    yield Lua(client)
+    lua = Lua(client)
+    lua.seed_tools()
+    yield lua
     client.close()
 
 
@@ -88,7 +90,9 @@ def clocked_lua(real_redis_url: str) -> Iterator[Lua]:
     """Like ``lua``, with the test clock (IOU_TEST_CLOCK's offset key) in the scripts."""
     client = redis.Redis.from_url(real_redis_url, decode_responses=True)
     client.flushall()
-    yield Lua(client, clock=True)
+    lua = Lua(client, clock=True)
+    lua.seed_tools()
+    yield lua
     client.close()
 
 

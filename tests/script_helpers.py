@@ -25,6 +25,7 @@ MICROS_MAX = 2**53 - 1
 DAY_MS = 86_400_000
 TTL_MAX_MS = 3_600_000
 AGENT = "a1"
+CATEGORIES = ("tool", "llm", "web", "commerce")
 
 
 def key_hash(n: int) -> str:
@@ -147,44 +148,64 @@ class Lua:
         assert reply[0] == 0, reply
         return reply
 
-    def charge_args(self, cost: int, agent: str = AGENT, cat: str = "tool",
-                    idem: str = "", ih: str = "", meta: str = "", tool: str = "web_search"
+    def seed_tools(self) -> None:
+        """Every partition's copy of the catalog: a variable tool per category (``v_<cat>``),
+        fixed ones (``fx_tool`` at 50000, ``free`` at 0), as tool_copy.lua writes them."""
+        for p in range(P):
+            self.r.hset(keys.tools_copy(p), mapping={
+                **{f"v_{cat}": f"1 80000 {cat} variable" for cat in CATEGORIES},
+                "fx_tool": "1 50000 tool fixed", "free": "1 0 tool fixed"})
+
+    def reset(self) -> None:
+        """FLUSHALL, then the catalog copies again."""
+        self.r.flushall()
+        self.seed_tools()
+
+    def charge_args(self, cost: int | None, agent: str = AGENT, cat: str = "tool",
+                    idem: str = "", ih: str = "", meta: str = "", tool: str = ""
                     ) -> tuple[list[str], list[str]]:
+        """A charge of ``cost`` on the variable tool of ``cat`` (or on ``tool``; None = no
+        cost, as for a fixed-price tool)."""
         k = self.k(agent)
-        return ([k.agent_hash, k.window, self.idem_key(agent, idem), k.events, k.webhooks],
-                [agent, self.eid(), tool, cat, str(cost), str(AMAX), ih, idem, meta])
+        return ([k.agent_hash, k.window, self.idem_key(agent, idem), k.events, k.webhooks,
+                 k.tools],
+                [agent, self.eid(), tool or f"v_{cat}", "" if cost is None else str(cost),
+                 str(AMAX), ih, idem, meta])
 
-    def charge(self, cost: int, agent: str = AGENT, cat: str = "tool", idem: str = "",
-               ih: str = "") -> list[Any]:
+    def charge(self, cost: int | None, agent: str = AGENT, cat: str = "tool", idem: str = "",
+               ih: str = "", tool: str = "") -> list[Any]:
         return self.run("charge", *self.charge_args(cost, agent, cat, idem, ih or
-                                                    ("h" + idem if idem else "")))
+                                                    ("h" + idem if idem else ""), tool=tool))
 
-    def hold_args(self, amount: int, hold_id: str = "hold1", agent: str = AGENT,
+    def hold_args(self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,
                   cat: str = "llm", ttl_ms: int = 60_000, idem: str = "", ih: str = "",
-                  meta: str = "", tool: str = "llm_summarize") -> tuple[list[str], list[str]]:
+                  meta: str = "", tool: str = "") -> tuple[list[str], list[str]]:
         k = self.k(agent)
         return ([k.agent_hash, k.window, k.hold(hold_id), k.holds, self.idem_key(agent, idem),
-                 k.events, k.webhooks],
-                [agent, self.eid(), hold_id, tool, cat, str(amount), str(AMAX), str(ttl_ms),
+                 k.events, k.webhooks, k.tools],
+                [agent, self.eid(), hold_id, tool or f"v_{cat}",
+                 "" if amount is None else str(amount), str(AMAX), str(ttl_ms),
                  str(TTL_MAX_MS), ih, idem, meta])
 
-    def hold(self, amount: int, hold_id: str = "hold1", agent: str = AGENT, cat: str = "llm",
-             ttl_ms: int = 60_000, idem: str = "") -> list[Any]:
+    def hold(self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,
+             cat: str = "llm", ttl_ms: int = 60_000, idem: str = "", tool: str = ""
+             ) -> list[Any]:
         return self.run("hold", *self.hold_args(amount, hold_id, agent, cat, ttl_ms, idem,
-                                                "h" + idem if idem else ""))
+                                                "h" + idem if idem else "", tool=tool))
 
     def close_keys(self, hold_id: str, agent: str = AGENT, idem: str = "") -> list[str]:
         k = self.k(agent)
         return [k.agent_hash, k.window, k.hold(hold_id), k.holds, self.idem_key(agent, idem),
                 k.events]
 
-    def capture_args(self, cost: int, hold_id: str = "hold1", agent: str = AGENT,
+    def capture_args(self, cost: int | None, hold_id: str = "hold1", agent: str = AGENT,
                      idem: str = "", ih: str = "", meta: str = ""
                      ) -> tuple[list[str], list[str]]:
-        return (self.close_keys(hold_id, agent, idem),
-                [agent, self.eid(), hold_id, str(cost), str(AMAX), ih, idem, meta])
+        return ([*self.close_keys(hold_id, agent, idem), self.k(agent).tools],
+                [agent, self.eid(), hold_id, "" if cost is None else str(cost), str(AMAX), ih,
+                 idem, meta])
 
-    def capture(self, cost: int, hold_id: str = "hold1", agent: str = AGENT,
+    def capture(self, cost: int | None, hold_id: str = "hold1", agent: str = AGENT,
                 idem: str = "") -> list[Any]:
         return self.run("capture", *self.capture_args(cost, hold_id, agent, idem,
                                                       "h" + idem if idem else ""))
@@ -249,6 +270,13 @@ class Lua:
                       ) -> tuple[list[str], list[str]]:
         return ([keys.tool(name), keys.TOOL_NAMES, keys.TOOLS_VERSION, keys.TOOL_EVENTS],
                 [name, self.eid(), str(price), str(AMAX), cat, pricing, upstream, headers])
+
+    def tool_copy_args(self, tool: str, version: int, price: int | None = None, cat: str = "",
+                       pricing: str = "", force: str = "0", partition: int | None = None
+                       ) -> tuple[list[str], list[str]]:
+        p = self.k().partition if partition is None else partition
+        return ([keys.tools_copy(p)],
+                [tool, str(version), "" if price is None else str(price), cat, pricing, force])
 
     def tool_delete_args(self, name: str = "web_search") -> tuple[list[str], list[str]]:
         return ([keys.tool(name), keys.TOOL_NAMES, keys.TOOLS_VERSION, keys.TOOL_EVENTS],

@@ -36,6 +36,11 @@ def uint_cases(hi: int, zero_ok: bool = True) -> list[tuple[str, bool]]:
     return cases
 
 
+def opt_uint_cases(hi: int, zero_ok: bool = True) -> list[tuple[str, bool]]:
+    """(value, bad) for an amount that may be left out ('')."""
+    return [(v, b) for v, b in uint_cases(hi, zero_ok) if v != ""] + [("", False)]
+
+
 def max_cases(hi: int) -> list[tuple[str, bool]]:
     """(value, bad) for a maximum passed by the gateway (amount max, ttl max, balance max)."""
     return [("nan", True), ("-1", True), ("", True), (str(hi + 1), True), (str(hi), False)]
@@ -60,16 +65,21 @@ def ready(lua: Lua) -> None:
 
 SCRIPTS: dict[str, tuple[Builder, dict[int, list[tuple[str, bool]]]]] = {
     "charge": (lambda lua: lua.charge_args(50_000), {
-        1: name_cases(), 2: token_cases(), 3: name_cases(), 4: name_cases(),
-        5: uint_cases(AMAX), 6: max_cases(MICROS_MAX), 7: opt_token_cases()}),
+        1: name_cases(), 2: token_cases(), 3: name_cases(), 4: opt_uint_cases(AMAX),
+        5: max_cases(MICROS_MAX), 6: opt_token_cases()}),
     "hold": (lambda lua: lua.hold_args(100_000, "hold2"), {
         1: name_cases(), 2: token_cases(), 3: token_cases(), 4: name_cases(),
-        5: name_cases(), 6: uint_cases(AMAX, zero_ok=False), 7: max_cases(MICROS_MAX),
-        8: uint_cases(TTL_MAX_MS, zero_ok=False), 9: max_cases(MICROS_MAX),
-        10: opt_token_cases()}),
+        5: opt_uint_cases(AMAX, zero_ok=False), 6: max_cases(MICROS_MAX),
+        7: uint_cases(TTL_MAX_MS, zero_ok=False), 8: max_cases(MICROS_MAX),
+        9: opt_token_cases()}),
     "capture": (lambda lua: lua.capture_args(50_000), {
-        1: name_cases(), 2: token_cases(), 3: token_cases(), 4: uint_cases(AMAX),
+        1: name_cases(), 2: token_cases(), 3: token_cases(), 4: opt_uint_cases(AMAX),
         5: max_cases(MICROS_MAX), 6: opt_token_cases()}),
+    "tool_copy": (lambda lua: lua.tool_copy_args("v_tool", 2, 90_000, "tool", "variable"), {
+        1: name_cases(), 2: max_cases(MICROS_MAX), 3: opt_uint_cases(MICROS_MAX),
+        4: [("", True), ("A", True), ("a" * 65, True), ("a" * 64, False)],
+        5: [("x", True), ("", True), ("fixed", False), ("variable", False)],
+        6: [("2", True), ("", True), ("0", False), ("1", False)]}),
     "release": (lambda lua: lua.release_args(), {
         1: name_cases(), 2: token_cases(), 3: token_cases(), 4: opt_token_cases()}),
     "fund": (lambda lua: lua.fund_args(1_000), {
@@ -107,7 +117,7 @@ CASES = [(script, index) for script, (_builder, table) in SCRIPTS.items() for in
 
 
 def _setup(lua: Lua, script: str) -> None:
-    lua.r.flushall()
+    lua.reset()
     ready(lua)
     if script in ("tool_set", "tool_delete"):
         assert lua.run("tool_set", *lua.tool_set_args("calc", 0))[0] == 0
@@ -134,7 +144,7 @@ def test_argument(lua: Lua, script: str, index: int) -> None:
 def test_every_valid_call_succeeds(lua: Lua) -> None:
     """The builders above are valid calls: each one succeeds unchanged."""
     for script, (builder, _table) in SCRIPTS.items():
-        lua.r.flushall()
+        lua.reset()
         _setup(lua, script)
         assert lua.run(script, *builder(lua))[0] == 0, script
 

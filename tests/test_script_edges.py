@@ -23,8 +23,8 @@ def test_charge_refusal_order(lua: Lua) -> None:
     lua.r.hset(lua.k().agent_hash, "frozen", "1")
     assert lua.charge(1000) == [11]
     lua.r.hset(lua.k().agent_hash, "frozen", "0")
-    assert lua.charge(1000) == [13, 50, 1000]
-    assert lua.charge(45) == [14, 40, 45]
+    assert lua.charge(1000) == [13, 50, 1000, "tool"]
+    assert lua.charge(45) == [14, 40, 45, "tool"]
     lua.set_limits("pc", "", "c:tool:pc", "")
     assert lua.charge(1000)[:3] == [15, 30, 0]
     lua.set_limits("dl", "")
@@ -41,10 +41,10 @@ def test_caps_exactly_and_one_over(lua: Lua) -> None:
     lua.create(grant=10 * T)
     lua.set_limits("pc", "50000", "c:tool:pc", "60000")
     assert lua.charge(50_000)[0] == 0
-    assert lua.charge(50_001) == [13, 50_000, 50_001]
+    assert lua.charge(50_001) == [13, 50_000, 50_001, "tool"]
     lua.set_limits("pc", "", "c:tool:pc", "50000")
     assert lua.charge(50_000)[0] == 0
-    assert lua.charge(50_001) == [14, 50_000, 50_001]
+    assert lua.charge(50_001) == [14, 50_000, 50_001, "tool"]
     assert lua.charge(50_001, cat="web")[0] == 0  # another category's cap does not apply
     lua.set_limits("c:tool:pc", "", "dl", "250001", "c:tool:dl", "150000")  # 150001 spent
     assert lua.charge(50_001)[:3] == [16, 150_000, 100_000]
@@ -115,7 +115,7 @@ def test_charge_replay_and_conflict(lua: Lua) -> None:
     assert first[:3] == [0, 110_000, 1 + 2 + 4]
     lua.r.hset(lua.k().agent_hash, "frozen", "1")  # replays answer whatever changed since
     before = lua.snapshot()
-    assert lua.charge(90_000, idem="k1") == [1, "110000", "7", first[3], "90000"]
+    assert lua.charge(90_000, idem="k1") == [1, "110000", "7", first[3], "90000", "tool"]
     assert lua.run("charge", *lua.charge_args(90_000, idem="k1", ih="other")) == [12]
     assert lua.snapshot() == before
     assert lua.charge(90_000, idem="k2") == [11]
@@ -142,7 +142,8 @@ def test_hold_replay_and_conflict(lua: Lua) -> None:
     first = lua.hold(100_000, "h1", idem="k1")
     assert first[:4] == [0, 100_000, 5, "h1"]
     before = lua.snapshot()
-    assert lua.hold(100_000, "h2", idem="k1") == [1, "100000", "5", "h1", str(first[4])]
+    assert lua.hold(100_000, "h2", idem="k1") == [1, "100000", "5", "h1", str(first[4]),
+                                                   100_000, 0]
     assert lua.run("hold", *lua.hold_args(100_000, "h3", idem="k1", ih="x")) == [12]
     assert lua.snapshot() == before
 
@@ -152,12 +153,12 @@ def test_capture_and_release_replay_after_closing(lua: Lua) -> None:
     assert lua.hold(100_000, "h1")[0] == 0
     assert lua.hold(100_000, "h2")[0] == 0
     first = lua.capture(30_000, "h1", idem="c1")
-    assert first == [0, T - 130_000, 0, first[3], 70_000]
+    assert first == [0, T - 130_000, 0, first[3], 70_000, 30_000]
     released = lua.release("h2", idem="r1")
     assert released == [0, T - 30_000, 0, released[3], 100_000]
     before = lua.snapshot()
     assert lua.capture(30_000, "h1", idem="c1") == [1, str(T - 130_000), "0", first[3],
-                                                    "70000"]
+                                                    "70000", 30_000]
     assert lua.release("h2", idem="r1") == [1, str(T - 30_000), "0", released[3], "100000"]
     assert lua.run("capture", *lua.capture_args(30_000, "h1", idem="c1", ih="x")) == [12]
     assert lua.run("release", *lua.release_args("h2", idem="r1", ih="x")) == [12]
@@ -195,7 +196,7 @@ def test_daily_near_at_eighty_percent(lua: Lua) -> None:
     assert lua.hold(40_000)[2] == 0  # 80 % exactly: not over
     assert lua.charge(1)[2] == 2
     assert lua.capture(0)[2] == 0  # the hold left the window: 40001 spent, none held
-    lua.r.flushall()
+    lua.reset()
     lua.create(grant=10 * T)
     lua.set_limits("dl", "100000")
     assert lua.hold(90_000)[2] == 2

@@ -51,7 +51,7 @@ def test_create_agent_writes(lua: Lua) -> None:
 def test_create_agent_low_flag_edges(lua: Lua) -> None:
     for grant, low, lowf in ((300_000, 300_000, "0"), (299_999, 300_000, "1"),
                              (0, 0, "0"), (5, 0, "0"), (1, 1, "0"), (0, 1, "1")):
-        lua.r.flushall()
+        lua.reset()
         lua.run("create_agent", *lua.create_args("a1", grant=grant, low=low))
         agent = lua.agent()
         assert agent["lowf"] == lowf, (grant, low)
@@ -62,10 +62,10 @@ def test_charge_writes(lua: Lua) -> None:
     lua.create(grant=T)
     before = lua.now_ms()
     keys_, args = lua.charge_args(50_000, idem="k1", ih="hash1", meta='{"m":1}')
-    assert lua.run("charge", keys_, args) == [0, T - 50_000, 0, args[1]]
+    assert lua.run("charge", keys_, args) == [0, T - 50_000, 0, args[1], 50_000, "tool"]
     assert lua.agent()["bal"] == str(T - 50_000)
     assert last_event(lua, before) == {
-        "id": args[1], "kind": "charge", "agent": "a1", "tool": "web_search",
+        "id": args[1], "kind": "charge", "agent": "a1", "tool": "v_tool",
         "category": "tool", "amount": "50000", "balance_after": str(T - 50_000),
         "idem": "k1", "ih": "hash1", "meta": '{"m":1}'}
     assert lua.r.get(keys_[2]) == f"hash1 {T - 50_000} 0 {args[1]} 50000"
@@ -76,10 +76,10 @@ def test_charge_writes(lua: Lua) -> None:
 
 def test_free_charge_writes_only_the_event(lua: Lua) -> None:
     lua.create(grant=0)
-    keys_, args = lua.charge_args(0, tool="calc")
+    keys_, args = lua.charge_args(None, tool="free")
     before_state = lua.snapshot()
     before = lua.now_ms()
-    assert lua.run("charge", keys_, args) == [0, 0, 0, args[1]]
+    assert lua.run("charge", keys_, args) == [0, 0, 0, args[1], 0, "tool"]
     assert last_event(lua, before)["amount"] == "0"
     after = lua.snapshot()
     stream = lua.k().events
@@ -94,17 +94,18 @@ def test_hold_writes(lua: Lua) -> None:
                                 meta='{"m":2}')
     reply = lua.run("hold", keys_, args)
     expires = reply[4]
-    assert reply[:4] == [0, T - 300_000, 0, "hold1"]
+    assert reply[:4] + reply[5:] == [0, T - 300_000, 0, "hold1", 300_000, 0]
     assert before + 60_000 <= expires <= lua.now_ms() + 60_000
     assert (lua.agent()["bal"], lua.agent()["held"]) == (str(T - 300_000), "300000")
     k = lua.k()
     assert lua.r.hgetall(k.hold("hold1")) == {
-        "agent": "a1", "tool": "llm_summarize", "category": "llm", "amount": "300000",
-        "day": str((expires - 60_000) // DAY_MS), "exp": str(expires), "state": "open"}
+        "agent": "a1", "tool": "v_llm", "category": "llm", "amount": "300000",
+        "day": str((expires - 60_000) // DAY_MS), "exp": str(expires), "state": "open",
+        "fx": "0"}
     assert lua.r.pttl(k.hold("hold1")) == -1
     assert lua.r.zrange(k.holds, 0, -1, withscores=True) == [("hold1", float(expires))]
     assert last_event(lua, before) == {
-        "id": args[1], "kind": "hold", "agent": "a1", "tool": "llm_summarize",
+        "id": args[1], "kind": "hold", "agent": "a1", "tool": "v_llm",
         "category": "llm", "amount": "300000", "balance_after": str(T - 300_000),
         "hold_id": "hold1", "expires_at": str(expires), "idem": "k1", "ih": "hash1",
         "meta": '{"m":2}'}
@@ -126,12 +127,12 @@ def test_capture_writes(lua: Lua) -> None:
     assert lua.hold(300_000)[0] == 0
     before = lua.now_ms()
     keys_, args = lua.capture_args(80_000, idem="k2", ih="hash2", meta='{"m":3}')
-    assert lua.run("capture", keys_, args) == [0, T - 80_000, 0, args[1], 220_000]
+    assert lua.run("capture", keys_, args) == [0, T - 80_000, 0, args[1], 220_000, 80_000]
     assert (lua.agent()["bal"], lua.agent()["held"]) == (str(T - 80_000), "0")
     hold = closed_hold(lua)
     assert (hold["state"], hold["captured"], hold["amount"]) == ("captured", "80000", "300000")
     assert last_event(lua, before) == {
-        "id": args[1], "kind": "capture", "agent": "a1", "tool": "llm_summarize",
+        "id": args[1], "kind": "capture", "agent": "a1", "tool": "v_llm",
         "category": "llm", "amount": "80000", "held": "300000",
         "balance_after": str(T - 80_000), "hold_id": "hold1", "idem": "k2", "ih": "hash2",
         "meta": '{"m":3}'}
@@ -163,7 +164,7 @@ def test_release_writes(lua: Lua) -> None:
     assert (lua.agent()["bal"], lua.agent()["held"]) == (str(T), "0")
     assert closed_hold(lua)["state"] == "released"
     assert last_event(lua, before) == {
-        "id": args[1], "kind": "release", "agent": "a1", "tool": "llm_summarize",
+        "id": args[1], "kind": "release", "agent": "a1", "tool": "v_llm",
         "category": "llm", "amount": "300000", "balance_after": str(T), "hold_id": "hold1",
         "idem": "k3", "ih": "hash3", "meta": ""}
     assert lua.r.get(keys_[4]) == f"hash3 {T} 0 {args[1]} 300000"
@@ -189,7 +190,7 @@ def test_expire_writes(lua: Lua) -> None:
     assert closed_hold(lua)["state"] == "expired"
     assert lua.r.zrange(lua.k().holds, 0, -1) == ["later"]
     assert last_event(lua, before) == {
-        "id": args[1], "kind": "expire", "agent": "a1", "tool": "llm_summarize",
+        "id": args[1], "kind": "expire", "agent": "a1", "tool": "v_llm",
         "category": "llm", "amount": "300000", "balance_after": str(T - 100_000),
         "hold_id": "hold1", "idem": "", "meta": ""}
     assert lua.window() == {"day": str(lua.today()), "h": "100000", "h:llm": "100000"}
@@ -312,25 +313,31 @@ def test_tool_set_and_delete_write(lua: Lua) -> None:
     before = lua.now_ms()
     keys_, args = lua.tool_set_args("web_search", 50_000, "tool", "variable",
                                     "http://127.0.0.1:9", '{"h":"v"}')
-    assert lua.run("tool_set", keys_, args) == [0, 1]
-    stored = lua.r.hgetall(keys.tool("web_search"))
+    reply = lua.run("tool_set", keys_, args)
+    first = reply[1]
+    # Catalog versions never fall below the clock in µs (a lost version key cannot reuse one).
+    assert reply[0] == 0 and before * 1000 <= first <= lua.now_ms() * 1000
+    stored = lua.hash(keys.tool("web_search"))
     assert before <= int(stored.pop("updated")) <= lua.now_ms()
     assert stored == {"price": "50000", "category": "tool", "pricing": "variable",
-                      "upstream": "http://127.0.0.1:9", "headers": '{"h":"v"}'}
+                      "upstream": "http://127.0.0.1:9", "headers": '{"h":"v"}',
+                      "version": str(first)}
     assert lua.r.smembers(keys.TOOL_NAMES) == {"web_search"}
+    assert lua.r.get(keys.TOOLS_VERSION) == str(first)
     assert last_event(lua, before, keys.TOOL_EVENTS) == {
         "id": args[1], "kind": "tool", "tool": "web_search", "price": "50000",
         "category": "tool", "pricing": "variable", "upstream": "http://127.0.0.1:9",
         "headers": '{"h":"v"}'}
     # A replacement drops the old fields (a stale upstream would leak secrets).
-    assert lua.run("tool_set", *lua.tool_set_args("web_search", 60_000))[:2] == [0, 2]
+    lua.r.set(keys.TOOLS_VERSION, str(4 * 10**15))  # ahead of the clock: plain increments
+    assert lua.run("tool_set", *lua.tool_set_args("web_search", 60_000)) == [0, 4 * 10**15 + 1]
     assert lua.r.hget(keys.tool("web_search"), "upstream") == ""
     assert lua.r.hget(keys.tool("web_search"), "headers") == ""
     lua.r.hset(keys.tool("web_search"), "stale", "x")
-    assert lua.run("tool_set", *lua.tool_set_args("web_search", 60_000))[:2] == [0, 3]
-    assert "stale" not in lua.r.hgetall(keys.tool("web_search"))
+    assert lua.run("tool_set", *lua.tool_set_args("web_search", 60_000)) == [0, 4 * 10**15 + 2]
+    assert "stale" not in lua.hash(keys.tool("web_search"))
     keys_, args = lua.tool_delete_args("web_search")
-    assert lua.run("tool_delete", keys_, args) == [0, 4]
+    assert lua.run("tool_delete", keys_, args) == [0, 4 * 10**15 + 3]
     assert lua.r.exists(keys.tool("web_search")) == 0
     assert lua.r.smembers(keys.TOOL_NAMES) == set()
     assert last_event(lua, before, keys.TOOL_EVENTS) == {
@@ -338,6 +345,10 @@ def test_tool_set_and_delete_write(lua: Lua) -> None:
     before_state = lua.snapshot()
     assert lua.run("tool_delete", *lua.tool_delete_args("web_search")) == [10]
     assert lua.snapshot() == before_state
+    lua.r.set(keys.TOOLS_VERSION, "5")  # a version key restored from an old copy
+    assert lua.run("tool_set", *lua.tool_set_args("calc", 0))[0] == 0
+    restarted = int(lua.r.get(keys.TOOLS_VERSION) or 0)  # type: ignore[arg-type]
+    assert before * 1000 <= restarted <= lua.now_ms() * 1000
 
 
 def test_crossing_queues_both_webhooks(lua: Lua) -> None:
