@@ -347,7 +347,7 @@ def test_tool_set_and_delete_write(lua: Lua) -> None:
     assert lua.snapshot() == before_state
     lua.r.set(keys.TOOLS_VERSION, "5")  # a version key restored from an old copy
     assert lua.run("tool_set", *lua.tool_set_args("calc", 0))[0] == 0
-    restarted = int(lua.r.get(keys.TOOLS_VERSION) or 0)  # type: ignore[arg-type]
+    restarted = int(lua.r.get(keys.TOOLS_VERSION) or 0)
     assert before * 1000 <= restarted <= lua.now_ms() * 1000
 
 
