@@ -119,3 +119,13 @@ def test_replays_carry_the_first_answers_amounts(lua: Lua) -> None:
     charged = lua.charge(None, tool="fx_tool", idem="k3")
     assert lua.charge(None, tool="fx_tool", idem="k3") == [
         1, str(charged[1]), "0", charged[3], "50000", "tool"]
+
+
+def test_a_hold_keeps_the_pricing_it_was_taken_with(lua: Lua) -> None:
+    lua.create(grant=T)
+    assert lua.hold(None, "f1", tool="fx_tool")[0] == 0
+    assert lua.hold(5_000, "v1", cat="llm")[0] == 0
+    lua.r.hset(lua.k().tools, mapping={"fx_tool": "9 50000 tool variable",
+                                       "v_llm": "9 5000 llm fixed"})
+    assert lua.capture(1, "f1") == [26, 50_000]  # still the fixed price it held
+    assert lua.capture(1, "v1")[4:] == [4_999, 1]  # still variable
