@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from gateway.cli_client import Options, fail, json_option, register
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.embedded import start_embedded
 from gateway.ledger.factory import ledger_location
+from gateway.ledger.supervisor import NICENESS, WriterSupervisor
 from gateway.secrets_store import check_at_start, ensure_secret
 
-WRITER_NICENESS = 10  # added to the ledger writer child's nice value by `iou serve`
+WRITER_NICENESS = NICENESS  # added to the ledger writer child's nice value by `iou serve`
 
 
 def _settings() -> Settings:
@@ -67,13 +67,18 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     check_at_start(settings)  # before the workers: they must all read one IOU_SECRET_KEY
     if workers > 1:
         _prometheus_multiprocess(settings.data_dir / "metrics")
-    writer = None if no_writer else subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "writer"], stdin=subprocess.DEVNULL)
+    redis_url = embedded.url if embedded is not None else settings.redis_url
+    assert redis_url is not None
+    _settle_store(settings)
+    # One consumer name per host and port, kept across restarts of the writer and of `iou
+    # serve`: a new writer resumes the entries its killed predecessor read but had not
+    # committed at once, instead of waiting for them to be claimed as stale (30 s).
+    consumer = f"{socket.gethostname()}-serve-{port}"
+    writer = None if no_writer else WriterSupervisor(
+        [sys.executable, "-m", "gateway.cli", "writer", "--consumer", consumer,
+         "--parent-pid", str(os.getpid())], redis_url)
     if writer is not None:
-        # The writer is background work with a second of slack (lag target < 1 s): at a
-        # lower priority its batches wait for a free core instead of delaying requests.
-        with contextlib.suppress(ProcessLookupError):  # it already exited: its log says why
-            os.setpriority(os.PRIO_PROCESS, writer.pid, WRITER_NICENESS)
+        writer.start()
     click.echo(f"IOU gateway on http://{host}:{port} ({workers} worker(s)); "
                f"ledger: {ledger_location(settings)}")
     # uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
@@ -89,10 +94,20 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
                     timeout_keep_alive=settings.keepalive_timeout_s)
     finally:
         if writer is not None:
-            writer.terminate()  # SIGTERM: it finishes the batch in hand
-            writer.wait()
+            writer.stop()  # SIGTERM: it finishes the batch in hand
         if embedded is not None:
             embedded.stop()
+
+
+def _settle_store(settings: Settings) -> None:
+    """Identity of a new store; the embedded default's wiped store rebuilt from the ledger."""
+    from gateway.errors import GatewayError
+    from gateway.ledger.service import settle_store
+
+    try:
+        asyncio.run(settle_store(settings))
+    except GatewayError as exc:  # Redis down: the workers say so and keep checking
+        click.echo(f"iou serve: cannot check the store at start: {exc.message}", err=True)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -110,7 +125,9 @@ def _prometheus_multiprocess(folder: Path) -> None:
 @click.option("--consumer", default=None,
               help="Consumer name; a restarted writer with the same name resumes its pending "
                    "entries at once (default: host-pid).")
-def writer(consumer: str | None) -> None:
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Stop when this process is gone (set by `iou serve` for its writer).")
+def writer(consumer: str | None, parent_pid: int | None) -> None:
     """Run one ledger writer (stream -> ledger table) until SIGTERM."""
     import uvloop
 
@@ -118,7 +135,7 @@ def writer(consumer: str | None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # uvloop, as in the gateway: the writer's time is mostly socket and loop overhead.
-    uvloop.run(run_writer(_settings(), consumer))
+    uvloop.run(run_writer(_settings(), consumer, parent_pid))
 
 
 @main.command()

@@ -50,6 +50,7 @@ def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | 
     ``data_dir`` is given: a restart passes the one it ran on)."""
     port = free_port()
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="iou-gw-"))
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = data_dir / "gateway.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
     environ.update({"IOU_WEBHOOK_SECRET": WEBHOOK_SECRET, "IOU_SECRET_KEY": SECRET_KEY,
@@ -58,7 +59,7 @@ def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | 
         environ["IOU_ADMIN_TOKEN"] = admin_token
     if redis_url is not None:
         environ["IOU_REDIS_URL"] = redis_url
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
              "--workers", str(workers), *([] if writer else ["--no-writer"])],

@@ -17,13 +17,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.api import admin, agent, agent_keys, ledger_routes, ops, proxy
-from gateway.api.auth import Authenticator, FailureLimits
+from gateway.api.auth import FailureLimits
 from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
 from gateway.api.responses import json_response
+from gateway.api.store_guard import GuardedAuthenticator
 from gateway.api.webhooks import WebhookDeliverer
 from gateway.config import Settings, load_settings
 from gateway.ledger.factory import open_store
+from gateway.ledger.identity import StoreGuard
 from gateway.ledger.lag import ledger_backlog
 from gateway.runtime import open_runtime
 from gateway.secrets_store import check_at_start, ensure_secret
@@ -95,13 +97,16 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     ledger = open_store(settings)
     await ledger.migrate()
     engine = runtime.engine
+    guard = StoreGuard(engine, ledger)  # is this Redis the one the ledger describes?
+    await guard.start()
 
     async def lag_s() -> float:
         return (await ledger_backlog(engine.conn, engine.partitions))[0]
 
-    auth = Authenticator(engine, admin_token, FailureLimits.of(settings),
-                         settings.trusted_proxies)
-    app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s)
+    auth = GuardedAuthenticator(guard, engine, admin_token, FailureLimits.of(settings),
+                                settings.trusted_proxies)
+    app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s,
+                            guard=guard)
     delivery = asyncio.create_task(deliverer.run_forever())
     _settle_gc()
     try:
@@ -109,6 +114,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     finally:
         delivery.cancel()
         await asyncio.gather(delivery, return_exceptions=True)
+        await guard.stop()
         await http.aclose()
         await ledger.close()
         await runtime.close()

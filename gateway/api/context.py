@@ -17,6 +17,7 @@ from gateway.api.webhooks import WebhookDeliverer
 from gateway.config import Settings
 from gateway.engine import Engine
 from gateway.errors import GatewayError
+from gateway.ledger.identity import StoreGuard
 from gateway.ledger.store import LedgerStore
 
 
@@ -31,6 +32,8 @@ class Context:
     # Seconds the ledger is behind, or None when no ledger writer is configured.
     ledger_lag_s: Callable[[], Awaitable[float | None]] | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Whether Redis is the store the ledger describes (None: not checked, e.g. in tests).
+    guard: StoreGuard | None = None
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` off the request's path, keeping a reference until it ends."""

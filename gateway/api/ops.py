@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -13,6 +18,7 @@ from gateway.api.responses import json_response
 from gateway.errors import GatewayError
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import StoreUnavailable
+from gateway.ledger.supervisor import RESTARTS_FIELD
 
 
 @endpoint
@@ -22,7 +28,8 @@ async def healthz(ctx: Context, request: Request) -> Response:
 
 @endpoint
 async def readyz(ctx: Context, request: Request) -> Response:
-    """Ready when Redis answers, every script is loaded and the ledger keeps up."""
+    """Ready when Redis answers, every script is loaded, the store is the one the ledger
+    describes and the ledger keeps up."""
     checks: dict[str, object] = {}
     try:
         await ctx.engine.conn.call_or_raise(b"PING")
@@ -33,10 +40,15 @@ async def readyz(ctx: Context, request: Request) -> Response:
         checks["scripts"] = "ok" if await ctx.engine.scripts.loaded() else "missing"
     except GatewayError as exc:
         checks["redis"] = exc.message
+    if ctx.guard is not None:
+        if checks.get("redis") == "ok" and not ctx.guard.ok:
+            await ctx.guard.refresh()  # a recover may have just finished: do not wait 1 s
+        checks["store"] = ctx.guard.reason
     lag = await ctx.ledger_lag_s() if ctx.ledger_lag_s is not None else None
     checks["ledger_lag_s"] = lag
     ledger_ok = lag is None or lag <= ctx.settings.ledger_lag_max_s
-    ready = checks.get("redis") == "ok" and checks.get("scripts") == "ok" and ledger_ok
+    ready = (checks.get("redis") == "ok" and checks.get("scripts") == "ok" and ledger_ok
+             and checks.get("store", "ok") == "ok")
     return json_response(200 if ready else 503, {"ready": ready, "checks": checks})
 
 
@@ -48,12 +60,34 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
         lag_s, pending = await ledger_backlog(ctx.engine.conn, ctx.engine.partitions)
         metrics.LEDGER_LAG.set(lag_s)
         metrics.LEDGER_PENDING.set(pending)
-        drift = await ctx.engine.conn.call_or_raise(b"HGET", keys.META, b"reconcile_drift")
+        drift, restarts = await ctx.engine.conn.call_or_raise(
+            b"HMGET", keys.META, b"reconcile_drift", RESTARTS_FIELD)
         metrics.RECONCILE_DRIFT.set(int(drift or 0))
+        _WRITER_RESTARTS.value = int(restarts or 0)
         metrics.DEAD_LETTERS.set(await ctx.ledger.count("dead_letters"))
     except (GatewayError, StoreUnavailable):
         pass  # Redis or the ledger down: serve what we have; /readyz says why
-    return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+    body = metrics.render() + generate_latest(_OWN_REGISTRY)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+class _RestartsCollector(Collector):
+    """iou_ledger_writer_restarts_total: restarts of supervised ledger writers, counted in
+    Redis by the supervisor (gateway/ledger/supervisor.py), so every worker and gateway
+    host exports the same total. Only Redis resets it (wiped store)."""
+
+    value = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("iou_ledger_writer_restarts",
+                                  "Ledger writers restarted after they died", value=self.value)
+
+
+_WRITER_RESTARTS = _RestartsCollector()
+# A registry of this module's own: the value comes from Redis, not from this process, so
+# it is not a prometheus_client Counter (nor part of the multiprocess files).
+_OWN_REGISTRY = CollectorRegistry(auto_describe=False)
+_OWN_REGISTRY.register(_WRITER_RESTARTS)
 
 
 @endpoint

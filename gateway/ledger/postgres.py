@@ -89,6 +89,17 @@ class PostgresStore:
             "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             name, value))
 
+    async def identity(self) -> str | None:
+        value = await self._with(lambda conn: conn.fetchval(schema.SELECT_IDENTITY))
+        return None if value is None else str(value)
+
+    async def claim_identity(self, store_id: str) -> str:
+        async def claim(conn: asyncpg.Connection) -> str:
+            await conn.execute(dollar(schema.CLAIM_IDENTITY), store_id, int(time.time() * 1000))
+            return str(await conn.fetchval(schema.SELECT_IDENTITY))
+
+        return await self._with(claim)
+
     async def count(self, table: str = "ledger_entries") -> int:
         assert table in ("ledger_entries", "dead_letters", "agents", "tools", "agent_keys")
         value = await self._with(lambda conn: conn.fetchval(f"SELECT COUNT(*) FROM {table}"))

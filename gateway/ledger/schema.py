@@ -63,6 +63,14 @@ MIGRATIONS: list[list[str]] = [
             pos TEXT NOT NULL)""",
         "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    [
+        # The identity of the Redis store this ledger describes (gateway/ledger/identity.py):
+        # one row, written once, compared with the id in Redis's meta hash.
+        """CREATE TABLE store_identity (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            store_id TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL)""",
+    ],
 ]
 
 INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms, kind,
@@ -101,6 +109,10 @@ UPSERT_TOOL = """INSERT INTO tools (tool, price, category, pricing, upstream, he
     WHERE tools.pos < excluded.pos"""
 INSERT_DEAD_LETTER = """INSERT INTO dead_letters (stream, stream_id, fields, error, at_ms)
     VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, stream_id) DO NOTHING"""
+
+SELECT_IDENTITY = "SELECT store_id FROM store_identity WHERE singleton = 1"
+CLAIM_IDENTITY = """INSERT INTO store_identity (singleton, store_id, created_at_ms)
+    VALUES (1, ?, ?) ON CONFLICT (singleton) DO NOTHING"""
 
 # Balance effect of each kind: a capture gives back its hold's amount minus the cost.
 DELTA_SQL = """CASE kind WHEN 'grant' THEN amount WHEN 'fund' THEN amount

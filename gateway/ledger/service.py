@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from gateway import keys
 from gateway.config import Settings
+from gateway.ledger import identity
 from gateway.ledger.factory import open_store
+from gateway.ledger.identity import StoreGuard, StoreState
 from gateway.ledger.reconcile import Drift, reconcile
 from gateway.ledger.recover import Recovered, recover
+from gateway.ledger.store import StoreUnavailable
 from gateway.ledger.writer import LedgerWriter
 from gateway.runtime import Runtime, open_runtime
 
 log = logging.getLogger("iou.writer")
+
+ORPHAN_CHECK_S = 1.0
 
 
 def _writer_for(runtime: Runtime, settings: Settings, consumer: str | None = None
@@ -26,23 +32,41 @@ def _writer_for(runtime: Runtime, settings: Settings, consumer: str | None = Non
     return writer
 
 
-async def run_writer(settings: Settings, consumer: str | None = None) -> None:
-    """``iou writer``: run until SIGTERM/SIGINT, then finish the batch in hand and stop."""
+async def run_writer(settings: Settings, consumer: str | None = None,
+                     parent_pid: int | None = None) -> None:
+    """``iou writer``: run until SIGTERM/SIGINT, then finish the batch in hand and stop.
+
+    With ``parent_pid`` (the writer of ``iou serve``), it also stops when that process is
+    gone, so a gateway killed with SIGKILL leaves no writer behind."""
     runtime = await open_runtime(settings, background=False)
     writer = _writer_for(runtime, settings, consumer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, writer.stop)
+    orphan_watch = None if parent_pid is None else asyncio.create_task(
+        _stop_when_orphaned(writer, parent_pid))
     try:
         await writer.prepare()
         await writer.store.set_meta("partitions", str(runtime.engine.partitions))
+        # Events of a store that is not the ledger's (another deployment's Redis) must not
+        # land in this ledger: the writer waits while the identities disagree.
+        writer.gate = StoreGuard(runtime.engine, writer.store).passable
         log.info("ledger writer started")
         await writer.run()
     finally:
+        if orphan_watch is not None:
+            orphan_watch.cancel()
         await writer.store.close()
         writer.close()
         await runtime.close()
     log.info("ledger writer stopped: %s", writer.stats)
+
+
+async def _stop_when_orphaned(writer: LedgerWriter, parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(ORPHAN_CHECK_S)
+    log.warning("the gateway process %d is gone: stopping the ledger writer", parent_pid)
+    writer.stop()
 
 
 async def run_reconcile(settings: Settings) -> tuple[int, list[Drift]]:
@@ -66,7 +90,38 @@ async def run_recover(settings: Settings, force: bool) -> Recovered:
     store = open_store(settings)
     try:
         await store.migrate()
-        return await recover(runtime.engine, store, force)
+        done = await recover(runtime.engine, store, force)
+        await identity.restore(runtime.engine, store)
+        return done
+    finally:
+        await store.close()
+        await runtime.close()
+
+
+async def settle_store(settings: Settings) -> StoreState:
+    """``iou serve`` at start: give a brand-new pair its identity, and on the embedded
+    default rebuild a wiped store from the ledger at once (nobody else would). Returns the
+    verdict after that; the workers keep checking it."""
+    runtime = await open_runtime(settings, background=False)
+    store = open_store(settings)
+    try:
+        await store.migrate()
+        verdict = await identity.settle(runtime.engine, store)
+        if verdict.state is StoreState.WIPED and settings.uses_embedded_redis:
+            log.warning("the embedded store was wiped (its data files are gone): rebuilding "
+                        "it from the ledger")
+            done = await recover(runtime.engine, store)
+            await identity.restore(runtime.engine, store)
+            log.warning("recovered %d agents, %d keys, %d tools, %d open holds from the "
+                        "ledger", done.agents, done.keys, done.tools, done.holds)
+            return StoreState.OK
+        if verdict.state is not StoreState.OK:
+            log.error("store not ready: %s", identity.REASONS[verdict.state])
+        return verdict.state
+    except StoreUnavailable as exc:
+        log.warning("the ledger cannot be reached at start (%s); the workers keep checking",
+                    exc)
+        return StoreState.UNVERIFIED
     finally:
         await store.close()
         await runtime.close()

@@ -85,6 +85,17 @@ class SqliteStore:
             "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
             (name, value)))
 
+    async def identity(self) -> str | None:
+        row = await self._run(lambda db: db.execute(schema.SELECT_IDENTITY).fetchone())
+        return None if row is None else str(row[0])
+
+    async def claim_identity(self, store_id: str) -> str:
+        def claim(db: sqlite3.Connection) -> str:
+            db.execute(schema.CLAIM_IDENTITY, (store_id, int(time.time() * 1000)))
+            return str(db.execute(schema.SELECT_IDENTITY).fetchone()[0])
+
+        return await self._run(claim)
+
     async def count(self, table: str = "ledger_entries") -> int:
         assert table in ("ledger_entries", "dead_letters", "agents", "tools", "agent_keys")
         row = await self._run(lambda db: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone())

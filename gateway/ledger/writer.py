@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,8 @@ class LedgerWriter:
         self._stopping = asyncio.Event()
         self._fault_inject = fault_inject
         self.stats = WriterStats()
+        # Awaited before each pass; False makes the writer wait (see service.run_writer).
+        self.gate: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def store(self) -> LedgerStore:
@@ -102,6 +105,9 @@ class LedgerWriter:
 
     async def prepare(self) -> None:
         await self._store.migrate()
+        await self._create_groups()
+
+    async def _create_groups(self) -> None:
         for stream in self._streams:
             reply = await self._conn.call(b"XGROUP", b"CREATE", stream, GROUP, b"0",
                                           b"MKSTREAM")
@@ -112,9 +118,16 @@ class LedgerWriter:
         """Run until stop(): own pending entries first, then new ones, claiming stale ones."""
         await self.prepare()
         retry_pending = True
+        regroup = False
         last_claim = last_trim = 0.0
         while not self._stopping.is_set():
             try:
+                if self.gate is not None and not await self.gate():
+                    await asyncio.sleep(RETRY_WAIT_S)
+                    continue
+                if regroup:
+                    await self._create_groups()
+                    regroup = False
                 if retry_pending:
                     await self.drain_pending()
                     retry_pending = False
@@ -131,10 +144,16 @@ class LedgerWriter:
                 log.warning("ledger writer waiting: %s", exc)
                 retry_pending = True
                 await asyncio.sleep(RETRY_WAIT_S)
-            except Exception:
+            except Exception as exc:
+                retry_pending = True
+                if isinstance(exc, ReplyError) and "NOGROUP" in str(exc):
+                    # Redis lost the streams (restarted without its data, or wiped and
+                    # recovered): make the groups again rather than fail every pass forever.
+                    log.warning("ledger writer: %s; creating the consumer groups again", exc)
+                    regroup = True
+                    continue
                 # A writer must outlive surprises; what it held stays pending for the retry.
                 log.exception("ledger writer failed a pass; retrying")
-                retry_pending = True
                 await asyncio.sleep(RETRY_WAIT_S)
 
     async def drain_pending(self) -> None:
