@@ -43,13 +43,13 @@ def test_a_writer_killed_with_sigkill_is_restarted_and_counted() -> None:
         for attempt in range(2):  # twice: the counter counts each restart
             (pid,) = wait_for("one writer", lambda: writer_pids(gw.process.pid), 10)
             os.kill(pid, signal.SIGKILL)
-            wait_for("the killed writer to be reaped", lambda: not alive(pid) or None, 10)
+            wait_for("the killed writer to be reaped", lambda pid=pid: not alive(pid) or None, 10)
             with gw.agent(key) as client:
                 charged = client.post("/v1/charge", json={"tool": "web_search"})
             assert charged.status_code == 200, charged.text
             charge_id = charged.json()["charge_id"]
             wait_for("the charge in the ledger",
-                     lambda: ledger_has(gw, agent, charge_id), RESTART_BOUND_S, 0.2)
+                     lambda c=charge_id: ledger_has(gw, agent, c), RESTART_BOUND_S, 0.2)
             assert restarts_metric(gw) == attempt + 1
             assert pid not in writer_pids(gw.process.pid)
         assert httpx.get(gw.url + "/readyz", timeout=10).status_code == 200
