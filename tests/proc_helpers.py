@@ -52,3 +52,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float,
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
         time.sleep(every_s)
+
+
+def wait_gone(pid: int, timeout_s: float = 10) -> None:
+    """Wait until ``pid`` has exited (and was reaped, or is a zombie)."""
+    wait_for(f"pid {pid} to exit", lambda: not alive(pid) or None, timeout_s)

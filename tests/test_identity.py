@@ -20,7 +20,7 @@ import redis
 
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import error_of, new_agent, seed_tools
-from tests.proc_helpers import alive, children, cmdline, wait_for, writer_pids
+from tests.proc_helpers import children, cmdline, wait_for, wait_gone, writer_pids
 from tests.servers import redis_server
 
 DETECT_S = 10  # the background check runs every second
@@ -153,7 +153,7 @@ def test_serve_killed_with_its_redis_comes_back_with_every_acknowledged_charge(
         for pid in doomed:  # nothing gets to flush or shut down cleanly
             os.kill(pid, signal.SIGKILL)
         for pid in doomed:
-            wait_for(f"pid {pid} gone", lambda pid=pid: not alive(pid) or None, 10)
+            wait_gone(pid)
     with running_gateway(None, data_dir=data_dir) as gw:
         with gw.agent(key) as client:
             status = client.get("/v1/balance").json()

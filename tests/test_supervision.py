@@ -11,7 +11,7 @@ import httpx
 from gateway.ledger.supervisor import BACKOFF_MAX_S, backoff_s, exit_status
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import new_agent, seed_tools
-from tests.proc_helpers import alive, wait_for, writer_pids
+from tests.proc_helpers import wait_for, wait_gone, writer_pids
 
 RESTART_BOUND_S = 20  # a restarted writer imports, connects and catches up well within this
 
@@ -26,6 +26,11 @@ def ledger_has(gw: Gateway, agent: str, charge_id: str) -> bool:
     with gw.admin() as admin:
         entries = admin.get(f"/v1/agents/{agent}/ledger", params={"kind": "charge"}).json()
     return any(e["entry_id"] == charge_id for e in entries["entries"])
+
+
+def _wait_in_ledger(gw: Gateway, agent: str, charge_id: str) -> None:
+    wait_for("the charge in the ledger", lambda: ledger_has(gw, agent, charge_id),
+             RESTART_BOUND_S, 0.2)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -43,13 +48,12 @@ def test_a_writer_killed_with_sigkill_is_restarted_and_counted() -> None:
         for attempt in range(2):  # twice: the counter counts each restart
             (pid,) = wait_for("one writer", lambda: writer_pids(gw.process.pid), 10)
             os.kill(pid, signal.SIGKILL)
-            wait_for("the killed writer to be reaped", lambda pid=pid: not alive(pid) or None, 10)
+            wait_gone(pid)
             with gw.agent(key) as client:
                 charged = client.post("/v1/charge", json={"tool": "web_search"})
             assert charged.status_code == 200, charged.text
             charge_id = charged.json()["charge_id"]
-            wait_for("the charge in the ledger",
-                     lambda c=charge_id: ledger_has(gw, agent, c), RESTART_BOUND_S, 0.2)
+            _wait_in_ledger(gw, agent, charge_id)
             assert restarts_metric(gw) == attempt + 1
             assert pid not in writer_pids(gw.process.pid)
         assert httpx.get(gw.url + "/readyz", timeout=10).status_code == 200
