@@ -25,7 +25,7 @@ import httpx
 
 from gateway.embedded import find_server_binary, ping
 from gateway.ledger.store import LedgerStore
-from tests.gateway_proc import ADMIN_TOKEN, WEBHOOK_SECRET
+from tests.gateway_proc import ADMIN_TOKEN, SECRET_KEY, WEBHOOK_SECRET
 from tests.ledger_helpers import store_for
 from tests.proc_helpers import wait_for, wait_gone, writer_pids
 from tests.servers import free_port
@@ -86,6 +86,7 @@ class Serve:
         self.log_path = root / "gateway.log"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
         environ.update({"IOU_ADMIN_TOKEN": ADMIN_TOKEN, "IOU_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                        "IOU_SECRET_KEY": SECRET_KEY,
                         "IOU_DATA_DIR": str(self.data_dir), **env})
         if redis_url is not None:
             environ["IOU_REDIS_URL"] = redis_url
