@@ -165,8 +165,9 @@ class Op:
 
     @property
     def acknowledged(self) -> dict[str, Any] | None:
+        """The first complete answer (a batch's with every item settled)."""
         for status, body in self.answers:
-            if status == 200:
+            if status == 200 and not _items_to_retry(self, body):
                 return body  # type: ignore[no-any-return]
         return None
 
@@ -226,7 +227,7 @@ class Client:
                 continue
             answer = _json(response)
             op.answers.append((response.status_code, answer))
-            if response.status_code == 200:
+            if response.status_code == 200 and not _items_to_retry(op, answer):
                 return
             if response.status_code not in (409, 500, 503):
                 self.unexpected.append((response.status_code, response.text[:300]))
@@ -236,6 +237,15 @@ class Client:
     @property
     def acknowledged(self) -> int:
         return sum(1 for op in self.ops if op.acknowledged is not None)
+
+
+RETRIED_ITEM_ERRORS = ("unavailable", "internal")
+
+
+def _items_to_retry(op: Op, answer: Any) -> bool:
+    """A keyed batch answered with items that failed for want of Redis (or inside the
+    gateway) is sent again with its key: its charged items replay, the others run."""
+    return op.batch and any(r.get("error") in RETRIED_ITEM_ERRORS for r in answer["results"])
 
 
 def _json(response: httpx.Response) -> Any:
@@ -275,6 +285,8 @@ def check_charged_once(client: Client, rows: list[tuple[str, str, str | None]]) 
     """From the client's own record: every acknowledged charge is in the ledger exactly
     once, every call was answered, and no key (single or batch) was charged twice."""
     assert not client.unexpected, client.unexpected[:5]
+    internal = [a for op in client.ops for s, a in op.answers if s == 500]
+    assert not internal, internal[:3]  # a fault is a 503 (retry later), never a 500
     unanswered = [op for op in client.ops if op.acknowledged is None]
     assert not unanswered, [(op.key, op.answers[-3:]) for op in unanswered[:5]]
     in_ledger = Counter(entry_id for _, entry_id, _ in rows)
@@ -284,8 +296,12 @@ def check_charged_once(client: Client, rows: list[tuple[str, str, str | None]]) 
         assert len(ids) == (BATCH_ITEMS if op.batch else 1), op.answers
         missing = [i for i in ids if in_ledger[i] != 1]
         assert not missing, (op.key, missing)
-        replays = [a for s, a in op.answers if s == 200]
+        replays = [a for s, a in op.answers if s == 200 and not _items_to_retry(op, a)]
         assert all(r == replays[0] for r in replays), op.answers  # a retry replays
+        if op.batch:  # an item charged in an incomplete answer is the same charge later
+            partial = {r["charge_id"] for s, a in op.answers if s == 200
+                       for r in a["results"] if "charge_id" in r}
+            assert partial == set(ids), op.answers
     # Nothing charged that the client was not answered for: per agent, the ledger holds
     # exactly the acknowledged charges (a retried key charged twice would add rows).
     acked: dict[str, set[str]] = defaultdict(set)
@@ -296,7 +312,8 @@ def check_charged_once(client: Client, rows: list[tuple[str, str, str | None]]) 
         by_agent[agent].add(entry_id)
     for agent in client.singles + client.batchers:
         assert by_agent[agent] == acked[agent], (agent, len(by_agent[agent]), len(acked[agent]))
-    per_key = Counter(key for agent, _, key in rows if key and agent in client.singles)
+    # Singles carry the client's key, batch items one derived from the batch's: one row each.
+    per_key = Counter(key for _, _, key in rows if key)
     assert max(per_key.values(), default=1) == 1
 
 

@@ -81,6 +81,19 @@ def _finish(serve: Serve, client: Client, ledger: str) -> None:
     assert client.acknowledged > 20  # the load really ran
 
 
+def test_gateway_killed(rig: tuple[RedisProc, Serve], ledger: str) -> None:
+    """kill -9 of `iou serve` (its writer goes with it) three times under load."""
+    _, serve = rig
+    client = provision(serve)
+
+    def crash_and_restart() -> None:
+        serve.kill9()
+        serve.start()
+
+    asyncio.run(_under_load(client, [crash_and_restart] * 3))
+    _finish(serve, client, ledger)
+
+
 def test_writer_killed(rig: tuple[RedisProc, Serve], ledger: str) -> None:
     """kill -9 of the ledger writer child three times: the supervisor restarts it."""
     _, serve = rig
