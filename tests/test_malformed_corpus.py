@@ -101,8 +101,8 @@ CASES: list[Case] = [
      "malformed_request"),
     ("HTTP/0.9 request line", "send", b"GET /healthz\r\n\r\n", 505,
      "http_version_not_supported"),
-    ("HTTP/2.0 as text", "send", b"GET /healthz HTTP/2.0\r\nhost: x\r\n\r\n", 505,
-     "http_version_not_supported"),
+    ("HTTP/2.0 as text", "send", b"GET /v1/balance HTTP/2.0\r\nhost: x\r\n\r\n", 401,
+     "unauthorized"),  # answered as HTTP/1.1
     ("HTTP/1.2", "send", b"GET /healthz HTTP/1.2\r\nhost: x\r\n\r\n", 400,
      "malformed_request"),  # refused by the parser itself
     ("HTTP/9.9", "send", b"GET /healthz HTTP/9.9\r\nhost: x\r\n\r\n", 400,
@@ -118,6 +118,8 @@ CASES: list[Case] = [
      "uri_too_long"),
     ("URL one byte over 8 KiB", "send", b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nhost: x\r\n\r\n",
      414, "uri_too_long"),
+    ("URL of exactly 8 KiB is served", "send",
+     b"GET /" + b"a" * 8191 + b" HTTP/1.1\r\nhost: x\r\n\r\n", 404, "not_found"),
     ("100 kB query string", "send",
      b"GET /v1/balance?" + b"a=1&" * 25_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n", 414,
      "uri_too_long"),

@@ -134,7 +134,12 @@ class _Refused(Exception):
 
 class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
     """The coalescing protocol plus head limits, JSON protocol errors and slow-client
-    timeouts (`uvicorn.run(http=...)`)."""
+    timeouts (`uvicorn.run(http=...)`).
+
+    The per-request cost is kept to attribute stores: a phase change sets ``phase`` and
+    bumps ``moves``; the sweep, not the request, keeps time (a connection whose ``moves``
+    did not change for a phase's limit is cut). uvicorn's own keep-alive timer, armed and
+    cancelled for every request, is replaced by that sweep too."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -142,22 +147,21 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         self.url_bytes_max = settings.url_bytes_max
         self.header_bytes_max = settings.header_bytes_max
         self.headers_count_max = settings.headers_count_max
+        # A head that arrived in fewer bytes than this is within both limits, unmeasured.
+        self.head_unmeasured_max = min(self.url_bytes_max, self.header_bytes_max)
         self.phase_limits_s = {IDLE: float(settings.keepalive_timeout_s),
                                HEAD: float(settings.header_timeout_s),
                                BODY: float(settings.body_timeout_s)}
         self.phase = IDLE
-        self.phase_since = 0.0
-        self.head_bytes = 0  # raw bytes received while the head is incomplete
-        self.header_bytes = 0  # bytes of the header lines parsed so far
+        self.moves = 0  # phase changes so far; the sweep compares it between ticks
+        self.seen_moves = -1
+        self.still_s = 0.0  # how long the sweep has seen no phase change
+        self.head_bytes = 0  # bytes received in earlier chunks of an incomplete head
+        self.chunk_bytes = 0  # bytes of the chunk being parsed
         self.refusal: tuple[int, str, str] | None = None
-
-    def _enter(self, phase: int) -> None:
-        self.phase = phase
-        self.phase_since = self.loop.time()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._enter(IDLE)
         _Sweeper.watch(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -165,7 +169,7 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
+        self.chunk_bytes = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -177,11 +181,18 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
                                            f"valid HTTP/1.1: {reason or 'unparseable'}.")))
             return
         if self.phase == HEAD:
-            # The parser keeps a header value until it ends: bound the head as it arrives.
+            # The parser keeps a URL or header value until it ends: bound the head as it
+            # arrives, not only once it is complete.
             self.head_bytes += len(data)
             if self.head_bytes > self.url_bytes_max + self.header_bytes_max:
-                self.refuse(431, "headers_too_large",
-                            f"The request head is larger than {self.header_bytes_max} bytes.")
+                self.refuse(*self._head_refusal())
+
+    def _head_refusal(self) -> tuple[int, str, str]:
+        if len(self.url) > self.url_bytes_max:
+            return (414, "uri_too_long",
+                    f"The request URL is longer than {self.url_bytes_max} bytes.")
+        return (431, "headers_too_large", f"The request carries more than "
+                f"{self.headers_count_max} headers or {self.header_bytes_max} bytes of them.")
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, "malformed_request", "The request is not valid HTTP/1.1.")
@@ -206,48 +217,64 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._enter(HEAD)
+        self.phase = HEAD
+        self.moves += 1
         self.head_bytes = 0
-        self.header_bytes = 0
         self.refusal = None
 
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.url_bytes_max:
-            self.refusal = (414, "uri_too_long",
-                            f"The request URL is longer than {self.url_bytes_max} bytes.")
-            raise _Refused
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        self.header_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if len(self.headers) > self.headers_count_max or self.header_bytes > self.header_bytes_max:
-            self.refusal = (431, "headers_too_large",
-                            f"The request carries more than {self.headers_count_max} headers "
-                            f"or {self.header_bytes_max} bytes of them.")
-            raise _Refused
-
     def on_headers_complete(self) -> None:
-        self._enter(BODY)
-        if self.parser.get_http_version() not in ("1.0", "1.1"):  # HTTP/0.9, 2.0 as text...
+        self.phase = BODY
+        self.moves += 1
+        # HTTP/0.9 (a request line alone, no headers) is refused; asking for the version of
+        # every request would cost more than the rest of this method. llhttp refuses
+        # versions other than 0.9, 1.x and 2.0; "HTTP/2.0" as text is answered as 1.1.
+        if not self.headers and self.parser.get_http_version() == "0.9":
             self.refusal = (505, "http_version_not_supported",
                             "Only HTTP/1.1 and HTTP/1.0 are served.")
             raise _Refused
+        # The head is at most what arrived since it began: only a large one is measured.
+        if (self.head_bytes + self.chunk_bytes > self.head_unmeasured_max
+                or len(self.headers) > self.headers_count_max):
+            self._check_head()
         super().on_headers_complete()
+
+    def _check_head(self) -> None:
+        if len(self.url) > self.url_bytes_max:
+            self.refusal = self._head_refusal()
+            raise _Refused
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if header_bytes > self.header_bytes_max or len(self.headers) > self.headers_count_max:
+            self.refusal = self._head_refusal()
+            raise _Refused
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._enter(APP)
+        self.phase = APP
+        self.moves += 1
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.phase == APP and not self.pipeline:
-            self._enter(IDLE)
+        # uvicorn's, without arming its keep-alive timer: the sweep times idle connections.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.phase == APP:
+            self.phase = IDLE
+            self.moves += 1
 
-    def check_deadline(self, now: float) -> None:
-        """Called by the sweep: cut a connection that stayed too long in its phase."""
+    def sweep(self, interval_s: float) -> None:
+        """Called by the sweep every ``interval_s``: cut a connection that stayed too long
+        in its phase (no phase change seen for the phase's limit)."""
+        if self.moves != self.seen_moves:
+            self.seen_moves = self.moves
+            self.still_s = 0.0
+            return
+        self.still_s += interval_s
         limit_s = self.phase_limits_s.get(self.phase)
-        if limit_s is None or now - self.phase_since < limit_s or self.transport.is_closing():
+        if limit_s is None or self.still_s < limit_s or self.transport.is_closing():
             return
         answered = self.phase == BODY and self.cycle is not None and self.cycle.response_complete
         if self.phase == IDLE or answered:  # nothing pending to answer: just close
@@ -259,8 +286,8 @@ class GatewayHttpProtocol(CoalescingHttpToolsProtocol):
 
 
 class _Sweeper:
-    """One timer per event loop checks every connection's deadline: cheaper than a timer
-    armed and cancelled for every phase of every request."""
+    """One timer per event loop checks every connection: cheaper than a timer armed and
+    cancelled for every phase of every request."""
 
     _by_loop: ClassVar[dict[int, _Sweeper]] = {}
 
@@ -289,10 +316,9 @@ class _Sweeper:
         if not self.protocols:  # stop while there is nothing to watch; watch() restarts
             del self._by_loop[id(self.loop)]
             return
-        now = self.loop.time()
         for protocol in list(self.protocols):
             try:
-                protocol.check_deadline(now)
+                protocol.sweep(self.interval_s)
             except Exception:  # one broken connection must not stop the sweep
                 log.exception("slow-client sweep failed on one connection")
         self.handle = self.loop.call_later(self.interval_s, self.tick)
