@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -20,15 +22,66 @@ import hiredis
 
 from gateway.errors import Unavailable
 
+log = logging.getLogger("iou.redis")
+
 BATCH_COMMANDS_MAX = 1024  # a full 1,000-charge batch goes out in one write
 CONNECT_TIMEOUT_S = 5.0
 # A command without a reply for this long means Redis is stuck: drop the connection so
 # callers fail closed with Unavailable instead of hanging.
 REPLY_TIMEOUT_S = 10.0
+# A refusal kind is logged at most this often per connection (a refusal comes per call).
+REFUSAL_LOG_INTERVAL_S = 10.0
+
+# Error replies by which Redis refuses a command it did not run (or, for a script, aborted at
+# its first write, before anything was written: under OOM a script may read but its first
+# write that grows memory aborts it, and every other kind refuses every write). They mean
+# "not safe to write now", never a client's mistake: the caller fails closed with
+# RedisRefused (503) and the next call simply tries again, so service comes back with Redis.
+# The text completes "Redis is ..."; it names no host, port or path.
+REFUSALS = {
+    "OOM": "out of memory",
+    "LOADING": "loading its data",
+    "BUSY": "busy running a script",
+    "READONLY": "a read-only replica",
+    "MASTERDOWN": "a replica without its master",
+    "NOREPLICAS": "short of replicas to write to",
+    "MISCONF": "unable to persist to disk",
+    "TRYAGAIN": "moving keys between cluster nodes",
+    "CLUSTERDOWN": "a cluster that is down",
+    "NOAUTH": "refusing this gateway's credentials",
+    "NOPERM": "refusing this gateway's credentials",
+}
+# Redis before 7 wraps an error raised inside a script: "ERR Error running script (call to
+# f_<sha>): @user_script:9: -OOM command not allowed ...".
+_WRAPPED_KIND = re.compile(r": -([A-Z]+) ")
 
 
 class ReplyError(Exception):
     """An error reply from Redis (``-ERR ...``, ``-NOSCRIPT ...``)."""
+
+
+class RedisRefused(Unavailable):
+    """Redis refused a command for a state of its own (``kind``: OOM, LOADING, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"Redis is {REFUSALS[kind]}; paid calls are refused until it is "
+                         "back.")
+        self.kind = kind
+
+
+def refusal_kind(reply: ReplyError) -> str | None:
+    """The REFUSALS kind of an error reply, or None for any other error."""
+    text = str(reply)
+    kind = text.split(" ", 1)[0]
+    if kind in REFUSALS:
+        return kind
+    if kind == "ERR" and (wrapped := _WRAPPED_KIND.search(text)) and wrapped[1] in REFUSALS:
+        return wrapped[1]
+    return None
+
+
+def unreachable() -> Unavailable:
+    return Unavailable("Redis is unreachable; paid calls are refused until it is back.")
 
 
 @dataclass(frozen=True)
@@ -89,7 +142,11 @@ class _Protocol(asyncio.Protocol):
         waiters = self._owner._waiters
         while (reply := self._reader.gets()) is not False:
             fut = waiters.popleft()
-            if not fut.done():
+            if fut.done():
+                continue
+            if reply.__class__ is ReplyError and (kind := refusal_kind(reply)) is not None:
+                fut.set_exception(self._owner._refused(kind, reply))
+            else:
                 fut.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -101,7 +158,9 @@ class RedisConnection:
     """Lazily connected, auto-pipelined, reconnecting Redis connection.
 
     ``call`` never raises for an error reply: it returns the ``ReplyError`` (so scripts can
-    recover from NOSCRIPT); it raises ``Unavailable`` when Redis cannot be reached.
+    recover from NOSCRIPT); it raises ``Unavailable`` when Redis cannot be reached, and
+    ``RedisRefused`` (an Unavailable) for a refusal of REFUSALS. Messages never name the
+    address; the log does, once per outage and per refusal kind every few seconds.
     """
 
     def __init__(self, address: RedisAddress, decode: bool = False) -> None:
@@ -120,6 +179,8 @@ class RedisConnection:
         self._queued_futures: list[asyncio.Future[Any]] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
+        self._down = False  # an outage was logged; the next connection logs its end
+        self._refusals_logged_at: dict[str, float] = {}
         self.writes = 0
         self.commands = 0
 
@@ -194,7 +255,14 @@ class RedisConnection:
                 await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_S)
             except (TimeoutError, OSError) as exc:
                 raise self._unavailable(str(exc) or type(exc).__name__) from None
-            await self._handshake()
+            try:
+                await self._handshake()
+            except BaseException:
+                self.close()  # never keep a connection without its AUTH and SELECT
+                raise
+            if self._down:
+                self._down = False
+                log.warning("Redis at %s is reachable again", self.address.display)
 
     async def _open(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -238,8 +306,19 @@ class RedisConnection:
             self._arm_watchdog()
 
     def _unavailable(self, why: str) -> Unavailable:
-        return Unavailable(f"Redis at {self.address.display} is unreachable ({why}); "
-                           "paid calls are refused until it is back.")
+        if not self._down:
+            self._down = True
+            log.warning("Redis at %s is unreachable (%s); paid calls get 503 until it is back",
+                        self.address.display, why)
+        return unreachable()
+
+    def _refused(self, kind: str, reply: ReplyError) -> RedisRefused:
+        now = time.monotonic()
+        if now - self._refusals_logged_at.get(kind, -REFUSAL_LOG_INTERVAL_S) \
+                >= REFUSAL_LOG_INTERVAL_S:
+            self._refusals_logged_at[kind] = now
+            log.warning("Redis at %s refuses commands: %s", self.address.display, reply)
+        return RedisRefused(kind)
 
     def _lost(self, exc: Exception | None) -> None:
         self._transport, self._protocol = None, None
@@ -249,7 +328,8 @@ class RedisConnection:
         self._sent_at.clear()
         waiters = list(self._waiters)
         self._waiters.clear()
-        _fail_all(waiters, self._unavailable(str(exc) if exc else "connection closed"))
+        if waiters:
+            _fail_all(waiters, self._unavailable(str(exc) if exc else "connection closed"))
 
     def close(self) -> None:
         if self._transport is not None:

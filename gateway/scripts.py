@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.connections import Connection
-from gateway.redis_io import ReplyError
+from gateway.redis_io import RedisRefused, ReplyError, refusal_kind
 
 SCRIPT_NAMES = (
     "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
@@ -36,7 +36,8 @@ class Script:
 
 
 class ScriptError(RuntimeError):
-    """Redis refused to run a script for a reason other than NOSCRIPT (a bug, not a refusal)."""
+    """Redis failed a script for a reason other than NOSCRIPT or a refusal of its state
+    (OOM, LOADING, ...: those are ``RedisRefused``, a 503): a bug, not a refusal."""
 
 
 CLOCK_LINE = "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) -- clock\n"
@@ -74,7 +75,7 @@ class Scripts:
         for script in self.by_name.values():
             sha = await self._conn.call(b"SCRIPT", b"LOAD", script.source)
             if isinstance(sha, ReplyError):
-                raise ScriptError(f"{script.name}.lua does not load: {sha}")
+                raise _script_error(script.name, sha)
             if sha.decode() != script.sha:
                 raise ScriptError(f"{script.name}.lua: Redis computed another SHA1")
 
@@ -96,6 +97,14 @@ class Scripts:
             self.reloads += 1
             reply = await self._conn.call(b"EVAL", script.source, len(keys), *keys, *args)
         if isinstance(reply, ReplyError):
-            raise ScriptError(f"{name}.lua failed: {reply}")
+            raise _script_error(name, reply)
         assert isinstance(reply, list)
         return reply
+
+
+def _script_error(name: str, reply: ReplyError) -> Exception:
+    """Redis's state (out of memory, loading, a replica, ...) is a 503 that passes when it
+    does; anything else is the script's fault. The connection raises refusals itself; this
+    is for a connection that returned one as a reply."""
+    kind = refusal_kind(reply)
+    return RedisRefused(kind) if kind is not None else ScriptError(f"{name}.lua failed: {reply}")
