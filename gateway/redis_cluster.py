@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from dataclasses import replace
 from typing import Any
@@ -21,6 +22,8 @@ from redis.crc import key_slot
 
 from gateway.errors import Unavailable
 from gateway.redis_io import RedisAddress, RedisConnection, ReplyError, parse_redis_url
+
+log = logging.getLogger("iou.redis")
 
 SLOTS = 16384
 REDIRECTS_MAX = 8
@@ -100,8 +103,9 @@ class ClusterConnection:
                     continue
                 self._slots = _slot_map(reply)
                 return
-            raise Unavailable(f"No node of the Redis Cluster at {self.url} answers; paid "
-                              "calls are refused until it is back.")
+            log.warning("no node of the Redis Cluster answers (tried %s)", ", ".join(seeds))
+            raise Unavailable("No node of the Redis Cluster answers; paid calls are refused "
+                              "until it is back.")
 
     async def masters(self) -> list[RedisConnection]:
         if not self._slots:

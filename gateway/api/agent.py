@@ -19,7 +19,7 @@ from gateway.api.responses import iso_ms, json_response
 from gateway.api.webhooks import queue_depleted
 from gateway.config import HOLD_TTL_S_MAX
 from gateway.engine import HOLD_TTL_S_DEFAULT
-from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest
+from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
 from gateway.models import ChargeResult
 from gateway.money import format_amount as fmt
 
@@ -125,6 +125,8 @@ async def post_charges(ctx: Context, request: Request) -> Response:
     if binding is not None and all(r is None for _, r in answers):
         await binding.unbind()  # every item refused: nothing written, nothing to keep
     results = [payload for payload, _ in answers]
+    if all(r.get("error") == Unavailable.code for r in results):
+        raise Unavailable(results[0]["message"])  # Redis refused them all: fail closed
     replayed = any(r is True for _, r in answers) and not any(r is False for _, r in answers)
     headers = {idempotency.REPLAYED_HEADER: "true"} if replayed else None
     return json_response(200, {"results": results}, headers)
