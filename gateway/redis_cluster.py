@@ -6,6 +6,12 @@ connection per master keeps the auto-pipelining (calls of one tick to one node g
 one write). MOVED refreshes the slot map and retries; ASK sends ASKING and the command
 back to back to the importing node; TRYAGAIN and CLUSTERDOWN wait briefly and retry, so a
 resharding is followed, not surfaced. SCRIPT commands go to every master.
+
+A master that stops answering fails its calls at once (503: a command that may have run is
+never sent again), and starts a recovery in the background: the slot map is read again,
+from any node that answers, with backoff, until every master in it answers. So when a
+replica is promoted after a failover (cluster-node-timeout), its slots are served again
+without a restart; a master that comes back is found the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +27,13 @@ from urllib.parse import urlparse
 from redis.crc import key_slot
 
 from gateway.errors import Unavailable
-from gateway.redis_io import RedisAddress, RedisConnection, ReplyError, parse_redis_url
+from gateway.redis_io import (
+    RedisAddress,
+    RedisConnection,
+    RedisRefused,
+    ReplyError,
+    parse_redis_url,
+)
 
 log = logging.getLogger("iou.redis")
 
@@ -29,6 +41,11 @@ SLOTS = 16384
 REDIRECTS_MAX = 8
 RETRY_WAIT_S = 0.02
 RETRIES_MAX = 100  # TRYAGAIN/CLUSTERDOWN: about 2 s of waiting, then the error surfaces
+WAIT_AND_RETRY = {"TRYAGAIN", "CLUSTERDOWN"}  # refused before running: safe to send again
+# After a master stopped answering: re-read the slot map after 50 ms, then twice as long
+# each time, up to every second, until every master in the map answers.
+RECOVERY_WAIT_MIN_S = 0.05
+RECOVERY_WAIT_MAX_S = 1.0
 # Commands whose key is not their first argument.
 KEYLESS = {b"PING", b"TIME", b"INFO", b"CONFIG", b"CLUSTER", b"DBSIZE"}
 BROADCAST = {b"SCRIPT", b"FLUSHALL", b"FLUSHDB"}
@@ -74,6 +91,8 @@ class ClusterConnection:
         self._slots: list[str] = []
         self._refreshing: asyncio.Lock | None = None
         self._refresh_task: asyncio.Future[None] | None = None
+        self._recovery: asyncio.Future[None] | None = None
+        self._seen: set[str] = set()  # every node of the last slot map, replicas included
         self.redirects = 0  # MOVED, ASK and TRYAGAIN answers followed (a resharding shows)
 
     @property
@@ -94,18 +113,27 @@ class ClusterConnection:
         if self._refreshing is None:
             self._refreshing = asyncio.Lock()
         async with self._refreshing:
-            seeds = list(self._nodes) or [f"{self.address.host}:{self.address.port}"]
-            random.shuffle(seeds)
+            seeds = self._seeds()
             for seed in seeds:
                 try:
                     reply = await self._node(seed).call_or_raise(b"CLUSTER", b"SLOTS")
                 except (Unavailable, ReplyError):
                     continue
                 self._slots = _slot_map(reply)
+                self._seen = _all_nodes(reply)
                 return
             log.warning("no node of the Redis Cluster answers (tried %s)", ", ".join(seeds))
             raise Unavailable("No node of the Redis Cluster answers; paid calls are refused "
                               "until it is back.")
+
+    def _seeds(self) -> list[str]:
+        """Nodes to ask for the slot map: those connected first (they answered lately),
+        then every other node known (a replica may be the master by now), in random
+        order so that one slow node does not always go first."""
+        seeds = list({*self._nodes, *self._seen} or
+                     {f"{self.address.host}:{self.address.port}"})
+        random.shuffle(seeds)
+        return sorted(seeds, key=lambda n: not (n in self._nodes and self._nodes[n].connected))
 
     async def masters(self) -> list[RedisConnection]:
         if not self._slots:
@@ -136,15 +164,26 @@ class ClusterConnection:
     async def _call_on(self, node: str, args: tuple[Any, ...]) -> Any:
         asking = False
         redirects = 0
+        refused: RedisRefused | None = None
         for _ in range(REDIRECTS_MAX + RETRIES_MAX):
             conn = self._node(node)
-            reply = await (conn.call_after_asking(*args) if asking else conn.call(*args))
+            try:
+                reply = await (conn.call_after_asking(*args) if asking else conn.call(*args))
+            except RedisRefused as exc:
+                if exc.kind not in WAIT_AND_RETRY:
+                    raise
+                refused = exc
+                self.redirects += exc.kind == "TRYAGAIN"
+                await asyncio.sleep(RETRY_WAIT_S)
+                continue
+            except Unavailable:
+                self._recover_soon()
+                raise
             if not isinstance(reply, ReplyError):
                 return reply
             kind, _, rest = str(reply).partition(" ")
-            if kind in ("MOVED", "ASK", "TRYAGAIN"):
-                self.redirects += 1
             if kind in ("MOVED", "ASK"):
+                self.redirects += 1
                 redirects += 1
                 if redirects > REDIRECTS_MAX:
                     break
@@ -155,10 +194,10 @@ class ClusterConnection:
                 asking = False
             elif kind == "ASK":
                 node, asking = rest.split()[1], True
-            elif kind in ("TRYAGAIN", "CLUSTERDOWN"):
-                await asyncio.sleep(RETRY_WAIT_S)
             else:
                 return reply
+        if refused is not None:
+            raise refused
         return ReplyError(f"too many redirections for {_upper(args[0]).decode()}")
 
     def _refresh_soon(self) -> None:
@@ -171,6 +210,29 @@ class ClusterConnection:
         with contextlib.suppress(Unavailable):
             await self.refresh()
 
+    def _recover_soon(self) -> None:
+        """A node did not answer: start the recovery unless it is running."""
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        """Re-read the slot map with backoff until every master in it answers."""
+        wait_s = RECOVERY_WAIT_MIN_S
+        while not await self._healthy():
+            await asyncio.sleep(wait_s)
+            wait_s = min(2 * wait_s, RECOVERY_WAIT_MAX_S)
+        log.warning("Redis Cluster: every master answers again (%s)",
+                    ", ".join(sorted(set(self._slots))))
+
+    async def _healthy(self) -> bool:
+        try:
+            await self.refresh()
+        except Unavailable:
+            return False
+        pings = await asyncio.gather(*(self._node(n).call(b"PING") for n in set(self._slots)),
+                                     return_exceptions=True)
+        return not any(isinstance(p, BaseException) for p in pings)
+
     async def _broadcast(self, name: bytes, args: tuple[Any, ...]) -> Any:
         replies = await asyncio.gather(*(m.call(*args) for m in await self.masters()))
         errors = [r for r in replies if isinstance(r, ReplyError)]
@@ -181,8 +243,21 @@ class ClusterConnection:
         return replies[0]
 
     def close(self) -> None:
+        for task in (self._recovery, self._refresh_task):
+            if task is not None:
+                task.cancel()
         for conn in self._nodes.values():
             conn.close()
+
+
+def _all_nodes(reply: list[Any]) -> set[str]:
+    """host:port of every node in a CLUSTER SLOTS reply, masters and replicas."""
+    return {f"{_text(node[0])}:{int(node[1])}"
+            for _start, _end, *nodes in reply for node in nodes if _text(node[0])}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _slot_map(reply: list[Any]) -> list[str]:

@@ -193,6 +193,10 @@ class RedisConnection:
     def url(self) -> str:
         return self.address.url
 
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
+
     async def call_each(self, *args: Any) -> list[Any]:
         """The command on every server behind this connection: here, the one."""
         return [await self.call_or_raise(*args)]
