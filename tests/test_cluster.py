@@ -255,7 +255,10 @@ def ledger_charge_ids(gw: Gateway, name: str) -> list[str]:
 
 def reconcile_json(cluster: Cluster, gw: Gateway) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
-    env.update({"IOU_REDIS_URL": cluster.url, "IOU_DATA_DIR": str(gw.data_dir)})
+    # A new process needs a live seed node (the dead master may be the URL's).
+    live = next(p for p in cluster.ports if cluster.process(p).poll() is None)
+    env.update({"IOU_REDIS_URL": f"redis+cluster://127.0.0.1:{live}",
+                "IOU_DATA_DIR": str(gw.data_dir)})
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "reconcile", "--json"],
                           env=env, capture_output=True, timeout=120)
     assert done.stdout, done.stderr.decode()

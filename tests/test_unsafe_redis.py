@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from gateway.errors import Unavailable
-from gateway.redis_io import RedisConnection, parse_redis_url
+from gateway.redis_io import RedisConnection, ReplyError, parse_redis_url, refusal_kind
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import error_of, new_agent, seed_tools, unique
 from tests.servers import free_port, redis_server
@@ -308,6 +308,28 @@ async def test_connection_reset_mid_reply_is_unavailable_then_recovers() -> None
         conn.close()
         listener.close()
         await listener.wait_closed()
+
+
+@pytest.mark.parametrize(("reply", "kind"), [
+    ("OOM command not allowed when used memory > 'maxmemory'.", "OOM"),
+    ("OOM command not allowed when used memory > 'maxmemory'. script: 1f0e, on "
+     "@user_script:12.", "OOM"),
+    # Redis before 7 wraps an error raised inside a script:
+    ("ERR Error running script (call to f_1f0e): @user_script:12: -OOM command not allowed "
+     "when used memory > 'maxmemory'.", "OOM"),
+    ("ERR Error running script (call to f_1f0e): @user_script:3: -READONLY You can't write "
+     "against a read only replica.", "READONLY"),
+    ("LOADING Redis is loading the dataset in memory", "LOADING"),
+    ("BUSY Redis is busy running a script.", "BUSY"),
+    ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to "
+     "persist to disk.", "MISCONF"),
+    ("NOSCRIPT No matching script. Please use EVAL.", None),  # reloaded, never a 503
+    ("ERR Error running script (call to f_1f0e): @user_script:3: user_script:3: bad", None),
+    ("MOVED 3999 127.0.0.1:6381", None),  # followed by the cluster client
+    ("WRONGTYPE Operation against a key holding the wrong kind of value", None),
+])
+def test_refusal_kinds(reply: str, kind: str | None) -> None:
+    assert refusal_kind(ReplyError(reply)) == kind
 
 
 def _error_of(r: redis.Redis) -> str | None:
