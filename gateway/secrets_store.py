@@ -130,36 +130,39 @@ def box_for(settings: Settings) -> SecretBox | None:
     return None if secret is None else _box(secret)
 
 
-def _context(tool: str) -> bytes:
-    return b"iou:tool:" + tool.encode()
+def _context(kind: str, name: str) -> bytes:
+    return f"iou:{kind}:{name}".encode()
 
 
-def seal_headers(settings: Settings, tool: str, headers: Mapping[str, str] | None) -> str:
-    """The stored form of a tool's upstream headers: '' for none, else sealed JSON."""
+def seal_headers(settings: Settings, name: str, headers: Mapping[str, str] | None,
+                 kind: str = "tool", field: str = "upstream_headers") -> str:
+    """The stored form of the headers of a tool (or of another ``kind`` of upstream, e.g.
+    an MCP server, whose request ``field`` held them): '' for none, else sealed JSON."""
     if not headers:
         return ""
     box = box_for(settings)
     if box is None:
-        raise InvalidRequest("upstream_headers", "cannot be stored: the gateway has no "
-                             "IOU_SECRET_KEY to encrypt them with")
-    return box.seal(orjson.dumps(dict(headers)), _context(tool))
+        raise InvalidRequest(field, "cannot be stored: the gateway has no IOU_SECRET_KEY to "
+                             "encrypt them with")
+    return box.seal(orjson.dumps(dict(headers)), _context(kind, name))
 
 
-def open_headers(settings: Settings, tool: str, stored: str | None) -> dict[str, str]:
-    """The upstream headers of a tool from their stored form (sealed; or plain JSON written
-    before encryption existed, accepted until the tool is PUT again)."""
+def open_headers(settings: Settings, name: str, stored: str | None, kind: str = "tool"
+                 ) -> dict[str, str]:
+    """The headers from their stored form (sealed; or plain JSON written before encryption
+    existed, accepted until the tool is PUT again)."""
     if not stored:
         return {}
     if not stored.startswith(SEALED_PREFIX):
         return dict(orjson.loads(stored))
     box = box_for(settings)
     if box is None:
-        raise CredentialsUnreadable(f"The upstream credentials of {tool} are encrypted and "
+        raise CredentialsUnreadable(f"The upstream credentials of {name} are encrypted and "
                                     "this gateway has no IOU_SECRET_KEY; nothing was charged.")
     try:
-        return dict(orjson.loads(box.open(stored, _context(tool))))
+        return dict(orjson.loads(box.open(stored, _context(kind, name))))
     except ValueError as exc:
-        log.error("upstream credentials of %s cannot be opened: %s", tool, exc)
-        raise CredentialsUnreadable(f"The upstream credentials of {tool} cannot be decrypted "
+        log.error("upstream credentials of %s %s cannot be opened: %s", kind, name, exc)
+        raise CredentialsUnreadable(f"The upstream credentials of {name} cannot be decrypted "
                                     "with this gateway's IOU_SECRET_KEY; nothing was "
                                     "charged.") from None

@@ -244,3 +244,22 @@ def test_sealed_values_open_only_with_their_key_and_tool() -> None:
     tampered = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
     with pytest.raises(ValueError):
         box.open(tampered, b"iou:tool:x")
+
+
+def test_headers_of_one_kind_do_not_open_as_another(tmp_path: Path) -> None:
+    from gateway.config import load_settings
+    from gateway.errors import GatewayError
+    from gateway.secrets_store import seal_headers
+
+    settings = load_settings({"IOU_REDIS_URL": "redis://127.0.0.1:9",
+                              "IOU_SECRET_KEY": SECRET_KEY, "IOU_DATA_DIR": str(tmp_path)})
+    sealed = seal_headers(settings, "search", {"Authorization": "x"}, kind="mcp")
+    assert open_headers(settings, "search", sealed, kind="mcp") == {"Authorization": "x"}
+    with pytest.raises(GatewayError) as refused:  # an MCP server's headers on a tool
+        open_headers(settings, "search", sealed)
+    assert refused.value.status == 503 and "search" in refused.value.message
+    keyless = load_settings({"IOU_REDIS_URL": "redis://127.0.0.1:9",
+                             "IOU_DATA_DIR": str(tmp_path)})
+    with pytest.raises(GatewayError) as no_key:
+        seal_headers(keyless, "srv", {"a": "b"}, kind="mcp", field="headers")
+    assert no_key.value.status == 422 and no_key.value.details["field"] == "headers"
