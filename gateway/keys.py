@@ -11,7 +11,7 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{pNN}:holds``                  zset  no TTL   open holds by expiry ms (expire_holds)
 - ``iou:{pNN}:agents``                 zset  no TTL   agent names of the partition (listing)
 - ``iou:{pNN}:keys:<agent>``           hash  no TTL   key_id -> sha256 of the agent key
-- ``iou:{pNN}:apikey:<sha256>``        hash  no TTL   agent and key_id of one agent key
+- ``iou:{pNN}:apikey:<sha256>``        hash  no TTL   agent, key_id, created ms of one key
 - ``iou:{pNN}:events``                 stream trimmed by the ledger writer (XTRIM MINID) only
 - ``iou:{pNN}:webhooks``               stream webhook outbox, consumer group "webhooks"
 - ``iou:{pNN}:depleted:<agent>``       string 60 s    balance.depleted sent this minute

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from tests.gateway_proc import Gateway
-from tests.http_helpers import error_of, new_agent
+from tests.http_helpers import error_of, new_agent, unique
 
 
 def listing(gw: Gateway, agent: str, token: str | None = None) -> Any:
@@ -87,3 +87,21 @@ def test_last_use_is_written_at_most_once_a_minute(
             time.sleep(0.05)
     assert client.hget(used_key, digest) == first  # not rewritten per request
     client.close()
+
+
+def test_keys_created_with_an_idempotency_key_have_a_creation_time(gateway: Gateway) -> None:
+    # Such keys get ids derived from the request (the same on a retry), not from the clock.
+    name = unique("keyed")
+    with gateway.admin() as admin:
+        created = admin.post("/v1/agents", json={"name": name},
+                             headers={"idempotency-key": unique("create")})
+        assert created.status_code == 201
+        added = admin.post(f"/v1/agents/{name}/keys",
+                           headers={"idempotency-key": unique("add")})
+        assert added.status_code == 201
+    keys = listing(gateway, name).json()["keys"]
+    assert {k["key_id"] for k in keys} == {created.json()["key_id"], added.json()["key_id"]}
+    now = datetime.datetime.now(datetime.UTC)
+    for key in keys:
+        assert key["created_at"] is not None, key
+        assert abs((parse_iso(key["created_at"]) - now).total_seconds()) < 60

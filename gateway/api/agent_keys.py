@@ -1,11 +1,12 @@
 """GET /v1/agents/{agent}/keys (the admin, or the agent's own key): an agent's key ids with
 their creation and last use; never a key, nor the hash it is stored as.
 
-Creation time comes from the key id itself (``key_`` + a UUIDv7 in hex, whose first 48 bits
-are Unix ms), so it survives ``iou recover``, which restores ids. Ids minted before that
-format carry no time: their ``created_at`` is null. Last use is written by the
-authenticator at most once a minute per key and worker (gateway/api/auth.py), so it is
-exact to about a minute and costs no Redis write per request.
+Creation time is the ``created`` field the creating script writes into the key's lookup
+record; a record without it (rebuilt by ``iou recover``, or older) falls back to the time
+inside the key id (``key_`` + a UUIDv7 in hex, whose first 48 bits are Unix ms), else null.
+Last use is written by the authenticator at most once a minute per key and worker
+(gateway/api/auth.py), so it is exact to about a minute and costs no Redis write per
+request.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ async def list_keys(ctx: Context, request: Request) -> Response:
     if not exists:
         raise NotFound(f"No agent named {agent}.")
     used_ms = {_text(used[i]): int(used[i + 1]) for i in range(0, len(used), 2)}
+    pairs = [(_text(stored[i]), _text(stored[i + 1])) for i in range(0, len(stored), 2)]
+    recorded = await asyncio.gather(*(conn.call_or_raise(b"HGET", k.api_key_lookup(h),
+                                                         b"created") for _, h in pairs))
     rows = []
-    for i in range(0, len(stored), 2):
-        key_id, key_hash = _text(stored[i]), _text(stored[i + 1])
-        created, last = created_ms(key_id), used_ms.get(key_hash)
+    for (key_id, key_hash), written in zip(pairs, recorded, strict=True):
+        created = int(written) if written is not None else created_ms(key_id)
+        last = used_ms.get(key_hash)
         rows.append((created or 0, key_id, {
             "key_id": key_id, "created_at": None if created is None else iso_ms(created),
             "last_used_at": None if last is None else iso_ms(last)}))

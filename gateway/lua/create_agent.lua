@@ -46,7 +46,7 @@ end
 redis.call('HSET', KEYS[1], 'lowf', istr(lowf))
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[7], ARGV[8])
-redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'key_id', ARGV[7])
+redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'key_id', ARGV[7], 'created', istr(ms))
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'agent',
   'agent', ARGV[1], 'low', ARGV[6], 'key_id', ARGV[7], 'key_hash', ARGV[8])
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[3], 'at', istr(ms), 'kind', 'grant',
