@@ -46,9 +46,11 @@ class SqliteStore:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # The timeout first: switching a fresh file to WAL takes a lock that another
+            # process starting at the same moment may hold.
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db = db
         try:
             return fn(self._db)
@@ -112,22 +114,24 @@ class SqliteStore:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-               "applied_at_ms BIGINT NOT NULL)")
-    done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
-    for version, statements in enumerate(schema.MIGRATIONS, start=1):
-        if version in done:
-            continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
+    # One migrator at a time (the write lock), and what is done is read under it: workers
+    # and writers starting together on a fresh file would otherwise both create the tables.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
+                   "KEY, applied_at_ms BIGINT NOT NULL)")
+        done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+        for version, statements in enumerate(schema.MIGRATIONS, start=1):
+            if version in done:
+                continue
             for sql in statements:
                 db.execute(sql.format(json="TEXT"))
             db.execute("INSERT INTO schema_migrations VALUES (?, ?)",
                        (version, int(time.time() * 1000)))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _write(db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
