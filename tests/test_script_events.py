@@ -36,7 +36,8 @@ def test_create_agent_writes(lua: Lua) -> None:
                            "created": str(reply[2]), "low": "300000", "lowf": "1"}
     k = lua.k()
     assert lua.r.hgetall(k.keys) == {"key1": key_hash(1)}
-    assert lua.r.hgetall(k.api_key_lookup(key_hash(1))) == {"agent": "a1", "key_id": "key1"}
+    assert lua.r.hgetall(k.api_key_lookup(key_hash(1))) == {
+        "agent": "a1", "key_id": "key1", "created": str(reply[2])}  # the key's creation
     assert lua.r.zrange(k.agents_index, 0, -1, withscores=True) == [("a1", 0.0)]
     agent_event, grant_event = lua.events()
     assert int(agent_event.pop("at")) == int(grant_event.pop("at")) == reply[2]
@@ -291,7 +292,10 @@ def test_key_add_and_revoke_write(lua: Lua) -> None:
     keys_, args = lua.key_add_args(2)
     assert lua.run("key_add", keys_, args) == [0]
     assert lua.r.hget(k.keys, "key2") == key_hash(2)
-    assert lua.r.hgetall(k.api_key_lookup(key_hash(2))) == {"agent": "a1", "key_id": "key2"}
+    lookup = lua.r.hgetall(k.api_key_lookup(key_hash(2)))
+    created = int(lookup.pop("created"))
+    assert lookup == {"agent": "a1", "key_id": "key2"}
+    assert int(lua.events()[-1]["at"]) == created  # the key's creation, on the script clock
     assert last_event(lua, before) == {"id": args[1], "kind": "key_add", "agent": "a1",
                                        "key_id": "key2", "key_hash": key_hash(2)}
     keys_, args = lua.key_revoke_args(2)
