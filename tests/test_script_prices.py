@@ -129,3 +129,19 @@ def test_a_hold_keeps_the_pricing_it_was_taken_with(lua: Lua) -> None:
                                        "v_llm": "9 5000 llm fixed"})
     assert lua.capture(1, "f1") == [26, 50_000]  # still the fixed price it held
     assert lua.capture(1, "v1")[4:] == [4_999, 1]  # still variable
+
+
+def test_a_hold_replay_reads_the_first_holds_record(lua: Lua) -> None:
+    lua.create(grant=T)
+    first = lua.hold(5_000, "v1", cat="llm", idem="k1")
+    keys_, args = lua.hold_args(9_999, "v2", cat="llm", idem="k1", ih="hk1")  # same key
+    assert lua.run("hold", keys_, args)[3:] == ["v1", str(first[4]), 5_000, 0]
+    fixed = lua.hold(None, "f1", tool="fx_tool", idem="k2")
+    lua.r.hset(lua.k().tools, "fx_tool", "9 70000 tool variable")  # changed since
+    assert lua.hold(None, "f2", tool="fx_tool", idem="k2")[3:] == ["f1", str(fixed[4]),
+                                                                  50_000, 1]
+    # A hold key that does not end with the hold id is never used to find another record:
+    # the answer falls back to what the catalog and the call say.
+    keys_, args = lua.hold_args(9_999, "v3", cat="llm", idem="k1", ih="hk1")
+    keys_[2] = lua.k().hold("xy")
+    assert lua.run("hold", keys_, args)[5:] == [9_999, 0]
