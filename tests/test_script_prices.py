@@ -145,3 +145,8 @@ def test_a_hold_replay_reads_the_first_holds_record(lua: Lua) -> None:
     keys_, args = lua.hold_args(9_999, "v3", cat="llm", idem="k1", ih="hk1")
     keys_[2] = lua.k().hold("xy")
     assert lua.run("hold", keys_, args)[5:] == [9_999, 0]
+    lua.r.hset(lua.k().tools, "fx2", "1 30000 tool fixed")
+    assert lua.hold(None, "f3", tool="fx2", idem="k3")[5:] == [30_000, 1]
+    keys_, args = lua.hold_args(None, "f4", idem="k3", ih="hk3", tool="fx2")
+    keys_[2] = lua.k().hold("xy")
+    assert lua.run("hold", keys_, args)[5:] == [30_000, 1]
