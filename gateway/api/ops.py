@@ -20,6 +20,8 @@ from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import StoreUnavailable
 from gateway.ledger.supervisor import RESTARTS_FIELD
 
+READY_PROBE_TTL_MS = 60_000
+
 
 @endpoint
 async def healthz(ctx: Context, request: Request) -> Response:
@@ -33,6 +35,10 @@ async def readyz(ctx: Context, request: Request) -> Response:
     checks: dict[str, object] = {}
     try:
         await ctx.engine.conn.call_or_raise(b"PING")
+        # PING answers on a Redis that refuses writes (out of memory, a read-only replica,
+        # too few replicas): ready means writable, so write one small expiring key.
+        await ctx.engine.conn.call_or_raise(b"SET", keys.READY_PROBE, b"1", b"PX",
+                                            READY_PROBE_TTL_MS)
         checks["redis"] = "ok"
         if not await ctx.engine.scripts.loaded():
             # A restarted Redis has none cached; load them now rather than on first call.
