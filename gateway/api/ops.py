@@ -20,8 +20,6 @@ from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import StoreUnavailable
 from gateway.ledger.supervisor import RESTARTS_FIELD
 
-READY_PROBE_TTL_MS = 60_000
-
 
 @endpoint
 async def healthz(ctx: Context, request: Request) -> Response:
@@ -36,9 +34,9 @@ async def readyz(ctx: Context, request: Request) -> Response:
     try:
         await ctx.engine.conn.call_or_raise(b"PING")
         # PING answers on a Redis that refuses writes (out of memory, a read-only replica,
-        # too few replicas): ready means writable, so write one small expiring key.
-        await ctx.engine.conn.call_or_raise(b"SET", keys.READY_PROBE, b"1", b"PX",
-                                            READY_PROBE_TTL_MS)
+        # too few replicas): ready means writable, so write one small key. Always the same
+        # value and no expiry, so a snapshot of the store never sees it change.
+        await ctx.engine.conn.call_or_raise(b"SET", keys.READY_PROBE, b"1")
         checks["redis"] = "ok"
         if not await ctx.engine.scripts.loaded():
             # A restarted Redis has none cached; load them now rather than on first call.
