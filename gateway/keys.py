@@ -4,7 +4,7 @@ An agent lives in partition ``p = crc32(agent) % P``; every key of that agent ca
 hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TTL, owner):
 
 - ``iou:meta``                         hash  no TTL   partitions count, schema version
-- ``iou:readyz``                       string no TTL  /readyz's write probe, always "1" (is Redis writable?)
+- ``iou:readyz``                       string no TTL  /readyz write probe, always "1"
 - ``iou:{pNN}:agent:<agent>``          hash  no TTL   balance, held, frozen, limits (charge.lua ...)
 - ``iou:{pNN}:win:<agent>``            hash  48 h     UTC day window: spent, held
 - ``iou:{pNN}:idem:<agent>:<sha>``     string 24 h    first answer of an idempotent call
