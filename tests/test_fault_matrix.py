@@ -104,6 +104,75 @@ def test_writer_killed(rig: tuple[RedisProc, Serve], ledger: str) -> None:
         "iou_ledger_writer_restarts_total") == 3, 10)
 
 
+def test_redis_killed(rig: tuple[RedisProc, Serve], ledger: str) -> None:
+    """kill -9 of Redis twice, restarted on the same AOF (appendfsync always)."""
+    redis_proc, serve = rig
+    client = provision(serve)
+
+    def crash_and_restart() -> None:
+        redis_proc.kill9()
+        time.sleep(0.5)  # calls meanwhile are 503 and retried
+        redis_proc.start()
+
+    asyncio.run(_under_load(client, [crash_and_restart] * 2))
+    _finish(serve, client, ledger)
+
+
+def test_redis_out_of_memory(rig: tuple[RedisProc, Serve], ledger: str) -> None:
+    """Redis over its maxmemory for 2 s: calls answer 503 (never 500), and the gateway
+    serves again by itself once memory is back."""
+    redis_proc, serve = rig
+    client = provision(serve)
+
+    def squeeze() -> None:
+        admin = redis.Redis.from_url(redis_proc.url)
+        admin.config_set("maxmemory", 1)  # every write that may grow memory is refused
+        try:
+            wait_for("a 503", lambda: _answered(client, 503), 10)
+            time.sleep(1)
+        finally:
+            admin.config_set("maxmemory", 0)
+            admin.close()
+
+    asyncio.run(_under_load(client, [squeeze]))
+    _finish(serve, client, ledger)
+
+
+def test_redis_loading(tmp_path: Path, ledger: str) -> None:
+    """Redis restarted on a data set that takes ~2 s to load: calls answer 503 while it
+    says LOADING (never 500), and the gateway serves again by itself afterwards."""
+    redis_proc = RedisProc(tmp_path, "--key-load-delay", "50")  # µs per key while loading
+    redis_proc.start()
+    filler = redis.Redis.from_url(redis_proc.url)
+    with filler.pipeline(transaction=False) as pipe:
+        for i in range(40_000):
+            pipe.set(f"filler:{i}", "x")
+        pipe.execute()
+    filler.bgrewriteaof()  # an RDB base file, whose keys the delay applies to
+    wait_for("the rewrite", lambda: filler.info("persistence")[
+        "aof_rewrite_in_progress"] == 0, 30)
+    filler.close()
+    serve = Serve(tmp_path, redis_proc.url, ledger)
+    try:
+        serve.start()
+        client = provision(serve)
+
+        def restart_loading() -> None:
+            redis_proc.kill9()
+            redis_proc.start()  # returns once it answers PING, i.e. after loading
+
+        asyncio.run(_under_load(client, [restart_loading]))
+        assert _answered(client, 503)
+        _finish(serve, client, ledger)
+    finally:
+        serve.stop()
+        redis_proc.stop()
+
+
+def _answered(client: Client, status: int) -> bool:
+    return any(s == status for op in list(client.ops) for s, _ in op.answers)
+
+
 def test_postgres_stopped(tmp_path: Path, pg_server: Postgres) -> None:
     """PostgreSQL stopped for 10 s: charging goes on, /readyz turns 503 once the lag passes
     IOU_LEDGER_LAG_MAX_S (here 3 s) and 200 again after the backlog is written."""
