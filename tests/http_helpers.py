@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -56,3 +60,17 @@ def error_of(response: httpx.Response) -> str:
     assert isinstance(body["message"], str) and body["message"]
     code: str = body["error"]
     return code
+
+
+@contextmanager
+def upstream_server(handler: type[http.server.BaseHTTPRequestHandler], path: str = ""
+                    ) -> Iterator[str]:
+    """A tool's upstream on 127.0.0.1 (a free port, a thread per request); yields its URL
+    with ``path`` appended, and shuts it down afterwards."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}"
+    finally:
+        server.shutdown()
+        server.server_close()

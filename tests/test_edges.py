@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.gateway_proc import Gateway
-from tests.http_helpers import error_of, new_agent, unique
+from tests.http_helpers import error_of, new_agent, unique, upstream_server
 
 
 class _Upstream(http.server.BaseHTTPRequestHandler):
@@ -40,11 +39,8 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with upstream_server(_Upstream) as url:
+        yield url
 
 
 def _tool(gateway: Gateway, upstream_url: str, price: str) -> str:

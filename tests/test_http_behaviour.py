@@ -6,7 +6,6 @@ import concurrent.futures
 import http.server
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -16,7 +15,7 @@ import pytest
 import redis
 
 from tests.gateway_proc import Gateway, running_gateway
-from tests.http_helpers import balance, error_of, new_agent, seed_tools, unique
+from tests.http_helpers import balance, error_of, new_agent, seed_tools, unique, upstream_server
 from tests.servers import redis_server
 
 
@@ -129,11 +128,8 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with upstream_server(_Upstream) as url:
+        yield url
 
 
 def _proxied_tool(gateway: Gateway, upstream: str, path: str, price: str,

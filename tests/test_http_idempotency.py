@@ -9,7 +9,6 @@ the gateway had died right there); the store is a real Redis.
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from gateway.api.context import Context
 from gateway.config import load_settings
 from gateway.errors import Unavailable
 from tests.gateway_proc import ADMIN_TOKEN, Gateway
-from tests.http_helpers import new_agent, unique
+from tests.http_helpers import new_agent, unique, upstream_server
 
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -49,11 +48,8 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/tool"
-    server.shutdown()
-    server.server_close()
+    with upstream_server(_Upstream, "/tool") as url:
+        yield url
 
 
 class App:

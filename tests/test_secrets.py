@@ -9,7 +9,6 @@ import secrets
 import sqlite3
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from gateway.ledger.recover import recover
 from gateway.secrets_store import SEALED_PREFIX, SecretBox, open_headers
 from tests.conftest import flush, make_engine
 from tests.gateway_proc import running_gateway
-from tests.http_helpers import error_of, new_agent, unique
+from tests.http_helpers import error_of, new_agent, unique, upstream_server
 from tests.ledger_helpers import store_for, writer_for
 from tests.pg import pg_bin
 from tests.servers import redis_server
@@ -50,11 +49,8 @@ class Upstream(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/tool"
-    server.shutdown()
-    server.server_close()
+    with upstream_server(Upstream, "/tool") as url:
+        yield url
 
 
 def credential() -> str:
