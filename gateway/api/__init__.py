@@ -1,1 +1,1 @@
-"""The HTTP API (Starlette): agent, admin and operations routes of CONTRACT.md."""
+"""The HTTP API (Starlette): agent, admin and operations routes (README and /openapi.json)."""
