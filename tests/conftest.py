@@ -11,6 +11,7 @@ from gateway.config import load_settings
 from gateway.engine import Engine
 from gateway.redis_io import RedisConnection, parse_redis_url
 from tests.gateway_proc import Gateway, running_gateway
+from tests.helpers import setup_catalog
 from tests.http_helpers import seed_tools
 from tests.pg import Postgres, postgres_server, reset_database
 from tests.script_helpers import Lua
@@ -94,6 +95,16 @@ def clocked_lua(real_redis_url: str) -> Iterator[Lua]:
     lua.seed_tools()
     yield lua
     client.close()
+
+
+@pytest.fixture
+async def clocked(real_redis_url: str) -> AsyncIterator[Engine]:
+    """An engine whose scripts read the test clock (IOU_TEST_CLOCK), with the seed catalog."""
+    eng = await make_engine(real_redis_url, IOU_TEST_CLOCK="1")
+    await setup_catalog(eng)
+    yield eng
+    await eng.stop()
+    eng.conn.close()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import keys
+from gateway.config import TEST_CLOCK_KEY
 from gateway.engine import Engine
 
 T = 1_000_000  # micros per token
@@ -59,3 +60,10 @@ async def _content(engine: Engine, name: bytes) -> Any:
 
 def agent_hash(engine: Engine, agent: str) -> str:
     return keys.agent_keys(agent, engine.partitions).agent_hash
+
+
+async def shift_to(engine: Engine, target_ms: int) -> None:
+    """Move the scripts' clock so that it now reads ``target_ms``."""
+    await engine.conn.call_or_raise(b"SET", TEST_CLOCK_KEY, 0)
+    real = await engine.clock_ms()
+    await engine.conn.call_or_raise(b"SET", TEST_CLOCK_KEY, target_ms - real)

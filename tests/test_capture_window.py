@@ -4,7 +4,7 @@ the scripts' day)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,28 +13,12 @@ import redis
 from gateway import errors
 from gateway.config import TEST_CLOCK_KEY
 from gateway.engine import Engine
-from tests.conftest import make_engine
 from tests.gateway_proc import Gateway, running_gateway
-from tests.helpers import T, setup_catalog
+from tests.helpers import T, shift_to
 from tests.http_helpers import error_of, new_agent, seed_tools
 from tests.servers import redis_server
 
 DAY_MS = 86_400_000
-
-
-@pytest.fixture
-async def clocked(real_redis_url: str) -> AsyncIterator[Engine]:
-    eng = await make_engine(real_redis_url, IOU_TEST_CLOCK="1")
-    await setup_catalog(eng)
-    yield eng
-    await eng.stop()
-    eng.conn.close()
-
-
-async def shift_to(engine: Engine, target_ms: int) -> None:
-    await engine.conn.call_or_raise(b"SET", TEST_CLOCK_KEY, 0)
-    real = await engine.clock_ms()
-    await engine.conn.call_or_raise(b"SET", TEST_CLOCK_KEY, target_ms - real)
 
 
 async def midnight(engine: Engine) -> int:

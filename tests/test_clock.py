@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from gateway.config import TEST_CLOCK_KEY
 from gateway.engine import Engine
 from gateway.scripts import load_script
-from tests.conftest import make_engine
-from tests.helpers import T, setup_catalog
+from tests.helpers import T, shift_to
 
 DAY_MS = 86_400_000
-
-
-@pytest.fixture
-async def clocked(real_redis_url: str) -> AsyncIterator[Engine]:
-    eng = await make_engine(real_redis_url, IOU_TEST_CLOCK="1")
-    await setup_catalog(eng)
-    yield eng
-    await eng.stop()
-    eng.conn.close()
-
-
-async def shift_to(engine: Engine, target_ms: int) -> None:
-    """Move the scripts' clock so that it now reads ``target_ms``."""
-    await engine.conn.call_or_raise(b"SET", TEST_CLOCK_KEY, 0)
-    real = await engine.clock_ms()
-    await engine.conn.call_or_raise(b"SET", TEST_CLOCK_KEY, target_ms - real)
 
 
 def test_production_scripts_do_not_read_the_offset() -> None:
