@@ -28,9 +28,10 @@ if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[3])
   return { C.BAD_ARGUMENT, 3 }
 end
 
+-- One clock reading: TIME moves during a script, and the key's creation is its event's time.
+local at = istr(now_ms())
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'key_id', ARGV[3], 'created',
-  istr(now_ms()))
-redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(now_ms()), 'kind', 'key_add',
+redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'key_id', ARGV[3], 'created', at)
+redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', at, 'kind', 'key_add',
   'agent', ARGV[1], 'key_id', ARGV[3], 'key_hash', ARGV[4])
 return { C.OK }
