@@ -4,6 +4,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+COPY lua ./lua
 COPY loadtests ./loadtests
 COPY tests ./tests
 RUN pip install --no-cache-dir -e . && pip install --no-cache-dir locust

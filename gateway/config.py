@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway import money
+from gateway.metering import money
 
 PARTITIONS_DEFAULT = 16
 PARTITIONS_MAX = 1024

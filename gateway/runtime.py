@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import safety
 from gateway.config import Settings
-from gateway.connections import open_connection
-from gateway.embedded import EmbeddedRedis, start_embedded
-from gateway.engine import Engine
+from gateway.metering.engine import Engine
+from gateway.store import safety
+from gateway.store.connections import open_connection
+from gateway.store.embedded import EmbeddedRedis, start_embedded
 
 
 @dataclass

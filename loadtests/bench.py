@@ -32,9 +32,9 @@ import httpx
 import orjson
 import redis
 
-from gateway import keys
 from gateway.ledger.lag import ledger_backlog
-from gateway.redis_io import RedisConnection, parse_redis_url
+from gateway.store import keys
+from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.servers import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +47,8 @@ def wrk(url: str, duration_s: float, script_args: list[str] | None = None,
     """Requests/s and latency percentiles (ms) of one wrk run (a plain GET without script)."""
     args = ["wrk", "-t", str(WRK_THREADS), "-c", str(WRK_CONNECTIONS), "-d",
             f"{int(duration_s)}s", "--latency"]
-    args += ["-s", str(HERE / "charge.lua"), url, "--", *(script_args or [])] if script else [url]
+    wrk_script = str(HERE / "wrk_charge.lua")
+    args += ["-s", wrk_script, url, "--", *(script_args or [])] if script else [url]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
@@ -147,7 +148,7 @@ def start_reference(workers: int, data_dir: Path, protocol: str = "httptools"
 
 def start_gateway(workers: int, data_dir: Path) -> tuple[Server, str]:
     port = free_port()
-    args = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--workers",
+    args = [sys.executable, "-m", "gateway.cli.main", "serve", "--port", str(port), "--workers",
             str(workers)]
     url = f"http://127.0.0.1:{port}"
     return Server(args, base_env(data_dir), url + "/readyz"), url
@@ -302,7 +303,7 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
                             ) -> dict[str, Any]:
     """The Redis-side ceiling: redis-benchmark EVALSHA of the real charge script, on one
     server binary, over TCP or a unix socket, with appendfsync always."""
-    from gateway.scripts import load_script
+    from gateway.store.scripts import load_script
 
     script = load_script("charge")
     binary = binary or shutil.which("redis-server") or "redis-server"
@@ -371,7 +372,7 @@ def _shipped_valkey() -> str | None:
 
 async def _memory_per_agent(url: str, agents: int) -> dict[str, float]:
     from gateway.config import load_settings
-    from gateway.engine import Engine
+    from gateway.metering.engine import Engine
 
     engine = Engine(RedisConnection(parse_redis_url(url)), load_settings({"IOU_REDIS_URL": url}))
     await engine.start(background=False)

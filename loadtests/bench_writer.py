@@ -24,14 +24,14 @@ from typing import Any
 import orjson
 
 from gateway.config import load_settings
-from gateway.engine import Engine
-from gateway.ids import uuid7
 from gateway.ledger.entries import LedgerEntry
 from gateway.ledger.factory import open_store
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import LedgerStore
 from gateway.ledger.writer import LedgerWriter, stream_names
-from gateway.redis_io import RedisConnection, parse_redis_url
+from gateway.metering.engine import Engine
+from gateway.metering.ids import uuid7
+from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.pg import postgres_server, reset_database
 from tests.servers import redis_server
 
@@ -98,7 +98,7 @@ async def drain_rate_processes(engine: Engine, redis_url: str, ledger_url: str,
     await store.migrate()
     before = await store.count()
     started = time.perf_counter()
-    writers = [subprocess.Popen([sys.executable, "-m", "gateway.cli", "writer"], env=env,
+    writers = [subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "writer"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(processes)]
     try:
@@ -120,7 +120,7 @@ async def lag_under_load(engine: Engine, redis_url: str, ledger_url: str, second
     """Charge at full speed here while an `iou writer` process drains; sample the lag."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
     env.update({"IOU_REDIS_URL": redis_url, "IOU_LEDGER_URL": ledger_url})
-    writer = subprocess.Popen([sys.executable, "-m", "gateway.cli", "writer"], env=env,
+    writer = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "writer"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = open_store(load_settings({"IOU_LEDGER_URL": ledger_url}))
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.money import parse_amount
+from gateway.metering.money import parse_amount
 from loadtests.locustfile import admin_token
 
 DELTA = {"grant": 1, "fund": 1, "release": 1, "expire": 1, "charge": -1, "hold": -1}

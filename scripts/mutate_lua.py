@@ -7,7 +7,7 @@ Usage (from the repository root):
     python scripts/mutate_lua.py --list                # print the mutants, run nothing
 
 Each mutant changes one token (or one ``if`` condition, or removes one writing
-``redis.call``) of one script in the Lua folder (``--lua-dir``, default gateway/lua). It is
+``redis.call``) of one script in the Lua folder (``--lua-dir``, default lua/). It is
 applied to a private COPY of the repository (one per job, in a temporary directory), never
 to the working tree: the copy's tests import the copy's ``gateway`` package, whose loader
 reads the copy's Lua files. A mutant that Redis refuses to compile (SCRIPT LOAD into a
@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LUA_DIR_DEFAULT = "gateway/lua"
+LUA_DIR_DEFAULT = "lua"
 EQUIVALENTS_DEFAULT = "tests/mutants_equivalent.txt"
 TIMEOUT_S_DEFAULT = 120.0
 
@@ -360,7 +360,7 @@ def _free_port() -> int:
 def redis_for_loading() -> Iterator[socket.socket]:
     """A redis-server of our own (stopped by pid), and a socket to it."""
     sys.path.insert(0, str(ROOT))
-    from gateway.embedded import find_server_binary
+    from gateway.store.embedded import find_server_binary
 
     found = find_server_binary()
     if found is None:
@@ -414,7 +414,7 @@ def script_loads(conn: socket.socket, source: str) -> bool:
 
 
 def loadable(conn: socket.socket, lua_dir: Path, mutant: Mutant) -> bool:
-    """Compile the mutant the way gateway/scripts.py assembles it: the library, then the
+    """Compile the mutant the way gateway/store/scripts.py assembles it: the library, then the
     script (a mutated library is compiled in front of every script)."""
     files = {p.name: p.read_text() for p in lua_dir.glob("*.lua")}
     files[mutant.file] = mutant.apply(files[mutant.file])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.embedded import find_server_binary
+from gateway.store.embedded import find_server_binary
 
 
 @dataclass

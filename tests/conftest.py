@@ -8,8 +8,8 @@ import pytest
 import redis
 
 from gateway.config import load_settings
-from gateway.engine import Engine
-from gateway.redis_io import RedisConnection, parse_redis_url
+from gateway.metering.engine import Engine
+from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.gateway_proc import Gateway, running_gateway
 from tests.helpers import setup_catalog
 from tests.http_helpers import seed_tools

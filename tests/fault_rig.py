@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from gateway.embedded import find_server_binary, ping
 from gateway.ledger.store import LedgerStore
+from gateway.store.embedded import find_server_binary, ping
 from tests.gateway_proc import ADMIN_TOKEN, SECRET_KEY, WEBHOOK_SECRET
 from tests.ledger_helpers import store_for
 from tests.proc_helpers import wait_for, wait_gone, writer_pids
@@ -98,7 +98,7 @@ class Serve:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "gateway.cli.main", "serve", "--port", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.wait_ready()
 
@@ -138,7 +138,7 @@ class Serve:
                 self.process.wait()
 
     def iou(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=self.env,
+        return subprocess.run([sys.executable, "-m", "gateway.cli.main", *args], env=self.env,
                               capture_output=True, text=True, timeout=180)
 
     def metric(self, name: str) -> float | None:

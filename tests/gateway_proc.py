@@ -61,7 +61,7 @@ def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | 
         environ["IOU_REDIS_URL"] = redis_url
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+            [sys.executable, "-m", "gateway.cli.main", "serve", "--port", str(port),
              "--workers", str(workers), *([] if writer else ["--no-writer"])],
             stdout=log, stderr=subprocess.STDOUT, env=environ)
     url = f"http://127.0.0.1:{port}"

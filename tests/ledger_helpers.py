@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from gateway.config import load_settings
-from gateway.engine import Engine
 from gateway.ledger.factory import open_store
 from gateway.ledger.store import LedgerStore
 from gateway.ledger.writer import LedgerWriter
+from gateway.metering.engine import Engine
 
 
 def store_for(ledger_url: str) -> LedgerStore:

@@ -6,8 +6,8 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 
-from gateway import errors
-from gateway.engine import Engine
+from gateway.metering import errors
+from gateway.metering.engine import Engine
 
 T = 1_000_000
 

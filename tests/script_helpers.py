@@ -1,7 +1,7 @@
 """Calling the Lua scripts straight (no engine in between), for the script-level tests.
 
 ``Lua`` runs a script by name on the session's real Redis with the sources the gateway
-ships (``gateway.scripts.load_script``), and builds valid arguments for every script so a
+ships (``gateway.store.scripts.load_script``), and builds valid arguments for every script so a
 test can change just the one it is about. Synchronous on purpose: these tests are the
 first the mutation runner runs, and they stay fast (no event loop, no engine start).
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import redis
 
-from gateway import keys
 from gateway.config import TEST_CLOCK_KEY
-from gateway.scripts import SCRIPT_NAMES, load_script
+from gateway.store import keys
+from gateway.store.scripts import SCRIPT_NAMES, load_script
 
 P = 16  # partitions
 AMAX = 1_000_000_000_000_000  # IOU_AMOUNT_MAX default, micros

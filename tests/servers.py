@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gateway.embedded import find_server_binary, ping
+from gateway.store.embedded import find_server_binary, ping
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from gateway.api.auth import (
     Unauthorized,
     client_address,
 )
-from gateway.engine import Engine
+from gateway.metering.engine import Engine
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import error_of, new_agent, seed_tools
 from tests.servers import redis_server

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from gateway import keys
+from gateway.store import keys
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import SEED_TOOLS, balance, error_of, new_agent, seed_tools, unique
 from tests.servers import redis_server

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import redis
 
-from gateway import errors
 from gateway.config import TEST_CLOCK_KEY
-from gateway.engine import Engine
+from gateway.metering import errors
+from gateway.metering.engine import Engine
 from tests.gateway_proc import Gateway, running_gateway
 from tests.helpers import T, shift_to
 from tests.http_helpers import error_of, new_agent, seed_tools

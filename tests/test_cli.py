@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from gateway.cli import WRITER_NICENESS
+from gateway.cli.main import WRITER_NICENESS
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import unique
 
@@ -34,7 +34,7 @@ def iou(gw: Gateway, *args: str, data_dir: str | None = None
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
     env.update({"IOU_URL": gw.url, "IOU_DATA_DIR": data_dir or str(gw.data_dir),
                 "COLUMNS": "200"})
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "gateway.cli.main", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -194,7 +194,7 @@ def test_bad_configuration_is_one_line_naming_it(tmp_path: object, variable: str
                                                  value: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
     env.update({"IOU_DATA_DIR": str(tmp_path), variable: value})
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--port", "9"],
+    done = subprocess.run([sys.executable, "-m", "gateway.cli.main", "serve", "--port", "9"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

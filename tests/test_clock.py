@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gateway.config import TEST_CLOCK_KEY
-from gateway.engine import Engine
-from gateway.scripts import load_script
+from gateway.metering.engine import Engine
+from gateway.store.scripts import load_script
 from tests.helpers import T, shift_to
 
 DAY_MS = 86_400_000

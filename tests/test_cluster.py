@@ -18,12 +18,13 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
-from gateway import errors, keys
 from gateway.config import load_settings
-from gateway.connections import open_connection
-from gateway.engine import Engine
 from gateway.ledger.reconcile import reconcile
 from gateway.ledger.store import LedgerStore
+from gateway.metering import errors
+from gateway.metering.engine import Engine
+from gateway.store import keys
+from gateway.store.connections import open_connection
 from tests.cluster import Cluster, redis_cluster, run
 from tests.gateway_proc import Gateway, running_gateway
 from tests.helpers import T, setup_catalog
@@ -259,7 +260,7 @@ def reconcile_json(cluster: Cluster, gw: Gateway) -> dict[str, Any]:
     live = next(p for p in cluster.ports if cluster.process(p).poll() is None)
     env.update({"IOU_REDIS_URL": f"redis+cluster://127.0.0.1:{live}",
                 "IOU_DATA_DIR": str(gw.data_dir)})
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "reconcile", "--json"],
+    done = subprocess.run([sys.executable, "-m", "gateway.cli.main", "reconcile", "--json"],
                           env=env, capture_output=True, timeout=120)
     assert done.stdout, done.stderr.decode()
     report: dict[str, Any] = json.loads(done.stdout)

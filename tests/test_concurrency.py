@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from gateway import errors
 from gateway.config import load_settings
-from gateway.connections import open_connection
-from gateway.engine import Engine
+from gateway.metering import errors
+from gateway.metering.engine import Engine
+from gateway.store.connections import open_connection
 from tests.helpers import T, events, setup_catalog
 
 PROCESSES = 4

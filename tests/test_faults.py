@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.config import load_settings
-from gateway.engine import Engine
 from gateway.ledger.reconcile import reconcile
 from gateway.ledger.store import LedgerStore
-from gateway.redis_io import RedisConnection, parse_redis_url
+from gateway.metering.engine import Engine
+from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.ledger_helpers import store_for, writer_for
 from tests.load import Load, make_agents
 from tests.pg import Postgres, reset_database
@@ -40,7 +40,7 @@ def writer_process(redis_url: str, ledger_url: str, fault: str = "",
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
     env.update({"IOU_REDIS_URL": redis_url, "IOU_LEDGER_URL": ledger_url,
                 "IOU_FAULT_INJECT": fault})
-    args = [sys.executable, "-m", "gateway.cli", "writer"]
+    args = [sys.executable, "-m", "gateway.cli.main", "writer"]
     if consumer:
         args += ["--consumer", consumer]
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import errors, ids
-from gateway.codes import Code
-from gateway.engine import Engine
+from gateway.metering import errors, ids
+from gateway.metering.engine import Engine
+from gateway.store.codes import Code
 from tests.gateway_proc import Gateway
 from tests.helpers import T, events, setup_catalog, snapshot
 from tests.http_helpers import new_agent

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from gateway import errors
-from gateway.engine import Engine
+from gateway.metering import errors
+from gateway.metering.engine import Engine
 from tests.helpers import T, events, setup_catalog
 
 

@@ -223,7 +223,7 @@ def test_redis_stopped_fails_closed_then_recovers() -> None:
 
 
 def test_webhook_event_body_shape() -> None:
-    from gateway.api.webhooks import WebhookDeliverer, signature
+    from gateway.webhooks.deliverer import WebhookDeliverer, signature
 
     body = WebhookDeliverer.event_body({"event_id": "e:balance.low", "event": "balance.low",
                                         "agent": "a", "balance": "500000",

@@ -18,11 +18,11 @@ import httpx
 import pytest
 import redis
 
-from gateway import keys
 from gateway.api.app import create_app
 from gateway.api.context import Context
 from gateway.config import load_settings
-from gateway.errors import Unavailable
+from gateway.metering.errors import Unavailable
+from gateway.store import keys
 from tests.gateway_proc import ADMIN_TOKEN, Gateway
 from tests.http_helpers import new_agent, unique, upstream_server
 

@@ -242,7 +242,7 @@ def test_chunked_body_over_limit_is_413(gateway: Gateway, victim: tuple[str, str
 
 def test_compact_bodies_parse_like_the_strict_parser() -> None:
     from gateway.api.body import MalformedJson, _compact_object, parse_json_object
-    from gateway.money import JsonNumber
+    from gateway.metering.money import JsonNumber
 
     # Which parser answers: orjson for the compact form without numbers, else the strict one.
     assert _compact_object(b'{"tool":"calc"}') == {"tool": "calc"}

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from gateway.money import format_amount as fmt
+from gateway.metering.money import format_amount as fmt
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import seed_tools
 from tests.servers import redis_server
@@ -104,7 +104,7 @@ class Harness:
             env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
             env.update({"IOU_REDIS_URL": self.redis_url, "IOU_DATA_DIR": str(self.data_dir)})
             self.extra_writers.append(subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "writer", "--consumer", consumer],
+                [sys.executable, "-m", "gateway.cli.main", "writer", "--consumer", consumer],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ def iou(gw: Gateway, *args: str, redis_url: str | None = None
     env["IOU_DATA_DIR"] = str(gw.data_dir)
     if redis_url is not None:
         env["IOU_REDIS_URL"] = redis_url
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "gateway.cli.main", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

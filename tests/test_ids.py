@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 
-from gateway import ids
+from gateway.metering import ids
 
 
 def test_entry_ids_differ_across_a_fork() -> None:
     import os
 
-    from gateway import ids
+    from gateway.metering import ids
 
     read, write = os.pipe()
     pid = os.fork()

@@ -8,9 +8,9 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from gateway.codes import Code, Flag
-from gateway.engine import Engine
-from gateway.scripts import SCRIPT_NAMES, lua_dir
+from gateway.metering.engine import Engine
+from gateway.store.codes import Code, Flag
+from gateway.store.scripts import SCRIPT_NAMES, lua_dir
 from tests.helpers import T, setup_catalog
 
 

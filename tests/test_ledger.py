@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway import errors, keys
-from gateway.engine import Engine
 from gateway.ledger.reconcile import reconcile
 from gateway.ledger.recover import NotEmpty, recover
 from gateway.ledger.store import LedgerStore
+from gateway.metering import errors
+from gateway.metering.engine import Engine
+from gateway.store import keys
 from tests.conftest import flush
 from tests.helpers import T, setup_catalog
 from tests.ledger_helpers import store_for, writer_for

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import money
-from gateway.money import AmountError, format_amount, parse_amount
+from gateway.metering import money
+from gateway.metering.money import AmountError, format_amount, parse_amount
 
 MAX = money.AMOUNT_MAX_MICROS_DEFAULT
 

@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import errors, keys
 from gateway.config import load_settings
-from gateway.engine import Engine
 from gateway.ledger.recover import recover
-from gateway.redis_io import RedisConnection, parse_redis_url
+from gateway.metering import errors
+from gateway.metering.engine import Engine
+from gateway.store import keys
+from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.conftest import PARTITIONS, make_engine
 from tests.gateway_proc import Gateway, running_gateway
 from tests.helpers import T, setup_catalog

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from gateway import ids
-from gateway.codes import Code
-from gateway.engine import Engine
+from gateway.metering import ids
+from gateway.metering.engine import Engine
+from gateway.store.codes import Code
 from tests.helpers import T, setup_catalog, snapshot
 
 BAD_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e3", "0x10", "1.5", "0.1", "-5", " 5 ", "5 ",

@@ -4,7 +4,7 @@ wrong field is lost money). Script level, on the session's Redis."""
 
 from __future__ import annotations
 
-from gateway import keys
+from gateway.store import keys
 from tests.script_helpers import AMAX, DAY_MS, Lua, key_hash
 
 T = 1_000_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.engine import Engine
+from gateway.metering.engine import Engine
 from tests.helpers import T, events, setup_catalog
 
 

@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 import pytest
 import redis
 
-from gateway import keys
-from gateway.engine import Engine
 from gateway.ledger.recover import recover
-from gateway.secrets_store import SEALED_PREFIX, SecretBox, open_headers
+from gateway.metering.engine import Engine
+from gateway.metering.secrets_store import SEALED_PREFIX, SecretBox, open_headers
+from gateway.store import keys
 from tests.conftest import flush, make_engine
 from tests.gateway_proc import running_gateway
 from tests.http_helpers import error_of, new_agent, unique, upstream_server
@@ -244,8 +244,8 @@ def test_sealed_values_open_only_with_their_key_and_tool() -> None:
 
 def test_headers_of_one_kind_do_not_open_as_another(tmp_path: Path) -> None:
     from gateway.config import load_settings
-    from gateway.errors import GatewayError
-    from gateway.secrets_store import seal_headers
+    from gateway.metering.errors import GatewayError
+    from gateway.metering.secrets_store import seal_headers
 
     settings = load_settings({"IOU_REDIS_URL": "redis://127.0.0.1:9",
                               "IOU_SECRET_KEY": SECRET_KEY, "IOU_DATA_DIR": str(tmp_path)})

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from gateway import errors
-from gateway.engine import Engine
+from gateway.metering import errors
+from gateway.metering.engine import Engine
 from tests.conftest import make_engine
 from tests.helpers import setup_catalog
 

@@ -25,8 +25,8 @@ import httpx
 import pytest
 import redis
 
-from gateway.errors import Unavailable
-from gateway.redis_io import RedisConnection, ReplyError, parse_redis_url, refusal_kind
+from gateway.metering.errors import Unavailable
+from gateway.store.resp import RedisConnection, ReplyError, parse_redis_url, refusal_kind
 from tests.gateway_proc import Gateway, running_gateway
 from tests.http_helpers import error_of, new_agent, seed_tools, unique
 from tests.servers import free_port, redis_server

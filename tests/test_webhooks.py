@@ -168,7 +168,7 @@ def _first_attempt() -> tuple[str, str, bytes, bool]:
 
 
 def test_the_readme_example_verifies_what_the_gateway_signs() -> None:
-    from gateway.api.webhooks import signature
+    from gateway.webhooks.deliverer import signature
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index("```python\nimport hashlib, hmac, time")

@@ -16,9 +16,9 @@ from gateway.api.body import json_from_raw as parse_raw
 from gateway.api.context import Context, endpoint
 from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
 from gateway.api.responses import iso_ms, json_response
-from gateway.errors import AgentExists, InvalidRequest
-from gateway.limits import check_name
-from gateway.money import format_amount as fmt
+from gateway.metering.errors import AgentExists, InvalidRequest
+from gateway.metering.limits import check_name
+from gateway.metering.money import format_amount as fmt
 
 LIST_LIMIT_MAX = 1000
 LIST_LIMIT_DEFAULT = 100

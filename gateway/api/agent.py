@@ -13,15 +13,15 @@ from starlette.responses import Response
 from gateway.api import idempotency
 from gateway.api.body import Fields, json_from_raw, plain_json, read_body, read_json
 from gateway.api.context import Context, endpoint
-from gateway.api.metrics import CHARGE_LATENCY, CHARGES
 from gateway.api.payloads import charge_payload, limits_payload, state_warnings
 from gateway.api.responses import iso_ms, json_response
-from gateway.api.webhooks import queue_depleted
 from gateway.config import HOLD_TTL_S_MAX
-from gateway.engine import HOLD_TTL_S_DEFAULT
-from gateway.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
-from gateway.models import ChargeResult
-from gateway.money import format_amount as fmt
+from gateway.metering.engine import HOLD_TTL_S_DEFAULT
+from gateway.metering.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
+from gateway.metering.models import ChargeResult
+from gateway.metering.money import format_amount as fmt
+from gateway.observability import CHARGE_LATENCY, CHARGES
+from gateway.webhooks.deliverer import queue_depleted
 
 log = logging.getLogger("iou.api")
 

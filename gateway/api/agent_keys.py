@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from gateway.api.context import Context, endpoint
 from gateway.api.responses import iso_ms, json_response
-from gateway.errors import NotFound
-from gateway.limits import check_name
+from gateway.metering.errors import NotFound
+from gateway.metering.limits import check_name
 
 TIMED_KEY_ID_RE = re.compile(r"key_([0-9a-f]{12})7[0-9a-f]{19}")
 

@@ -22,13 +22,13 @@ from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
 from gateway.api.responses import json_response
 from gateway.api.store_guard import GuardedAuthenticator
-from gateway.api.webhooks import WebhookDeliverer
 from gateway.config import Settings, load_settings
 from gateway.ledger.factory import open_store
 from gateway.ledger.identity import StoreGuard
 from gateway.ledger.lag import ledger_backlog
+from gateway.metering.secrets_store import check_at_start, ensure_secret
 from gateway.runtime import open_runtime
-from gateway.secrets_store import check_at_start, ensure_secret
+from gateway.webhooks.deliverer import WebhookDeliverer
 
 log = logging.getLogger("iou.app")
 

@@ -27,11 +27,11 @@ from typing import Any
 
 from starlette.requests import Request
 
-from gateway import keys
-from gateway.api.metrics import AUTH_FAILURES
 from gateway.config import Settings
-from gateway.engine import Engine
-from gateway.errors import GatewayError
+from gateway.metering.engine import Engine
+from gateway.metering.errors import GatewayError
+from gateway.observability import AUTH_FAILURES
+from gateway.store import keys
 
 log = logging.getLogger("iou.auth")
 

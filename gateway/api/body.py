@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
-from gateway import money
-from gateway.errors import GatewayError, InvalidRequest
-from gateway.limits import check_name
+from gateway.metering import money
+from gateway.metering.errors import GatewayError, InvalidRequest
+from gateway.metering.limits import check_name
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # What PostgreSQL JSONB refuses in a string or key (NUL), and what no UTF-8 text can hold

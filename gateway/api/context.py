@@ -13,12 +13,12 @@ from starlette.responses import Response
 
 from gateway.api.auth import Authenticator
 from gateway.api.responses import error_response
-from gateway.api.webhooks import WebhookDeliverer
 from gateway.config import Settings
-from gateway.engine import Engine
-from gateway.errors import GatewayError
 from gateway.ledger.identity import StoreGuard
 from gateway.ledger.store import LedgerStore
+from gateway.metering.engine import Engine
+from gateway.metering.errors import GatewayError
+from gateway.webhooks.deliverer import WebhookDeliverer
 
 
 @dataclass

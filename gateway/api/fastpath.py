@@ -21,10 +21,10 @@ from gateway.api.agent import charge_one
 from gateway.api.auth import Authenticator
 from gateway.api.body import BodyTooLarge, RequestIncomplete, configure_json_limits, json_body
 from gateway.api.context import Context
-from gateway.api.metrics import CHARGE_LATENCY
 from gateway.api.payloads import charge_payload
 from gateway.api.responses import error_body
-from gateway.errors import GatewayError
+from gateway.metering.errors import GatewayError
+from gateway.observability import CHARGE_LATENCY
 
 CHARGE_PATH = "/v1/charge"
 INTERNAL_BODY = orjson.dumps({"error": "internal",

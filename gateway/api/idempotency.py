@@ -29,9 +29,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import keys
-from gateway.engine import IDEMPOTENCY_KEY_RE, Engine
-from gateway.errors import GatewayError, IdempotencyConflict, InvalidRequest
+from gateway.metering.engine import IDEMPOTENCY_KEY_RE, Engine
+from gateway.metering.errors import GatewayError, IdempotencyConflict, InvalidRequest
+from gateway.store import keys
 
 RECORD_TTL_MS = 86_400_000
 REPLAYED_HEADER = "Idempotent-Replayed"

@@ -12,13 +12,13 @@ from starlette.responses import Response
 from gateway.api.admin import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, _agent
 from gateway.api.context import Context, endpoint
 from gateway.api.responses import iso_ms, json_response
-from gateway.errors import InvalidRequest
 from gateway.ledger.entries import MONEY_KINDS, LedgerEntry
-from gateway.limits import check_name
-from gateway.money import format_amount
+from gateway.metering.errors import InvalidRequest
+from gateway.metering.limits import check_name
+from gateway.metering.money import format_amount
 
 LEDGER_PARAMS = ("limit", "before", "kind", "tool")
-# Entry ids are UUIDv7 in canonical lower-case form (gateway.ids.uuid7).
+# Entry ids are UUIDv7 in canonical lower-case form (gateway.metering.ids.uuid7).
 ENTRY_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 FIELD_ECHO_CHARS_MAX = 64  # an unknown parameter's name is echoed back, cut to this
 

@@ -10,15 +10,15 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from gateway import keys
-from gateway.api import metrics
+from gateway import observability as metrics
 from gateway.api.context import Context, endpoint
 from gateway.api.openapi import openapi_document
 from gateway.api.responses import json_response
-from gateway.errors import GatewayError
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import StoreUnavailable
 from gateway.ledger.supervisor import RESTARTS_FIELD
+from gateway.metering.errors import GatewayError
+from gateway.store import keys
 
 
 @endpoint

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.models import AgentState, ChargeResult, Limits, Tool
-from gateway.money import format_amount as fmt
+from gateway.metering.models import AgentState, ChargeResult, Limits, Tool
+from gateway.metering.money import format_amount as fmt
 
 
 def charge_payload(r: ChargeResult) -> dict[str, Any]:

@@ -23,9 +23,7 @@ from starlette.responses import Response
 from gateway.api import idempotency
 from gateway.api.body import parse_amount_field, read_body
 from gateway.api.context import Context, endpoint
-from gateway.api.metrics import PROXY_CALLS
-from gateway.api.webhooks import queue_depleted
-from gateway.errors import (
+from gateway.metering.errors import (
     BalanceInsufficient,
     GatewayError,
     HoldClosed,
@@ -33,11 +31,13 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
 )
-from gateway.limits import check_name
-from gateway.models import Tool
-from gateway.money import AmountError, format_amount, parse_amount
-from gateway.refusals import NothingToHold
-from gateway.secrets_store import open_headers
+from gateway.metering.limits import check_name
+from gateway.metering.models import Tool
+from gateway.metering.money import AmountError, format_amount, parse_amount
+from gateway.metering.refusals import NothingToHold
+from gateway.metering.secrets_store import open_headers
+from gateway.observability import PROXY_CALLS
+from gateway.webhooks.deliverer import queue_depleted
 
 CONNECT_TIMEOUT_S = 5.0
 # The hold outlives the slowest upstream answer by this much, so it is never swept mid-call.

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from gateway.errors import GatewayError
+from gateway.metering.errors import GatewayError
 
 JSON = "application/json"
 

@@ -25,10 +25,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway import keys
-from gateway.engine import Engine
-from gateway.errors import Unavailable
 from gateway.ledger.store import LedgerStore, StoreUnavailable
+from gateway.metering.engine import Engine
+from gateway.metering.errors import Unavailable
+from gateway.store import keys
 
 log = logging.getLogger("iou.identity")
 

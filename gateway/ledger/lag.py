@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.connections import Connection
 from gateway.ledger.writer import GROUP, stream_names
+from gateway.store.connections import Connection
 
 
 async def ledger_backlog(conn: Connection, partitions: int) -> tuple[float, int]:

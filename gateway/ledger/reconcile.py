@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from gateway.engine import Engine
 from gateway.ledger.store import LedgerStore
 from gateway.ledger.writer import LedgerWriter
+from gateway.metering.engine import Engine
 
 RECHECKS_MAX = 3
 PAGE = 1000

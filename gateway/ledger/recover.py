@@ -10,9 +10,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import keys
-from gateway.engine import Engine
 from gateway.ledger.store import LedgerStore, OpenHold, Recovery
+from gateway.metering.engine import Engine
+from gateway.store import keys
 
 DAY_MS = 86_400_000
 IDEM_TTL_MS = 86_400_000

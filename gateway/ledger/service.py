@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 
-from gateway import keys
 from gateway.config import Settings
 from gateway.ledger import identity
 from gateway.ledger.factory import open_store
@@ -17,6 +16,7 @@ from gateway.ledger.recover import Recovered, recover
 from gateway.ledger.store import StoreUnavailable
 from gateway.ledger.writer import LedgerWriter
 from gateway.runtime import Runtime, open_runtime
+from gateway.store import keys
 
 log = logging.getLogger("iou.writer")
 

@@ -20,10 +20,10 @@ import subprocess
 import threading
 import time
 
-from gateway import keys
-from gateway.connections import open_connection
-from gateway.errors import GatewayError
-from gateway.redis_io import ReplyError
+from gateway.metering.errors import GatewayError
+from gateway.store import keys
+from gateway.store.connections import open_connection
+from gateway.store.resp import ReplyError
 
 log = logging.getLogger("iou.supervisor")
 

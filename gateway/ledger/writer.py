@@ -24,12 +24,12 @@ from typing import Any
 
 import orjson
 
-from gateway import keys
-from gateway.connections import open_connection
-from gateway.errors import GatewayError
 from gateway.ledger.entries import LedgerEntry, PoisonedEntry, parse_entry
 from gateway.ledger.store import LedgerStore, StoreUnavailable, config_statements
-from gateway.redis_io import ReplyError
+from gateway.metering.errors import GatewayError
+from gateway.store import keys
+from gateway.store.connections import open_connection
+from gateway.store.resp import ReplyError
 
 GROUP = b"ledger"
 BATCH_SIZE_MAX = 1000

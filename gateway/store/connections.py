@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from gateway.redis_cluster import ClusterConnection
-from gateway.redis_io import RedisAddress, RedisConnection, parse_redis_url
+from gateway.store.cluster import ClusterConnection
+from gateway.store.resp import RedisAddress, RedisConnection, parse_redis_url
 
 
 class Connection(Protocol):

@@ -13,7 +13,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gateway.client import Client, ClientError
+from gateway.cli.client import Client, ClientError
 from gateway.config import ConfigError, load_client_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -434,7 +434,7 @@ unfreeze = _freeze_command(False)
 @refusals
 def demo(opts: Options) -> None:
     """Provision a demo agent and play the seed scenario, printing every call."""
-    from gateway.demo import run_demo
+    from gateway.cli.demo import run_demo
 
     # With --json the calls are in the one JSON document printed at the end, not as lines.
     result = run_demo(opts.client(), (lambda _line: None) if opts.as_json else click.echo)

@@ -16,17 +16,15 @@ from typing import Any
 
 import orjson
 
-from gateway import ids, keys, money, secrets_store
-from gateway.codes import Code, Flag
 from gateway.config import HOLD_TTL_S_MAX, TEST_CLOCK_KEY, Settings
-from gateway.connections import Connection
-from gateway.errors import (
+from gateway.metering import ids, money, secrets_store
+from gateway.metering.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
 )
-from gateway.limits import check_name, limit_pair, limits_of
-from gateway.models import (
+from gateway.metering.limits import check_name, limit_pair, limits_of
+from gateway.metering.models import (
     AgentCreated,
     AgentState,
     CaptureResult,
@@ -38,8 +36,11 @@ from gateway.models import (
     Tool,
     warnings_of,
 )
-from gateway.refusals import refusal
-from gateway.scripts import Scripts
+from gateway.metering.refusals import refusal
+from gateway.store import keys
+from gateway.store.codes import Code, Flag
+from gateway.store.connections import Connection
+from gateway.store.scripts import Scripts
 
 log = logging.getLogger("iou.engine")
 

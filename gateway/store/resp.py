@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import hiredis
 
-from gateway.errors import Unavailable
+from gateway.metering.errors import Unavailable
 
 log = logging.getLogger("iou.redis")
 

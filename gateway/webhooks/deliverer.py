@@ -22,12 +22,13 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway import ids, keys
-from gateway.api.metrics import WEBHOOK_DROPPED
-from gateway.engine import Engine
-from gateway.errors import GatewayError
-from gateway.money import format_amount, parse_amount
-from gateway.redis_io import ReplyError
+from gateway.metering import ids
+from gateway.metering.engine import Engine
+from gateway.metering.errors import GatewayError
+from gateway.metering.money import format_amount, parse_amount
+from gateway.observability import WEBHOOK_DROPPED
+from gateway.store import keys
+from gateway.store.resp import ReplyError
 
 log = logging.getLogger("iou.webhooks")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.connections import Connection
-from gateway.errors import UnsafeRedis
+from gateway.metering.errors import UnsafeRedis
+from gateway.store.connections import Connection
 
 log = logging.getLogger("iou.safety")
 

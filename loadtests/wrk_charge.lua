@@ -1,5 +1,5 @@
 -- wrk script: POST /v1/charge with a rotating agent key and a fresh Idempotency-Key.
--- Usage: wrk -s loadtests/charge.lua URL -- KEYS_FILE [PATH] [BODY]
+-- Usage: wrk -s loadtests/wrk_charge.lua URL -- KEYS_FILE [PATH] [BODY]
 local threads = {}
 local counter = 0
 

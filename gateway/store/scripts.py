@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.connections import Connection
-from gateway.redis_io import RedisRefused, ReplyError, refusal_kind
+from gateway.store.connections import Connection
+from gateway.store.resp import RedisRefused, ReplyError, refusal_kind
 
 SCRIPT_NAMES = (
     "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
@@ -24,8 +24,16 @@ SCRIPT_NAMES = (
 
 
 def lua_dir() -> Path:
-    """The folder of the shipped Lua files (inside the installed package)."""
-    return Path(__file__).resolve().parent / "lua"
+    """The folder of the Lua files. The repository keeps them at the top-level ``lua/``; the
+    wheel ships that folder inside the package as ``gateway/lua`` (pyproject's package-dir),
+    so an installed gateway finds them beside its modules and a checkout (or an editable
+    install) finds them at the repository's root."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "lua", package.parent / "lua"):
+        if (folder / "_lib.lua").is_file():
+            return folder
+    raise ScriptError(f"the Lua scripts are missing (looked in {package}/lua and "
+                      f"{package.parent}/lua)")
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import click
 
-from gateway.cli_client import Options, fail, json_option, register
+from gateway.cli.commands import Options, fail, json_option, register
 from gateway.config import ConfigError, Settings, load_settings
-from gateway.embedded import start_embedded
 from gateway.ledger.factory import ledger_location
 from gateway.ledger.supervisor import NICENESS, WriterSupervisor
-from gateway.secrets_store import check_at_start, ensure_secret
+from gateway.metering.secrets_store import check_at_start, ensure_secret
+from gateway.store.embedded import start_embedded
 
 WRITER_NICENESS = NICENESS  # added to the ledger writer child's nice value by `iou serve`
 
@@ -75,7 +75,7 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     # committed at once, instead of waiting for them to be claimed as stale (30 s).
     consumer = f"{socket.gethostname()}-serve-{port}"
     writer = None if no_writer else WriterSupervisor(
-        [sys.executable, "-m", "gateway.cli", "writer", "--consumer", consumer,
+        [sys.executable, "-m", "gateway.cli.main", "writer", "--consumer", consumer,
          "--parent-pid", str(os.getpid())], redis_url)
     if writer is not None:
         writer.start()
@@ -101,8 +101,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
 
 def _settle_store(settings: Settings) -> None:
     """Identity of a new store; the embedded default's wiped store rebuilt from the ledger."""
-    from gateway.errors import GatewayError
     from gateway.ledger.service import settle_store
+    from gateway.metering.errors import GatewayError
 
     try:
         asyncio.run(settle_store(settings))
@@ -144,7 +144,7 @@ def writer(consumer: str | None, parent_pid: int | None) -> None:
 def reconcile(opts: Options) -> None:
     """Drain the streams, then compare every balance with the ledger (exit 1 on drift)."""
     from gateway.ledger.service import run_reconcile
-    from gateway.money import format_amount
+    from gateway.metering.money import format_amount
 
     def amount(micros: int | None) -> str | None:
         return None if micros is None else format_amount(micros)

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from gateway.client import Client, ClientError
+from gateway.cli.client import Client, ClientError
 
 DEMO_TOOLS = (("web_search", "0.05", "tool", "fixed"), ("web_browse", "0.12", "tool", "fixed"),
               ("llm_summarize", "0.08", "llm", "variable"), ("email_send", "0.02", "tool",
@@ -95,7 +95,7 @@ def _spend_down(charge: Callable[[dict[str, Any]], tuple[str, str, list[str]]],
 
 
 def _print_ledger(admin: Client, agent: str, echo: Echo) -> list[dict[str, Any]]:
-    from gateway.cli_client import LEDGER_NOTE, ledger_columns
+    from gateway.cli.commands import LEDGER_NOTE, ledger_columns
 
     page = admin.request("GET", f"/v1/agents/{agent}/ledger", params={"limit": "8"})
     echo(f"last {len(page['entries'])} ledger entries of {agent}:")

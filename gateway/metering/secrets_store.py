@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import Settings
-from gateway.errors import InvalidRequest, Unavailable
+from gateway.metering.errors import InvalidRequest, Unavailable
 
 log = logging.getLogger("iou.secrets")
 

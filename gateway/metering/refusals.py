@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway import money
-from gateway.codes import Code
-from gateway.errors import (
+from gateway.metering import money
+from gateway.metering.errors import (
     AgentExists,
     AgentFrozen,
     BalanceInsufficient,
@@ -19,6 +18,7 @@ from gateway.errors import (
     PerCallLimitExceeded,
     WindowLimitExceeded,
 )
+from gateway.store.codes import Code
 
 
 def _int(value: Any) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.codes import Flag
+from gateway.store.codes import Flag
 
 
 def warnings_of(flags: int) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ import random
 import secrets
 import time
 
-from gateway import keys
+from gateway.store import keys
 
 # Seeded from os.urandom at import and again in every forked child, so no two processes
 # draw the same sequence (a repeated entry id would be dropped by ON CONFLICT DO NOTHING).

@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 
 from redis.crc import key_slot
 
-from gateway.errors import Unavailable
-from gateway.redis_io import (
+from gateway.metering.errors import Unavailable
+from gateway.store.resp import (
     RedisAddress,
     RedisConnection,
     RedisRefused,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from gateway.errors import InvalidRequest
-from gateway.models import CategoryLimits, Limits
+from gateway.metering.errors import InvalidRequest
+from gateway.metering.models import CategoryLimits, Limits
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}", re.ASCII)
 LIMIT_FIELDS = {"per_call": "pc", "daily": "dl", "low_balance": "low"}
