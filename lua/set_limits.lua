@@ -19,16 +19,22 @@ if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end
 if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
 if #ARGV % 2 ~= 0 or #ARGV > 4 + 2 * 64 then return { C.BAD_ARGUMENT, #ARGV } end
 
+-- A category's cap field: 'c:<category>:pc' or 'c:<category>:dl' (Lua patterns have no
+-- alternation, so the suffix is compared after the match).
+local function category_cap(f)
+  local suffix = string.match(f, '^c:[a-z0-9_.-]+:(%l%l)$')
+  return suffix == 'pc' or suffix == 'dl'
+end
+
 local function field_ok(f, v)
   if v == '' then
-    return f == 'pc' or f == 'dl' or f == 'low' or f == 'wh'
-      or string.match(f, '^c:[a-z0-9_.-]+:[pd][cl]$') ~= nil
+    return f == 'pc' or f == 'dl' or f == 'low' or f == 'wh' or category_cap(f)
   end
   if f == 'wh' then
     return #v <= 2048 and (string.match(v, '^https?://[!-~]+$') ~= nil)
   end
   if f == 'low' then return uint(v, amount_max) ~= nil end
-  local ok = f == 'pc' or f == 'dl' or string.match(f, '^c:[a-z0-9_.-]+:[pd][cl]$') ~= nil
+  local ok = f == 'pc' or f == 'dl' or category_cap(f)
   local n = uint(v, amount_max)
   return ok and n ~= nil and n > 0 and (f == 'pc' or f == 'dl' or #f <= 69)
 end

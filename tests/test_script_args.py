@@ -156,6 +156,7 @@ LIMIT_PAIRS_BAD = [
     ("low", "x"), ("wh", "ftp://x"), ("wh", "http://a b"), ("wh", "http://" + "a" * 2042),
     ("c:" + "a" * 65 + ":pc", "1"), ("c:X:pc", "1"), ("c:x:ab", "1"), ("c::pc", "1"),
     ("nonsense", "1"), ("nonsense", ""), ("c:x", ""), ("pc", "1.5"), ("c:x:dl", "0"),
+    ("c:x:pl", "1"), ("c:x:dc", "1"), ("c:x:pl", ""), ("c:x:dc", ""),
 ]
 LIMIT_PAIRS_GOOD = [
     ("pc", "1"), ("dl", str(AMAX)), ("low", "0"), ("low", str(AMAX)), ("wh", "http://x"),
