@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.sdk.codes import SERVER_CODES
+
 
 class GatewayError(Exception):
     """A refusal with the contract's ``code``, HTTP ``status`` and one human sentence."""
@@ -15,6 +17,13 @@ class GatewayError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # One list of codes for the gateway and the SDK (gateway/sdk/codes.py): a code the
+        # SDK has no class for cannot be defined here.
+        super().__init_subclass__(**kwargs)
+        if cls.code not in SERVER_CODES:
+            raise TypeError(f"{cls.__name__}.code {cls.code!r} is not in gateway.sdk.codes")
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **self.details}

@@ -1,0 +1,263 @@
+"""``Client``: the synchronous SDK, safe to share between threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import httpx
+
+from gateway.sdk._base import (
+    PAGE_SIZE_DEFAULT,
+    RETRYABLE_ERRORS,
+    RETRYABLE_STATUS,
+    BaseClient,
+    Call,
+    retry_pause_s,
+)
+from gateway.sdk.errors import IOUError
+from gateway.sdk.models import (
+    AgentSummary,
+    Capture,
+    Charge,
+    HoldInfo,
+    Invoked,
+    LedgerEntry,
+    Money,
+    Release,
+    Status,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+CONNECTIONS_MAX = 100
+
+
+class Client(BaseClient):
+    """The gateway, seen from an agent (or, with the admin token, from its operator).
+
+    ``url`` and ``key`` default to ``IOU_URL`` and ``IOU_AGENT_KEY``. Every POST carries an
+    Idempotency-Key (generated unless given); a connection error, a timeout or a 503 is
+    retried up to ``max_retries`` times with exponential backoff (``backoff_s`` first) and
+    jitter, with the same key, so a retried call is charged once. 4xx are never retried.
+    ``on_warning(warning, answer)`` hears every warning; ``last_warnings`` holds the last
+    answer's. Money is ``Decimal``; amounts given may be Decimal, str or int (never float).
+    """
+
+    def __init__(self, url: str | None = None, key: str | None = None, *,
+                 max_retries: int = 2, timeout_s: float = 30.0,
+                 on_warning: Callable[[str, dict[str, Any]], None] | None = None,
+                 backoff_s: float = 0.25) -> None:
+        super().__init__(url, key, max_retries=max_retries, timeout_s=timeout_s,
+                         on_warning=on_warning, backoff_s=backoff_s)
+        limits = httpx.Limits(max_connections=CONNECTIONS_MAX,
+                              max_keepalive_connections=CONNECTIONS_MAX)
+        self._http = httpx.Client(base_url=self.url, headers=self._base_headers(),
+                                  timeout=timeout_s, limits=limits)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- agent routes --------------------------------------------------------------------
+
+    def charge(self, tool: str, *, cost: Money | None = None,
+               metadata: Mapping[str, Any] | None = None, task: str | None = None,
+               idempotency_key: str | None = None) -> Charge:
+        """Pay for one call of ``tool`` (``cost`` only for tools priced variable)."""
+        return self._run(self._charge_call(tool, cost, metadata, task, idempotency_key))
+
+    def charges(self, items: Iterable[Mapping[str, Any]], *,
+                idempotency_key: str | None = None) -> list[Charge | IOUError]:
+        """A batch, exactly once as a whole: each item's ``Charge`` or its error (not
+        raised), in order. Items are charge bodies (``tool``, ``cost``, ``metadata``)."""
+        return self._run(self._charges_call(items, idempotency_key))
+
+    def hold(self, tool: str, max: Money | None = None, *, ttl_s: int | None = None,
+             metadata: Mapping[str, Any] | None = None, task: str | None = None,
+             idempotency_key: str | None = None) -> Hold:
+        """Set ``max`` aside for a call whose price is known after it ran. As a context
+        manager the hold is released when the block raises or ends without a capture."""
+        info = self._run(self._hold_call(tool, max, ttl_s, metadata, task, idempotency_key))
+        return Hold(self, info)
+
+    def capture(self, hold_id: str, cost: Money | None = None, *,
+                metadata: Mapping[str, Any] | None = None,
+                idempotency_key: str | None = None) -> Capture:
+        return self._run(self._capture_call(hold_id, cost, metadata, idempotency_key))
+
+    def release(self, hold_id: str, *, idempotency_key: str | None = None) -> Release:
+        return self._run(self._release_call(hold_id, idempotency_key))
+
+    def invoke(self, tool: str, payload: Any = None, *, content: bytes | None = None,
+               max_cost: Money | None = None, headers: Mapping[str, str] | None = None,
+               idempotency_key: str | None = None) -> Invoked:
+        """Call the tool's upstream through the gateway (held, captured on a 2xx)."""
+        return self._run(self._invoke_call(tool, payload, content, max_cost, headers,
+                                           idempotency_key))
+
+    def status(self) -> Status:
+        return self._run(self._status_call())
+
+    # -- admin routes (the admin token as ``key``) ---------------------------------------
+
+    def ledger(self, agent: str, *, kind: str | None = None, tool: str | None = None,
+               page_size: int = PAGE_SIZE_DEFAULT) -> Iterator[LedgerEntry]:
+        """Every ledger entry of ``agent``, newest first, page after page."""
+        before: str | None = None
+        while True:
+            rows, before = self._run(self._ledger_call(agent, before, kind, tool, page_size))
+            yield from rows
+            if before is None:
+                return
+
+    def agents(self, *, page_size: int = PAGE_SIZE_DEFAULT) -> Iterator[AgentSummary]:
+        cursor: str | None = None
+        while True:
+            rows, cursor = self._run(self._agents_call(cursor, page_size))
+            yield from rows
+            if cursor is None:
+                return
+
+    def request(self, method: str, path: str, body: Any = None,
+                params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
+                idempotency_key: str | None = None) -> Any:
+        """Any route: the decoded JSON of a 2xx (None for 204), else the error raised. A POST
+        carries an Idempotency-Key like every paid call."""
+        return self._run(self._request_call(method, path, body, params, headers,
+                                            idempotency_key))
+
+    # -- metered tools -------------------------------------------------------------------
+
+    def metered(self, tool: str, *, cost: Callable[[Any], Money] | Money | None = None,
+                max: Money | None = None, metadata: Mapping[str, Any] | None = None,
+                task: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Wrap a sync or async function as a paid tool. A fixed price (or a constant
+        ``cost``) is charged before it runs; with ``cost=lambda result: ...`` the call holds
+        ``max``, runs, and captures the cost of its result (released if it raises). A
+        refusal raises before the function runs: an unpaid tool never executes."""
+
+        def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+            if inspect.iscoroutinefunction(fn):
+                return self._metered_async(fn, tool, cost, max, metadata, task)
+            return self._metered_sync(fn, tool, cost, max, metadata, task)
+
+        return wrap
+
+    def _metered_sync(self, fn: Callable[P, R], tool: str, cost: Any, max_cost: Money | None,
+                      metadata: Mapping[str, Any] | None, task: str | None) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if not callable(cost):
+                self.charge(tool, cost=cost, metadata=metadata, task=task)
+                return fn(*args, **kwargs)
+            with self.hold(tool, max_cost, metadata=metadata, task=task) as held:
+                result = fn(*args, **kwargs)
+                held.capture(cost(result))
+            return result
+
+        return run
+
+    def _metered_async(self, fn: Callable[P, Any], tool: str, cost: Any,
+                       max_cost: Money | None, metadata: Mapping[str, Any] | None,
+                       task: str | None) -> Callable[P, Any]:
+        @functools.wraps(fn)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> Any:
+            if not callable(cost):
+                await asyncio.to_thread(self.charge, tool, cost=cost, metadata=metadata,
+                                        task=task)
+                return await fn(*args, **kwargs)
+            held = await asyncio.to_thread(self.hold, tool, max_cost, metadata=metadata,
+                                           task=task)
+            try:
+                result = await fn(*args, **kwargs)
+                await asyncio.to_thread(held.capture, cost(result))
+            finally:
+                if held.captured is None:
+                    await asyncio.to_thread(held.close_quietly)
+            return result
+
+        return run
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _run(self, call: Call[T]) -> T:
+        return self._finish(call, self._send(call))
+
+    def _send(self, call: Call[Any]) -> httpx.Response:
+        """The call's answer, sent again with the same key while it is lost or a 503."""
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = self._http.request(call.method, call.path, content=call.content,
+                                              params=call.params, headers=call.headers)
+            except RETRYABLE_ERRORS as exc:
+                if last:
+                    raise self._unreachable(exc) from None
+                time.sleep(retry_pause_s(attempt, self.backoff_s))
+                continue
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
+            if response.status_code == RETRYABLE_STATUS and not last:
+                time.sleep(retry_pause_s(attempt, self.backoff_s,
+                                         response.headers.get("retry-after")))
+                continue
+            return response
+        raise AssertionError("the last attempt returns or raises")
+
+
+class Hold:
+    """An open hold; as a context manager, released unless captured inside the block."""
+
+    def __init__(self, client: Client, info: HoldInfo) -> None:
+        self.client = client
+        self.info = info
+        self.hold_id = info.hold_id
+        self.amount = info.amount
+        self.balance = info.balance
+        self.expires_at = info.expires_at
+        self.captured: Capture | None = None
+        self.released: Release | None = None
+
+    def capture(self, cost: Money | None = None, *,
+                metadata: Mapping[str, Any] | None = None) -> Capture:
+        """Charge ``cost`` (at most the amount held; a fixed-price tool: omit it)."""
+        self.captured = self.client.capture(self.hold_id, cost, metadata=metadata)
+        return self.captured
+
+    def release(self) -> Release:
+        self.released = self.client.release(self.hold_id)
+        return self.released
+
+    def close_quietly(self) -> None:
+        """Release after a failure; a release that fails too leaves the hold to expire by
+        itself (at ``expires_at``) rather than hide the first error."""
+        with contextlib.suppress(IOUError):
+            self.release()
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.captured is not None or self.released is not None:
+            return
+        if exc_type is not None:
+            self.close_quietly()
+        else:
+            self.release()
+
+    def __repr__(self) -> str:
+        return f"Hold({self.hold_id!r}, amount={self.amount}, captured={self.captured})"
