@@ -13,8 +13,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gateway.cli.client import Client, ClientError
 from gateway.config import ConfigError, load_client_settings
+from gateway.sdk import Client, IOUError
 
 F = TypeVar("F", bound=Callable[..., Any])
 CATEGORY_FLAGS = {"tool_calls": "tool", "llm": "llm", "commerce": "commerce"}
@@ -35,15 +35,19 @@ class Options:
         self.agent = agent
         self.as_json = as_json
         self.console = Console(highlight=False)
+        self._client: Client | None = None
 
     def client(self) -> Client:
-        return Client(self.url, self._token or self._token_file())
+        """The SDK's client with the admin token (one per command, connections kept)."""
+        if self._client is None:
+            self._client = Client(self.url, self._token or self._token_file())
+        return self._client
 
     def _token_file(self) -> str:
         path = self._data_dir / "admin_token"
         if not path.exists():
-            raise ClientError("no_token", f"no admin token: pass --token, set IOU_ADMIN_TOKEN, "
-                              f"or run `iou serve` here so {path} exists")
+            raise IOUError(f"no admin token: pass --token, set IOU_ADMIN_TOKEN, or run "
+                           f"`iou serve` here so {path} exists", code="no_token")
         return path.read_text().strip()
 
     def agent_name(self, local: str | None) -> str:
@@ -77,7 +81,7 @@ def refusals(fn: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ClientError as exc:
+        except IOUError as exc:
             fail(exc.code, exc.message, exc.body)
 
     return run  # type: ignore[return-value]

@@ -1,5 +1,5 @@
-"""`iou demo`: the seed scenario played against a running gateway; every figure printed
-comes from the gateway's answers."""
+"""`iou demo`: the seed scenario, written as the agent's own code on the SDK and played
+against a running gateway; every figure printed comes from the gateway's answers."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from gateway.cli.client import Client, ClientError
+from gateway.sdk import BalanceInsufficient, Client
 
 DEMO_TOOLS = (("web_search", "0.05", "tool", "fixed"), ("web_browse", "0.12", "tool", "fixed"),
               ("llm_summarize", "0.08", "llm", "variable"), ("email_send", "0.02", "tool",
                                                                 "fixed"))
 GRANT = "8.3"
+SUMMARY_MAX = "0.5"  # held for the summary, whose cost is known once it is written
+SUMMARY_COST = "0.08"
 SPEND_DOWN_CALLS_MAX = 1000
 Echo = Callable[[str], None]
 
@@ -24,8 +26,9 @@ class Calls:
         self.echo = echo
         self.played: list[dict[str, Any]] = []
 
-    def add(self, tool: str, arg: str, cost: str, balance: str, warnings: list[str],
-            shown: bool = True) -> None:
+    def add(self, tool: str, arg: str, paid: Any, shown: bool = True) -> None:
+        """``paid``: the SDK's Charge or Capture of the call."""
+        cost, balance, warnings = str(paid.cost), str(paid.balance), list(paid.warnings)
         self.played.append({"tool": tool, "arg": arg, "cost": cost, "balance": balance,
                             "warnings": warnings})
         if shown:
@@ -41,56 +44,43 @@ def run_demo(admin: Client, echo: Echo) -> dict[str, Any]:
                       {"price": price, "category": category, "pricing": pricing})
     agent = f"demo-{secrets.token_hex(3)}"
     created = admin.request("POST", "/v1/agents", {"name": agent, "grant": GRANT})
-    key = created["api_key"]
     echo(f"agent {agent} starts with {created['balance']} IOU")
-    charge = _charger(admin, key)
     calls = Calls(echo)
-    calls.add("web_search", "competitor pricing update", *charge({"tool": "web_search"}))
-    calls.add("web_browse", "https://example.com/pricing", *charge({"tool": "web_browse"}))
-    calls.add("llm_summarize", "summarize the pricing page", *_summarize(admin, key))
-    calls.add("email_send", "ops@example.com", *charge({"tool": "email_send"}))
-    refusal = _spend_down(charge, calls)
+    with Client(admin.url, created["api_key"]) as iou:
+        refusal = _agent(iou, calls)
     ledger = _print_ledger(admin, agent, echo)
     state = admin.request("GET", f"/v1/agents/{agent}")
     return {"agent": agent, "grant": created["balance"], "calls": calls.played,
             "refusal": refusal, "ledger": ledger, "balance": state["balance"]}
 
 
-def _charger(admin: Client, key: str) -> Callable[[dict[str, Any]], tuple[str, str, list[str]]]:
-    def charge(body: dict[str, Any]) -> tuple[str, str, list[str]]:
-        result = admin.request("POST", "/v1/charge", body, token=key,
-                               headers={"idempotency-key": secrets.token_hex(8)})
-        return result["cost"], result["balance"], result["warnings"]
-
-    return charge
-
-
-def _summarize(admin: Client, key: str) -> tuple[str, str, list[str]]:
-    """A variable-cost call: hold a maximum, then capture what it actually cost."""
-    hold = admin.request("POST", "/v1/holds", {"tool": "llm_summarize", "max_cost": "0.5"},
-                         token=key)
-    done = admin.request("POST", f"/v1/holds/{hold['hold_id']}/capture", {"cost": "0.08"},
-                         token=key)
-    return done["cost"], done["balance"], done["warnings"]
+def _agent(iou: Client, calls: Calls) -> dict[str, Any]:
+    """The agent's code: each paid step charged before it runs, the summary held and
+    captured at its real cost, and a runaway loop stopped by the balance."""
+    calls.add("web_search", "competitor pricing update", iou.charge("web_search"))
+    calls.add("web_browse", "https://example.com/pricing", iou.charge("web_browse"))
+    with iou.hold("llm_summarize", max=SUMMARY_MAX) as held:
+        summary = held.capture(SUMMARY_COST)  # the summary is written: pay what it cost
+    calls.add("llm_summarize", "summarize the pricing page", summary)
+    calls.add("email_send", "ops@example.com", iou.charge("email_send"))
+    return _spend_down(iou, calls)
 
 
-def _spend_down(charge: Callable[[dict[str, Any]], tuple[str, str, list[str]]],
-                calls: Calls) -> dict[str, Any]:
+def _spend_down(iou: Client, calls: Calls) -> dict[str, Any]:
     """Loop web_browse like a runaway agent until the balance stops it."""
-    echo = calls.echo
-    echo("… now the agent loops on web_browse:")
+    calls.echo("… now the agent loops on web_browse:")
     warned = False
     for i in range(SPEND_DOWN_CALLS_MAX):
         try:
-            cost, balance, warnings = charge({"tool": "web_browse"})
-        except ClientError as exc:
-            echo(f"✗ web_browse refused: {exc.code} (balance {exc.body.get('balance')}, "
-                 f"cost {exc.body.get('cost')}) after {i} more calls")
-            return {"error": exc.code, **exc.body}
-        first_warning = "low_balance" in warnings and not warned
+            page = iou.charge("web_browse")
+        except BalanceInsufficient as poor:
+            # The cue to pause: a distinct class, not a generic failure to retry.
+            calls.echo(f"✗ web_browse refused: {poor.code} (balance {poor.balance}, "
+                       f"cost {poor.cost}) after {i} more calls")
+            return dict(poor.body)
+        first_warning = "low_balance" in page.warnings and not warned
         warned = warned or first_warning
-        calls.add("web_browse", f"page {i + 1}", cost, balance, warnings,
-                  shown=i < 3 or first_warning)
+        calls.add("web_browse", f"page {i + 1}", page, shown=i < 3 or first_warning)
     raise RuntimeError("the balance never ran out; is the gateway metering?")
 
 
