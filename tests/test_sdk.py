@@ -4,6 +4,7 @@ once across lost answers, holds and metered tools that never run unpaid."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from gateway.sdk import (
 )
 from tests.drop_proxy import DropProxy, drop_proxy
 from tests.gateway_proc import ADMIN_TOKEN, Gateway
-from tests.http_helpers import new_agent
+from tests.http_helpers import new_agent, upstream_server
 
 FAST_S = 0.01  # retries pause 5-10 ms here, not the default 125-250 ms
 DEADLINE_S = 20.0
@@ -402,3 +403,63 @@ def test_ledger_and_agents_iterators_follow_the_cursor(gateway: Gateway,
         [Decimal("0.02")] * 4)
     names = [a.agent for a in admin.agents(page_size=3)]
     assert name in names and len(names) == len(set(names))
+
+
+# -- invoke and the async client's retries -----------------------------------------------
+
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length)
+        status = 500 if self.path == "/fail" else 200
+        answer = b'{"error": "not_found", "message": "upstream"}' if status == 500 else body
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_invoke_returns_the_upstream_answer_and_raises_refusals(gateway: Gateway,
+                                                                admin: Client) -> None:
+    with upstream_server(_Upstream) as upstream:
+        for tool, path in (("sdk_echo", "/echo"), ("sdk_fail", "/fail")):
+            admin.request("PUT", f"/v1/tools/{tool}", {"price": "0.3", "category": "tool",
+                                                       "upstream": upstream + path})
+        _, key = new_agent(gateway, "0.5")
+        with Client(gateway.url, key) as iou:
+            failed = iou.invoke("sdk_fail", {"q": "x"})  # an upstream error is its answer
+            assert failed.status == 500 and failed.charge_id is None
+            assert failed.json()["error"] == "not_found"  # the upstream's, not raised
+            echoed = iou.invoke("sdk_echo", {"q": "pricing"})
+            assert echoed.status == 200 and echoed.json() == {"q": "pricing"}
+            assert echoed.charge_id and echoed.balance == Decimal("0.2")
+            with pytest.raises(BalanceInsufficient):
+                iou.invoke("sdk_echo", {"q": "again"})
+            assert iou.status().balance == Decimal("0.2")
+
+
+def test_the_async_client_retries_a_lost_answer_with_the_same_key(
+        gateway: Gateway, admin: Client, proxy: DropProxy) -> None:
+    name, key = new_agent(gateway, "1")
+    proxy.drop("/v1/charge")
+    proxy.drop("/v1/holds")  # the hold's answer (and, armed below, the capture's)
+
+    async def run() -> None:
+        async with AsyncClient(proxy.url, key, backoff_s=FAST_S) as iou:
+            assert (await iou.charge("web_search")).balance == Decimal("0.95")
+            async with iou.hold("llm_summarize", max="0.5") as h:
+                proxy.drop(f"/v1/holds/{h.hold_id}/capture")
+                done = await h.capture("0.1")
+            assert done.balance == Decimal("0.85")
+
+    asyncio.run(run())
+    sent = proxy.requests_to("/v1/")
+    assert [s.dropped for s in sent] == [True, False, True, False, True, False]
+    assert all(a.idempotency_key == b.idempotency_key for a, b in zip(sent[::2], sent[1::2],
+                                                                        strict=True))
+    kinds = [e.kind for e in ledger_after_fund(admin, name)]
+    assert (kinds.count("charge"), kinds.count("hold"), kinds.count("capture")) == (1, 1, 1)

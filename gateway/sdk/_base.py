@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from gateway.sdk.codes import SERVER_ERRORS
-from gateway.sdk.errors import ERROR_CLASSES, BadResponse, IOUError, Unreachable, error_for
+from gateway.sdk.errors import BadResponse, IOUError, Unreachable, error_for
 from gateway.sdk.models import (
     AgentSummary,
     Capture,
@@ -47,6 +47,7 @@ RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProt
 RETRYABLE_STATUS = 503
 # A batch item's error has no HTTP status of its own: the code's, when it has only one.
 _ONE_STATUS = {e.code: e.statuses[0] for e in SERVER_ERRORS if len(e.statuses) == 1}
+_STATUSES = {e.code: e.statuses for e in SERVER_ERRORS}
 
 Warn = Callable[[str, dict[str, Any]], None]
 
@@ -308,7 +309,10 @@ def _gateway_refusal(response: httpx.Response) -> dict[str, Any] | None:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(body, dict) and body.get("error") in ERROR_CLASSES and "message" in body:
+    # The gateway's refusal: a code of the list with one of that code's statuses. (An
+    # upstream that answers exactly like the gateway would be read as the gateway.)
+    if (isinstance(body, dict) and "message" in body
+            and response.status_code in _STATUSES.get(str(body.get("error")), ())):
         return body
     return None
 
