@@ -2,7 +2,8 @@
 real `iou serve` while a fault strikes; afterwards `iou reconcile` is clean and, from the
 client's own record of what it sent and what it was answered, every call was answered,
 every acknowledged charge is in the ledger exactly once and no retried key was charged
-twice. The README's "Reliability" section lists the cases and what each proves.
+twice. docs/operations.md ("What the tests prove still holds") lists the cases and what
+each proves.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The HTTP API (Starlette): agent, admin and operations routes (README and /openapi.json)."""
+"""The HTTP API (Starlette): agent, admin and operations routes (docs/api.md, /openapi.json)."""

@@ -3,9 +3,10 @@ tick, JSON for every protocol error, limits on the request head and timeouts for
 
 uvicorn writes a response's head and its body with two ``transport.write`` calls, and
 uvloop turns each into a ``send`` system call, a large part of the CPU of a small JSON
-request (``python -m loadtests.bench`` runs its reference app on both protocols; see the
-README). So the transport handed to uvicorn queues what is written during one pass of the
-event loop and hands it to the real transport once, in a callback of the same pass.
+request (``python -m loadtests.bench`` runs its reference app on both protocols; see
+docs/benchmarks.md, and docs/design.md for when to drop this module). So the transport
+handed to uvicorn queues what is written during one pass of the event loop and hands it to
+the real transport once, in a callback of the same pass.
 Nothing is reordered or dropped: close() first flushes what is queued, and a transport
 that is already closing gets nothing (uvloop would discard it too).
 
