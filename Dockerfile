@@ -6,7 +6,6 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY lua ./lua
 COPY loadtests ./loadtests
-COPY tests ./tests
 RUN pip install --no-cache-dir -e . && pip install --no-cache-dir locust
 ENV IOU_DATA_DIR=/data
 EXPOSE 8080

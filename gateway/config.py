@@ -1,4 +1,5 @@
-"""Settings from the environment. The only module that reads ``os.environ``."""
+"""Settings from the environment. The only module that touches ``os.environ``: it reads
+every variable, and sets the one that ``iou serve`` hands down to its workers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ HOLD_TTL_S_MAX = 3600
 # Where the test clock's offset (ms, may be negative) lives; read only with IOU_TEST_CLOCK.
 TEST_CLOCK_KEY = "iou:test:clock_offset_ms"
 SECRET_KEY_CHARS_MIN = 32  # IOU_SECRET_KEY: high-entropy text (HKDF is no password hash)
+# prometheus_client's own variable: where the workers of one `iou serve` keep their metric
+# files (it reads the variable itself; the gateway reads it to merge them on /metrics).
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ConfigError(Exception):
@@ -71,6 +75,9 @@ class Settings:
     body_timeout_s: int = 30
     keepalive_timeout_s: int = 5
     connections_max: int = 1000
+    # The metric files of several workers (set by `iou serve --workers N`), merged on
+    # /metrics; None in a single process.
+    metrics_dir: Path | None = None
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -114,6 +121,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         body_timeout_s=_int(env, "IOU_BODY_TIMEOUT_S", 30, 1, 3600),
         keepalive_timeout_s=_int(env, "IOU_KEEPALIVE_TIMEOUT_S", 5, 1, 3600),
         connections_max=_int(env, "IOU_CONNECTIONS_MAX", 1000, 8, 1_000_000),
+        metrics_dir=Path(env[METRICS_DIR_VARIABLE]) if env.get(METRICS_DIR_VARIABLE) else None,
     )
     return settings
 
@@ -125,6 +133,12 @@ class ClientSettings:
     url: str
     admin_token: str | None
     data_dir: Path
+
+
+def hand_down_metrics_dir(folder: Path) -> None:
+    """Make the workers that this process starts from now on share their metrics through
+    ``folder`` (they inherit the environment; prometheus_client reads it at import)."""
+    os.environ[METRICS_DIR_VARIABLE] = str(folder)
 
 
 def load_client_settings(environ: Mapping[str, str] | None = None) -> ClientSettings:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,10 +41,11 @@ PROXY_CALLS = Counter("iou_proxy_calls_total", "Proxied tool calls by result", [
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-def render() -> bytes:
-    """The exposition text, merged across workers when multiprocess mode is on."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def render(metrics_dir: Path | None) -> bytes:
+    """The exposition text, merged across the workers' files in ``metrics_dir`` when the
+    workers share one (Settings.metrics_dir)."""
+    if metrics_dir is not None:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry, str(metrics_dir))  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()

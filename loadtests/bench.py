@@ -35,7 +35,7 @@ import redis
 from gateway.ledger.lag import ledger_backlog
 from gateway.store import keys
 from gateway.store.resp import RedisConnection, parse_redis_url
-from tests.servers import free_port
+from loadtests.servers import free_port, redis_server
 
 HERE = Path(__file__).resolve().parent
 WRK_THREADS = 2
@@ -391,8 +391,6 @@ async def _memory_per_agent(url: str, agents: int) -> dict[str, float]:
 
 
 def memory_per_agent(agents: int = 100_000) -> dict[str, float]:
-    from tests.servers import redis_server
-
     with redis_server() as (url, _):
         return asyncio.run(_memory_per_agent(url, agents))
 

@@ -32,8 +32,7 @@ from gateway.ledger.writer import LedgerWriter, stream_names
 from gateway.metering.engine import Engine
 from gateway.metering.ids import uuid7
 from gateway.store.resp import RedisConnection, parse_redis_url
-from tests.pg import postgres_server, reset_database
-from tests.servers import redis_server
+from loadtests.servers import postgres_server, redis_server, reset_database
 
 AGENTS = 1000
 WAVE = 1000

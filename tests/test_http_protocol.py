@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import socket
+import subprocess
+import sys
 from typing import Any
 
-import pytest
-
-from gateway.api.app import GC_YOUNG_THRESHOLD, create_app
+from gateway.api.app import create_app
 from gateway.api.http_protocol import CoalescingTransport
+from gateway.cli.main import GC_YOUNG_THRESHOLD
 from gateway.config import load_settings
 from tests.gateway_proc import Gateway
 from tests.http_helpers import new_agent
@@ -99,22 +101,27 @@ def test_pipelined_requests_get_their_own_answers_in_order(gateway: Gateway) -> 
     assert b"\"error\":\"not_found\"" in responses[1]
 
 
-async def test_the_app_settles_the_collector_at_start(
-        real_redis_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.api import app as app_module
-
-    monkeypatch.setattr(app_module, "_gc_settled", False)  # as in a fresh worker process
+async def test_the_app_factory_leaves_the_collector_alone(
+        real_redis_url: str, tmp_path: Any) -> None:
+    """The collector is the process's: an app that a test (or an embedding program)
+    creates must not freeze it or change its thresholds."""
     gc.unfreeze()
-    threshold = gc.get_threshold()
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     app = create_app(load_settings({"IOU_REDIS_URL": real_redis_url,
                                     "IOU_DATA_DIR": str(tmp_path)}))
-    try:
-        async with app.app.router.lifespan_context(app.app):
-            assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
-            assert gc.get_freeze_count() > 1000  # modules, routes, the engine
-        frozen = gc.get_freeze_count()
-        async with app.app.router.lifespan_context(app.app):
-            assert gc.get_freeze_count() <= frozen  # a second app freezes nothing more
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
+    async with app.app.router.lifespan_context(app.app):
+        assert gc.get_threshold() == threshold
+        assert gc.get_freeze_count() == frozen
+
+
+def test_iou_serve_settles_the_collector_of_its_workers(tmp_path: Any) -> None:
+    """`iou serve`'s worker factory freezes what start-up built and raises the young
+    threshold (in a process of its own: it changes process-wide state)."""
+    code = ("import gc; from gateway.cli.main import serve_app; serve_app(); "
+            "print(gc.get_threshold()[0], gc.get_freeze_count())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
+    env["IOU_DATA_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    assert int(out[0]) == GC_YOUNG_THRESHOLD
+    assert int(out[1]) > 1000  # modules and routes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,12 +30,6 @@ from gateway.runtime import open_runtime
 from gateway.webhooks.deliverer import WebhookDeliverer
 
 log = logging.getLogger("iou.app")
-
-# Allocations between two young-generation collections (CPython's default is 700). A
-# request allocates a few dozen containers and 64 requests are in flight at saturation, so
-# the default re-scanned the live ones every few requests: gc_collect_main was ~5 % of a
-# worker's CPU in a py-spy profile. Request garbage is freed by reference counting anyway.
-GC_YOUNG_THRESHOLD = 20_000
 
 ROUTES = [
     Route("/v1/charge", agent.post_charge, methods=["POST"]),
@@ -108,7 +101,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s,
                             guard=guard)
     delivery = asyncio.create_task(deliverer.run_forever())
-    _settle_gc()
     try:
         yield
     finally:
@@ -118,23 +110,6 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await http.aclose()
         await ledger.close()
         await runtime.close()
-
-
-_gc_settled = False  # once per process: a frozen object is never collected again
-
-
-def _settle_gc() -> None:
-    """Move what start-up built (modules, routes, the engine) out of the collector's sight
-    (gc.freeze) and collect the young generation less often. Only the first app of a
-    process does it (a server worker has one; a test process starts many)."""
-    global _gc_settled
-    if _gc_settled:
-        return
-    _gc_settled = True
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def create_app(settings: Settings | None = None) -> ChargeFastPath:

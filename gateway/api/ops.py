@@ -71,7 +71,7 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
         metrics.DEAD_LETTERS.set(await ctx.ledger.count("dead_letters"))
     except (GatewayError, StoreUnavailable):
         pass  # Redis or the ledger down: serve what we have; /readyz says why
-    body = metrics.render() + generate_latest(_OWN_REGISTRY)
+    body = metrics.render(ctx.settings.metrics_dir) + generate_latest(_OWN_REGISTRY)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 

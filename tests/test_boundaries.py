@@ -1,0 +1,76 @@
+"""Process concerns stay at the edges: what each part of the tree may reach for.
+
+- config.py is the only module of the gateway that touches the environment;
+- loadtests/ (shipped in the image) imports nothing from tests/, and the image copies no
+  tests.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from gateway.config import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def _env_uses(tree: ast.AST) -> list[int]:
+    """Lines that reach the environment: ``os.environ``/``os.getenv`` (and the like) or
+    those names imported from os."""
+    return [getattr(node, "lineno", 0) for node in ast.walk(tree) if _reaches_environment(node)]
+
+
+def _reaches_environment(node: ast.AST) -> bool:
+    if isinstance(node, ast.Attribute):
+        return node.attr in ENV_NAMES
+    return isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+        alias.name in ENV_NAMES for alias in node.names)
+
+
+def test_config_is_the_only_module_that_touches_the_environment() -> None:
+    found = {str(path.relative_to(ROOT)): lines for path in _modules("gateway")
+             if (lines := _env_uses(ast.parse(path.read_text())))}
+    assert set(found) == {"gateway/config.py"}, found
+
+
+def test_the_scanner_sees_each_form_of_reading_the_environment() -> None:
+    for code in ("import os\nos.environ['X']", "import os\nos.getenv('X')",
+                 "from os import environ", "from os import getenv as g"):
+        assert _env_uses(ast.parse(code)), code
+    assert not _env_uses(ast.parse("import os\nos.getpid()"))
+
+
+def test_the_metrics_folder_of_the_workers_is_a_setting() -> None:
+    assert load_settings({}).metrics_dir is None
+    settings = load_settings({"PROMETHEUS_MULTIPROC_DIR": "/tmp/iou-metrics"})
+    assert settings.metrics_dir == Path("/tmp/iou-metrics")
+
+
+def _imported_modules(tree: ast.AST) -> list[str]:
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_loadtests_import_nothing_from_tests() -> None:
+    found = {str(path.relative_to(ROOT)): [m for m in _imported_modules(
+        ast.parse(path.read_text())) if m == "tests" or m.startswith("tests.")]
+        for path in _modules("loadtests")}
+    assert not {path: mods for path, mods in found.items() if mods}
+
+
+def test_the_image_copies_no_tests() -> None:
+    copies = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith(("COPY ", "ADD "))]
+    assert "loadtests" in copies  # the scan reads the real instructions
+    assert not [c for c in copies if c.rstrip("/") == "tests" or c.startswith("tests/")]
