@@ -43,10 +43,6 @@ class Settings:
     allow_unsafe_redis: bool
     # How long the proxy waits for a tool's upstream before releasing the hold.
     upstream_timeout_s: int = 30
-    # Testing only: where a ledger writer kills itself with SIGKILL now and then
-    # ("after_read" or "after_commit"), to prove that no crash point loses or doubles rows;
-    # "batch_item": a batch item with metadata {"iou_fault": "raise"} raises after its charge.
-    fault_inject: str | None = None
     # Testing only: the scripts' clock adds the milliseconds stored at TEST_CLOCK_KEY to
     # Redis TIME, so a test can move a day forward (the production scripts never read it).
     test_clock: bool = False
@@ -102,8 +98,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         partitions=_int(env, "IOU_PARTITIONS", PARTITIONS_DEFAULT, 1, PARTITIONS_MAX),
         allow_unsafe_redis=_flag(env, "IOU_ALLOW_UNSAFE_REDIS"),
         upstream_timeout_s=_int(env, "IOU_UPSTREAM_TIMEOUT_S", 30, 1, 600),
-        fault_inject=_choice(env, "IOU_FAULT_INJECT", ("after_read", "after_commit",
-                                                                 "batch_item")),
         test_clock=_flag(env, "IOU_TEST_CLOCK"),
         secret_key=_optional_secret(env, "IOU_SECRET_KEY", SECRET_KEY_CHARS_MIN),
         trusted_proxies=_networks(env, "IOU_TRUSTED_PROXIES"),
@@ -177,15 +171,6 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw in {"1", "true", "yes"}:
         return True
     raise ConfigError(f"{name}={raw!r}: must be 1/true/yes or 0/false/no")
-
-
-def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
-    raw = env.get(name)
-    if not raw:
-        return None
-    if raw not in allowed:
-        raise ConfigError(f"{name}={raw!r}: must be one of {', '.join(allowed)}")
-    return raw
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:

@@ -43,11 +43,14 @@ class Gateway:
 
 @contextmanager
 def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | None = ADMIN_TOKEN,
-                    writer: bool = True, data_dir: Path | None = None,
+                    writer: bool = True, data_dir: Path | None = None, fault: str | None = None,
                     **env: str) -> Iterator[Gateway]:
     """``iou serve`` on a free port; with ``redis_url`` None it runs on the embedded default,
     and with ``admin_token`` None it generates its own under the data dir (a new one unless
-    ``data_dir`` is given: a restart passes the one it ran on)."""
+    ``data_dir`` is given: a restart passes the one it ran on). ``fault`` plants one of
+    tests/fault_entry.py's faults (in one worker: uvicorn runs it in the patched process)."""
+    assert fault is None or workers == 1, "a planted fault reaches only an in-process worker"
+    entry = ["gateway.cli.main"] if fault is None else ["tests.fault_entry", fault]
     port = free_port()
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="iou-gw-"))
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -61,7 +64,7 @@ def running_gateway(redis_url: str | None, workers: int = 1, admin_token: str | 
         environ["IOU_REDIS_URL"] = redis_url
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.main", "serve", "--port", str(port),
+            [sys.executable, "-m", *entry, "serve", "--port", str(port),
              "--workers", str(workers), *([] if writer else ["--no-writer"])],
             stdout=log, stderr=subprocess.STDOUT, env=environ)
     url = f"http://127.0.0.1:{port}"

@@ -185,7 +185,7 @@ def test_an_item_with_its_own_key_keeps_it(gateway: Gateway) -> None:
 def faulty_gateway(gateway_redis: tuple[str, Any]) -> Iterator[Gateway]:
     """A gateway whose batch items with metadata {"iou_fault": "raise"} raise after being
     charged (the worst moment), the first time only."""
-    with running_gateway(gateway_redis[0], IOU_FAULT_INJECT="batch_item") as gw:
+    with running_gateway(gateway_redis[0], fault="batch_item") as gw:
         seed_tools(gw)
         yield gw
 

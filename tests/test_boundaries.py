@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from gateway.config import load_settings
@@ -74,3 +75,11 @@ def test_the_image_copies_no_tests() -> None:
               if line.startswith(("COPY ", "ADD "))]
     assert "loadtests" in copies  # the scan reads the real instructions
     assert not [c for c in copies if c.rstrip("/") == "tests" or c.startswith("tests/")]
+
+
+def test_production_code_carries_no_fault_hook() -> None:
+    """Faults are planted from the tests' side (tests/fault_entry.py)."""
+    hooks = [f"{path.relative_to(ROOT)}:{number}" for path in _modules("gateway")
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\bfault_inject|FAULT_INJECT|iou_fault", line)]
+    assert not hooks

@@ -38,9 +38,10 @@ async def engine_on(url: str) -> Engine:
 def writer_process(redis_url: str, ledger_url: str, fault: str = "",
                    consumer: str | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
-    env.update({"IOU_REDIS_URL": redis_url, "IOU_LEDGER_URL": ledger_url,
-                "IOU_FAULT_INJECT": fault})
-    args = [sys.executable, "-m", "gateway.cli.main", "writer"]
+    env.update({"IOU_REDIS_URL": redis_url, "IOU_LEDGER_URL": ledger_url})
+    # A fault is planted by the tests' own entry point (production code has no hook).
+    entry = ["tests.fault_entry", fault] if fault else ["gateway.cli.main"]
+    args = [sys.executable, "-m", *entry, "writer"]
     if consumer:
         args += ["--consumer", consumer]
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,

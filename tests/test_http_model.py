@@ -4,7 +4,7 @@ pure-Python model of what each call must do.
 Rules: agents, funding, limits (per call, daily, category caps), freezing, single charges
 and batches with and without an Idempotency-Key, holds, captures, releases, retries of any
 earlier keyed request with its key (the model knows the first answer), a batch item that
-raises inside the gateway after its charge (IOU_FAULT_INJECT=batch_item) and, in the slow
+raises inside the gateway after its charge (planted by tests/fault_entry.py) and, in the slow
 variant, the gateway killed with SIGKILL between two calls (restarted on the same Redis and
 data dir) and the ledger writer killed.
 
@@ -77,7 +77,7 @@ class Harness:
     def _start(self) -> Gateway:
         self.stack = ExitStack()
         return self.stack.enter_context(running_gateway(
-            self.redis_url, data_dir=self.data_dir, IOU_FAULT_INJECT="batch_item"))
+            self.redis_url, data_dir=self.data_dir, fault="batch_item"))
 
     def writer_pids(self) -> list[int]:
         pid = self.gw.process.pid

@@ -143,9 +143,6 @@ async def _batch_item(ctx: Context, agent: str, item: Any, index: int, key: str 
         if not isinstance(item, dict):
             raise InvalidRequest(f"charges[{index}]", "must be a JSON object")
         result = await charge_one(ctx, agent, item, key, prefix, str(index))
-        if ctx.settings.fault_inject == "batch_item" and not result.replayed and (
-                item.get("metadata") or {}).get("iou_fault") == "raise":
-            raise RuntimeError("injected fault after the charge (IOU_FAULT_INJECT)")
         return charge_payload(result), result.replayed
     except GatewayError as exc:
         return exc.to_dict(), None

@@ -28,7 +28,7 @@ def _writer_for(runtime: Runtime, settings: Settings, consumer: str | None = Non
     # The writer blocks on XREADGROUP: it gets a connection of its own.
     store = open_store(settings)
     writer = LedgerWriter(runtime.engine.conn.url, store, runtime.engine.partitions,
-                          consumer, settings.fault_inject)
+                          consumer)
     return writer
 
 

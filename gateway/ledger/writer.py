@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
-import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -45,7 +43,6 @@ CLAIM_EVERY_S = 5.0
 TRIM_EVERY_S = 1.0
 FAILURES_MAX = 5
 RETRY_WAIT_S = 1.0
-FAULT_PROBABILITY = 0.1
 PIPELINE_BATCHES_MAX = 20
 
 log = logging.getLogger("iou.writer")
@@ -79,7 +76,7 @@ class WriterStats:
 
 class LedgerWriter:
     def __init__(self, redis_url: str, store: LedgerStore, partitions: int,
-                 consumer: str | None = None, fault_inject: str | None = None) -> None:
+                 consumer: str | None = None) -> None:
         # A connection of its own that decodes replies to str in hiredis (C), which is
         # where the writer's parsing time went.
         self._conn = open_connection(redis_url, decode=True)
@@ -88,7 +85,6 @@ class LedgerWriter:
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._failures: dict[str, int] = {}
         self._stopping = asyncio.Event()
-        self._fault_inject = fault_inject
         self.stats = WriterStats()
         # Awaited before each pass; False makes the writer wait (see service.run_writer).
         self.gate: Callable[[], Awaitable[bool]] | None = None
@@ -252,12 +248,10 @@ class LedgerWriter:
 
     async def _commit(self, prepared: _Prepared) -> int:
         """Commit, then XACK: an entry is acknowledged only once its row is durable."""
-        self._maybe_crash("after_read")
         acks = prepared.acks
         if prepared.good:
             for stream, entry_id in await self._write(prepared.good, prepared.origin):
                 acks.setdefault(stream, []).append(entry_id)
-        self._maybe_crash("after_commit")
         # One write for all streams (each XACK names one key: fine on a cluster too).
         await asyncio.gather(*(self._conn.call_or_raise(b"XACK", stream, GROUP, *ids)
                                for stream, ids in acks.items()))
@@ -286,10 +280,6 @@ class LedgerWriter:
         self.stats.duplicates += len(good) - inserted
         self.stats.batches += 1
         return [origin[e.entry_id][:2] for e in good]
-
-    def _maybe_crash(self, point: str) -> None:
-        if self._fault_inject == point and random.random() < FAULT_PROBABILITY:
-            os.kill(os.getpid(), signal.SIGKILL)  # testing only (IOU_FAULT_INJECT)
 
     async def _parse(self, stream: str, entry_id: str, fields: list[Any]
                      ) -> LedgerEntry | None:

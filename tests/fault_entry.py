@@ -1,0 +1,82 @@
+"""The `iou` command with a fault planted from the tests' side (production code has no hook).
+
+    python -m tests.fault_entry FAULT[:PROBABILITY] [iou arguments...]
+
+patches one function of this process, then runs the CLI's main with the remaining
+arguments. The faults:
+
+- ``after_read`` / ``after_commit``: a ledger writer (``iou writer``) kills itself with
+  SIGKILL now and then (PROBABILITY per batch, default 0.1) just before it commits
+  a batch, or just after the commit and before the XACK, to prove that no crash point
+  loses or doubles rows;
+- ``batch_item``: in ``iou serve`` (one worker: uvicorn runs it in this process), a batch
+  item whose metadata is ``{"iou_fault": "raise"}`` raises after its charge (the worst
+  moment), the first time only (a replayed item answers normally).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+CRASH_PROBABILITY_DEFAULT = 0.1
+
+
+def _crash_sometimes(probability: float) -> None:
+    if random.random() < probability:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _writer_crashes(probability: float, before_commit: bool) -> None:
+    from gateway.ledger.writer import LedgerWriter
+
+    commit = LedgerWriter._write
+
+    async def write(self: LedgerWriter, *args: Any) -> Any:
+        if before_commit:
+            _crash_sometimes(probability)
+        settled = await commit(self, *args)
+        if not before_commit:
+            _crash_sometimes(probability)  # committed, not yet acknowledged
+        return settled
+
+    LedgerWriter._write = write  # type: ignore[method-assign,assignment]
+
+
+def _batch_item_raises(probability: float) -> None:
+    from gateway.api import agent
+
+    charge = agent.charge_one  # what a batch item calls (by its module-level name)
+
+    async def charge_then_raise(ctx: Any, caller: str, body: Any, *args: Any) -> Any:
+        result = await charge(ctx, caller, body, *args)
+        if not result.replayed and (body.get("metadata") or {}).get("iou_fault") == "raise":
+            raise RuntimeError("fault planted by tests/fault_entry.py after the charge")
+        return result
+
+    agent.charge_one = charge_then_raise  # type: ignore[assignment]
+
+
+FAULTS: dict[str, Callable[[float], None]] = {
+    "after_read": lambda p: _writer_crashes(p, before_commit=True),
+    "after_commit": lambda p: _writer_crashes(p, before_commit=False),
+    "batch_item": _batch_item_raises,  # every marked item, the first time
+}
+
+
+def main() -> None:
+    planted, *args = sys.argv[1:]
+    fault, _, probability = planted.partition(":")
+    FAULTS[fault](float(probability or CRASH_PROBABILITY_DEFAULT))
+    from gateway.cli.main import main as iou
+
+    sys.argv = ["iou", *args]
+    iou()
+
+
+if __name__ == "__main__":
+    main()
