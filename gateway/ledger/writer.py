@@ -7,6 +7,12 @@ a writer first re-reads its own pending entries (id 0), and it regularly claims 
 entries of dead writers (XAUTOCLAIM, idle above the slowest batch). An entry that fails to
 parse 5 times goes to dead_letters and is acknowledged: never silently dropped. When the
 database is down nothing is acknowledged, so nothing is trimmed before it is committed.
+
+Idle, the writer waits inside Redis: one XREADGROUP with BLOCK over every stream, on the
+writer's own connection (a blocked command holds up the commands queued behind it on an
+auto-pipelined connection, so it never shares the gateway's). Redis Cluster refuses a read
+across slots (CROSSSLOT): there it reads each stream in one write and waits BLOCK_MS between
+empty passes.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from gateway.ledger.entries import LedgerEntry, PoisonedEntry, parse_entry
 from gateway.ledger.store import LedgerStore, StoreUnavailable, config_statements
 from gateway.metering.errors import GatewayError
 from gateway.store import keys
+from gateway.store.cluster import ClusterConnection
 from gateway.store.connections import open_connection
 from gateway.store.resp import ReplyError
 
 GROUP = b"ledger"
 BATCH_SIZE_MAX = 1000
-BLOCK_MS = 100  # idle wait between polls
+# How long an idle read waits inside Redis for new entries. It also bounds how long stop()
+# waits for the loop and how late a due claim or trim runs (every 1 to 5 s).
+BLOCK_MS = 500
 # While entries trickle in, read at most this often: a read then brings a batch of tens
 # to hundreds of rows instead of one or two per stream, and the per-batch costs (17
 # XREADGROUPs, a transaction and its fsync, the XACKs) are shared by all of them. It
@@ -80,6 +89,8 @@ class LedgerWriter:
         # A connection of its own that decodes replies to str in hiredis (C), which is
         # where the writer's parsing time went.
         self._conn = open_connection(redis_url, decode=True)
+        # One server holds every stream: one read names them all and can block.
+        self._one_read = not isinstance(self._conn, ClusterConnection)
         self._store = store
         self._streams = stream_names(partitions)
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -201,17 +212,27 @@ class LedgerWriter:
         return total
 
     async def _read(self, ids: list[bytes], wait_ms: int) -> list[tuple[str, list[Any]]]:
-        """One XREADGROUP per stream, all in one write (each names one key, so the same
-        code runs on Redis Cluster, where streams live on different nodes); when nothing
-        came back, wait ``wait_ms`` instead of blocking a connection."""
+        """New (``>``) or pending (``0``) entries of every stream; when there are none, wait
+        up to ``wait_ms`` for new ones (0: answer at once)."""
+        if self._one_read:
+            block = [b"BLOCK", wait_ms] if wait_ms else []
+            reply = await self._conn.call_or_raise(
+                b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT", BATCH_SIZE_MAX,
+                *block, b"STREAMS", *self._streams, *ids)
+            return [(s, entries) for s, entries in reply or []]
+        batch = await self._read_each(ids)
+        if wait_ms and not any(entries for _, entries in batch):
+            await asyncio.sleep(wait_ms / 1000)
+        return batch
+
+    async def _read_each(self, ids: list[bytes]) -> list[tuple[str, list[Any]]]:
+        """One XREADGROUP per stream, all in one write (each names one key: a cluster routes
+        each to the node of its slot)."""
         replies = await asyncio.gather(*(self._conn.call_or_raise(
             b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT", BATCH_SIZE_MAX,
             b"STREAMS", stream, stream_id) for stream, stream_id in zip(
                 self._streams, ids, strict=True)))
-        batch = [(s, entries) for reply in replies for s, entries in reply or []]
-        if wait_ms and not any(entries for _, entries in batch):
-            await asyncio.sleep(wait_ms / 1000)
-        return batch
+        return [(s, entries) for reply in replies for s, entries in reply or []]
 
     async def claim_stale(self, idle_ms: int = CLAIM_IDLE_MS) -> None:
         """Take over entries a dead writer read but never acknowledged."""

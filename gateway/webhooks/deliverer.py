@@ -6,6 +6,11 @@ balance, at most once a minute per agent. A background task per worker reads the
 through the consumer group "webhooks" and POSTs each event; a failed delivery stays
 pending and is retried with exponential backoff for an hour, then dropped with a log
 line and a metric. Nothing here runs on a charge's own path.
+
+Idle, the task waits inside Redis (XREADGROUP with BLOCK over every partition's outbox) on
+a connection of its own: a blocked command would hold up every charge queued behind it on
+the worker's auto-pipelined connection. Redis Cluster refuses a read across slots: there
+it reads each outbox and waits BLOCK_MS between empty passes.
 """
 
 from __future__ import annotations
@@ -28,13 +33,18 @@ from gateway.metering.errors import GatewayError
 from gateway.metering.money import format_amount, parse_amount
 from gateway.observability import WEBHOOK_DROPPED
 from gateway.store import keys
+from gateway.store.cluster import ClusterConnection
+from gateway.store.connections import Connection, open_connection
 from gateway.store.resp import ReplyError
 
 log = logging.getLogger("iou.webhooks")
 
 GROUP = b"webhooks"
 READ_COUNT_MAX = 50
-POLL_INTERVAL_S = 0.2
+# How long an idle read waits for new events; also how often due retries are looked for
+# (the first retry comes after BACKOFF_FIRST_S) and the bound on a clean stop's wait.
+BLOCK_MS = 1000
+RETRY_WAIT_S = 1.0  # after a failed pass (Redis down)
 TIMEOUT_S = 5.0
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 300.0
@@ -79,53 +89,84 @@ class WebhookDeliverer:
         self._secret = secret
         self._client = client
         self._consumer = f"{socket.gethostname()}-{os.getpid()}".encode()
+        # The deliverer's own connection, opened by run_forever (the engine's until then).
+        self._conn: Connection = engine.conn
         self.delivered = 0
         self.dropped = 0
         self.failures = 0
 
     async def run_forever(self) -> None:
-        await self._ensure_groups()
-        while True:
-            try:
-                busy = await self.pass_once()
-            except GatewayError as exc:
-                log.warning("webhook outbox unreachable: %s", exc.message)
-                busy = False
-            except Exception:
-                log.exception("webhook delivery pass failed")
-                busy = False
-            if not busy:
-                await asyncio.sleep(POLL_INTERVAL_S)
+        """Deliver until cancelled, on a connection of its own (closed on the way out)."""
+        conn = self._conn = open_connection(self._engine.conn.url)
+        try:
+            await self._ensure_groups()
+            while True:
+                await self._pass_or_wait()
+        finally:
+            conn.close()
+
+    async def _pass_or_wait(self) -> None:
+        try:
+            await self.pass_once(BLOCK_MS)
+        except GatewayError as exc:
+            log.warning("webhook outbox unreachable: %s", exc.message)
+            await asyncio.sleep(RETRY_WAIT_S)
+        except Exception:
+            log.exception("webhook delivery pass failed")
+            await asyncio.sleep(RETRY_WAIT_S)
+
+    @property
+    def _streams(self) -> list[str]:
+        return [keys.webhooks(p) for p in range(self._engine.partitions)]
 
     async def _ensure_groups(self) -> None:
-        for p in range(self._engine.partitions):
-            reply = await self._engine.conn.call(b"XGROUP", b"CREATE", keys.webhooks(p), GROUP,
-                                                 b"0", b"MKSTREAM")
+        for stream in self._streams:
+            reply = await self._conn.call(b"XGROUP", b"CREATE", stream, GROUP, b"0",
+                                          b"MKSTREAM")
             if isinstance(reply, ReplyError) and "BUSYGROUP" not in str(reply):
                 raise reply
 
-    async def pass_once(self) -> bool:
-        """Deliver new events and due retries of every partition; True if any were sent."""
-        sent = await asyncio.gather(*(self._partition(p)
-                                      for p in range(self._engine.partitions)))
-        return any(sent)
-
-    async def _partition(self, p: int) -> bool:
-        stream = keys.webhooks(p)
-        conn = self._engine.conn
-        fresh = await conn.call(b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT",
-                                READ_COUNT_MAX, b"STREAMS", stream, b">")
-        if isinstance(fresh, ReplyError) and "NOGROUP" in str(fresh):
+    async def pass_once(self, block_ms: int = 0) -> bool:
+        """Deliver new events (waiting up to ``block_ms`` for one) and due retries of every
+        partition; True if any were sent."""
+        fresh = await self._read_fresh(block_ms)
+        if fresh is None:  # the groups are gone (Redis lost its data): make them again
             await self._ensure_groups()
             return False
-        entries = [] if not fresh or isinstance(fresh, ReplyError) else fresh[0][1]
-        entries += await self._due_retries(stream)
+        retries = await asyncio.gather(*(self._due_retries(s) for s in self._streams))
+        work = [(stream, entry) for stream, entries in fresh for entry in entries]
+        work += [(stream, entry) for stream, due in zip(self._streams, retries, strict=True)
+                 for entry in due]
         await asyncio.gather(*(self._deliver(stream, entry_id, fields)
-                               for entry_id, fields in entries))
-        return bool(entries)
+                               for stream, (entry_id, fields) in work))
+        return bool(work)
+
+    async def _read_fresh(self, block_ms: int) -> list[tuple[str, list[Any]]] | None:
+        """New entries by stream; None when a consumer group is missing."""
+        if isinstance(self._conn, ClusterConnection):
+            replies = await asyncio.gather(*(self._read(block_ms=0, streams=[s])
+                                             for s in self._streams))
+            if any(r is None for r in replies):
+                return None
+            fresh = [pair for reply in replies for pair in reply or []]
+            if block_ms and not any(entries for _, entries in fresh):
+                await asyncio.sleep(block_ms / 1000)
+            return fresh
+        return await self._read(block_ms, self._streams)
+
+    async def _read(self, block_ms: int, streams: list[str]) -> list[tuple[str, list[Any]]] | None:
+        block = [b"BLOCK", block_ms] if block_ms else []
+        reply = await self._conn.call(b"XREADGROUP", b"GROUP", GROUP, self._consumer,
+                                      b"COUNT", READ_COUNT_MAX, *block, b"STREAMS", *streams,
+                                      *[b">"] * len(streams))
+        if isinstance(reply, ReplyError):
+            if "NOGROUP" in str(reply):
+                return None
+            raise reply
+        return [(_text(stream), entries) for stream, entries in reply or []]
 
     async def _due_retries(self, stream: str) -> list[Any]:
-        conn = self._engine.conn
+        conn = self._conn
         # Never claim an entry another worker may still be posting (idle < the timeout).
         idle_min_ms = int((TIMEOUT_S + 1) * 1000)
         pending = await conn.call_or_raise(b"XPENDING", stream, GROUP, b"IDLE", idle_min_ms,
@@ -152,8 +193,8 @@ class WebhookDeliverer:
             WEBHOOK_DROPPED.inc()
             log.error("webhook %s to %s dropped after an hour of failures",
                       fields["event_id"], url)
-        await self._engine.conn.call_or_raise(b"XACK", stream, GROUP, entry_id)
-        await self._engine.conn.call_or_raise(b"XDEL", stream, entry_id)
+        await self._conn.call_or_raise(b"XACK", stream, GROUP, entry_id)
+        await self._conn.call_or_raise(b"XDEL", stream, entry_id)
 
     @staticmethod
     def event_body(fields: dict[str, str]) -> dict[str, Any]:
@@ -182,3 +223,7 @@ class WebhookDeliverer:
                                                                          keys.webhooks(p))
                                          for p in range(self._engine.partitions)))
         return sum(int(n) for n in lengths)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
