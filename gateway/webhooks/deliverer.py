@@ -141,7 +141,7 @@ class WebhookDeliverer:
                                for stream, (entry_id, fields) in work))
         return bool(work)
 
-    async def _read_fresh(self, block_ms: int) -> list[tuple[str, list[Any]]] | None:
+    async def _read_fresh(self, block_ms: int) -> list[tuple[Any, list[Any]]] | None:
         """New entries by stream; None when a consumer group is missing."""
         if isinstance(self._conn, ClusterConnection):
             replies = await asyncio.gather(*(self._read(block_ms=0, streams=[s])
@@ -154,7 +154,7 @@ class WebhookDeliverer:
             return fresh
         return await self._read(block_ms, self._streams)
 
-    async def _read(self, block_ms: int, streams: list[str]) -> list[tuple[str, list[Any]]] | None:
+    async def _read(self, block_ms: int, streams: list[str]) -> list[tuple[Any, list[Any]]] | None:
         block = [b"BLOCK", block_ms] if block_ms else []
         reply = await self._conn.call(b"XREADGROUP", b"GROUP", GROUP, self._consumer,
                                       b"COUNT", READ_COUNT_MAX, *block, b"STREAMS", *streams,
@@ -163,7 +163,8 @@ class WebhookDeliverer:
             if "NOGROUP" in str(reply):
                 return None
             raise reply
-        return [(_text(stream), entries) for stream, entries in reply or []]
+        # Stream names come back as bytes; XACK and XDEL take them as they are.
+        return [(stream, entries) for stream, entries in reply or []]
 
     async def _due_retries(self, stream: str) -> list[Any]:
         conn = self._conn
@@ -178,7 +179,7 @@ class WebhookDeliverer:
             b"XCLAIM", stream, GROUP, self._consumer, idle_min_ms, *due)
         return [c for c in claimed if c is not None and c[1] is not None]
 
-    async def _deliver(self, stream: str, entry_id: bytes, raw: list[bytes]) -> None:
+    async def _deliver(self, stream: str | bytes, entry_id: bytes, raw: list[bytes]) -> None:
         fields = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
         url = fields.pop("url")
         at_ms = int(fields["at"])
@@ -223,7 +224,3 @@ class WebhookDeliverer:
                                                                          keys.webhooks(p))
                                          for p in range(self._engine.partitions)))
         return sum(int(n) for n in lengths)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
