@@ -83,3 +83,13 @@ def test_production_code_carries_no_fault_hook() -> None:
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if re.search(r"\bfault_inject|FAULT_INJECT|iou_fault", line)]
     assert not hooks
+
+
+def test_each_route_is_served_once() -> None:
+    """POST /v1/charge is the fast path's alone; every other route is the Starlette app's."""
+    from gateway.api import fastpath
+    from gateway.api.app import ROUTES
+
+    starlette = {(m, r.path) for r in ROUTES for m in (r.methods or ()) if m != "HEAD"}
+    assert ("POST", "/v1/charge") in fastpath.ROUTES
+    assert not starlette & set(fastpath.ROUTES)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +19,7 @@ from gateway.metering.engine import HOLD_TTL_S_DEFAULT
 from gateway.metering.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
 from gateway.metering.models import ChargeResult
 from gateway.metering.money import format_amount as fmt
-from gateway.observability import CHARGE_LATENCY, CHARGES
+from gateway.observability import CHARGES
 from gateway.webhooks.deliverer import queue_depleted
 
 log = logging.getLogger("iou.api")
@@ -86,20 +85,6 @@ async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | 
         raise
     _count("ok", result.category)
     return result
-
-
-@endpoint
-async def post_charge(ctx: Context, request: Request) -> Response:
-    """The Starlette form of POST /v1/charge. In the app, fastpath.ChargeFastPath answers
-    this route first (same validation, same engine call, same bodies); this route keeps
-    the OpenAPI table, the 405 for other methods and a plain-Starlette reference."""
-    started = time.perf_counter()
-    agent = await ctx.auth.agent(request)
-    body = await read_json(request, ctx.settings.body_bytes_max)
-    result = await charge_one(ctx, agent, body, idempotency.idempotency_key(request))
-    response = json_response(200, charge_payload(result))
-    CHARGE_LATENCY.observe(time.perf_counter() - started)
-    return response
 
 
 @endpoint

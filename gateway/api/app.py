@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway.api import admin, agent, agent_keys, ledger_routes, ops, proxy
+from gateway.api import admin, agent, agent_keys, fastpath, ledger_routes, ops, proxy
 from gateway.api.auth import FailureLimits
 from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
@@ -32,7 +32,6 @@ from gateway.webhooks.deliverer import WebhookDeliverer
 log = logging.getLogger("iou.app")
 
 ROUTES = [
-    Route("/v1/charge", agent.post_charge, methods=["POST"]),
     Route("/v1/charges", agent.post_charges, methods=["POST"]),
     Route("/v1/holds", agent.post_hold, methods=["POST"]),
     Route("/v1/holds/{hold_id}/capture", agent.post_capture, methods=["POST"]),
@@ -61,6 +60,12 @@ ROUTES = [
     Route("/dashboard", ops.dashboard, methods=["GET"]),
 ]
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+
+
+def served_routes() -> set[tuple[str, str]]:
+    """(method, path) of every API route: the Starlette app's and the fast path's."""
+    starlette = {(m, r.path) for r in ROUTES for m in (r.methods or ()) if m != "HEAD"}
+    return starlette | set(fastpath.ROUTES)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
+from starlette.types import Receive
 
 from gateway.metering import money
 from gateway.metering.errors import GatewayError, InvalidRequest
@@ -186,21 +187,33 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicates,
 
 
 async def read_body(request: Request, bytes_max: int) -> bytes:
-    """The raw body, refusing more than ``bytes_max`` even without Content-Length."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > bytes_max:
+    """The raw body of a Starlette request (see ``read_asgi_body``)."""
+    return await read_asgi_body(request.receive, request.headers.get("content-length"),
+                                bytes_max)
+
+
+async def read_asgi_body(receive: Receive, content_length: str | None, bytes_max: int
+                         ) -> bytes:
+    """The raw body from the ASGI messages, refusing more than ``bytes_max`` bytes (413)
+    even without Content-Length. A body that did not arrive whole (the client left, or was
+    cut off for slowness) is refused as incomplete: it is never acted on, whatever prefix
+    of it parses."""
+    if content_length is not None and content_length.isdigit() and (
+            int(content_length) > bytes_max):
         raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > bytes_max:
-                raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect:  # a truncated body is never acted on
-        raise RequestIncomplete("The request body did not arrive whole.") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestIncomplete("The request body did not arrive whole.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > bytes_max:
+            raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 async def read_json(request: Request, bytes_max: int, *, optional: bool = False

@@ -1,9 +1,10 @@
 """The charge route without framework layers: plain ASGI in front of the Starlette app.
 
-POST /v1/charge is the call agents make most; here it skips Starlette's Request object,
-routing and middleware (measured: they cost more CPU than the metering itself) while
-running exactly the same validation, authentication, engine call and error bodies as the
-rest of the API. Everything else goes on to the Starlette app.
+POST /v1/charge is the call agents make most; it is served here alone (the Starlette app
+has no route for it), skipping Starlette's Request object, routing and middleware
+(measured: they cost more CPU than the metering itself) while running the same body
+reader, validation, authentication, engine call and error bodies as the rest of the API.
+Everything else goes on to the Starlette app.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api import idempotency
 from gateway.api.agent import charge_one
 from gateway.api.auth import Authenticator
-from gateway.api.body import BodyTooLarge, RequestIncomplete, configure_json_limits, json_body
+from gateway.api.body import configure_json_limits, json_body, read_asgi_body
 from gateway.api.context import Context
 from gateway.api.payloads import charge_payload
 from gateway.api.responses import error_body
@@ -27,6 +28,7 @@ from gateway.metering.errors import GatewayError
 from gateway.observability import CHARGE_LATENCY
 
 CHARGE_PATH = "/v1/charge"
+ROUTES = (("POST", CHARGE_PATH),)  # (method, path) served here, not by the Starlette app
 INTERNAL_BODY = orjson.dumps({"error": "internal",
                               "message": "The gateway failed; nothing was charged twice."})
 log = logging.getLogger("iou.app")
@@ -39,8 +41,11 @@ class ChargeFastPath:
         configure_json_limits(settings.json_depth_max, settings.json_number_chars_max)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != CHARGE_PATH or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != CHARGE_PATH:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await _respond(send, 405, _not_allowed(scope["method"]), [])
             return
         ctx: Context = self.app.state.ctx  # set by the Starlette app's lifespan
         started = time.perf_counter()
@@ -62,7 +67,8 @@ async def _charge(ctx: Context, scope: Scope, receive: Receive
         caller = await ctx.auth.caller_from(headers.get("authorization"), client,
                                             headers.get("x-forwarded-for"))
         agent = Authenticator.require_agent(caller)
-        raw = await _read_body(receive, headers, ctx.settings.body_bytes_max)
+        raw = await read_asgi_body(receive, headers.get("content-length"),
+                                   ctx.settings.body_bytes_max)
         body = json_body(headers.get("content-type", ""), raw)
         key = idempotency.check_idempotency_key(headers.get("idempotency-key"))
         result = await charge_one(ctx, agent, body, key)
@@ -75,25 +81,9 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def _read_body(receive: Receive, headers: dict[str, str], bytes_max: int) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > bytes_max:
-        raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # The client left (or was cut off for slowness) before its body was whole: a
-            # truncated body is never charged, whatever prefix of it parses.
-            raise RequestIncomplete("The request body did not arrive whole.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > bytes_max:
-            raise BodyTooLarge(f"The body is larger than {bytes_max} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+def _not_allowed(method: str) -> bytes:
+    return orjson.dumps({"error": "method_not_allowed",
+                         "message": f"{method} is not allowed here."})
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]
