@@ -23,11 +23,10 @@ from gateway.api.auth import (
     ADMIN,
     Authenticator,
     FailureLimits,
-    RateLimited,
-    Unauthorized,
     client_address,
 )
 from gateway.metering.engine import Engine
+from gateway.metering.errors import RateLimited, Unauthorized
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import error_of, new_agent, seed_tools
 from tests.servers import redis_server

@@ -93,3 +93,26 @@ def test_each_route_is_served_once() -> None:
     starlette = {(m, r.path) for r in ROUTES for m in (r.methods or ()) if m != "HEAD"}
     assert ("POST", "/v1/charge") in fastpath.ROUTES
     assert not starlette & set(fastpath.ROUTES)
+
+
+def _subclasses(cls: type) -> list[type]:
+    direct: list[type] = cls.__subclasses__()
+    return [c for sub in direct for c in (sub, *_subclasses(sub))]
+
+
+def test_contract_errors_live_in_one_module_and_their_statuses_in_the_api() -> None:
+    """One class per contract code in gateway/metering/errors.py, without an HTTP status;
+    the API's one table gives each its status."""
+    import gateway.api.app  # noqa: F401  (imports every module that raises)
+    from gateway.api.responses import HTTP_STATUS, http_status
+    from gateway.metering.errors import GatewayError
+
+    classes = _subclasses(GatewayError)
+    coded = [c for c in classes if "code" in vars(c)]
+    assert {c.__module__ for c in coded} == {"gateway.metering.errors"}
+    assert not [c for c in [GatewayError, *classes] if hasattr(c, "status")]
+    raised = [c for c in classes if not c.__subclasses__()]  # (LimitExceeded is a kind)
+    assert {c for c in raised if c.__module__ == "gateway.metering.errors"} <= set(HTTP_STATUS)
+    for cls in raised:  # a refinement elsewhere (NothingToHold) answers its parent's status
+        assert 400 <= HTTP_STATUS[next(c for c in cls.__mro__ if c in HTTP_STATUS)] < 600
+    assert http_status(GatewayError("unexpected")) == 500

@@ -241,7 +241,8 @@ def test_chunked_body_over_limit_is_413(gateway: Gateway, victim: tuple[str, str
 
 
 def test_compact_bodies_parse_like_the_strict_parser() -> None:
-    from gateway.api.body import MalformedJson, _compact_object, parse_json_object
+    from gateway.api.body import _compact_object, parse_json_object
+    from gateway.metering.errors import MalformedJson
     from gateway.metering.money import JsonNumber
 
     # Which parser answers: orjson for the compact form without numbers, else the strict one.

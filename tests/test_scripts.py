@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.api.responses import http_status
 from gateway.metering import errors
 from gateway.metering.engine import Engine
 from tests.helpers import T, events, setup_catalog, snapshot
@@ -74,7 +75,7 @@ async def test_per_call_cap_exact_and_over(engine: Engine) -> None:
     await engine.charge(agent, "llm_summarize", cost_micros=80_000)
     with pytest.raises(errors.PerCallLimitExceeded) as info:
         await engine.charge(agent, "llm_summarize", cost_micros=80_001)
-    assert info.value.status == 403
+    assert http_status(info.value) == 403
     assert info.value.details["limit"] == "per_call"
     assert info.value.details["max"] == "0.08"
 
@@ -100,7 +101,7 @@ async def test_daily_cap_exact_and_over(engine: Engine) -> None:
     assert "daily_near" in second.warnings
     with pytest.raises(errors.WindowLimitExceeded) as info:
         await engine.charge(agent, "web_search")
-    assert info.value.status == 429
+    assert http_status(info.value) == 429
     assert info.value.details["limit"] == "daily"
     assert info.value.details["spent"] == "0.1"
     assert 0 < info.value.details["retry_after_s"] <= 86_400

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pytest
 import redis
 
+from gateway.api.responses import http_status
 from gateway.ledger.recover import recover
 from gateway.metering.engine import Engine
 from gateway.metering.secrets_store import SEALED_PREFIX, SecretBox, open_headers
@@ -253,9 +254,9 @@ def test_headers_of_one_kind_do_not_open_as_another(tmp_path: Path) -> None:
     assert open_headers(settings, "search", sealed, kind="mcp") == {"Authorization": "x"}
     with pytest.raises(GatewayError) as refused:  # an MCP server's headers on a tool
         open_headers(settings, "search", sealed)
-    assert refused.value.status == 503 and "search" in refused.value.message
+    assert http_status(refused.value) == 503 and "search" in refused.value.message
     keyless = load_settings({"IOU_REDIS_URL": "redis://127.0.0.1:9",
                              "IOU_DATA_DIR": str(tmp_path)})
     with pytest.raises(GatewayError) as no_key:
         seal_headers(keyless, "srv", {"a": "b"}, kind="mcp", field="headers")
-    assert no_key.value.status == 422 and no_key.value.details["field"] == "headers"
+    assert http_status(no_key.value) == 422 and no_key.value.details["field"] == "headers"

@@ -29,7 +29,7 @@ from starlette.requests import Request
 
 from gateway.config import Settings
 from gateway.metering.engine import Engine
-from gateway.metering.errors import GatewayError
+from gateway.metering.errors import Forbidden, RateLimited, Unauthorized
 from gateway.observability import AUTH_FAILURES
 from gateway.store import keys
 
@@ -42,22 +42,6 @@ KEY_USE_WRITE_EVERY_S = 60.0  # "last used" is written at most this often per ke
 KEY_USE_CACHE_SIZE_MAX = 100_000
 CLIENT_CHARS_MAX = 64  # an unparsable forwarded address is kept, truncated, as the client
 SCOPES = {1: "everyone", 2: "client", 3: "credential"}
-
-
-class Unauthorized(GatewayError):
-    code, status = "unauthorized", 401
-
-
-class Forbidden(GatewayError):
-    code, status = "forbidden", 403
-
-
-class RateLimited(GatewayError):
-    code, status = "rate_limited", 429
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__("Too many failed authentications; retry after the time in "
-                         "Retry-After.", retry_after_s=retry_after_s)
 
 
 @dataclass(frozen=True)

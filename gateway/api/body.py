@@ -19,7 +19,13 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from gateway.metering import money
-from gateway.metering.errors import GatewayError, InvalidRequest
+from gateway.metering.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    MalformedJson,
+    RequestIncomplete,
+    UnsupportedMediaType,
+)
 from gateway.metering.limits import check_name
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -32,24 +38,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Bodies up to this size try the orjson parse first (a charge body is tens of bytes; its
 # metadata at most 2 KiB); past it, a failed attempt would cost more than it saves.
 COMPACT_BYTES_MAX = 4096
-
-
-class MalformedJson(GatewayError):
-    code, status = "malformed_json", 400
-
-
-class BodyTooLarge(GatewayError):
-    code, status = "body_too_large", 413
-
-
-class RequestIncomplete(GatewayError):
-    """The connection ended (or was cut for slowness) before the whole body arrived."""
-
-    code, status = "malformed_request", 400
-
-
-class UnsupportedMediaType(GatewayError):
-    code, status = "unsupported_media_type", 415
 
 
 class _Duplicate(ValueError):

@@ -25,11 +25,12 @@ from gateway.api.body import parse_amount_field, read_body
 from gateway.api.context import Context, endpoint
 from gateway.metering.errors import (
     BalanceInsufficient,
-    GatewayError,
     HoldClosed,
     IdempotencyConflict,
     InvalidRequest,
     NotFound,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from gateway.metering.limits import check_name
 from gateway.metering.models import Tool
@@ -44,14 +45,6 @@ CONNECT_TIMEOUT_S = 5.0
 HOLD_MARGIN_S = 30
 FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
 RETURNED_HEADERS = ("content-type", "cache-control")
-
-
-class UpstreamTimeout(GatewayError):
-    code, status = "upstream_timeout", 504
-
-
-class UpstreamUnavailable(GatewayError):
-    code, status = "upstream_unavailable", 502
 
 
 def client(upstream_timeout_s: int) -> httpx.AsyncClient:

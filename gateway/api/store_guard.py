@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.api.auth import Authenticator, Caller, Unauthorized
+from gateway.api.auth import Authenticator, Caller
 from gateway.ledger.identity import StoreGuard
+from gateway.metering.errors import Unauthorized
 
 
 class GuardedAuthenticator(Authenticator):

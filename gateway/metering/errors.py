@@ -1,4 +1,8 @@
-"""Error types, one per contract error code. The HTTP layer maps them 1:1 to responses."""
+"""The contract's errors: one class per error code, raised by the domain and the API alike.
+
+No HTTP here: gateway/api/responses.py maps each class to its status (one table). A class
+carries the contract's ``code``, one human sentence and the details of its row.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from gateway.sdk.codes import SERVER_CODES
 
 
 class GatewayError(Exception):
-    """A refusal with the contract's ``code``, HTTP ``status`` and one human sentence."""
+    """A refusal with the contract's ``code`` and one human sentence."""
 
     code = "internal"
-    status = 500
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -30,48 +33,101 @@ class GatewayError(Exception):
 
 
 class InvalidRequest(GatewayError):
-    code, status = "invalid_request", 422
+    code = "invalid_request"
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field} {reason}.", field=field, reason=reason)
 
 
 class NotFound(GatewayError):
-    code, status = "not_found", 404
+    code = "not_found"
 
 
 class AgentExists(GatewayError):
-    code, status = "agent_exists", 409
+    code = "agent_exists"
 
 
 class IdempotencyConflict(GatewayError):
-    code, status = "idempotency_conflict", 409
+    code = "idempotency_conflict"
 
 
 class HoldClosed(GatewayError):
     """An extension of the contract: the hold exists but is captured, released or expired."""
 
-    code, status = "hold_closed", 409
+    code = "hold_closed"
 
 
 class BalanceInsufficient(GatewayError):
-    code, status = "balance_insufficient", 402
+    code = "balance_insufficient"
 
 
-class PerCallLimitExceeded(GatewayError):
-    code, status = "limit_exceeded", 403
+class LimitExceeded(GatewayError):
+    """A cap refused the call: a per-call cap (PerCallLimitExceeded) or a window
+    (WindowLimitExceeded, which says when to come back)."""
+
+    code = "limit_exceeded"
 
 
-class WindowLimitExceeded(GatewayError):
-    code, status = "limit_exceeded", 429
+class PerCallLimitExceeded(LimitExceeded):
+    pass
+
+
+class WindowLimitExceeded(LimitExceeded):
+    pass
 
 
 class AgentFrozen(GatewayError):
-    code, status = "agent_frozen", 423
+    code = "agent_frozen"
 
 
 class Unavailable(GatewayError):
-    code, status = "unavailable", 503
+    code = "unavailable"
+
+
+class MalformedJson(GatewayError):
+    code = "malformed_json"
+
+
+class RequestIncomplete(GatewayError):
+    """The connection ended (or was cut for slowness) before the whole body arrived."""
+
+    code = "malformed_request"
+
+
+class BodyTooLarge(GatewayError):
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    code = "unsupported_media_type"
+
+
+class Unauthorized(GatewayError):
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    code = "forbidden"
+
+
+class RateLimited(GatewayError):
+    code = "rate_limited"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("Too many failed authentications; retry after the time in "
+                         "Retry-After.", retry_after_s=retry_after_s)
+
+
+class UpstreamTimeout(GatewayError):
+    """An extension of the contract: a tool's upstream did not answer in time (invoke)."""
+
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(GatewayError):
+    """An extension of the contract: a tool's upstream could not be reached (invoke)."""
+
+    code = "upstream_unavailable"
 
 
 class UnsafeRedis(Exception):
