@@ -161,7 +161,8 @@ class Lua:
         self.r.flushall()
         self.seed_tools()
 
-    def charge_args(self, cost: int | None, agent: str = AGENT, cat: str = "tool",
+    def charge_args(  # noqa: PLR0913 - one argument per script input
+            self, cost: int | None, agent: str = AGENT, cat: str = "tool",
                     idem: str = "", ih: str = "", meta: str = "", tool: str = ""
                     ) -> tuple[list[str], list[str]]:
         """A charge of ``cost`` on the variable tool of ``cat`` (or on ``tool``; None = no
@@ -177,7 +178,8 @@ class Lua:
         return self.run("charge", *self.charge_args(cost, agent, cat, idem, ih or
                                                     ("h" + idem if idem else ""), tool=tool))
 
-    def hold_args(self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,
+    def hold_args(  # noqa: PLR0913 - one argument per script input
+            self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,
                   cat: str = "llm", ttl_ms: int = 60_000, idem: str = "", ih: str = "",
                   meta: str = "", tool: str = "") -> tuple[list[str], list[str]]:
         k = self.k(agent)
@@ -187,7 +189,8 @@ class Lua:
                  "" if amount is None else str(amount), str(AMAX), str(ttl_ms),
                  str(TTL_MAX_MS), ih, idem, meta])
 
-    def hold(self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,
+    def hold(  # noqa: PLR0913 - one argument per script input
+            self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,
              cat: str = "llm", ttl_ms: int = 60_000, idem: str = "", tool: str = ""
              ) -> list[Any]:
         return self.run("hold", *self.hold_args(amount, hold_id, agent, cat, ttl_ms, idem,
@@ -226,7 +229,8 @@ class Lua:
     def expire(self, ids: int = 4, agent: str = AGENT) -> list[Any]:
         return self.run("expire_holds", *self.expire_args(ids, agent))
 
-    def fund_args(self, amount: int, agent: str = AGENT, balance_max: int = MICROS_MAX,
+    def fund_args(  # noqa: PLR0913 - one argument per script input
+            self, amount: int, agent: str = AGENT, balance_max: int = MICROS_MAX,
                   kind: str = "fund", idem: str = "", ih: str = "", meta: str = ""
                   ) -> tuple[list[str], list[str]]:
         k = self.k(agent)
@@ -271,7 +275,8 @@ class Lua:
         return ([keys.tool(name), keys.TOOL_NAMES, keys.TOOLS_VERSION, keys.TOOL_EVENTS],
                 [name, self.eid(), str(price), str(AMAX), cat, pricing, upstream, headers])
 
-    def tool_copy_args(self, tool: str, version: int, price: int | None = None, cat: str = "",
+    def tool_copy_args(  # noqa: PLR0913 - one argument per script input
+            self, tool: str, version: int, price: int | None = None, cat: str = "",
                        pricing: str = "", force: str = "0", partition: int | None = None
                        ) -> tuple[list[str], list[str]]:
         p = self.k().partition if partition is None else partition

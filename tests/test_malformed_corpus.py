@@ -29,7 +29,8 @@ TIMEOUT_S = 1  # the corpus gateway's head and body timeouts (slow cases end aft
 J = "application/json"
 
 
-def req(method: str, path: str, body: bytes = b"", *, who: str = "agent", ctype: str | None = J,
+def req(  # noqa: PLR0913 - the parts of one raw request
+        method: str, path: str, body: bytes = b"", *, who: str = "agent", ctype: str | None = J,
         headers: bytes = b"", length: bool = True) -> bytes:
     """A raw HTTP/1.1 request; ``headers`` are extra raw header lines (each ending CRLF)."""
     lines = [f"{method} {path} HTTP/1.1".encode(), b"host: 127.0.0.1"]

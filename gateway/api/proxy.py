@@ -14,6 +14,7 @@ upstream is and whether the tool is free or variable) can never change what a ca
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -54,19 +55,30 @@ def client(upstream_timeout_s: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, follow_redirects=False, timeout=timeout)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One invoke request, validated: who calls which tool with which body."""
+
+    ctx: Context
+    request: Request
+    agent: str
+    tool_name: str
+    raw: bytes
+
+
 @endpoint
 async def invoke(ctx: Context, request: Request) -> Response:
     agent = await ctx.auth.agent(request)
     tool_name = check_name("tool", request.path_params["tool"])
     raw = await read_body(request, ctx.settings.body_bytes_max)
     key = idempotency.idempotency_key(request)
+    call = _Call(ctx, request, agent, tool_name, raw)
     if key is None:
-        return await _invoke(ctx, request, agent, tool_name, raw, None)
-    return await _invoke_once(ctx, request, agent, tool_name, raw, key)
+        return await _invoke(call, None)
+    return await _invoke_once(call, key)
 
 
-async def _invoke_once(ctx: Context, request: Request, agent: str, tool_name: str, raw: bytes,
-                       key: str) -> Response:
+async def _invoke_once(call: _Call, key: str) -> Response:
     """A keyed invoke charges once, whatever crashes in between.
 
     The upstream call cannot be repeated safely, so the binding is a lease while the call
@@ -76,9 +88,10 @@ async def _invoke_once(ctx: Context, request: Request, agent: str, tool_name: st
     the capture runs under a key derived from ``key``: a retry after a crash around the
     capture captures that same hold under that same key (its script replays a capture that
     happened) and answers the kept answer."""
+    ctx, agent = call.ctx, call.agent
     lease_ms = (ctx.settings.upstream_timeout_s + HOLD_MARGIN_S) * 1000
     binding = await idempotency.bind(ctx.engine, "agent:" + agent, key,
-                                     _digest(request, raw), lease_ms)
+                                     _digest(call.request, call.raw), lease_ms)
     earlier = binding.earlier
     if earlier is not None:
         if earlier.meta is None:
@@ -88,7 +101,7 @@ async def _invoke_once(ctx: Context, request: Request, agent: str, tool_name: st
             return await _settle(ctx, agent, key, binding, earlier)
         return idempotency.replay(earlier)
     try:
-        response = await _invoke(ctx, request, agent, tool_name, raw, binding, key)
+        response = await _invoke(call, binding, key)
     except BaseException:
         await binding.unbind()  # nothing was charged; unless an answer was kept
         raise
@@ -123,27 +136,28 @@ def _digest(request: Request, raw: bytes) -> str:
     return digest if not query else hashlib.sha256(digest.encode() + b"?" + query).hexdigest()
 
 
-async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, raw: bytes,
-                  binding: idempotency.Binding | None, key: str | None = None) -> Response:
-    tool = await _tool(ctx, tool_name)
-    max_cost = _max_cost(request, tool, ctx.settings.amount_max_micros)
+async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | None = None
+                  ) -> Response:
+    ctx, agent = call.ctx, call.agent
+    tool = await _tool(ctx, call.tool_name)
+    max_cost = _max_cost(call.request, tool, ctx.settings.amount_max_micros)
     # Opened before the hold: credentials this gateway cannot read cost the agent nothing.
     credentials = open_headers(ctx.settings, tool.name, tool.upstream_headers)
     try:
         if max_cost == 0:
             raise NothingToHold()
-        hold = await ctx.engine.hold(agent, tool_name, max_cost,
+        hold = await ctx.engine.hold(agent, call.tool_name, max_cost,
                                      ctx.settings.upstream_timeout_s + HOLD_MARGIN_S)
     except BalanceInsufficient as exc:
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
     except NothingToHold:  # free, by this worker's catalog or (just made free) the script's
-        answer = await _invoke_free(ctx, request, agent, tool, raw, credentials)
+        answer = await _invoke_free(call, tool, credentials)
         if binding is not None and answer.status_code < 400:
             await binding.store(answer)  # charged 0: running it again would cost nothing
         return answer
     try:
-        upstream = await _forward(ctx, request, tool, raw, credentials)
+        upstream = await _forward(call, tool, credentials)
     except BaseException:
         await ctx.engine.release(agent, hold.hold_id)
         raise
@@ -167,16 +181,16 @@ async def _invoke(ctx: Context, request: Request, agent: str, tool_name: str, ra
     return answer
 
 
-async def _invoke_free(ctx: Context, request: Request, agent: str, tool: Tool, raw: bytes,
-                       credentials: dict[str, str]) -> Response:
+async def _invoke_free(call: _Call, tool: Tool, credentials: dict[str, str]) -> Response:
     """A free tool: nothing to hold; the agent reaches it only through the gateway, which
     alone has its credentials. Charged 0 after a 2xx, as POST /v1/charge would."""
-    upstream = await _forward(ctx, request, tool, raw, credentials)
+    ctx = call.ctx
+    upstream = await _forward(call, tool, credentials)
     if not 200 <= upstream.status_code < 300:
         PROXY_CALLS.labels("released").inc()
-        state = await ctx.engine.agent_state(agent)
+        state = await ctx.engine.agent_state(call.agent)
         return _answer(upstream, None, state.balance_micros)
-    charged = await ctx.engine.charge(agent, tool.name)
+    charged = await ctx.engine.charge(call.agent, tool.name)
     PROXY_CALLS.labels("captured").inc()
     return _answer(upstream, charged.charge_id, charged.balance_micros)
 
@@ -207,14 +221,14 @@ def _max_cost(request: Request, tool: Tool, amount_max: int) -> int | None:
     return parse_amount_field("X-IOU-Max-Cost", header, False, amount_max)
 
 
-async def _forward(ctx: Context, request: Request, tool: Tool, raw: bytes,
-                   credentials: dict[str, str]) -> httpx.Response:
+async def _forward(call: _Call, tool: Tool, credentials: dict[str, str]) -> httpx.Response:
+    request = call.request
     headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h)) is not None}
     headers.update(credentials)
     assert tool.upstream is not None
     try:
-        return await ctx.http.post(_upstream_url(tool.upstream, request), content=raw,
-                                   headers=headers)
+        return await call.ctx.http.post(_upstream_url(tool.upstream, request),
+                                        content=call.raw, headers=headers)
     except httpx.TimeoutException:
         PROXY_CALLS.labels("timeout").inc()
         raise UpstreamTimeout(f"The upstream of {tool.name} did not answer in time; "

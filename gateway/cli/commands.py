@@ -192,10 +192,11 @@ def fund(opts: Options, agent: str | None, amount: str, idempotency_key: str | N
 @json_option
 @pass_options
 @refusals
-def limits(opts: Options, agent: str | None, per_call: str | None, daily: str | None,
-           tool_calls: str | None, llm: str | None, commerce: str | None,
-           category_caps: tuple[str, ...], low_balance: str | None,
-           webhook: str | None) -> None:
+def limits(  # noqa: PLR0913 - click passes each of the command's options
+        opts: Options, agent: str | None, per_call: str | None, daily: str | None,
+        tool_calls: str | None, llm: str | None, commerce: str | None,
+        category_caps: tuple[str, ...], low_balance: str | None,
+        webhook: str | None) -> None:
     """Set caps (none given: show them). "none" removes a cap."""
     name = opts.agent_name(agent)
     patch = _limits_patch(per_call, daily, low_balance, webhook,

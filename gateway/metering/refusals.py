@@ -36,7 +36,8 @@ class NothingToHold(InvalidRequest):
         super().__init__("max_cost", "must be above 0 (a free tool needs no hold: charge it)")
 
 
-def refusal(code: Code, reply: list[Any], **context: str) -> GatewayError:
+def refusal(  # noqa: C901, PLR0912 - one flat branch per refusal code reads best
+        code: Code, reply: list[Any], **context: str) -> GatewayError:
     """The contract's error for a script's refusal code."""
     agent = context.get("agent", "")
     if code == Code.NOT_FOUND:
