@@ -52,9 +52,10 @@ def _batch_item_raises(probability: float) -> None:
 
     charge = agent.charge_one  # what a batch item calls (by its module-level name)
 
-    async def charge_then_raise(ctx: Any, caller: str, body: Any, *args: Any) -> Any:
-        result = await charge(ctx, caller, body, *args)
-        if not result.replayed and (body.get("metadata") or {}).get("iou_fault") == "raise":
+    async def charge_then_raise(ctx: Any, caller: str, request: Any) -> Any:
+        result = await charge(ctx, caller, request)
+        marked = (request.metadata or {}).get("iou_fault") == "raise"
+        if marked and request.index is not None and not result.replayed:
             raise RuntimeError("fault planted by tests/fault_entry.py after the charge")
         return result
 

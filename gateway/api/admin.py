@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api import idempotency
-from gateway.api.body import Fields, parse_amount_field, plain_json, read_body, read_json
+from gateway.api.body import Fields, parse_amount_field, read_body, read_json
 from gateway.api.body import json_from_raw as parse_raw
 from gateway.api.context import Context, endpoint
 from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
@@ -120,9 +120,8 @@ async def fund_agent(ctx: Context, request: Request) -> Response:
     fields = Fields(await read_json(request, ctx.settings.body_bytes_max), ("amount", "metadata"))
     amount = fields.amount("amount", max_micros=ctx.settings.amount_max_micros)
     assert amount is not None
-    metadata = fields.obj("metadata")
     result = await ctx.engine.fund(agent, amount, idempotency.idempotency_key(request),
-                                   metadata=None if metadata is None else plain_json(metadata))
+                                   metadata=fields.metadata())
     return json_response(200, {"agent": agent, "balance": fmt(result.balance_micros),
                                "entry_id": result.entry_id})
 

@@ -10,9 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api import idempotency
-from gateway.api.body import Fields, json_from_raw, plain_json, read_body, read_json
+from gateway.api.body import Fields, json_from_raw, read_body, read_json
 from gateway.api.context import Context, endpoint
 from gateway.api.payloads import charge_payload, limits_payload, state_warnings
+from gateway.api.requests import ChargeRequest, charge_request
 from gateway.api.responses import iso_ms, json_response
 from gateway.config import HOLD_TTL_S_MAX
 from gateway.metering.engine import HOLD_TTL_S_DEFAULT
@@ -25,7 +26,6 @@ from gateway.webhooks.deliverer import queue_depleted
 log = logging.getLogger("iou.api")
 
 BATCH_ITEMS_MAX = 1000
-CHARGE_FIELDS = ("tool", "cost", "metadata")
 
 
 def _outcome(exc: GatewayError) -> str:
@@ -53,31 +53,13 @@ def _refused_category(ctx: Context, exc: GatewayError, tool: str) -> str:
     return "unknown" if entry is None else entry.category
 
 
-async def charge_one(ctx: Context, agent: str, body: dict[str, Any], key: str | None,
-                     prefix: str = "", part: str | None = None) -> ChargeResult:
-    """Validate one charge body and charge it; count the outcome in the metrics.
-
-    A batch item (``prefix`` set) charges under the key derived from the batch's ``key``
-    and its ``part`` (its index), unless it carries its own ``idempotency_key``."""
-    allowed = (*CHARGE_FIELDS, "idempotency_key") if prefix else CHARGE_FIELDS
-    fields = Fields(body, allowed, prefix)
-    tool = fields.name("tool")
-    assert tool is not None
-    cost = fields.amount("cost", False, allow_zero=True,
-                         max_micros=ctx.settings.amount_max_micros)
-    metadata = fields.obj("metadata")
-    if prefix and fields.has("idempotency_key"):
-        key = fields.text("idempotency_key", 128)
-        part = None
-        try:
-            idempotency.check_idempotency_key(key)
-        except InvalidRequest:
-            raise InvalidRequest(prefix + "idempotency_key",
-                                 "must be 1 to 128 printable ASCII characters") from None
+async def charge_one(ctx: Context, agent: str, request: ChargeRequest) -> ChargeResult:
+    """Charge one validated charge; count the outcome in the metrics."""
+    tool = request.tool
     try:
-        result = await ctx.engine.charge(agent, tool, cost, key,
-                                         None if metadata is None else plain_json(metadata),
-                                         part if key is not None else None)
+        result = await ctx.engine.charge(agent, tool, request.cost_micros,
+                                         request.idempotency_key, request.metadata,
+                                         request.part)
     except GatewayError as exc:
         _count(_outcome(exc), _refused_category(ctx, exc, tool))
         if isinstance(exc, BalanceInsufficient):
@@ -123,11 +105,11 @@ async def _batch_item(ctx: Context, agent: str, item: Any, index: int, key: str 
 
     Nothing an item does fails the batch: an unexpected exception becomes this item's
     error object (and a log line), since the other items may have been charged."""
-    prefix = f"charges[{index}]."
     try:
         if not isinstance(item, dict):
             raise InvalidRequest(f"charges[{index}]", "must be a JSON object")
-        result = await charge_one(ctx, agent, item, key, prefix, str(index))
+        charge = charge_request(item, ctx.settings.amount_max_micros, key, index)
+        result = await charge_one(ctx, agent, charge)
         return charge_payload(result), result.replayed
     except GatewayError as exc:
         return exc.to_dict(), None
@@ -155,11 +137,9 @@ async def post_hold(ctx: Context, request: Request) -> Response:
     assert tool is not None
     max_cost = fields.amount("max_cost", False, max_micros=ctx.settings.amount_max_micros)
     ttl_s = fields.integer("ttl_s", 1, HOLD_TTL_S_MAX, HOLD_TTL_S_DEFAULT)
-    metadata = fields.obj("metadata")
     try:
         hold = await ctx.engine.hold(agent, tool, max_cost, ttl_s,
-                                     idempotency.idempotency_key(request),
-                                     None if metadata is None else plain_json(metadata))
+                                     idempotency.idempotency_key(request), fields.metadata())
     except BalanceInsufficient as exc:
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
@@ -177,10 +157,8 @@ async def post_capture(ctx: Context, request: Request) -> Response:
     # Optional: a fixed-price hold captures its price (the script refuses any other cost).
     cost = fields.amount("cost", False, allow_zero=True,
                          max_micros=ctx.settings.amount_max_micros)
-    metadata = fields.obj("metadata")
     result = await ctx.engine.capture(agent, request.path_params["hold_id"], cost,
-                                      idempotency.idempotency_key(request),
-                                      None if metadata is None else plain_json(metadata))
+                                      idempotency.idempotency_key(request), fields.metadata())
     return json_response(200, {"charge_id": result.charge_id, "cost": fmt(result.cost_micros),
                                "released": fmt(result.released_micros),
                                "balance": fmt(result.balance_micros),

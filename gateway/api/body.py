@@ -289,6 +289,17 @@ class Fields:
             raise InvalidRequest(self.prefix + name, "must not contain lone surrogates")
         return value
 
+    def metadata(self, name: str = "metadata") -> dict[str, Any] | None:
+        """A caller's annotation object, checked storable and converted in the same walk
+        to the plain tree the domain stores (see ``storable_tree``)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InvalidRequest(self.prefix + name, "must be a JSON object")
+        tree: dict[str, Any] = storable_tree(value, self.prefix + name)
+        return tree
+
     def obj(self, name: str) -> dict[str, Any] | None:
         """A JSON object field, checked storable as it is (see ``check_storable``)."""
         value = self._get(name, False)
@@ -321,6 +332,27 @@ def check_storable(value: Any, field: str, level: int = 1) -> None:
         _check_text(value, field)
     elif isinstance(value, money.JsonNumber):
         _check_number(value.text, field)
+
+
+def storable_tree(value: Any, field: str, level: int = 1) -> Any:
+    """``value`` checked as ``check_storable`` does and, in the same walk, its JsonNumber
+    leaves turned into int/float (as ``plain_json``): the tree the domain stores."""
+    if isinstance(value, dict):
+        if level > LIMITS.depth_max:
+            raise _too_deep(field)
+        for key in value:
+            _check_text(key, field)
+        return {k: storable_tree(v, field, level + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        if level > LIMITS.depth_max:
+            raise _too_deep(field)
+        return [storable_tree(v, field, level + 1) for v in value]
+    if isinstance(value, str):
+        _check_text(value, field)
+    elif isinstance(value, money.JsonNumber):
+        _check_number(value.text, field)
+        return plain_json(value)
+    return value
 
 
 def _check_text(text: str, field: str) -> None:

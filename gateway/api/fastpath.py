@@ -17,12 +17,12 @@ import orjson
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import idempotency
 from gateway.api.agent import charge_one
 from gateway.api.auth import Authenticator
 from gateway.api.body import configure_json_limits, json_body, read_asgi_body
 from gateway.api.context import Context
 from gateway.api.payloads import charge_payload
+from gateway.api.requests import charge_request, idempotency_key
 from gateway.api.responses import error_body
 from gateway.metering.errors import GatewayError
 from gateway.observability import CHARGE_LATENCY
@@ -70,8 +70,9 @@ async def _charge(ctx: Context, scope: Scope, receive: Receive
         raw = await read_asgi_body(receive, headers.get("content-length"),
                                    ctx.settings.body_bytes_max)
         body = json_body(headers.get("content-type", ""), raw)
-        key = idempotency.check_idempotency_key(headers.get("idempotency-key"))
-        result = await charge_one(ctx, agent, body, key)
+        key = idempotency_key(headers.get("idempotency-key"))
+        charge = charge_request(body, ctx.settings.amount_max_micros, key)
+        result = await charge_one(ctx, agent, charge)
     except GatewayError as exc:
         return error_body(exc)
     return 200, orjson.dumps(charge_payload(result)), []

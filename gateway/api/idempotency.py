@@ -29,8 +29,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.metering.engine import IDEMPOTENCY_KEY_RE, Engine
-from gateway.metering.errors import GatewayError, IdempotencyConflict, InvalidRequest
+from gateway.api import requests
+from gateway.metering.engine import Engine
+from gateway.metering.errors import GatewayError, IdempotencyConflict
 from gateway.store import keys
 
 RECORD_TTL_MS = 86_400_000
@@ -41,13 +42,8 @@ _UNBIND = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[
 
 
 def idempotency_key(request: Request) -> str | None:
-    return check_idempotency_key(request.headers.get("idempotency-key"))
-
-
-def check_idempotency_key(key: str | None) -> str | None:
-    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
-        raise InvalidRequest("Idempotency-Key", "must be 1 to 128 printable ASCII characters")
-    return key
+    """The request's Idempotency-Key header, checked (api/requests.py has the pattern)."""
+    return requests.idempotency_key(request.headers.get("idempotency-key"))
 
 
 def request_digest(request: Request, body: bytes) -> str:
