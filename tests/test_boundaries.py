@@ -35,8 +35,12 @@ def _reaches_environment(node: ast.AST) -> bool:
 
 
 def test_config_is_the_only_module_that_touches_the_environment() -> None:
+    """Of the server: gateway/sdk/ is the agent's library (it imports no server module and
+    reads the contract's IOU_URL and IOU_AGENT_KEY itself)."""
+    sdk = ROOT / "gateway" / "sdk"
     found = {str(path.relative_to(ROOT)): lines for path in _modules("gateway")
-             if (lines := _env_uses(ast.parse(path.read_text())))}
+             if sdk not in path.parents
+             and (lines := _env_uses(ast.parse(path.read_text())))}
     assert set(found) == {"gateway/config.py"}, found
 
 
@@ -116,3 +120,14 @@ def test_contract_errors_live_in_one_module_and_their_statuses_in_the_api() -> N
     for cls in raised:  # a refinement elsewhere (NothingToHold) answers its parent's status
         assert 400 <= HTTP_STATUS[next(c for c in cls.__mro__ if c in HTTP_STATUS)] < 600
     assert http_status(GatewayError("unexpected")) == 500
+
+
+def test_the_status_table_agrees_with_the_shared_code_list() -> None:
+    """Each class's status is one its code comes with in gateway/sdk/codes.py (the list the
+    SDK maps answers from)."""
+    from gateway.api.responses import HTTP_STATUS
+    from gateway.sdk.codes import SERVER_ERRORS
+
+    statuses = {e.code: e.statuses for e in SERVER_ERRORS}
+    assert not {cls.__name__: status for cls, status in HTTP_STATUS.items()
+                if status not in statuses[cls.code]}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import gateway
+from gateway.api.responses import HTTP_STATUS
 from gateway.metering.errors import GatewayError
 from gateway.sdk import ERROR_CLASSES, IOUError, error_for
 from gateway.sdk.codes import CLIENT_ERRORS, SERVER_CODES, SERVER_ERRORS
@@ -82,7 +83,7 @@ def test_server_errors_become_sdk_errors_with_their_details() -> None:
     from gateway.metering.errors import BalanceInsufficient as ServerPoor
 
     answer = ServerPoor("m", balance="0.03", cost="0.07").to_dict()
-    client_side = error_for(ServerPoor.status, answer)
+    client_side = error_for(HTTP_STATUS[ServerPoor], answer)
     assert type(client_side).__name__ == "BalanceInsufficient"
     assert str(client_side.details["balance"]) == "0.03"
 
