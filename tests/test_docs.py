@@ -18,8 +18,8 @@ RUNBOOK_ANCHORS = ("ledger-lag", "dead-letters", "reconcile-drift", "writer-rest
                    "unavailable-503", "webhook-backlog", "redis-memory", "failed-auth-surge")
 # Built from parts so that this file does not match its own search.
 OUTSIDE = ("../" + "shared", "CONTRACT" + ".md", "DESIGN" + ".md")
-SKIPPED_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".iou", ".mypy_cache",
-                ".ruff_cache", ".pytest_cache", "build", "dist"}
+# Tools' and runs' own folders (dot-folders are skipped too), not the project's files.
+SKIPPED_DIRS = {"node_modules", "__pycache__", "build", "dist", "test-artifacts"}
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
@@ -108,7 +108,8 @@ def test_the_readme_is_a_manual_not_a_diary() -> None:
 def repository_files() -> list[Path]:
     files: list[Path] = []
     for directory, dirs, names in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info")]
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.startswith(".")
+                   and not d.endswith(".egg-info")]
         files.extend(Path(directory) / name for name in names)
     return files
 
