@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class DropProxy:
     armed: dict[str, int] = field(default_factory=dict)  # path prefix -> answers to lose
     # path prefix -> requests answered 503 (Retry-After: 1) without reaching the gateway
     unavailable: dict[str, int] = field(default_factory=dict)
+    # path prefix -> answers held back this long (s) after the gateway acted: a timeout
+    late: dict[str, tuple[int, float]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,6 +54,18 @@ class DropProxy:
     def refuse_503(self, path_prefix: str, answers: int = 1) -> None:
         with self.lock:
             self.unavailable[path_prefix] = answers
+
+    def delay(self, path_prefix: str, seconds: float, answers: int = 1) -> None:
+        with self.lock:
+            self.late[path_prefix] = (answers, seconds)
+
+    def _lateness_s(self, path: str) -> float:
+        with self.lock:
+            for prefix, (left, seconds) in self.late.items():
+                if path.startswith(prefix) and left > 0:
+                    self.late[prefix] = (left - 1, seconds)
+                    return seconds
+        return 0.0
 
     def requests_to(self, path_prefix: str) -> list[Seen]:
         with self.lock:
@@ -101,6 +116,9 @@ class DropProxy:
         dropped = self._take(self.armed, path)
         with self.lock:
             self.seen.append(Seen(method, path, key, dropped))
+        late_s = self._lateness_s(path)
+        if late_s:
+            time.sleep(late_s)  # the client's timeout fires meanwhile
         if answer is None or dropped:
             # RST rather than FIN: the client sees a reset, not a clean end of a message.
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

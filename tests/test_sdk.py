@@ -195,6 +195,18 @@ def test_a_lost_hold_and_a_lost_capture_are_each_charged_once(
     assert [e.kind for e in entries].count("capture") == 1
 
 
+def test_a_timed_out_charge_is_retried_and_charged_once(gateway: Gateway, admin: Client,
+                                                        proxy: DropProxy) -> None:
+    name, key = new_agent(gateway, "1")
+    proxy.delay("/v1/charge", 2.0)  # the gateway charged; its answer comes after the timeout
+    with Client(proxy.url, key, timeout_s=0.5, backoff_s=FAST_S) as iou:
+        charge = iou.charge("web_search")
+    sent = proxy.requests_to("/v1/charge")
+    assert len(sent) == 2 and sent[0].idempotency_key == sent[1].idempotency_key
+    assert charge.balance == Decimal("0.95")
+    assert [e.kind for e in ledger_after_fund(admin, name)].count("charge") == 1
+
+
 def test_a_503_is_retried_after_retry_after_and_a_4xx_never(
         gateway: Gateway, proxy: DropProxy) -> None:
     _, key = new_agent(gateway, "0.06")

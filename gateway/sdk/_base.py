@@ -290,8 +290,9 @@ class BaseClient:
                 self.on_warning(warning, answer)
 
     def _unreachable(self, exc: Exception) -> IOUError:
-        return Unreachable(f"cannot reach the gateway at {self.url} ({type(exc).__name__}); "
-                           "is it running?")
+        return Unreachable(f"no answer from the gateway at {self.url} after "
+                           f"{self.max_retries + 1} attempts ({type(exc).__name__}); is it "
+                           "running?")
 
 
 def _batch_warnings(results: list[Any]) -> tuple[str, ...]:
