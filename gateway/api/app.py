@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway.api import admin, agent, agent_keys, fastpath, ledger_routes, ops, proxy
+from gateway.api import admin, agent, agent_keys, fastpath, ledger_routes, ops, proxy, summary
 from gateway.api.auth import FailureLimits
 from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
@@ -40,6 +40,7 @@ ROUTES = [
     Route("/v1/tools/{tool}/invoke", proxy.invoke, methods=["POST"]),
     Route("/v1/agents", admin.create_agent, methods=["POST"]),
     Route("/v1/agents", admin.list_agents, methods=["GET"]),
+    Route("/v1/summary", summary.get_summary, methods=["GET"]),
     Route("/v1/agents/{agent}", admin.get_agent, methods=["GET"]),
     Route("/v1/agents/{agent}/fund", admin.fund_agent, methods=["POST"]),
     Route("/v1/agents/{agent}/limits", admin.get_limits, methods=["GET"]),

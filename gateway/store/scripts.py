@@ -19,7 +19,7 @@ from gateway.store.resp import RedisRefused, ReplyError, refusal_kind
 SCRIPT_NAMES = (
     "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
     "set_limits", "freeze", "key_add", "key_revoke", "tool_set", "tool_delete", "auth_fail",
-    "tool_copy",
+    "tool_copy", "agent_scan",
 )
 
 
