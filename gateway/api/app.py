@@ -15,7 +15,17 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway.api import admin, agent, agent_keys, fastpath, ledger_routes, ops, proxy, summary
+from gateway.api import (
+    admin,
+    agent,
+    agent_keys,
+    fastpath,
+    ledger_routes,
+    ops,
+    proxy,
+    summary,
+    usage,
+)
 from gateway.api.auth import FailureLimits
 from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
@@ -51,6 +61,8 @@ ROUTES = [
     Route("/v1/agents/{agent}/keys", agent_keys.list_keys, methods=["GET"]),
     Route("/v1/agents/{agent}/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
     Route("/v1/agents/{agent}/ledger", ledger_routes.get_ledger, methods=["GET"]),
+    Route("/v1/agents/{agent}/usage", usage.get_agent_usage, methods=["GET"]),
+    Route("/v1/usage", usage.get_all_usage, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.put_tool, methods=["PUT"]),
     Route("/v1/tools", admin.list_tools, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.delete_tool, methods=["DELETE"]),

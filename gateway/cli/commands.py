@@ -104,7 +104,8 @@ pass_options = click.make_pass_decorator(Options)
 
 
 def register(main: click.Group) -> None:
-    for command in (agents, fund, limits, status, ledger, tools, freeze, unfreeze, demo):
+    for command in (agents, fund, limits, status, ledger, usage, tools, freeze, unfreeze,
+                    demo):
         main.add_command(command)
 
 
@@ -365,6 +366,52 @@ def _print_csv(entries: list[dict[str, Any]]) -> None:
         signed = {"amount": amount, "held": held}
         out.writerow([signed[f] if f in signed else "" if e.get(f) is None else e[f]
                       for f in LEDGER_FIELDS])
+
+
+@click.command()
+@agent_option
+@click.option("--by", type=click.Choice(["tool", "category"]), default="tool",
+              show_default=True, help="Group the spending by tool or by category.")
+@click.option("--period", type=click.Choice(["hour", "day"]), default="hour",
+              show_default=True, help="One row per UTC hour or UTC day.")
+@click.option("--since", default=None,
+              help="Start, ISO 8601 UTC (2026-11-29T10:00:00Z) or a date (default: 24 hours "
+                   "before --until for hours, 30 days for days).")
+@click.option("--until", default=None, help="End, as --since (default: now).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on standard output.")
+@json_option
+@pass_options
+@refusals
+def usage(opts: Options, agent: str | None, by: str, period: str, since: str | None,
+          until: str | None, as_csv: bool) -> None:
+    """What was spent, per hour or day and per tool or category, from the ledger: one
+    agent's with --agent, else every agent's together (admin)."""
+    if as_csv and opts.as_json:
+        raise click.UsageError("--csv and --json exclude each other")
+    name = agent or opts.agent
+    params = {"by": by, "period": period,
+              **({"since": since} if since else {}), **({"until": until} if until else {})}
+    path = f"/v1/agents/{name}/usage" if name else "/v1/usage"
+    report = opts.client().request("GET", path, params=params)
+    if as_csv:
+        out = csv.writer(sys.stdout)
+        out.writerow(("start", by, "calls", "amount"))
+        for row in report["rows"]:
+            out.writerow((row["start"], row[by], row["calls"], row["amount"]))
+        return
+    opts.emit(report, lambda: opts.console.print(_usage_table(report)))
+
+
+def _usage_table(report: dict[str, Any]) -> Table:
+    by = report["by"]
+    who = report["agent"] or "all agents"
+    table = Table(report["period"], by, "calls", "amount",
+                  title=f"usage of {who}, {report['since']} to {report['until']}")
+    for row in report["rows"]:
+        table.add_row(row["start"], row[by], str(row["calls"]), row["amount"])
+    total = report["total"]
+    table.add_row("total", "", str(total["calls"]), total["amount"], style="bold")
+    return table
 
 
 def _ledger_table(name: str, entries: list[dict[str, Any]]) -> Table:

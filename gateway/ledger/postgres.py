@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -76,6 +76,10 @@ class PostgresStore:
     async def agent_totals(self) -> dict[str, int]:
         rows = await self._with(lambda conn: conn.fetch(schema.AGENT_TOTALS))
         return {r[0]: int(r[1]) for r in rows}
+
+    async def query(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
+        rows = await self._with(lambda conn: conn.fetch(dollar(sql), *params))
+        return [tuple(r) for r in rows]
 
     async def open_holds(self) -> list[OpenHold]:
         rows = await self._with(lambda conn: conn.fetch(schema.OPEN_HOLDS))

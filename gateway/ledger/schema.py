@@ -71,6 +71,16 @@ MIGRATIONS: list[list[str]] = [
             store_id TEXT NOT NULL,
             created_at_ms BIGINT NOT NULL)""",
     ],
+    [
+        # Usage (gateway/ledger/usage.py): what was paid, by agent and time, and by time
+        # alone for all agents. Partial, over the paid rows only (the predicate is repeated
+        # word for word by the queries), and covering: kind, tool, category and amount ride
+        # in the index, so a usage report reads no table row.
+        """CREATE INDEX ledger_usage_agent ON ledger_entries
+            (agent, at_ms, kind, tool, category, amount) WHERE kind IN ('charge', 'capture')""",
+        """CREATE INDEX ledger_usage_at ON ledger_entries
+            (at_ms, kind, tool, category, amount) WHERE kind IN ('charge', 'capture')""",
+    ],
 ]
 
 INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms, kind,

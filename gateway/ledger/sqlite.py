@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -74,6 +74,9 @@ class SqliteStore:
     async def agent_totals(self) -> dict[str, int]:
         rows = await self._run(lambda db: db.execute(schema.AGENT_TOTALS).fetchall())
         return {agent: int(total) for agent, total in rows}
+
+    async def query(self, sql: str, params: list[object]) -> list[tuple[Any, ...]]:
+        return await self._run(lambda db: [tuple(r) for r in db.execute(sql, params)])
 
     async def open_holds(self) -> list[OpenHold]:
         rows = await self._run(lambda db: db.execute(schema.OPEN_HOLDS).fetchall())
