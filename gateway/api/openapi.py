@@ -63,6 +63,13 @@ ROUTE_SPECS: list[tuple[str, str, str, str, dict[str, Any] | None, int]] = [
     ("DELETE", "/v1/agents/{agent}/keys/{key_id}", "Revoke a key", "admin", None, 204),
     ("GET", "/v1/agents/{agent}/ledger", "The ledger, newest first (limit, before, kind, tool)",
      "admin", None, 200),
+    ("GET", "/v1/agents/{agent}/usage",
+     "Spending by tool or category per hour or day, from the ledger (by, period, since, "
+     "until)", "admin|agent", None, 200),
+    ("GET", "/v1/usage", "Every agent's spending, or one's with agent= (by, period, since, "
+     "until, agent)", "admin", None, 200),
+    ("GET", "/v1/summary", "The agents table: paged, sorted and filtered, with totals "
+     "(limit, cursor, sort, order, q, frozen)", "admin", None, 200),
     ("PUT", "/v1/tools/{tool}", "Create or replace a catalog entry", "admin",
      {"type": "object", "required": ["price", "category"], "properties": {
          "price": AMOUNT, "category": NAME, "pricing": {"enum": ["fixed", "variable"]},
