@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.gateway_proc import ADMIN_TOKEN, Gateway
-from tests.http_helpers import new_agent
+from tests.http_helpers import new_agent, unique
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -134,4 +135,58 @@ def test_wrong_token_is_refused(browser: Browser, gateway: Gateway) -> None:
     expect(page.locator("#signin-error")).to_have_text("That token was refused.")
     assert page.evaluate("sessionStorage.getItem('iou-token')") is None
     assert all("401" in e for e in errors)  # the refused fetch itself, nothing else
+    page.close()
+
+
+def test_create_agent_keys_usage_and_sorting(browser: Browser, gateway: Gateway) -> None:
+    page, errors, foreign = open_page(browser, gateway, 1280, 900)
+    sign_in(page)
+    name = unique("made")
+    page.click("#create summary")
+    page.fill("#create-agent input[name=name]", name)
+    page.fill("#create-agent input[name=grant]", "12")
+    page.click("#create-agent button[type=submit]")
+    expect(page.locator("#new-key")).to_contain_text("iou_")  # shown once, here
+    key = page.locator("#new-key code").inner_text()
+    expect(page.locator(f"tr[data-agent='{name}']")).to_be_visible(timeout=10000)
+
+    with gateway.agent(key) as agent:  # the key shown works
+        for tool, count in (("web_search", 3), ("buy", 1)):
+            for _ in range(count):
+                assert agent.post("/v1/charge", json={"tool": tool}).status_code == 200
+    # Sorting is the server's, numbers as numbers: by balance descending, the biggest first.
+    page.locator("th[data-sort=balance] button").click()
+    page.locator("th[data-sort=balance] button").click()
+    expect(page.locator("th[data-sort=balance]")).to_have_attribute("aria-sort", "descending")
+    texts = page.locator("#agents tbody td.balance").all_inner_texts()
+    shown = [Decimal(t.replace("low", "").strip()) for t in texts]
+    assert shown == sorted(shown, reverse=True)
+
+    page.goto(f"{gateway.url}/dashboard/#/agent/{name}")
+    expect(page.locator("#keys tbody tr")).to_have_count(1)
+    assert "iou_" not in page.locator("#keys").inner_text()  # key ids, never a key
+    page.click("text=New key")
+    expect(page.locator("#keys tbody tr")).to_have_count(2)
+    # The usage comes from the ledger (the writer's lag, then the card's poll): a deadline.
+    usage = page.locator("#usage")
+    expect(usage.locator("rect.seg[data-key='web_search']")).to_have_count(1, timeout=20000)
+    expect(usage.locator("rect.seg[data-key='buy']")).to_have_count(1)
+    expect(usage.locator(".legend")).to_contain_text("web_search 0.15 (3 calls)")
+    assert usage.locator("text.x-tick").count() >= 2  # a time axis with labels
+    assert usage.locator("text.y-tick").count() >= 2
+    expect(page.locator(".chart[aria-label='Balance over time'] text.x-tick").first).to_be_visible()
+    with page.expect_download() as download:
+        page.click("#usage-csv")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0] == "start,tool,calls,amount"
+    assert sorted(line.split(",", 1)[1] for line in lines[1:]) == ["buy,1,1.5",
+                                                                   "web_search,3,0.15"]
+    page.select_option("#usage select[name=by]", "category")
+    expect(usage.locator(".legend")).to_contain_text("commerce 1.5 (1 calls)")
+    page.screenshot(path=ARTIFACTS / "agent-usage-1280.png", full_page=True)
+
+    page.click("a[href='#/usage']")
+    expect(page.locator("#all-usage rect.seg").first).to_be_visible(timeout=15000)
+    page.screenshot(path=ARTIFACTS / "usage-1280.png", full_page=True)
+    assert errors == [] and foreign == []
     page.close()

@@ -1,12 +1,12 @@
-// IOU gateway dashboard: plain JS, no build step, no external requests.
+// IOU gateway dashboard: plain JS, no build step, no external requests. Every list is paged,
+// sorted and filtered by the server, and only what is on screen is polled.
 // The admin token lives in sessionStorage only; every call sends it as a bearer header.
 "use strict";
 
 const REFRESH_MS = 2000;
 const MICROS = 1000000n;
 let timer = null;
-let overviewSort = { key: "agent", dir: 1 };
-let overviewFilter = "";
+const extraTimers = [];
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -54,7 +54,10 @@ function signOut(message) {
   route(message);
 }
 
-function stopRefresh() { if (timer) { clearInterval(timer); timer = null; } }
+function stopRefresh() {
+  if (timer) { clearInterval(timer); timer = null; }
+  for (const t of extraTimers.splice(0)) clearInterval(t);
+}
 
 function route(message) {
   stopRefresh();
@@ -71,21 +74,16 @@ function route(message) {
   const hash = location.hash || "#/";
   if (hash.startsWith("#/agent/")) agentView(view, decodeURIComponent(hash.slice(8)));
   else if (hash === "#/tools") toolsView(view);
+  else if (hash === "#/usage") usageView(view);
   else overview(view);
 }
 
 // ---- overview ---------------------------------------------------------------------------
+// One request per refresh: GET /v1/summary answers the page on screen (sorted, filtered
+// and paged by the server) and the totals, however many agents the store holds.
 
-async function loadAgents() {
-  let rows = [], cursor = null;
-  do {
-    const page = await api("GET", "/v1/agents?limit=1000" + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
-    rows = rows.concat(page.agents);
-    cursor = page.next_cursor;
-  } while (cursor);
-  const details = await Promise.all(rows.map((a) => api("GET", "/v1/agents/" + encodeURIComponent(a.agent))));
-  return details;
-}
+const overviewState = { sort: "agent", order: "asc", q: "", frozen: "", limit: 50, cursors: [null] };
+const SORTABLE = [["agent", "Agent"], ["balance", "Balance"], ["held", "Held"], ["spent_today", "Spent today / daily cap"]];
 
 function dailyBar(spent, cap) {
   if (!cap) return h("span", { class: "hint" }, "no daily cap");
@@ -95,49 +93,101 @@ function dailyBar(spent, cap) {
     h("span", { class: cls, style: `width:${Math.min(pct, 100)}%` })), ` ${spent} / ${cap}`);
 }
 
+function isLow(a) { return a.low_balance !== null && micros(a.balance) < micros(a.low_balance); }
+
+function summaryQuery(s) {
+  const q = new URLSearchParams({ sort: s.sort, order: s.order, limit: String(s.limit) });
+  if (s.q) q.set("q", s.q);
+  if (s.frozen) q.set("frozen", s.frozen);
+  const cursor = s.cursors[s.cursors.length - 1];
+  if (cursor) q.set("cursor", cursor);
+  return q;
+}
+
 function overview(view) {
-  const filter = h("input", { type: "search", placeholder: "Filter agents", value: overviewFilter,
-    "aria-label": "Filter agents", oninput: (e) => { overviewFilter = e.target.value; draw(); } });
+  const s = overviewState;
+  const status = h("p", { class: "notice", role: "status" });
+  const say = (text, bad) => { status.textContent = text; status.className = bad ? "error" : "notice"; };
+  const restart = () => { s.cursors = [null]; refresh(); };
+  let debounce = null;
+  const filter = h("input", { type: "search", placeholder: "Filter by name", value: s.q, "aria-label": "Filter agents by name",
+    oninput: (e) => { clearTimeout(debounce); debounce = setTimeout(() => {
+      s.q = e.target.value.trim().toLowerCase().replace(/[^a-z0-9_.-]/g, "").slice(0, 64); restart(); }, 200); } });
+  const frozen = h("select", { "aria-label": "State filter", onchange: (e) => { s.frozen = e.target.value; restart(); } },
+    ...[["", "any state"], ["false", "active"], ["true", "frozen"]].map(([v, t]) => h("option", { value: v, selected: s.frozen === v }, t)));
+  const size = h("select", { "aria-label": "Rows per page", onchange: (e) => { s.limit = Number(e.target.value); restart(); } },
+    ...[25, 50, 100, 250].map((n) => h("option", { value: n, selected: s.limit === n }, `${n} per page`)));
   const totals = h("div", { class: "totals" });
   const body = h("tbody");
-  const header = h("tr", {}, ...[["agent", "Agent"], ["balance", "Balance"], ["held", "Held"],
-    ["spent_today", "Spent today / daily cap"], ["frozen", "State"]].map(([key, label]) =>
-    h("th", {}, h("button", { type: "button", onclick: () => {
-      overviewSort = { key, dir: overviewSort.key === key ? -overviewSort.dir : 1 }; draw(); } }, label))));
-  view.append(h("h1", {}, "Agents"), totals, h("p", {}, filter),
-    h("div", { class: "table-wrap" }, h("table", { id: "agents" }, h("thead", {}, header), body)));
-  let agents = [];
-  function draw() {
-    const sum = (k) => tokens(agents.reduce((s, a) => s + micros(a[k]), 0n));
+  const heads = SORTABLE.map(([key, label]) => h("th", { "data-sort": key }, h("button", { type: "button", onclick: () => {
+    s.order = s.sort === key && s.order === "asc" ? "desc" : "asc"; s.sort = key; restart(); } }, label)));
+  const prev = h("button", { type: "button", class: "secondary", id: "prev", onclick: () => { s.cursors.pop(); refresh(); } }, "← Previous");
+  const next = h("button", { type: "button", class: "secondary", id: "next" }, "Next →");
+  const where = h("span", { class: "hint", id: "where" });
+  let nextCursor = null;
+  next.addEventListener("click", () => { if (nextCursor) { s.cursors.push(nextCursor); refresh(); } });
+
+  const keyOut = h("p", { class: "key", hidden: true, id: "new-key" });
+  const name = h("input", { name: "name", required: true, placeholder: "research-agent", pattern: "[a-z0-9_.\\-]{1,64}", "aria-label": "New agent name", size: 16 });
+  const grant = h("input", { name: "grant", placeholder: "10", "aria-label": "Opening grant", size: 8 });
+  const create = h("form", { class: "row", id: "create-agent", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const body = { name: name.value.trim() };
+      if (grant.value.trim()) body.grant = grant.value.trim();
+      const r = await api("POST", "/v1/agents", body);
+      keyOut.hidden = false;
+      keyOut.replaceChildren(`Agent ${r.agent} created with ${r.balance}. Its key, shown this once: `, h("code", {}, r.api_key));
+      say(`Created ${r.agent}`); name.value = ""; grant.value = ""; refresh();
+    } catch (err) { say(err.message, true); }
+  } }, h("label", {}, "New agent", name), h("label", {}, "Grant", grant), h("button", { type: "submit" }, "Create agent"));
+
+  view.append(h("h1", {}, "Agents"), totals, status,
+    h("details", { class: "card", id: "create" }, h("summary", {}, "Create an agent"), create, keyOut),
+    h("p", { class: "row" }, filter, frozen, size),
+    h("div", { class: "table-wrap" }, h("table", { id: "agents" },
+      h("thead", {}, h("tr", {}, ...heads, h("th", {}, "State"))), body)),
+    h("p", { class: "row pager" }, prev, where, next));
+
+  function draw(page) {
+    const t = page.totals;
     totals.replaceChildren(
-      h("div", {}, "Agents", h("b", {}, agents.length)),
-      h("div", {}, "Balance", h("b", { id: "total-balance" }, sum("balance"))),
-      h("div", {}, "Held", h("b", {}, sum("held"))),
-      h("div", {}, "Spent today", h("b", {}, sum("spent_today"))),
-      h("div", {}, "Low balance", h("b", {}, agents.filter((a) => a.warnings.includes("low_balance")).length)));
-    const shown = agents.filter((a) => a.agent.includes(overviewFilter.trim()));
-    const key = overviewSort.key;
-    shown.sort((x, y) => {
-      const a = x[key], b = y[key];
-      const c = typeof a === "string" && /^-?[0-9.]+$/.test(a) ? (micros(a) > micros(b) ? 1 : micros(a) < micros(b) ? -1 : 0)
-        : String(a).localeCompare(String(b));
-      return c * overviewSort.dir;
-    });
-    body.replaceChildren(...shown.map((a) => {
-      const low = a.warnings.includes("low_balance");
+      h("div", {}, "Agents", h("b", { id: "total-agents" }, t.agents.toLocaleString("en"))),
+      h("div", {}, "Balance", h("b", { id: "total-balance" }, t.balance)),
+      h("div", {}, "Held", h("b", {}, t.held)),
+      h("div", {}, "Spent today", h("b", {}, t.spent_today)),
+      h("div", {}, "Frozen", h("b", {}, t.frozen)));
+    for (const th of heads) {
+      th.setAttribute("aria-sort", th.dataset.sort === page.sort ? (page.order === "asc" ? "ascending" : "descending") : "none");
+    }
+    body.replaceChildren(...page.agents.map((a) => {
+      const low = isLow(a);
       return h("tr", { class: low ? "low" : null, "data-agent": a.agent },
         h("td", {}, h("a", { href: "#/agent/" + encodeURIComponent(a.agent) }, a.agent)),
-        h("td", { class: "balance" }, a.balance, low ? h("span", { class: "badge low" }, " low") : null),
-        h("td", {}, a.held),
-        h("td", {}, dailyBar(a.spent_today, a.limits.daily)),
+        h("td", { class: "balance num" }, a.balance, low ? h("span", { class: "badge low" }, " low") : null),
+        h("td", { class: "num" }, a.held),
+        h("td", {}, dailyBar(a.spent_today, a.daily)),
         h("td", {}, a.frozen ? h("span", { class: "badge frozen" }, "frozen") : "active"));
     }));
+    const first = page.matched ? page.position + 1 : 0;
+    where.textContent = `${first.toLocaleString("en")}–${(page.position + page.agents.length).toLocaleString("en")} of ` +
+      `${page.matched.toLocaleString("en")} · figures as of ${page.as_of.slice(11, 19)} UTC`;
+    nextCursor = page.next_cursor;
+    next.disabled = !nextCursor;
+    prev.disabled = s.cursors.length < 2;
   }
+  // A user's change (sort, filter, page) asks at once; only the newest answer is drawn. The
+  // 2 s poll skips a beat while an answer is outstanding or the tab is hidden.
+  let asked = 0, inFlight = 0;
   async function refresh() {
-    try { agents = await loadAgents(); draw(); } catch (e) { /* shown on next success */ }
+    const mine = ++asked;
+    inFlight += 1;
+    try { const page = await api("GET", "/v1/summary?" + summaryQuery(s)); if (mine === asked) draw(page); }
+    catch (e) { say(e.message, true); }
+    finally { inFlight -= 1; }
   }
   refresh();
-  timer = setInterval(refresh, REFRESH_MS);
+  timer = setInterval(() => { if (!inFlight && !document.hidden) refresh(); }, REFRESH_MS);
 }
 
 // ---- agent page -------------------------------------------------------------------------
@@ -167,10 +217,18 @@ function agentView(view, name) {
     await api("POST", `/v1/agents/${encodeURIComponent(name)}/${verb}`); say(`${verb}d`); await refresh();
   }));
   const keyOut = h("p", { class: "key", hidden: true });
+  const keysBody = h("tbody");
   const keyBtn = h("button", { type: "button", class: "secondary", onclick: act(async () => {
     const r = await api("POST", `/v1/agents/${encodeURIComponent(name)}/keys`);
     keyOut.hidden = false; keyOut.textContent = `New key ${r.key_id} (shown once): ${r.api_key}`;
+    await loadKeys();
   }) }, "New key");
+  async function loadKeys() {
+    const data = await api("GET", `/v1/agents/${encodeURIComponent(name)}/keys`);
+    keysBody.replaceChildren(...data.keys.map((k) => h("tr", { "data-key": k.key_id },
+      h("td", {}, h("code", {}, k.key_id)), h("td", {}, k.created_at || ""), h("td", {}, k.last_used_at || "never"))));
+  }
+  const usage = usageCard(name);
 
   const fields = {};
   const limitInput = (key, label) => (fields[key] = h("input", { name: key, "aria-label": label, size: 10 }),
@@ -199,7 +257,10 @@ function agentView(view, name) {
 
   view.append(h("p", {}, h("a", { href: "#/" }, "← Agents")), h("h1", {}, name), status, summary,
     h("div", { class: "card" }, fundForm, h("p", { class: "row" }, freezeBtn, keyBtn), keyOut),
-    charts,
+    charts, usage,
+    h("div", { class: "card" }, h("h2", {}, "Keys"), h("p", { class: "hint" }, "Key ids only: a key is shown once, when it is made."),
+      h("div", { class: "table-wrap" }, h("table", { id: "keys" }, h("thead", {}, h("tr", {},
+        ...["Key id", "Created", "Last used"].map((t) => h("th", {}, t)))), keysBody))),
     h("div", { class: "card" }, h("h2", {}, "Limits"), limitsForm),
     h("div", { class: "card" }, h("h2", {}, "Ledger"),
       h("div", { class: "row" }, h("label", {}, "Kind", kind), h("label", {}, "Tool", tool),
@@ -247,57 +308,172 @@ function agentView(view, name) {
     const cols = ["entry_id", "at", "kind", "tool", "category", "amount", "balance_after", "idempotency_key", "hold_id"];
     const esc = (v) => (v === null || v === undefined ? "" : /[",\n]/.test(String(v)) ? `"${String(v).replace(/"/g, '""')}"` : String(v));
     const text = [cols.join(",")].concat(entries.map((e) => cols.map((c) => esc(e[c])).join(","))).join("\n") + "\n";
-    const link = h("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: `${name}-ledger.csv` });
-    document.body.append(link); link.click(); link.remove();
+    download(text, `${name}-ledger.csv`);
   }
 
   async function drawCharts() {
-    const page = await api("GET", `/v1/agents/${encodeURIComponent(name)}/ledger?limit=1000`);
-    charts.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Balance over time"), balanceChart(page.entries)),
-      h("div", { class: "card" }, h("h2", {}, "Spend by category, last 24 h"), categoryChart(page.entries)));
+    // The ledger page already on screen (newest 100 entries) draws the balance line.
+    charts.replaceChildren(h("div", { class: "card" }, h("h2", {}, "Balance over time"), balanceChart(entries)));
   }
 
-  const tick = async () => { try { await refresh(); await loadLedger(true); await drawCharts(); } catch (e) { say(e.message, true); } };
-  tick();
+  const tick = async () => {
+    if (document.hidden) return;
+    try { await refresh(); await loadLedger(true); await drawCharts(); } catch (e) { say(e.message, true); }
+  };
+  const usageTick = () => { if (!document.hidden) usage.load().catch((e) => say(e.message, true)); };
+  tick(); usageTick(); loadKeys().catch((e) => say(e.message, true));
   timer = setInterval(tick, REFRESH_MS);
+  extraTimers.push(setInterval(usageTick, usage.every));
 }
 
 const SVG = "http://www.w3.org/2000/svg";
-function svg(tag, attrs) {
+function svg(tag, attrs, text) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
   return el;
 }
 
-function balanceChart(entries) {
-  const points = entries.filter((e) => e.balance_after !== null).map((e) => [Date.parse(e.at), Number(e.balance_after)]).reverse();
-  const chart = svg("svg", { viewBox: "0 0 400 180", role: "img", "aria-label": "Balance over time" });
-  if (points.length < 2) { const t = svg("text", { x: 10, y: 90 }); t.textContent = "Not enough entries yet"; chart.append(t); return chart; }
-  const [t0, t1] = [points[0][0], points[points.length - 1][0] || points[0][0] + 1];
-  const max = Math.max(...points.map((p) => p[1]), 0.000001);
-  const xy = points.map(([t, v]) => `${10 + ((t - t0) / Math.max(t1 - t0, 1)) * 380},${170 - (v / max) * 155}`);
-  chart.append(svg("polyline", { points: xy.join(" "), fill: "none", stroke: "#2453d6", "stroke-width": 2 }));
-  const label = svg("text", { x: 10, y: 12, "font-size": 11 }); label.textContent = `max ${max}`; chart.append(label);
-  return chart;
+// A chart frame with axes: time (UTC) along x, tokens along y, ticks and labels on both.
+// Positions are drawn with Numbers; the labels come from the decimal strings' math in micros.
+const CHART = { w: 560, h: 220, left: 58, right: 30, top: 24, bottom: 36 };
+function niceStep(maxMicros) {
+  const raw = Number(maxMicros) / 4;
+  const pow = 10 ** Math.floor(Math.log10(Math.max(raw, 1)));
+  const step = [1, 2, 5, 10].map((m) => m * pow).find((v) => v >= raw) || pow * 10;
+  return BigInt(Math.max(1, Math.round(step)));
+}
+function timeText(ms, spanMs) {
+  const iso = new Date(ms).toISOString();
+  if (spanMs > 2 * 86400000) return iso.slice(5, 10);
+  if (spanMs > 43200000) return iso.slice(5, 10) + " " + iso.slice(11, 16);
+  return spanMs > 900000 ? iso.slice(11, 16) : iso.slice(11, 19);
+}
+function frame(label, t0, t1, maxMicros, width) {
+  const c = { ...CHART, w: width || CHART.w }, pw = c.w - c.left - c.right, ph = c.h - c.top - c.bottom;
+  const chart = svg("svg", { viewBox: `0 0 ${c.w} ${c.h}`, role: "img", "aria-label": label, class: "chart" });
+  const step = niceStep(maxMicros > 0n ? maxMicros : MICROS);
+  const top = ((maxMicros > 0n ? maxMicros : MICROS) + step - 1n) / step * step;
+  const x = (t) => c.left + ((t - t0) / Math.max(t1 - t0, 1)) * pw;
+  const y = (m) => c.top + ph - (Number(m) / Number(top)) * ph;
+  const axis = svg("g", { class: "axis" });
+  for (let v = 0n; v <= top; v += step) {
+    axis.append(svg("line", { x1: c.left, x2: c.w - c.right, y1: y(v), y2: y(v), class: v === 0n ? "base" : "grid" }),
+      svg("text", { x: c.left - 6, y: y(v) + 4, "text-anchor": "end", class: "tick y-tick" }, tokens(v)));
+  }
+  const ticks = 5;
+  for (let i = 0; i <= ticks; i++) {
+    const t = t0 + ((t1 - t0) * i) / ticks;
+    axis.append(svg("line", { x1: x(t), x2: x(t), y1: c.top + ph, y2: c.top + ph + 4, class: "base" }),
+      svg("text", { x: x(t), y: c.h - c.bottom + 18, "text-anchor": "middle", class: "tick x-tick" }, timeText(t, t1 - t0)));
+  }
+  axis.append(svg("text", { x: c.w - c.right, y: c.h - 4, "text-anchor": "end", class: "tick" }, "time (UTC)"),
+    svg("text", { x: 4, y: 12, class: "tick" }, "tokens"));
+  chart.append(axis);
+  return { chart, x, y, pw, ph, top };
 }
 
-function categoryChart(entries) {
-  const since = Date.now() - 86400000;
-  const spend = {};
-  for (const e of entries) {
-    if ((e.kind === "charge" || e.kind === "capture") && Date.parse(e.at) >= since) {
-      spend[e.category || "?"] = (spend[e.category || "?"] || 0n) + micros(e.amount);
+function balanceChart(entries) {
+  const points = entries.filter((e) => e.balance_after !== null).map((e) => [Date.parse(e.at), micros(e.balance_after)]).reverse();
+  if (points.length < 2) {
+    const chart = svg("svg", { viewBox: `0 0 ${CHART.w} ${CHART.h}`, role: "img", "aria-label": "Balance over time", class: "chart" });
+    chart.append(svg("text", { x: 10, y: 90 }, "Not enough entries yet"));
+    return chart;
+  }
+  const t0 = points[0][0], t1 = Math.max(points[points.length - 1][0], t0 + 1000);
+  const max = points.reduce((m, p) => (p[1] > m ? p[1] : m), 0n);
+  const f = frame("Balance over time", t0, t1, max);
+  const xy = points.map(([t, v]) => `${f.x(t).toFixed(1)},${f.y(v).toFixed(1)}`);
+  f.chart.append(svg("polyline", { points: xy.join(" "), fill: "none", stroke: "#2453d6", "stroke-width": 2, class: "line" }));
+  return f.chart;
+}
+
+// ---- usage: stacked bars per hour or day, by tool or category, from the ledger ------------
+
+const PALETTE = ["#2453d6", "#1f7a3a", "#a15c00", "#b3261e", "#6b3fa0", "#0f7c8c", "#8a6d1d", "#c2457a", "#4b5563", "#3f8f2f"];
+const PERIOD_MS = { hour: 3600000, day: 86400000 };
+const RANGES = [["24h", "last 24 hours", 86400000, "hour"], ["7d", "last 7 days", 7 * 86400000, "hour"],
+  ["30d", "last 30 days", 30 * 86400000, "day"], ["365d", "last 365 days", 365 * 86400000, "day"]];
+
+function usageChart(report) {
+  const width = PERIOD_MS[report.period], by = report.by;
+  const t0 = Date.parse(report.since), t1 = Date.parse(report.until);
+  const keys = report.totals.slice().sort((a, b) => (micros(b.amount) > micros(a.amount) ? 1 : -1)).map((t) => t[by]);
+  const color = (k) => PALETTE[keys.indexOf(k) % PALETTE.length];
+  const stacks = new Map();
+  for (const r of report.rows) {
+    const start = Date.parse(r.start);
+    if (!stacks.has(start)) stacks.set(start, []);
+    stacks.get(start).push(r);
+  }
+  let max = 0n;
+  for (const rows of stacks.values()) { const s = rows.reduce((a, r) => a + micros(r.amount), 0n); if (s > max) max = s; }
+  const f = frame(`Spending per ${report.period} by ${by}`, t0, t1, max, 900);
+  const barW = Math.max(1, (f.pw * width) / Math.max(t1 - t0, 1) - 1);
+  for (const [start, rows] of stacks) {
+    let base = 0n;
+    rows.sort((a, b) => keys.indexOf(a[by]) - keys.indexOf(b[by]));
+    for (const r of rows) {
+      const top = base + micros(r.amount);
+      const rect = svg("rect", { x: f.x(start) + 0.5, y: f.y(top), width: barW, height: Math.max(0.5, f.y(base) - f.y(top)),
+        fill: color(r[by]), "data-key": r[by], class: "seg" });
+      rect.append(svg("title", {}, `${r.start} ${r[by]}: ${r.amount} (${r.calls} calls)`));
+      f.chart.append(rect);
+      base = top;
     }
   }
-  const cats = Object.entries(spend);
-  const chart = svg("svg", { viewBox: "0 0 400 180", role: "img", "aria-label": "Spend by category" });
-  const max = cats.reduce((m, [, v]) => (v > m ? v : m), 1n);
-  cats.forEach(([cat, v], i) => {
-    const y = 10 + i * 30;
-    chart.append(svg("rect", { x: 110, y, height: 20, width: Number((v * 270n) / max) || 1, fill: "#1f7a3a" }));
-    const t = svg("text", { x: 5, y: y + 15, "font-size": 12 }); t.textContent = `${cat} ${tokens(v)}`; chart.append(t);
-  });
-  return chart;
+  const legend = h("ul", { class: "legend" }, ...report.totals.map((t) => h("li", {},
+    h("span", { class: "swatch", style: `background:${color(t[by])}` }), `${t[by]} ${t.amount} (${t.calls} calls)`)));
+  return h("div", {}, f.chart, legend);
+}
+
+function usageCsv(report) {
+  const by = report.by;
+  const lines = [["start", by, "calls", "amount"].join(",")].concat(report.rows.map((r) => [r.start, r[by], r.calls, r.amount].join(",")));
+  return lines.join("\n") + "\n";
+}
+
+function download(text, filename) {
+  const link = h("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: filename });
+  document.body.append(link); link.click(); link.remove();
+}
+
+// A card with the usage of one agent (or all agents when `agent` is null), refreshed every
+// USAGE_REFRESH_MS while on screen: the ledger changes by the second, not by the frame.
+const USAGE_REFRESH_MS = 10000;
+function usageCard(agent) {
+  const state = { by: "tool", range: "24h" };
+  const body = h("div", { class: "usage-chart" });
+  const total = h("p", { class: "hint" });
+  const by = h("select", { "aria-label": "Group by", name: "by", onchange: (e) => { state.by = e.target.value; load(); } },
+    h("option", { value: "tool" }, "by tool"), h("option", { value: "category" }, "by category"));
+  const range = h("select", { "aria-label": "Range", name: "range", onchange: (e) => { state.range = e.target.value; load(); } },
+    ...RANGES.map(([v, t]) => h("option", { value: v }, t)));
+  let report = null;
+  const csv = h("button", { type: "button", class: "secondary", id: agent ? "usage-csv" : "all-usage-csv", onclick: () => {
+    if (report) download(usageCsv(report), `${agent || "all-agents"}-usage-${report.period}-${report.by}.csv`); } }, "Export CSV");
+  async function load() {
+    const [, , span, period] = RANGES.find((r) => r[0] === state.range);
+    const q = new URLSearchParams({ by: state.by, period, since: new Date(Date.now() - span).toISOString().slice(0, 19) + "Z" });
+    const path = agent ? `/v1/agents/${encodeURIComponent(agent)}/usage?${q}` : `/v1/usage?${q}`;
+    report = await api("GET", path);
+    body.replaceChildren(usageChart(report));
+    total.textContent = `Total ${report.total.amount} tokens in ${report.total.calls} paid calls, ${report.since.slice(0, 16)} to ${report.until.slice(0, 16)} UTC`;
+  }
+  const card = h("div", { class: "card usage", id: agent ? "usage" : "all-usage" },
+    h("h2", {}, agent ? "Usage" : "Usage of all agents"), h("div", { class: "row" }, by, range, csv), body, total);
+  card.load = load;
+  card.every = USAGE_REFRESH_MS;
+  return card;
+}
+
+function usageView(view) {
+  const card = usageCard(null);
+  const status = h("p", { class: "error", role: "status" });
+  view.append(h("h1", {}, "Usage"), status, card);
+  const tick = () => { if (!document.hidden) card.load().catch((e) => { status.textContent = e.message; }); };
+  tick();
+  timer = setInterval(tick, USAGE_REFRESH_MS);
 }
 
 // ---- tools page -------------------------------------------------------------------------

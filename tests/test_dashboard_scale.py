@@ -1,0 +1,150 @@
+"""The dashboard with 100,000 agents in the store, in a real Chromium: the first screen in
+under 1 s, sorting and paging by the server, and the gateway's charge rate while dashboards
+poll within 5 % of its rate without them (phases alternated, medians compared)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.bulk_agents import load_agents
+from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
+from tests.http_helpers import seed_tools
+from tests.servers import redis_server
+from tests.test_dashboard import ARTIFACTS, browser, open_page
+
+pytestmark = pytest.mark.slow
+__all__ = ["browser"]  # the module-scoped Chromium fixture, shared
+
+AGENTS = 100_000
+KEYED_AGENTS = 256  # the agents the load generator charges
+PHASE_S = 8
+PHASE_PAIRS = 3
+DASHBOARDS = 3  # open dashboards polling during a "with" phase
+FIRST_SCREEN_S_MAX = 1.0
+RATE_LOSS_MAX = 0.05
+WRK_SCRIPT = Path(__file__).resolve().parent.parent / "loadtests" / "wrk_charge.lua"
+
+
+@pytest.fixture(scope="module")
+def big() -> Iterator[tuple[Gateway, list[str]]]:
+    """A gateway over a store of 100,000 agents; yields it and the keys of a few of them."""
+    with redis_server() as (url, _), running_gateway(url) as gw:
+        seed_tools(gw)
+        started = time.monotonic()
+        created = load_agents(url, AGENTS, "fleet-", keyed=KEYED_AGENTS)
+        print(f"\nloaded {AGENTS} agents in {time.monotonic() - started:.1f} s")
+        wait_for_ledger(gw)
+        started = time.monotonic()
+        with gw.admin() as admin:  # the first reading of the whole table (cold)
+            first = admin.get("/v1/summary", params={"limit": "1"}, timeout=120).json()
+        print(f"cold summary table of {first['totals']['agents']} agents: "
+              f"{time.monotonic() - started:.2f} s")
+        yield gw, [key for _, key in created[:KEYED_AGENTS]]
+
+
+def wait_for_ledger(gw: Gateway) -> None:
+    """Until the ledger writer has caught up with the 200,000 creation events (it would
+    otherwise compete with the measured phases)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        text = httpx.get(gw.url + "/metrics", timeout=10).text
+        found = re.search(r"^iou_ledger_pending_entries\S* ([0-9.e+]+)$", text, re.M)
+        if found is not None and float(found.group(1)) < 100:
+            return
+        time.sleep(1)
+    raise AssertionError("the ledger writer did not catch up in 300 s")
+
+
+def signed_in(browser: Browser, gw: Gateway) -> tuple[Page, list[str], list[str]]:
+    page, errors, foreign = open_page(browser, gw, 1280, 800)
+    page.evaluate(f"sessionStorage.setItem('iou-token', {ADMIN_TOKEN!r})")
+    return page, errors, foreign
+
+
+def test_first_screen_sort_and_pages_at_100k(browser: Browser,
+                                              big: tuple[Gateway, list[str]]) -> None:
+    gw, _ = big
+    page, errors, foreign = signed_in(browser, gw)
+    page.goto("about:blank")  # so that the timed load is a whole page load
+    started = time.monotonic()
+    page.goto(gw.url + "/dashboard/#/")
+    expect(page.locator("#agents tbody tr")).to_have_count(50)
+    expect(page.locator("#total-agents")).to_have_text("100,000")
+    first_screen_s = time.monotonic() - started
+    print(f"first screen with {AGENTS} agents: {first_screen_s * 1000:.0f} ms")
+    page.screenshot(path=ARTIFACTS / "overview-100k.png", full_page=True)
+    assert first_screen_s < FIRST_SCREEN_S_MAX
+
+    page.locator("th[data-sort=balance] button").click()  # ascending, as numbers
+    expect(page.locator("th[data-sort=balance]")).to_have_attribute("aria-sort", "ascending")
+    expect(page.locator("#agents tbody tr").first.locator("td.balance")).to_have_text("0")
+    ascending = balances(page)
+    assert ascending == sorted(ascending)
+    page.locator("th[data-sort=balance] button").click()
+    expect(page.locator("#agents tbody tr").first.locator("td.balance")).to_have_text("99.99")
+    descending = balances(page)
+    assert descending == sorted(descending, reverse=True)
+    page.click("#next")
+    expect(page.locator("#where")).to_contain_text("51–100 of 100,000")
+    assert balances(page)[0] <= descending[-1]
+    page.fill("input[type=search]", "fleet-09999")
+    expect(page.locator("#agents tbody tr")).to_have_count(10)  # fleet-099990 .. 099999
+    expect(page.locator("#where")).to_contain_text("of 10")
+    assert errors == [] and foreign == []
+    page.close()
+
+
+def balances(page: Page) -> list[Decimal]:
+    texts = page.locator("#agents tbody td.balance").all_inner_texts()
+    return [Decimal(t.replace("low", "").strip()) for t in texts]
+
+
+def charge_rate(gw: Gateway, keys_file: str, round_name: str) -> float:
+    """Charges per second that wrk drove through the gateway for PHASE_S seconds (every
+    answer must be a 200: a refusal would measure something else)."""
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", "16", "-d", f"{PHASE_S}s", "-s", str(WRK_SCRIPT), gw.url,
+         "--", keys_file, "/v1/charge", '{"tool":"calc"}', round_name],
+        capture_output=True, text=True, check=True, timeout=PHASE_S + 60).stdout
+    assert "Non-2xx" not in out, out
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert found is not None, out
+    return float(found.group(1))
+
+
+def test_charge_rate_while_dashboards_poll(browser: Browser,
+                                           big: tuple[Gateway, list[str]]) -> None:
+    gw, keys = big
+    assert shutil.which("wrk"), "wrk is needed: apt-get install wrk"
+    with tempfile.NamedTemporaryFile("w", suffix=".keys", delete=False) as f:
+        f.write("\n".join(keys) + "\n")
+    without: list[float] = []
+    with_dashboards: list[float] = []
+    for i in range(PHASE_PAIRS):
+        without.append(charge_rate(gw, f.name, f"off{i}"))
+        pages = [signed_in(browser, gw)[0] for _ in range(DASHBOARDS)]
+        for p in pages:  # each sorted by balance, the costliest order to keep
+            p.goto(gw.url + "/dashboard/#/")
+            p.locator("th[data-sort=balance] button").click()
+            expect(p.locator("#agents tbody tr")).to_have_count(50)
+        with_dashboards.append(charge_rate(gw, f.name, f"on{i}"))
+        for p in pages:
+            p.close()
+    Path(f.name).unlink()
+    base, polled = statistics.median(without), statistics.median(with_dashboards)
+    print(f"charges/s without dashboards {without}, with {DASHBOARDS} polling "
+          f"{with_dashboards}: medians {base:.0f} vs {polled:.0f} "
+          f"({(polled / base - 1) * 100:+.1f} %)")
+    assert polled >= base * (1 - RATE_LOSS_MAX)
