@@ -29,8 +29,8 @@ __all__ = ["browser"]  # the module-scoped Chromium fixture, shared
 
 AGENTS = 100_000
 KEYED_AGENTS = 256  # the agents the load generator charges
-PHASE_S = 8
-PHASE_PAIRS = 3
+PHASE_S = 5
+PHASE_PAIRS = 4
 DASHBOARDS = 3  # open dashboards polling during a "with" phase
 FIRST_SCREEN_S_MAX = 1.0
 RATE_LOSS_MAX = 0.05
@@ -89,11 +89,13 @@ def test_first_screen_sort_and_pages_at_100k(browser: Browser,
 
     page.locator("th[data-sort=balance] button").click()  # ascending, as numbers
     expect(page.locator("th[data-sort=balance]")).to_have_attribute("aria-sort", "ascending")
-    expect(page.locator("#agents tbody tr").first.locator("td.balance")).to_have_text("0")
+    expect(page.locator("#agents tbody tr").first.locator("td.balance")).to_have_text(
+        re.compile(r"^0\s*(low)?$"))
     ascending = balances(page)
     assert ascending == sorted(ascending)
     page.locator("th[data-sort=balance] button").click()
-    expect(page.locator("#agents tbody tr").first.locator("td.balance")).to_have_text("99.99")
+    expect(page.locator("#agents tbody tr").first.locator("td.balance")).to_have_text(
+        "99.99")
     descending = balances(page)
     assert descending == sorted(descending, reverse=True)
     page.click("#next")
