@@ -29,8 +29,10 @@ HOUR_MS = 3_600_000
 DAY0_MS = 1_795_910_400_000  # 2026-11-29T00:00:00Z
 
 
-def row(kind: str, agent: str, at_ms: int, tool: str, category: str, amount: int,
-        seq: int) -> LedgerEntry:
+def row(kind: str, agent: str, at_ms: int, paid: tuple[str, str, int], seq: int
+        ) -> LedgerEntry:
+    """A ledger row of ``kind`` at ``at_ms``; ``paid`` is (tool, category, amount micros)."""
+    tool, category, amount = paid
     return LedgerEntry(ids.uuid7(), "p00", at_ms, seq, at_ms, kind, agent, tool, category,
                        amount, 0, amount if kind == "capture" else None, None, None, None,
                        None, None, None)
@@ -47,15 +49,15 @@ async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
 async def test_usage_sums_paid_rows_by_bucket(store: LedgerStore) -> None:
     at = DAY0_MS + 10 * HOUR_MS
     await store.write([
-        row("charge", "ann", at + 5, "web_search", "tool", 50_000, 1),
-        row("charge", "ann", at + 6, "web_search", "tool", 50_000, 2),
-        row("capture", "ann", at + HOUR_MS + 1, "llm", "llm", 80_000, 3),
-        row("hold", "ann", at + 7, "llm", "llm", 300_000, 4),  # moves no money for good
-        row("release", "ann", at + 8, "llm", "llm", 300_000, 5),
-        row("fund", "ann", at + 9, "", "", 9_000_000, 6),
-        row("charge", "bob", at + 10, "buy", "commerce", 1_500_000, 7),
-        row("charge", "ann", at - 1, "web_search", "tool", 50_000, 8),  # before the range
-        row("charge", "ann", at + 2 * HOUR_MS, "web_search", "tool", 50_000, 9),  # after
+        row("charge", "ann", at + 5, ("web_search", "tool", 50_000), 1),
+        row("charge", "ann", at + 6, ("web_search", "tool", 50_000), 2),
+        row("capture", "ann", at + HOUR_MS + 1, ("llm", "llm", 80_000), 3),
+        row("hold", "ann", at + 7, ("llm", "llm", 300_000), 4),  # moves no money for good
+        row("release", "ann", at + 8, ("llm", "llm", 300_000), 5),
+        row("fund", "ann", at + 9, ("", "", 9_000_000), 6),
+        row("charge", "bob", at + 10, ("buy", "commerce", 1_500_000), 7),
+        row("charge", "ann", at - 1, ("web_search", "tool", 50_000), 8),  # before the range
+        row("charge", "ann", at + 2 * HOUR_MS, ("web_search", "tool", 50_000), 9),  # after
     ])
     since, until = at, at + 2 * HOUR_MS
     got = await usage(store, "tool", "hour", "ann", since, until)

@@ -382,8 +382,9 @@ def _print_csv(entries: list[dict[str, Any]]) -> None:
 @json_option
 @pass_options
 @refusals
-def usage(opts: Options, agent: str | None, by: str, period: str, since: str | None,
-          until: str | None, as_csv: bool) -> None:
+def usage(  # noqa: PLR0913 - click passes each of the command's options
+        opts: Options, agent: str | None, by: str, period: str, since: str | None,
+        until: str | None, as_csv: bool) -> None:
     """What was spent, per hour or day and per tool or category, from the ledger: one
     agent's with --agent, else every agent's together (admin)."""
     if as_csv and opts.as_json:
