@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from gateway.metering.agent_table import SORTS, AgentRow, AgentTable, totals_of
 from tests.gateway_proc import Gateway
 from tests.http_helpers import error_of, new_agent, unique
 
@@ -121,3 +122,26 @@ def test_refusals(gateway: Gateway) -> None:
     with gateway.agent(key) as agent:
         assert error_of(agent.get("/v1/summary")) == "forbidden"
     assert httpx.get(gateway.url + "/v1/summary").status_code == 401
+
+
+def test_pages_of_a_view_with_ties_cover_every_row_once() -> None:
+    rows = [AgentRow(f"a{i:03d}", (i * 37) % 7 * 1_000_000, 0, i % 2 == 0, 0, 0, i % 3)
+            for i in range(101)]
+    table = AgentTable(rows, 0, 0.0, totals_of(rows))
+    for sort in SORTS:
+        for frozen in (None, True):
+            view = table.view(sort, "", frozen)
+            for descending in (False, True):
+                seen: list[AgentRow] = []
+                cursor = None
+                while True:
+                    page, position, cursor = view.page(descending, 9, cursor)
+                    assert position == len(seen)
+                    seen += page
+                    if cursor is None:
+                        break
+                expected = sorted(view.rows, key=lambda r: (
+                    {"agent": 0, "balance": r.balance_micros, "held": r.held_micros,
+                     "spent_today": r.spent_today_micros}[sort], r.agent), reverse=descending)
+                assert seen == expected
+    assert table.totals.agents == 101 and table.totals.frozen == 51

@@ -61,11 +61,15 @@ SortKey = tuple[int, str]
 
 @dataclass
 class View:
-    """The rows of one filter in ascending (value, name) order, with their sort keys."""
+    """The rows of one filter in ascending (value, name) order. A cursor is found by
+    bisection with the sort key computed on the ~17 rows it visits, so a view holds no
+    list of keys beside its rows."""
 
     rows: list[AgentRow]
-    keys: list[SortKey]
     sort: str
+
+    def _key(self, row: AgentRow) -> SortKey:
+        return _key_of(row, self.sort)
 
     def page(self, descending: bool, limit: int, after: SortKey | None
              ) -> tuple[list[AgentRow], int, SortKey | None]:
@@ -73,13 +77,14 @@ class View:
         the position of the first one in this view (0-based) and the next cursor (None on
         the last page)."""
         if not descending:
-            start = 0 if after is None else bisect.bisect_right(self.keys, after)
+            start = 0 if after is None else bisect.bisect_right(self.rows, after, key=self._key)
             end = min(start + limit, len(self.rows))
             rows = self.rows[start:end]
             more = end < len(self.rows)
             position = start
         else:
-            end = len(self.rows) if after is None else bisect.bisect_left(self.keys, after)
+            end = (len(self.rows) if after is None
+                   else bisect.bisect_left(self.rows, after, key=self._key))
             start = max(0, end - limit)
             rows = self.rows[start:end][::-1]
             more = start > 0
@@ -125,7 +130,7 @@ class AgentTable:
         rows = self._sorted(sort)
         if q or frozen is not None:
             rows = [r for r in rows if q in r.agent and (frozen is None or r.frozen == frozen)]
-        made = View(rows, [_key_of(r, sort) for r in rows], sort)
+        made = View(rows, sort)
         self._views[cache_key] = made
         if len(self._views) > VIEWS_CACHED_MAX:
             self._views.popitem(last=False)
