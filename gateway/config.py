@@ -74,6 +74,8 @@ class Settings:
     # The metric files of several workers (set by `iou serve --workers N`), merged on
     # /metrics; None in a single process.
     metrics_dir: Path | None = None
+    # IOU_LOG_FORMAT: "text" (default) or "json" (one JSON object per log line).
+    log_format: str = "text"
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -116,6 +118,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         keepalive_timeout_s=_int(env, "IOU_KEEPALIVE_TIMEOUT_S", 5, 1, 3600),
         connections_max=_int(env, "IOU_CONNECTIONS_MAX", 1000, 8, 1_000_000),
         metrics_dir=Path(env[METRICS_DIR_VARIABLE]) if env.get(METRICS_DIR_VARIABLE) else None,
+        log_format=_choice(env, "IOU_LOG_FORMAT", ("text", "json")) or "text",
     )
     return settings
 
@@ -162,6 +165,15 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name}={raw!r}: must be between {low} and {high}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r}: must be one of {', '.join(allowed)}")
+    return raw
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,8 +38,45 @@ AUTH_FAILURES = Counter("iou_auth_failures_total",
                         "Failed authentications by answer (unauthorized or rate_limited)",
                         ["result"])
 PROXY_CALLS = Counter("iou_proxy_calls_total", "Proxied tool calls by result", ["result"])
+# Error answers by HTTP status (a bounded set: the contract's statuses). Success is not
+# counted here: the charge path's successes are iou_charges_total, and a success costs nothing.
+HTTP_ERRORS = Counter("iou_http_errors_total", "Error answers by HTTP status", ["status"])
+# Sampled from Redis INFO by a background task of each worker (REDIS_SAMPLE_INTERVAL_S), not
+# per scrape. On a cluster, the master closest to its limit. maxmemory 0 means no limit.
+REDIS_USED_MEMORY = Gauge("iou_redis_used_memory_bytes", "Redis used_memory (sampled)",
+                          multiprocess_mode="max")
+REDIS_MAXMEMORY = Gauge("iou_redis_maxmemory_bytes", "Redis maxmemory, 0 when unlimited (sampled)",
+                        multiprocess_mode="max")
+REDIS_SAMPLE_INTERVAL_S = 5.0
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_error_children: dict[int, Any] = {}
+
+
+def count_error(status: int) -> None:
+    """Count one error answer; the labelled children are cached (labels() is not free)."""
+    child = _error_children.get(status)
+    if child is None:
+        child = _error_children[status] = HTTP_ERRORS.labels(str(status))
+    child.inc()
+
+
+def memory_of(info: bytes | str) -> tuple[int, int]:
+    """(used_memory, maxmemory) in bytes from the text of ``INFO memory``."""
+    text = info.decode() if isinstance(info, bytes) else info
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return int(fields.get("used_memory", 0)), int(fields.get("maxmemory", 0))
+
+
+def record_redis_memory(infos: list[bytes | str]) -> None:
+    """Export the memory of the server closest to its limit (the only one on one Redis)."""
+    samples = [memory_of(info) for info in infos]
+    if not samples:
+        return
+    used, limit = max(samples, key=lambda s: (s[0] / s[1] if s[1] else 0.0, s[0]))
+    REDIS_USED_MEMORY.set(used)
+    REDIS_MAXMEMORY.set(limit)
 
 
 def render(metrics_dir: Path | None) -> bytes:

@@ -7,6 +7,9 @@ missing=""
 command -v redis-server >/dev/null 2>&1 || missing="redis-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+# promtool and prometheus (Debian's package): the alert rules' unit tests and the end-to-end alert
+# test; the tests fail, not skip, without them.
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null

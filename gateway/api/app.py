@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from gateway.api.auth import FailureLimits
 from gateway.api.context import Context
 from gateway.api.fastpath import ChargeFastPath
 from gateway.api.responses import json_response
+from gateway.api.sampler import sample_forever
 from gateway.api.store_guard import GuardedAuthenticator
 from gateway.config import Settings, load_settings
 from gateway.ledger.factory import open_store
@@ -119,11 +121,15 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s,
                             guard=guard)
     delivery = asyncio.create_task(deliverer.run_forever())
+    sampling = asyncio.create_task(sample_forever(engine.conn))
+    log.info("gateway worker %d started", os.getpid())
     try:
         yield
     finally:
+        log.info("gateway worker %d stopping", os.getpid())
         delivery.cancel()
-        await asyncio.gather(delivery, return_exceptions=True)
+        sampling.cancel()
+        await asyncio.gather(delivery, sampling, return_exceptions=True)
         await guard.stop()
         await http.aclose()
         await ledger.close()

@@ -28,6 +28,7 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway.config import Settings
+from gateway.logs import AGENT
 from gateway.metering.engine import Engine
 from gateway.metering.errors import Forbidden, RateLimited, Unauthorized
 from gateway.observability import AUTH_FAILURES
@@ -109,6 +110,7 @@ class Authenticator:
             agent, digest = await self._agent_of(token)
             if agent is not None:
                 self._note_key_use(agent, digest)
+                AGENT.set(agent)  # log lines of this request name it (own task, own context)
                 return Caller(agent)
         await self._failed(token, client_address(peer, forwarded_for, self._trusted))
         raise Unauthorized("A valid bearer token is required.")

@@ -16,6 +16,7 @@ from gateway.api.responses import error_response
 from gateway.config import Settings
 from gateway.ledger.identity import StoreGuard
 from gateway.ledger.store import LedgerStore
+from gateway.logs import AGENT
 from gateway.metering.engine import Engine
 from gateway.metering.errors import GatewayError
 from gateway.webhooks.deliverer import WebhookDeliverer
@@ -52,6 +53,8 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             return await handler(request.app.state.ctx, request)
         except GatewayError as exc:
+            if AGENT.get() is None and "agent" in request.path_params:
+                AGENT.set(request.path_params["agent"])  # an admin route about an agent
             return error_response(exc)
 
     run.__name__ = handler.__name__

@@ -22,10 +22,13 @@ from gateway.api.auth import Authenticator
 from gateway.api.body import configure_json_limits, json_body, read_asgi_body
 from gateway.api.context import Context
 from gateway.api.payloads import charge_payload
+from gateway.api.request_id import HEADER as REQUEST_ID_HEADER
+from gateway.api.request_id import HEADER_BYTES as REQUEST_ID_HEADER_BYTES
+from gateway.api.request_id import RequestIds, accept_request_id
 from gateway.api.requests import charge_request, idempotency_key
 from gateway.api.responses import error_body
 from gateway.metering.errors import GatewayError
-from gateway.observability import CHARGE_LATENCY
+from gateway.observability import CHARGE_LATENCY, count_error
 
 CHARGE_PATH = "/v1/charge"
 ROUTES = (("POST", CHARGE_PATH),)  # (method, path) served here, not by the Starlette app
@@ -37,31 +40,36 @@ log = logging.getLogger("iou.app")
 class ChargeFastPath:
     def __init__(self, app: Starlette) -> None:
         self.app = app
+        self.others = RequestIds(app)  # every other route: the same request id, as middleware
         settings = app.state.settings
         configure_json_limits(settings.json_depth_max, settings.json_number_chars_max)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != CHARGE_PATH:
-            await self.app(scope, receive, send)
+            await self.others(scope, receive, send)
             return
+        headers = _headers(scope)
+        request_id = accept_request_id(headers.get(REQUEST_ID_HEADER))
         if scope["method"] != "POST":
-            await _respond(send, 405, _not_allowed(scope["method"]), [])
+            count_error(405)
+            await _respond(send, 405, _not_allowed(scope["method"]), [], request_id)
             return
         ctx: Context = self.app.state.ctx  # set by the Starlette app's lifespan
         started = time.perf_counter()
         try:
-            status, body, extra = await _charge(ctx, scope, receive)
+            status, body, extra = await _charge(ctx, scope, headers, receive)
         except Exception:  # the contract's JSON 500, as the Starlette routes answer it
             log.exception("unhandled error on POST %s", CHARGE_PATH)
             status, body, extra = 500, INTERNAL_BODY, []
-        await _respond(send, status, body, extra)
+        await _respond(send, status, body, extra, request_id)
         if status == 200:
             CHARGE_LATENCY.observe(time.perf_counter() - started)
+        else:
+            count_error(status)
 
 
-async def _charge(ctx: Context, scope: Scope, receive: Receive
+async def _charge(ctx: Context, scope: Scope, headers: dict[str, str], receive: Receive
                   ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    headers = _headers(scope)
     client = scope["client"][0] if scope.get("client") else "unknown"
     try:
         caller = await ctx.auth.caller_from(headers.get("authorization"), client,
@@ -87,9 +95,10 @@ def _not_allowed(method: str) -> bytes:
                          "message": f"{method} is not allowed here."})
 
 
-async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]
-                   ) -> None:
+async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]],
+                   request_id: str) -> None:
     headers: list[Any] = [(b"content-type", b"application/json"),
-                          (b"content-length", str(len(body)).encode()), *extra]
+                          (b"content-length", str(len(body)).encode()),
+                          (REQUEST_ID_HEADER_BYTES, request_id.encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

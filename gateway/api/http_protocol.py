@@ -32,7 +32,10 @@ import orjson
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.api.request_id import new_request_id
 from gateway.config import Settings, load_settings
+from gateway.logs import REQUEST_ID
+from gateway.observability import count_error
 
 log = logging.getLogger("iou.http")
 
@@ -122,10 +125,13 @@ def _settings() -> Settings:
 
 
 def error_bytes(status: int, code: str, message: str, extra: bytes = b"") -> bytes:
-    """A whole HTTP response carrying the contract's JSON error, closing the connection."""
+    """A whole HTTP response carrying the contract's JSON error, closing the connection.
+    The request never reached the app: its id is a new one (a caller's may not be parsed)."""
     body = orjson.dumps({"error": code, "message": message})
+    count_error(status)
     return b"".join([STATUS_LINE[status], b"content-type: application/json\r\n",
                      b"content-length: ", str(len(body)).encode(), b"\r\n", extra,
+                     b"x-request-id: ", new_request_id().encode(), b"\r\n",
                      b"connection: close\r\n\r\n", body])
 
 
@@ -329,8 +335,10 @@ async def _json_service_unavailable(scope: Any, receive: Any, send: Any) -> None
     """uvicorn's answer above its connection cap (limit_concurrency), as a JSON 503."""
     body = orjson.dumps({"error": "unavailable",
                          "message": "The gateway is at its connection limit; retry shortly."})
+    count_error(503)
     await send({"type": "http.response.start", "status": 503,
                 "headers": [(b"content-type", b"application/json"),
+                            (b"x-request-id", new_request_id().encode()),
                             (b"content-length", str(len(body)).encode()),
                             (b"retry-after", b"1"), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
@@ -342,6 +350,8 @@ async def _json_500(self: httptools_impl.RequestResponseCycle) -> None:
                          "message": "The gateway failed; nothing was charged twice."})
     await self.send({"type": "http.response.start", "status": 500,
                      "headers": [(b"content-type", b"application/json"),
+                                 (b"x-request-id",
+                                  (REQUEST_ID.get() or new_request_id()).encode()),
                                  (b"content-length", str(len(body)).encode()),
                                  (b"connection", b"close")]})
     await self.send({"type": "http.response.body", "body": body})

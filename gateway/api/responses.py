@@ -4,6 +4,7 @@ of the contract's errors (gateway/metering/errors.py has the classes, without st
 from __future__ import annotations
 
 import datetime
+import logging
 from typing import Any
 
 import orjson
@@ -51,12 +52,25 @@ def http_status(exc: GatewayError) -> int:
     return status
 
 
+log = logging.getLogger("iou.api")
+
+
+def log_refusal(exc: GatewayError) -> None:
+    """One line per refusal (the request id and agent come from the log context): info for
+    a client's refusal, warning when the gateway could not serve (5xx)."""
+    status = http_status(exc)
+    level = logging.WARNING if status >= 500 else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "refused %d: %s", status, exc.message, extra={"error": exc.code})
+
+
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
 
 
 def error_response(exc: GatewayError) -> Response:
     # Every refusal that says when to come back (window caps, rate limits) sets Retry-After.
+    log_refusal(exc)
     headers = None
     if "retry_after_s" in exc.details:
         headers = {"Retry-After": str(exc.details["retry_after_s"])}
@@ -65,6 +79,7 @@ def error_response(exc: GatewayError) -> Response:
 
 def error_body(exc: GatewayError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """The same error as error_response, as raw ASGI parts (status, body, extra headers)."""
+    log_refusal(exc)
     extra = []
     if "retry_after_s" in exc.details:
         extra.append((b"retry-after", str(exc.details["retry_after_s"]).encode()))

@@ -19,9 +19,11 @@ from gateway.cli.commands import Options, fail, json_option, register
 from gateway.config import ConfigError, Settings, hand_down_metrics_dir, load_settings
 from gateway.ledger.factory import ledger_location
 from gateway.ledger.supervisor import NICENESS, WriterSupervisor
+from gateway.logs import logging_config, setup_logging
 from gateway.metering.secrets_store import check_at_start, ensure_secret
 from gateway.store.embedded import start_embedded
 
+log = logging.getLogger("iou.serve")
 WRITER_NICENESS = NICENESS  # added to the ledger writer child's nice value by `iou serve`
 # Allocations between two young-generation collections in a gateway worker (CPython's
 # default is 700). A request allocates a few dozen containers and 64 requests are in flight
@@ -64,12 +66,12 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
 
     from gateway.api.http_protocol import GatewayHttpProtocol
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = _settings()
+    setup_logging(settings.log_format)
     embedded = start_embedded(settings.data_dir) if settings.uses_embedded_redis else None
     if settings.admin_token is None:
         ensure_secret(settings.data_dir, "admin_token")
-        click.echo(f"admin token: {(settings.data_dir / 'admin_token').resolve()}")
+        log.info("admin token: %s", (settings.data_dir / "admin_token").resolve())
     if settings.webhook_secret is None:
         ensure_secret(settings.data_dir, "webhook_secret")
     check_at_start(settings)  # before the workers: they must all read one IOU_SECRET_KEY
@@ -87,15 +89,17 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
          "--parent-pid", str(os.getpid())], redis_url)
     if writer is not None:
         writer.start()
-    click.echo(f"IOU gateway on http://{host}:{port} ({workers} worker(s)); "
-               f"ledger: {ledger_location(settings)}")
+    log.info("IOU gateway on http://%s:%d (%d worker(s)); ledger: %s", host, port, workers,
+             ledger_location(settings))
     # uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
     # found: make that one exit through `finally`, so the writer and Redis are stopped too.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run("gateway.cli.main:serve_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http=GatewayHttpProtocol, ws="none",
-                    access_log=False, log_level="warning", lifespan="on", proxy_headers=False,
+                    access_log=False, log_level="warning",
+                    log_config=logging_config(settings.log_format), lifespan="on",
+                    proxy_headers=False,
                     server_header=False, date_header=False,
                     # Per worker; head/body timeouts are the protocol's (IOU_*_TIMEOUT_S).
                     limit_concurrency=settings.connections_max,
@@ -135,7 +139,7 @@ def _settle_store(settings: Settings) -> None:
     try:
         asyncio.run(settle_store(settings))
     except GatewayError as exc:  # Redis down: the workers say so and keep checking
-        click.echo(f"iou serve: cannot check the store at start: {exc.message}", err=True)
+        log.warning("cannot check the store at start: %s", exc.message)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -160,9 +164,10 @@ def writer(consumer: str | None, parent_pid: int | None) -> None:
 
     from gateway.ledger.service import run_writer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = _settings()
+    setup_logging(settings.log_format)
     # uvloop, as in the gateway: the writer's time is mostly socket and loop overhead.
-    uvloop.run(run_writer(_settings(), consumer, parent_pid))
+    uvloop.run(run_writer(settings, consumer, parent_pid))
 
 
 @main.command()
