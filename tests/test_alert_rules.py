@@ -29,7 +29,7 @@ def promtool() -> str:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    rules = []
+    rules: list[dict[str, Any]] = []
     for path in RULES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             rules.extend(r for r in group["rules"] if "alert" in r)

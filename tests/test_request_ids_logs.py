@@ -82,8 +82,8 @@ def test_a_missing_or_unsafe_id_is_replaced_by_a_new_one(json_gateway: tuple[Gat
                                                          sent: str | None) -> None:
     gw, _ = json_gateway
     _, key = new_agent(gw)
-    headers: dict[str, str | bytes] = {} if sent is None else {"x-request-id":
-                                                               sent.encode("utf-8")}
+    headers: dict[bytes, bytes] = {} if sent is None else {b"x-request-id":
+                                                            sent.encode("utf-8")}
     seen = set()
     for path in ["/v1/charge", "/v1/balance"]:
         with gw.agent(key) as client:
