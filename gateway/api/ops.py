@@ -17,6 +17,7 @@ from gateway.api.responses import json_response
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import StoreUnavailable
 from gateway.ledger.supervisor import RESTARTS_FIELD
+from gateway.ledger.writer import WRITTEN_FIELD
 from gateway.metering.errors import GatewayError
 from gateway.store import keys
 
@@ -64,10 +65,11 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
         lag_s, pending = await ledger_backlog(ctx.engine.conn, ctx.engine.partitions)
         metrics.LEDGER_LAG.set(lag_s)
         metrics.LEDGER_PENDING.set(pending)
-        drift, restarts = await ctx.engine.conn.call_or_raise(
-            b"HMGET", keys.META, b"reconcile_drift", RESTARTS_FIELD)
+        drift, restarts, written = await ctx.engine.conn.call_or_raise(
+            b"HMGET", keys.META, b"reconcile_drift", RESTARTS_FIELD, WRITTEN_FIELD)
         metrics.RECONCILE_DRIFT.set(int(drift or 0))
-        _WRITER_RESTARTS.value = int(restarts or 0)
+        _FROM_REDIS.restarts = int(restarts or 0)
+        _FROM_REDIS.written = int(written or 0)
         metrics.DEAD_LETTERS.set(await ctx.ledger.count("dead_letters"))
     except (GatewayError, StoreUnavailable):
         pass  # Redis or the ledger down: serve what we have; /readyz says why
@@ -75,23 +77,29 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
-class _RestartsCollector(Collector):
-    """iou_ledger_writer_restarts_total: restarts of supervised ledger writers, counted in
-    Redis by the supervisor (gateway/ledger/supervisor.py), so every worker and gateway
-    host exports the same total. Only Redis resets it (wiped store)."""
+class _RedisCountersCollector(Collector):
+    """Totals kept in Redis by processes Prometheus does not scrape, so every worker and
+    gateway host exports the same: iou_ledger_writer_restarts_total (restarts of supervised
+    ledger writers, by the supervisor: gateway/ledger/supervisor.py) and
+    iou_ledger_written_total (stream entries the writers settled). Only Redis resets them
+    (wiped store); Prometheus's rate() and increase() handle that as a counter reset."""
 
-    value = 0
+    restarts = 0
+    written = 0
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily("iou_ledger_writer_restarts",
-                                  "Ledger writers restarted after they died", value=self.value)
+                                  "Ledger writers restarted after they died", value=self.restarts)
+        yield CounterMetricFamily("iou_ledger_written",
+                                  "Stream entries the ledger writers settled (committed or "
+                                  "dead-lettered)", value=self.written)
 
 
-_WRITER_RESTARTS = _RestartsCollector()
-# A registry of this module's own: the value comes from Redis, not from this process, so
-# it is not a prometheus_client Counter (nor part of the multiprocess files).
+_FROM_REDIS = _RedisCountersCollector()
+# A registry of this module's own: the values come from Redis, not from this process, so
+# they are not prometheus_client Counters (nor part of the multiprocess files).
 _OWN_REGISTRY = CollectorRegistry(auto_describe=False)
-_OWN_REGISTRY.register(_WRITER_RESTARTS)
+_OWN_REGISTRY.register(_FROM_REDIS)
 
 
 @endpoint

@@ -53,6 +53,9 @@ TRIM_EVERY_S = 1.0
 FAILURES_MAX = 5
 RETRY_WAIT_S = 1.0
 PIPELINE_BATCHES_MAX = 20
+# iou:meta field: stream entries settled (committed or dead-lettered) by all writers, for
+# /metrics (iou_ledger_written_total): the writers run in processes Prometheus does not scrape.
+WRITTEN_FIELD = b"ledger_written"
 
 log = logging.getLogger("iou.writer")
 
@@ -273,10 +276,14 @@ class LedgerWriter:
         if prepared.good:
             for stream, entry_id in await self._write(prepared.good, prepared.origin):
                 acks.setdefault(stream, []).append(entry_id)
-        # One write for all streams (each XACK names one key: fine on a cluster too).
+        settled = sum(len(ids) for ids in acks.values())
+        # One write for all streams (each XACK names one key: fine on a cluster too), and
+        # the writers' shared total for /metrics (iou_ledger_written_total) in the same tick.
         await asyncio.gather(*(self._conn.call_or_raise(b"XACK", stream, GROUP, *ids)
-                               for stream, ids in acks.items()))
-        return sum(len(ids) for ids in acks.values())
+                               for stream, ids in acks.items()),
+                             *([self._conn.call_or_raise(b"HINCRBY", keys.META, WRITTEN_FIELD,
+                                                         settled)] if settled else []))
+        return settled
 
     async def _write(self, good: list[LedgerEntry],
                      origin: dict[str, tuple[str, str, list[Any]]]) -> list[tuple[str, str]]:
