@@ -21,7 +21,7 @@ from tests.http_helpers import new_agent, seed_tools
 from tests.raw_http import connect, read_response
 from tests.servers import redis_server
 
-SAFE_NEW = re.compile(r"[0-9a-f]{12}-[0-9a-f]+")
+SAFE_NEW = re.compile(r"[0-9a-f]{12}-[0-9]+")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 A caller's id is kept when it is 1 to 128 characters of ``A-Z a-z 0-9 - _ . : / + = @``
 (nothing that could break a log line, a header or a JSON string); anything else is replaced.
-A new id is a per-process random prefix and a counter: unique across workers and hosts with
+A new id is a per-process random prefix and a decimal counter: unique across workers and hosts with
 overwhelming probability, and it costs a counter step and a string join, not a random draw
 per request (the charge path is measured in microseconds).
 """
@@ -27,7 +27,7 @@ _next = itertools.count(1).__next__
 
 
 def new_request_id() -> str:
-    return _PREFIX + format(_next(), "x")
+    return _PREFIX + str(_next())
 
 
 def accept_request_id(sent: str | None) -> str:
