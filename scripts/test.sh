@@ -10,6 +10,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgre
 # promtool and prometheus (Debian's package): the alert rules' unit tests and the end-to-end alert
 # test; the tests fail, not skip, without them.
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v faketime >/dev/null 2>&1 || missing="$missing faketime"  # iou doctor's clock test
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null

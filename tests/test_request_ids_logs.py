@@ -206,8 +206,6 @@ def test_unavailable_answers_are_counted(json_gateway: tuple[Gateway, str]) -> N
     assert error_count(gw, "503") >= 1
     record = wait_for_record(gw, "while-down")
     assert record["level"] == "WARNING" and record["error"] == "unavailable"
-    # The store's own line about the outage, logged while serving it, names the request too.
-    assert wait_for_record(gw, "while-down", logger="iou.redis")["level"] == "WARNING"
 
 
 def test_a_bad_log_format_stops_start_up_with_one_line(tmp_path: Any) -> None:

@@ -219,6 +219,22 @@ def recover(opts: Options, force: bool) -> None:
         f"{done.holds} open holds, {done.idempotency_records} idempotency records"))
 
 
+@main.command()
+@json_option
+@click.pass_obj
+def doctor(opts: Options) -> None:
+    """Check the deployment (Redis settings, clocks, slots, ledger, lag, identity); exit 1
+    when a check fails."""
+    from gateway.cli.doctor import run_doctor
+
+    checks = asyncio.run(run_doctor(_settings()))
+    failed = [c for c in checks if not c.ok]
+    opts.emit({"ok": not failed, "checks": [c.as_dict() for c in checks]},
+              lambda: click.echo("\n".join(c.line() for c in checks)))
+    if failed:
+        sys.exit(1)
+
+
 register(main)
 
 if __name__ == "__main__":

@@ -93,6 +93,11 @@ class PostgresStore:
             "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             name, value))
 
+    async def meta(self, name: str) -> str | None:
+        value = await self._with(lambda conn: conn.fetchval(
+            "SELECT value FROM meta WHERE name = $1", name))
+        return None if value is None else str(value)
+
     async def identity(self) -> str | None:
         value = await self._with(lambda conn: conn.fetchval(schema.SELECT_IDENTITY))
         return None if value is None else str(value)

@@ -90,6 +90,11 @@ class SqliteStore:
             "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
             (name, value)))
 
+    async def meta(self, name: str) -> str | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT value FROM meta WHERE name = ?", (name,)).fetchone())
+        return None if row is None else str(row[0])
+
     async def identity(self) -> str | None:
         row = await self._run(lambda db: db.execute(schema.SELECT_IDENTITY).fetchone())
         return None if row is None else str(row[0])

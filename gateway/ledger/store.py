@@ -67,6 +67,10 @@ class LedgerStore(Protocol):
 
     async def set_meta(self, name: str, value: str) -> None: ...
 
+    async def meta(self, name: str) -> str | None:
+        """A value of the meta table (e.g. "partitions"), None when it is not set."""
+        ...
+
     async def identity(self) -> str | None:
         """The id of the Redis store this ledger describes, or None before one is set."""
         ...
