@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from gateway.cli.commands import Options, fail, json_option, register
+from gateway.cli.commands import Options, fail, json_option, refusals, register
 from gateway.config import ConfigError, Settings, hand_down_metrics_dir, load_settings
 from gateway.ledger.factory import ledger_location
 from gateway.ledger.supervisor import NICENESS, WriterSupervisor
@@ -217,6 +217,22 @@ def recover(opts: Options, force: bool) -> None:
     opts.emit(counts, lambda: click.echo(
         f"recovered {done.agents} agents, {done.keys} keys, {done.tools} tools, "
         f"{done.holds} open holds, {done.idempotency_records} idempotency records"))
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option("--interval", "interval_s", default=2.0, show_default=True,
+              type=click.FloatRange(0.2, 3600), help="Seconds between refreshes.")
+@click.option("--limit", "top_n", default=20, show_default=True, type=click.IntRange(1, 200),
+              help="Agents shown.")
+@click.pass_obj
+@refusals
+def top(opts: Options, once: bool, interval_s: float, top_n: int) -> None:
+    """The agents spending most now (spend per minute, balance, refusals), refreshed in
+    place; --once prints one frame."""
+    from gateway.cli.top import run_top
+
+    run_top(opts.client().request, opts.url, opts.console, once, interval_s, top_n)
 
 
 @main.command()
