@@ -68,7 +68,7 @@ def fetch_agents(request: Callable[..., Any], rows_max: int) -> dict[str, Agent]
     params = {"sort": "spent_today", "order": "desc", "limit": str(rows_max)}
     try:
         page = request("GET", "/v1/summary", params=params)
-        rows = page.get("agents") or page.get("rows") or []
+        rows = page["agents"]
     except IOUError as exc:
         if exc.code != "not_found":
             raise
