@@ -106,8 +106,9 @@ def request_bytes(method: str, path: str, body: bytes = b"", headers: dict[str, 
 
 
 # Bookkeeping that an authenticated request writes whatever its fate: a key's last use, the
-# failed-authentication windows. Not money: left out of the snapshots.
-NOT_MONEY = (b":keyused:", b"{auth}")
+# failed-authentication windows; and the ledger writers' counters for /metrics (iou:stats).
+# Not money: left out of the snapshots.
+NOT_MONEY = (b":keyused:", b"{auth}", b"iou:stats")
 
 
 def redis_snapshot(client: Any) -> dict[Any, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -65,8 +66,10 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
         lag_s, pending = await ledger_backlog(ctx.engine.conn, ctx.engine.partitions)
         metrics.LEDGER_LAG.set(lag_s)
         metrics.LEDGER_PENDING.set(pending)
-        drift, restarts, written = await ctx.engine.conn.call_or_raise(
-            b"HMGET", keys.META, b"reconcile_drift", RESTARTS_FIELD, WRITTEN_FIELD)
+        (drift, restarts), written = await asyncio.gather(
+            ctx.engine.conn.call_or_raise(b"HMGET", keys.META, b"reconcile_drift",
+                                          RESTARTS_FIELD),
+            ctx.engine.conn.call_or_raise(b"HGET", keys.STATS, WRITTEN_FIELD))
         metrics.RECONCILE_DRIFT.set(int(drift or 0))
         _FROM_REDIS.restarts = int(restarts or 0)
         _FROM_REDIS.written = int(written or 0)

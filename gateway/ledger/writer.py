@@ -53,7 +53,7 @@ TRIM_EVERY_S = 1.0
 FAILURES_MAX = 5
 RETRY_WAIT_S = 1.0
 PIPELINE_BATCHES_MAX = 20
-# iou:meta field: stream entries settled (committed or dead-lettered) by all writers, for
+# iou:stats field: stream entries settled (committed or dead-lettered) by all writers, for
 # /metrics (iou_ledger_written_total): the writers run in processes Prometheus does not scrape.
 WRITTEN_FIELD = b"ledger_written"
 
@@ -281,7 +281,7 @@ class LedgerWriter:
         # the writers' shared total for /metrics (iou_ledger_written_total) in the same tick.
         await asyncio.gather(*(self._conn.call_or_raise(b"XACK", stream, GROUP, *ids)
                                for stream, ids in acks.items()),
-                             *([self._conn.call_or_raise(b"HINCRBY", keys.META, WRITTEN_FIELD,
+                             *([self._conn.call_or_raise(b"HINCRBY", keys.STATS, WRITTEN_FIELD,
                                                          settled)] if settled else []))
         return settled
 

@@ -37,6 +37,9 @@ import zlib
 from dataclasses import dataclass
 
 META = "iou:meta"
+# Counters for /metrics kept by processes Prometheus does not scrape (the ledger writers):
+# bookkeeping, not money, so apart from the store's meta.
+STATS = "iou:stats"
 READY_PROBE = "iou:readyz"
 TOOLS_TAG = "iou:{tools}:"
 
