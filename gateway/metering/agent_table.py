@@ -30,7 +30,8 @@ from gateway.store.codes import Code
 
 log = logging.getLogger("iou.agent_table")
 
-SCAN_PAGE_AGENTS = 500  # agents per agent_scan.lua call: about 1 ms of Redis time
+SCAN_PAGE_AGENTS = 250  # agents per agent_scan.lua call: about 2 ms of Redis time, the most
+# a charge may wait behind it (measured: 8 µs of Redis CPU per agent)
 VALUES_PER_AGENT = 7
 SORTS = ("agent", "balance", "held", "spent_today")
 VIEWS_CACHED_MAX = 16  # (sort, filter) views kept per table
