@@ -10,6 +10,7 @@ prints one frame.
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from gateway.metering.money import format_amount, parse_amount
 from gateway.sdk.errors import IOUError
 
 FETCH_ROWS_MAX = 1000  # the API's page bound: one request per refresh
+POLL_S = 0.25
+NEWER_WAIT_S = 30.0  # a large store's summary table is rebuilt about every 25 s
 MICROS_PER_TOKEN = 1_000_000
 _REFUSED = re.compile(r'^iou_charges_total\{([^}]*)\} (\S+)$', re.MULTILINE)
 _OUTCOME = re.compile(r'outcome="([^"]*)"')
@@ -42,7 +45,7 @@ class Agent:
 
 @dataclass(frozen=True)
 class Sample:
-    at_s: float  # monotonic
+    at_s: float  # when the figures were read (Unix seconds): the summary's as_of
     agents: dict[str, Agent]
     refused: dict[str, float]  # charge refusals so far, by outcome (from /metrics)
 
@@ -62,18 +65,25 @@ def _agent(row: dict[str, Any]) -> Agent:
                  _micros(row.get("held")), bool(row.get("frozen")))
 
 
-def fetch_agents(request: Callable[..., Any], rows_max: int) -> dict[str, Agent]:
-    """One bounded page of agents, the top spenders of today first when the gateway can
-    sort (GET /v1/summary), else the first page of GET /v1/agents."""
+def fetch_agents(request: Callable[..., Any], rows_max: int) -> tuple[float, dict[str, Agent]]:
+    """(when the figures were read, one bounded page of agents): the top spenders of today
+    first when the gateway can sort (GET /v1/summary, figures as of its ``as_of``: its table
+    is rebuilt in the background), else the first page of GET /v1/agents (read now)."""
     params = {"sort": "spent_today", "order": "desc", "limit": str(rows_max)}
     try:
         page = request("GET", "/v1/summary", params=params)
+        at_s = _unix_s(page["as_of"]) if page.get("as_of") else time.time()
         rows = page["agents"]
     except IOUError as exc:
         if exc.code != "not_found":
             raise
+        at_s = time.time()
         rows = request("GET", "/v1/agents", params={"limit": str(rows_max)})["agents"]
-    return {r["agent"]: _agent(r) for r in rows}
+    return at_s, {r["agent"]: _agent(r) for r in rows}
+
+
+def _unix_s(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def refusals_of(metrics_text: str) -> dict[str, float]:
@@ -87,12 +97,25 @@ def refusals_of(metrics_text: str) -> dict[str, float]:
 
 
 def take_sample(request: Callable[..., Any], url: str, rows_max: int) -> Sample:
-    agents = fetch_agents(request, rows_max)
+    at_s, agents = fetch_agents(request, rows_max)
     try:
         refused = refusals_of(httpx.get(url + "/metrics", timeout=10).text)
     except httpx.HTTPError:
         refused = {}
-    return Sample(time.monotonic(), agents, refused)
+    return Sample(at_s, agents, refused)
+
+
+def next_sample(request: Callable[..., Any], url: str, rows_max: int, before: Sample,
+                interval_s: float) -> Sample:
+    """A sample newer than ``before``, ``interval_s`` later: the summary may answer the same
+    table again until its rebuild, so ask again (every POLL_S, for at most NEWER_WAIT_S)."""
+    time.sleep(interval_s)
+    deadline = time.monotonic() + max(NEWER_WAIT_S, interval_s)
+    sample = take_sample(request, url, rows_max)
+    while sample.at_s <= before.at_s and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        sample = take_sample(request, url, rows_max)
+    return sample
 
 
 def rank(before: Sample, after: Sample, top_n: int) -> list[Row]:
@@ -140,8 +163,7 @@ def run_top(request: Callable[..., Any], url: str, console: Console, once: bool,
     """Print one frame (``once``) or refresh in place until Ctrl-C."""
     rows_max = min(max(top_n * 5, 100), FETCH_ROWS_MAX)
     before = take_sample(request, url, rows_max)
-    time.sleep(interval_s)
-    after = take_sample(request, url, rows_max)
+    after = next_sample(request, url, rows_max, before, interval_s)
     frame = render(rank(before, after, top_n), refusals_per_min(before, after), url,
                    interval_s)
     if once:
@@ -150,8 +172,7 @@ def run_top(request: Callable[..., Any], url: str, console: Console, once: bool,
     with Live(frame, console=console, screen=False, auto_refresh=False) as live:
         try:
             while True:
-                time.sleep(interval_s)
-                before, after = after, take_sample(request, url, rows_max)
+                before, after = after, next_sample(request, url, rows_max, after, interval_s)
                 live.update(render(rank(before, after, top_n), refusals_per_min(before, after),
                                    url, interval_s), refresh=True)
         except KeyboardInterrupt:
