@@ -13,9 +13,6 @@ from gateway.metering import money
 
 PARTITIONS_DEFAULT = 16
 PARTITIONS_MAX = 1024
-HOLD_TTL_S_MAX = 3600
-# Where the test clock's offset (ms, may be negative) lives; read only with IOU_TEST_CLOCK.
-TEST_CLOCK_KEY = "iou:test:clock_offset_ms"
 SECRET_KEY_CHARS_MIN = 32  # IOU_SECRET_KEY: high-entropy text (HKDF is no password hash)
 # prometheus_client's own variable: where the workers of one `iou serve` keep their metric
 # files (it reads the variable itself; the gateway reads it to merge them on /metrics).

@@ -13,7 +13,7 @@
 -- ARGV[5] pricing: 'fixed' or 'variable' ('' when deleted)
 -- ARGV[6] '1' = replace whatever version is stored (iou recover), else '0'
 -- Returns:
---   code OK = 0: {0, 1 written or 0 kept (a newer version is stored)}
+--   code OK = 0: {0, written}: 1 written, 0 kept (a newer version is stored)
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
 if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end

@@ -67,6 +67,7 @@ MONEY_TESTS = (
     "tests/test_script_edges.py",
     "tests/test_script_prices.py",
     "tests/test_script_auth.py",
+    "tests/test_script_restore.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
     "tests/test_raw_args.py",
@@ -119,6 +120,7 @@ AREA_BY_CODE = (
 AREA_BY_SCRIPT = {
     "charge": "balance", "fund": "balance", "hold": "hold", "capture": "hold",
     "release": "hold", "expire_holds": "hold", "_lib": "core", "tool_copy": "prices",
+    "restore": "recover",
 }
 MONEY_AREAS = ("balance", "cap", "window", "hold", "idempotency")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import TEST_CLOCK_KEY
 from gateway.metering.engine import Engine
 from gateway.store import keys
+from gateway.store.keys import TEST_CLOCK_KEY
 
 T = 1_000_000  # micros per token
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
-from gateway.config import TEST_CLOCK_KEY
 from gateway.store import keys
+from gateway.store.keys import TEST_CLOCK_KEY
 from gateway.store.scripts import SCRIPT_NAMES, load_script
 
 P = 16  # partitions

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import redis
 
-from gateway.config import TEST_CLOCK_KEY
 from gateway.metering import errors
 from gateway.metering.engine import Engine
+from gateway.store.keys import TEST_CLOCK_KEY
 from tests.gateway_proc import Gateway, running_gateway
 from tests.helpers import T, shift_to
 from tests.http_helpers import error_of, new_agent, seed_tools

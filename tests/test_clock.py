@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.config import TEST_CLOCK_KEY
 from gateway.metering.engine import Engine
+from gateway.store.keys import TEST_CLOCK_KEY
 from gateway.store.scripts import load_script
 from tests.helpers import T, shift_to
 

@@ -10,9 +10,10 @@ import pytest
 from gateway.config import load_settings
 from gateway.metering import errors
 from gateway.metering.engine import Engine
-from gateway.metering.errors import UnsafeRedis
 from gateway.runtime import open_runtime
 from gateway.store.embedded import find_server_binary, start_embedded
+from gateway.store.errors import StoreUnavailable
+from gateway.store.errors import StoreUnsafe as UnsafeRedis
 from gateway.store.resp import RedisConnection, parse_redis_url
 from gateway.store.safety import check_redis
 from tests.helpers import T, setup_catalog
@@ -131,7 +132,7 @@ async def test_redis_down_fails_closed_then_recovers() -> None:
                 try:
                     await engine.conn.call_or_raise(b"PING")
                     break
-                except errors.Unavailable:
+                except StoreUnavailable:
                     await asyncio.sleep(0.05)
             await engine.create_agent("closed", grant_micros=T)
             await setup_catalog(engine)

@@ -15,9 +15,9 @@ from gateway.api.context import Context, endpoint
 from gateway.api.payloads import charge_payload, limits_payload, state_warnings
 from gateway.api.requests import ChargeRequest, charge_request
 from gateway.api.responses import iso_ms, json_response
-from gateway.config import HOLD_TTL_S_MAX
 from gateway.metering.engine import HOLD_TTL_S_DEFAULT
 from gateway.metering.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
+from gateway.metering.limits import HOLD_TTL_S_MAX
 from gateway.metering.models import ChargeResult
 from gateway.metering.money import format_amount as fmt
 from gateway.observability import CHARGES

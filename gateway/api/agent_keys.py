@@ -11,7 +11,6 @@ request.
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from starlette.requests import Request
@@ -19,8 +18,9 @@ from starlette.responses import Response
 
 from gateway.api.context import Context, endpoint
 from gateway.api.responses import iso_ms, json_response
-from gateway.metering.errors import NotFound
+from gateway.metering.errors import NotFound, maps_store_errors
 from gateway.metering.limits import check_name
+from gateway.store import agents as stored
 
 TIMED_KEY_ID_RE = re.compile(r"key_([0-9a-f]{12})7[0-9a-f]{19}")
 
@@ -37,27 +37,20 @@ async def list_keys(ctx: Context, request: Request) -> Response:
     caller = await ctx.auth.admin_or_agent(request, agent)
     if caller.is_admin:
         check_name("agent", agent)
-    k = ctx.engine.agent_keys(agent)
-    conn = ctx.engine.conn
-    stored, used, exists = await asyncio.gather(
-        conn.call_or_raise(b"HGETALL", k.keys), conn.call_or_raise(b"HGETALL", k.keys_used()),
-        conn.call_or_raise(b"EXISTS", k.agent_hash))
-    if not exists:
+    found = await _stored_keys(ctx, agent)
+    if found is None:
         raise NotFound(f"No agent named {agent}.")
-    used_ms = {_text(used[i]): int(used[i + 1]) for i in range(0, len(used), 2)}
-    pairs = [(_text(stored[i]), _text(stored[i + 1])) for i in range(0, len(stored), 2)]
-    recorded = await asyncio.gather(*(conn.call_or_raise(b"HGET", k.api_key_lookup(h),
-                                                         b"created") for _, h in pairs))
     rows = []
-    for (key_id, key_hash), written in zip(pairs, recorded, strict=True):
-        created = int(written) if written is not None else created_ms(key_id)
-        last = used_ms.get(key_hash)
-        rows.append((created or 0, key_id, {
-            "key_id": key_id, "created_at": None if created is None else iso_ms(created),
+    for key in found:
+        created = key.created_ms if key.created_ms is not None else created_ms(key.key_id)
+        last = key.last_used_ms
+        rows.append((created or 0, key.key_id, {
+            "key_id": key.key_id, "created_at": None if created is None else iso_ms(created),
             "last_used_at": None if last is None else iso_ms(last)}))
     rows.sort(key=lambda row: (row[0], row[1]))
     return json_response(200, {"keys": [row[2] for row in rows]})
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+@maps_store_errors
+async def _stored_keys(ctx: Context, agent: str) -> list[stored.StoredKey] | None:
+    return await stored.stored_keys(ctx.engine.conn, ctx.engine.partitions, agent)

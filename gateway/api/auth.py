@@ -15,7 +15,6 @@ a valid credential must pass whatever the counters say.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -32,7 +31,9 @@ from gateway.logs import AGENT
 from gateway.metering.engine import Engine
 from gateway.metering.errors import Forbidden, RateLimited, Unauthorized
 from gateway.observability import AUTH_FAILURES
+from gateway.store import agents as stored
 from gateway.store import keys
+from gateway.store.calls import Refused
 
 log = logging.getLogger("iou.auth")
 
@@ -153,7 +154,7 @@ class Authenticator:
 
     async def _failed(self, token: str | None, client: str) -> None:
         """Count a failed authentication; raise RateLimited when a limit is passed."""
-        credential = None if token is None else hashlib.sha256(token.encode()).hexdigest()[:32]
+        credential = None if token is None else keys.short_digest(token)
         scopes = ["*", "c:" + client] + ([] if credential is None else ["k:" + credential])
         now = time.monotonic()
         for scope in scopes:
@@ -178,18 +179,17 @@ class Authenticator:
         When Redis cannot count, the failure is still a 401: the limiter never turns a
         wrong credential into a 503, and valid credentials never reach it."""
         limits = self._limits
-        counters = [keys.AUTH_FAILURES_ALL, keys.auth_failures_client(client)]
-        if credential is not None:
-            counters.append(keys.auth_failures_credential(credential))
         try:
-            reply = await self._engine.scripts.run(
-                "auth_fail", counters,
-                [str(limits.window_s * 1000), str(limits.everyone), str(limits.per_client),
-                 str(limits.per_credential)])
+            reply = await self._engine.calls.auth_fail(
+                client, credential, limits.window_s * 1000,
+                (limits.everyone, limits.per_client, limits.per_credential))
         except Exception as exc:  # any store failure: count nothing
             log.warning("failed-auth counter unavailable: %s", type(exc).__name__)
             return 0, 0
-        return int(reply[1]), int(reply[2])
+        if isinstance(reply, Refused):
+            log.warning("failed-auth counter refused its arguments: %s", dict(reply.fields))
+            return 0, 0
+        return reply.scope, reply.retry_ms
 
     # ---- last use of agent keys -------------------------------------------------------
 
@@ -210,9 +210,8 @@ class Authenticator:
 
     async def _write_key_use(self, agent: str, digest: str) -> None:
         try:
-            await self._engine.conn.call_or_raise(
-                b"HSET", self._engine.agent_keys(agent).keys_used(), digest,
-                str(int(time.time() * 1000)))
+            await stored.note_key_use(self._engine.conn, self._engine.partitions, agent, digest,
+                                      int(time.time() * 1000))
         except Exception as exc:  # a lost "last used" is not worth a failure
             log.info("could not record a key's last use: %s", type(exc).__name__)
 

@@ -31,14 +31,12 @@ from starlette.responses import Response
 
 from gateway.api import requests
 from gateway.metering.engine import Engine
-from gateway.metering.errors import GatewayError, IdempotencyConflict
-from gateway.store import keys
+from gateway.metering.errors import GatewayError, IdempotencyConflict, maps_store_errors
+from gateway.store import idempotency as records
 
 RECORD_TTL_MS = 86_400_000
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEPT_HEADERS = ("content-type", "cache-control")
-# Removes a binding only while it still holds this request's bare digest (no answer yet).
-_UNBIND = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -79,6 +77,7 @@ class Binding:
         same on every retry of the same request and different for any other."""
         return hashlib.sha256(f"{self.name}\n{self.digest}".encode()).hexdigest()
 
+    @maps_store_errors
     async def store(self, response: Response, body: bytes | None = None, ttl_ms: int =
                     RECORD_TTL_MS, **extra: Any) -> None:
         """Keep ``response`` as the answer (``body`` instead of its body when given: a body
@@ -88,29 +87,24 @@ class Binding:
         meta = {"s": response.status_code, "x": kept, **extra}
         value = b"\n".join((self.digest.encode(), orjson.dumps(meta),
                             response.body if body is None else body))
-        await self.engine.conn.call_or_raise(b"SET", self.name, value, b"PX", ttl_ms)
+        await records.keep(self.engine.conn, self.name, value, ttl_ms)
 
+    @maps_store_errors
     async def unbind(self) -> None:
         """Forget a refused request (only while its binding holds no answer)."""
-        await self.engine.conn.call_or_raise(b"EVAL", _UNBIND, 1, self.name, self.digest)
+        await records.unbind(self.engine.conn, self.name, self.digest)
 
 
-def record_name(engine: Engine, scope: str, key: str) -> str:
-    # "v2.": records are strings now (they were hashes), so an old record is never misread.
-    return keys.http_idempotency(scope, "v2." + hashlib.sha256(key.encode()).hexdigest()[:32],
-                                 engine.partitions)
-
-
+@maps_store_errors
 async def bind(engine: Engine, scope: str, key: str, digest: str,
                ttl_ms: int = RECORD_TTL_MS) -> Binding:
     """Bind ``key`` to ``digest`` for ``ttl_ms``, or find the earlier binding of the same
     request; another request's binding is 409 ``idempotency_conflict``."""
-    name = record_name(engine, scope, key)
-    conn = engine.conn
+    name = records.record_name(scope, key, engine.partitions)
     for _ in range(3):  # the earlier record may expire between the two commands
-        if await conn.call_or_raise(b"SET", name, digest, b"NX", b"PX", ttl_ms):
+        if await records.bind(engine.conn, name, digest, ttl_ms):
             return Binding(engine, name, digest, None)
-        raw = await conn.call_or_raise(b"GET", name)
+        raw = await records.read(engine.conn, name)
         if raw is not None:
             earlier = parse(raw)
             if earlier.digest != digest:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,10 +16,9 @@ from gateway.api.openapi import openapi_document
 from gateway.api.responses import json_response
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import StoreUnavailable
-from gateway.ledger.supervisor import RESTARTS_FIELD
-from gateway.ledger.writer import WRITTEN_FIELD
 from gateway.metering.errors import GatewayError
-from gateway.store import keys
+from gateway.store import meta
+from gateway.store.errors import StoreUnavailable as RedisUnavailable
 
 
 @endpoint
@@ -34,18 +32,15 @@ async def readyz(ctx: Context, request: Request) -> Response:
     describes and the ledger keeps up."""
     checks: dict[str, object] = {}
     try:
-        await ctx.engine.conn.call_or_raise(b"PING")
-        # PING answers on a Redis that refuses writes (out of memory, a read-only replica,
-        # too few replicas): ready means writable, so write one small key. Always the same
-        # value and no expiry, so a snapshot of the store never sees it change.
-        await ctx.engine.conn.call_or_raise(b"SET", keys.READY_PROBE, b"1")
+        # Ready means writable (PING answers on a Redis that refuses writes).
+        await meta.probe_writable(ctx.engine.conn)
         checks["redis"] = "ok"
         if not await ctx.engine.scripts.loaded():
             # A restarted Redis has none cached; load them now rather than on first call.
             await ctx.engine.scripts.preload()
         checks["scripts"] = "ok" if await ctx.engine.scripts.loaded() else "missing"
-    except GatewayError as exc:
-        checks["redis"] = exc.message
+    except RedisUnavailable as exc:
+        checks["redis"] = str(exc)
     if ctx.guard is not None:
         if checks.get("redis") == "ok" and not ctx.guard.ok:
             await ctx.guard.refresh()  # a recover may have just finished: do not wait 1 s
@@ -66,15 +61,12 @@ async def metrics_text(ctx: Context, request: Request) -> Response:
         lag_s, pending = await ledger_backlog(ctx.engine.conn, ctx.engine.partitions)
         metrics.LEDGER_LAG.set(lag_s)
         metrics.LEDGER_PENDING.set(pending)
-        (drift, restarts), written = await asyncio.gather(
-            ctx.engine.conn.call_or_raise(b"HMGET", keys.META, b"reconcile_drift",
-                                          RESTARTS_FIELD),
-            ctx.engine.conn.call_or_raise(b"HGET", keys.STATS, WRITTEN_FIELD))
-        metrics.RECONCILE_DRIFT.set(int(drift or 0))
-        _FROM_REDIS.restarts = int(restarts or 0)
-        _FROM_REDIS.written = int(written or 0)
+        drift, restarts, written = await meta.drift_restarts_written(ctx.engine.conn)
+        metrics.RECONCILE_DRIFT.set(drift)
+        _FROM_REDIS.restarts = restarts
+        _FROM_REDIS.written = written
         metrics.DEAD_LETTERS.set(await ctx.ledger.count("dead_letters"))
-    except (GatewayError, StoreUnavailable):
+    except (GatewayError, StoreUnavailable, RedisUnavailable):
         pass  # Redis or the ledger down: serve what we have; /readyz says why
     body = metrics.render(ctx.settings.metrics_dir) + generate_latest(_OWN_REGISTRY)
     return Response(body, media_type=metrics.CONTENT_TYPE)

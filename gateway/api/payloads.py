@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.metering.models import AgentState, ChargeResult, Limits, Tool
+from gateway.metering.models import state_warnings as warnings_of_state
 from gateway.metering.money import format_amount as fmt
 
 
@@ -32,14 +33,8 @@ def limits_payload(limits: Limits) -> dict[str, Any]:
 
 def state_warnings(state: AgentState) -> list[str]:
     """Warnings of the balance route: the same rules the scripts apply on a charge."""
-    warnings = []
-    low = state.limits.low_balance_micros
-    if low is not None and state.balance_micros < low:
-        warnings.append("low_balance")
-    daily = state.limits.daily_micros
-    if daily is not None and state.spent_today_micros * 5 > daily * 4:
-        warnings.append("daily_near")
-    return warnings
+    return list(warnings_of_state(state.balance_micros, state.limits.low_balance_micros,
+                                  state.spent_today_micros, state.limits.daily_micros))
 
 
 def agent_summary(state: AgentState) -> dict[str, Any]:

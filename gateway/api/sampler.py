@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from gateway import observability as metrics
+from gateway.store import server
 from gateway.store.connections import Connection
 
 log = logging.getLogger("iou.sampler")
@@ -19,11 +20,11 @@ log = logging.getLogger("iou.sampler")
 async def sample_once(conn: Connection) -> None:
     """One sample of every Redis master's memory; a Redis that is down keeps the last one."""
     try:
-        infos = await conn.call_each(b"INFO", b"memory")
+        infos = await server.info_text_each(conn, b"memory")
     except Exception as exc:  # down or refusing: /readyz and the 503 alert say so
         log.debug("redis memory sample failed: %s", exc)
         return
-    metrics.record_redis_memory(list(infos))
+    metrics.record_redis_memory(infos)
 
 
 async def sample_forever(conn: Connection,

@@ -17,10 +17,10 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.ledger.factory import ledger_location, open_store
-from gateway.ledger.identity import IDENTITY_FIELD, REASONS, StoreState, compare
+from gateway.ledger.identity import REASONS, StoreState, compare
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import LedgerStore
-from gateway.store import keys
+from gateway.store import meta, server
 from gateway.store.cluster import parse_cluster_url
 from gateway.store.connections import Connection, open_connection
 from gateway.store.resp import RedisConnection
@@ -49,16 +49,6 @@ class Check:
                 "detail": self.detail}
 
 
-def _fields(raw: Any) -> dict[str, str]:
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return {k.strip(): v.strip() for k, _, v in
-            (line.partition(":") for line in text.splitlines()) if _}
-
-
-def _text(raw: Any) -> str | None:
-    return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
 def redis_url(settings: Settings) -> str | None:
     """IOU_REDIS_URL, or the URL of the embedded store `iou serve` runs (None: never ran)."""
     if settings.redis_url is not None:
@@ -69,7 +59,7 @@ def redis_url(settings: Settings) -> str | None:
 
 async def _reachable(conn: Connection, where: str) -> Check:
     try:
-        await asyncio.wait_for(conn.call_or_raise(b"PING"), REDIS_TIMEOUT_S)
+        await asyncio.wait_for(server.ping(conn), REDIS_TIMEOUT_S)
     except Exception as exc:
         return Check("redis reachable", False, f"{where} does not answer ({exc}): start "
                      "Redis (or `iou serve` for the embedded default) or fix IOU_REDIS_URL")
@@ -77,8 +67,7 @@ async def _reachable(conn: Connection, where: str) -> Check:
 
 
 async def _eviction(conn: Connection) -> Check:
-    policies = [_fields(i).get("maxmemory_policy", "?")
-                for i in await conn.call_each(b"INFO", b"memory")]
+    policies = [i.get("maxmemory_policy", "?") for i in await server.info_each(conn, b"memory")]
     bad = sorted({p for p in policies if p != "noeviction"})
     if bad:
         return Check("maxmemory-policy", False, f"{', '.join(bad)}: it can delete balances "
@@ -88,7 +77,7 @@ async def _eviction(conn: Connection) -> Check:
 
 
 async def _persistence(conn: Connection) -> Check:
-    infos = [_fields(i) for i in await conn.call_each(b"INFO", b"persistence")]
+    infos = await server.info_each(conn, b"persistence")
     off = sum(1 for i in infos if i.get("aof_enabled") != "1")
     if off:
         return Check("persistence (AOF)", False, f"appendonly is off on {off} of {len(infos)} "
@@ -104,8 +93,7 @@ async def _persistence(conn: Connection) -> Check:
 
 async def _clock(conn: Connection) -> Check:
     skews = []
-    for reply in await conn.call_each(b"TIME"):
-        redis_s = int(reply[0]) + int(reply[1]) / 1e6
+    for redis_s in await server.clock_each_s(conn):
         skews.append(redis_s - time.time())
     worst = max(skews, key=abs)
     if abs(worst) > CLOCK_SKEW_MAX_S:
@@ -119,7 +107,7 @@ async def _clock(conn: Connection) -> Check:
 async def _cluster(conn: Connection, url: str) -> Check:
     if not url.startswith(CLUSTER_SCHEME):
         return Check("cluster slots", True, "not a cluster (one Redis)")
-    info = _fields(await conn.call_or_raise(b"CLUSTER", b"INFO"))
+    info = await server.cluster_info(conn)
     assigned = int(info.get("cluster_slots_assigned", 0))
     failing = int(info.get("cluster_slots_fail", 0)) + int(info.get("cluster_slots_pfail", 0))
     if assigned < CLUSTER_SLOTS or failing or info.get("cluster_state") != "ok":
@@ -151,11 +139,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 async def _partitions(conn: Connection, store: LedgerStore | None) -> tuple[Check, int | None]:
-    in_redis = _text(await conn.call_or_raise(b"HGET", keys.META, b"partitions"))
+    in_redis = await server.partitions(conn)
     if in_redis is None:
         return Check("partitions", False, "Redis has none recorded: a store `iou serve` "
                      "never initialised, or a wiped one (`iou recover`)"), None
-    count = int(in_redis)
+    count = in_redis
     in_ledger = await store.meta("partitions") if store is not None else None
     if in_ledger is not None and int(in_ledger) != count:
         return Check("partitions", False, f"Redis has {count}, the ledger {in_ledger}: this "
@@ -175,7 +163,7 @@ async def _lag(conn: Connection, partitions: int, lag_max_s: int) -> Check:
 
 
 async def _identity(conn: Connection, store: LedgerStore) -> Check:
-    redis_id = _text(await conn.call_or_raise(b"HGET", keys.META, IDENTITY_FIELD))
+    redis_id = await meta.identity(conn)
     ledger_id = await store.identity()
     if ledger_id is None:
         return Check("store identity", False, "the ledger has no store identity yet: start "

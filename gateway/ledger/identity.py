@@ -27,12 +27,11 @@ from dataclasses import dataclass
 
 from gateway.ledger.store import LedgerStore, StoreUnavailable
 from gateway.metering.engine import Engine
-from gateway.metering.errors import Unavailable
-from gateway.store import keys
+from gateway.metering.errors import Unavailable, maps_store_errors
+from gateway.store import meta
 
 log = logging.getLogger("iou.identity")
 
-IDENTITY_FIELD = b"store_id"
 CHECK_EVERY_S = 1.0
 
 
@@ -64,9 +63,9 @@ def new_identity() -> str:
     return uuid.uuid4().hex
 
 
+@maps_store_errors
 async def redis_identity(engine: Engine) -> str | None:
-    raw = await engine.conn.call_or_raise(b"HGET", keys.META, IDENTITY_FIELD)
-    return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+    return await meta.identity(engine.conn)
 
 
 def compare(redis_id: str | None, ledger_id: str) -> StoreState:
@@ -93,6 +92,7 @@ async def settle(engine: Engine, store: LedgerStore) -> Verdict:
     return Verdict(compare(await redis_identity(engine), ledger_id), ledger_id)
 
 
+@maps_store_errors
 async def _initialise(engine: Engine, store: LedgerStore, redis_id: str | None) -> str | None:
     """The ledger has no identity yet: lend it Redis's, or give both a new one. None when
     the ledger knows agents that an identity-less, agent-less Redis lacks (wiped before
@@ -100,17 +100,18 @@ async def _initialise(engine: Engine, store: LedgerStore, redis_id: str | None) 
     if redis_id is None:
         if await store.count("agents") > 0 and not await engine.agent_names(1):
             return None
-        await engine.conn.call_or_raise(b"HSETNX", keys.META, IDENTITY_FIELD, new_identity())
+        await meta.offer_identity(engine.conn, new_identity())
         redis_id = await redis_identity(engine)
         assert redis_id is not None
     return await store.claim_identity(redis_id)
 
 
+@maps_store_errors
 async def restore(engine: Engine, store: LedgerStore) -> str:
     """After a recover: write the ledger's identity into Redis (creating it if the ledger
     had none); returns it."""
     ledger_id = await store.identity() or await store.claim_identity(new_identity())
-    await engine.conn.call_or_raise(b"HSET", keys.META, IDENTITY_FIELD, ledger_id)
+    await meta.set_identity(engine.conn, ledger_id)
     return ledger_id
 
 

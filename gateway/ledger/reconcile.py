@@ -7,7 +7,6 @@ off for a moment, so drifted agents are drained and checked again before being r
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from gateway.ledger.store import LedgerStore
@@ -27,9 +26,7 @@ class Drift:
 
 async def redis_balances(engine: Engine, only: list[str] | None = None) -> dict[str, int]:
     names = only if only is not None else await all_agent_names(engine)
-    values = await asyncio.gather(*(engine.conn.call_or_raise(
-        b"HGET", engine.agent_keys(n).agent_hash, b"bal") for n in names))
-    return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
+    return await engine.agents.balances(names)
 
 
 async def all_agent_names(engine: Engine) -> list[str]:

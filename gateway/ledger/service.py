@@ -16,7 +16,7 @@ from gateway.ledger.recover import Recovered, recover
 from gateway.ledger.store import StoreUnavailable
 from gateway.ledger.writer import LedgerWriter
 from gateway.runtime import Runtime, open_runtime
-from gateway.store import keys
+from gateway.store import meta
 
 log = logging.getLogger("iou.writer")
 
@@ -76,8 +76,7 @@ async def run_reconcile(settings: Settings) -> tuple[int, list[Drift]]:
         drift = await reconcile(runtime.engine, writer.store, writer)
         checked = len(await writer.store.agent_totals())
         # For the gateway's /metrics (iou_reconcile_drift_agents).
-        await runtime.engine.conn.call_or_raise(b"HSET", keys.META, b"reconcile_drift",
-                                                len(drift))
+        await meta.record_drift(runtime.engine.conn, len(drift))
         return checked, drift
     finally:
         await writer.store.close()

@@ -20,14 +20,13 @@ import subprocess
 import threading
 import time
 
-from gateway.metering.errors import GatewayError
-from gateway.store import keys
+from gateway.store import meta
 from gateway.store.connections import open_connection
+from gateway.store.errors import StoreUnavailable
 from gateway.store.resp import ReplyError
 
 log = logging.getLogger("iou.supervisor")
 
-RESTARTS_FIELD = b"writer_restarts"
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 30.0
 # A writer that ran this long was healthy: its next death starts the backoff afresh.
@@ -54,10 +53,10 @@ def backoff_s(failures: int, first_s: float = BACKOFF_FIRST_S,
 
 
 async def record_restarts(redis_url: str, count: int) -> None:
-    """Add ``count`` to the restarts counter in Redis (raises Unavailable when it is down)."""
+    """Add ``count`` to the restarts counter in Redis (raises StoreUnavailable when it is down)."""
     conn = open_connection(redis_url)
     try:
-        await conn.call_or_raise(b"HINCRBY", keys.META, RESTARTS_FIELD, count)
+        await meta.add_writer_restarts(conn, count)
     finally:
         conn.close()
 
@@ -142,7 +141,7 @@ class WriterSupervisor:
             return
         try:
             asyncio.run(record_restarts(self._redis_url, self._unrecorded))
-        except (GatewayError, ReplyError, OSError) as exc:
+        except (StoreUnavailable, ReplyError, OSError) as exc:
             log.warning("could not count the writer restart in Redis yet: %s", exc)
             return
         self._unrecorded = 0

@@ -31,10 +31,10 @@ import orjson
 from gateway.ledger.entries import LedgerEntry, PoisonedEntry, parse_entry
 from gateway.ledger.store import LedgerStore, StoreUnavailable, config_statements
 from gateway.metering.errors import GatewayError
-from gateway.store import keys
-from gateway.store.cluster import ClusterConnection
+from gateway.store import meta, streams
 from gateway.store.connections import open_connection
-from gateway.store.resp import ReplyError
+from gateway.store.errors import GroupMissing
+from gateway.store.errors import StoreUnavailable as RedisUnavailable
 
 GROUP = b"ledger"
 BATCH_SIZE_MAX = 1000
@@ -55,18 +55,12 @@ RETRY_WAIT_S = 1.0
 PIPELINE_BATCHES_MAX = 20
 # iou:stats field: stream entries settled (committed or dead-lettered) by all writers, for
 # /metrics (iou_ledger_written_total): the writers run in processes Prometheus does not scrape.
-WRITTEN_FIELD = b"ledger_written"
 
 log = logging.getLogger("iou.writer")
 
 
-def stream_names(partitions: int) -> list[str]:
-    return [keys.events(p) for p in range(partitions)] + [keys.TOOL_EVENTS]
-
-
-def stream_label(stream: str) -> str:
-    """The ledger's name of a stream: "p07" or "tools"."""
-    return stream.split("{", 1)[1].split("}", 1)[0]
+stream_names = streams.event_streams
+stream_label = streams.stream_label
 
 
 @dataclass
@@ -93,7 +87,7 @@ class LedgerWriter:
         # where the writer's parsing time went.
         self._conn = open_connection(redis_url, decode=True)
         # One server holds every stream: one read names them all and can block.
-        self._one_read = not isinstance(self._conn, ClusterConnection)
+        self._one_read = streams.one_server(self._conn)
         self._store = store
         self._streams = stream_names(partitions)
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -118,11 +112,7 @@ class LedgerWriter:
         await self._create_groups()
 
     async def _create_groups(self) -> None:
-        for stream in self._streams:
-            reply = await self._conn.call(b"XGROUP", b"CREATE", stream, GROUP, b"0",
-                                          b"MKSTREAM")
-            if isinstance(reply, ReplyError) and "BUSYGROUP" not in str(reply):
-                raise reply
+        await streams.create_groups(self._conn, self._streams, GROUP)
 
     async def run(self) -> None:
         """Run until stop(): own pending entries first, then new ones, claiming stale ones."""
@@ -149,14 +139,14 @@ class LedgerWriter:
                     await self.drain_pending()  # retries entries that failed to parse
                     await self.trim()
                     last_trim = time.monotonic()
-            except (StoreUnavailable, GatewayError) as exc:
+            except (StoreUnavailable, RedisUnavailable, GatewayError) as exc:
                 # Nothing was acknowledged: the batch stays pending and nothing is trimmed.
                 log.warning("ledger writer waiting: %s", exc)
                 retry_pending = True
                 await asyncio.sleep(RETRY_WAIT_S)
             except Exception as exc:
                 retry_pending = True
-                if isinstance(exc, ReplyError) and "NOGROUP" in str(exc):
+                if isinstance(exc, GroupMissing):
                     # Redis lost the streams (restarted without its data, or wiped and
                     # recovered): make the groups again rather than fail every pass forever.
                     log.warning("ledger writer: %s; creating the consumer groups again", exc)
@@ -217,35 +207,25 @@ class LedgerWriter:
     async def _read(self, ids: list[bytes], wait_ms: int) -> list[tuple[str, list[Any]]]:
         """New (``>``) or pending (``0``) entries of every stream; when there are none, wait
         up to ``wait_ms`` for new ones (0: answer at once)."""
+        positions = list(zip(self._streams, ids, strict=True))
         if self._one_read:
-            block = [b"BLOCK", wait_ms] if wait_ms else []
-            reply = await self._conn.call_or_raise(
-                b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT", BATCH_SIZE_MAX,
-                *block, b"STREAMS", *self._streams, *ids)
-            return [(s, entries) for s, entries in reply or []]
-        batch = await self._read_each(ids)
+            return await streams.read_together(self._conn, GROUP, self._consumer, positions,
+                                               BATCH_SIZE_MAX, wait_ms)
+        # A cluster: one XREADGROUP per stream, all in one write (each names one key, routed
+        # to the node of its slot), and a wait in Python when nothing came back.
+        batch = await streams.read(self._conn, GROUP, self._consumer, positions,
+                                   BATCH_SIZE_MAX)
         if wait_ms and not any(entries for _, entries in batch):
             await asyncio.sleep(wait_ms / 1000)
         return batch
-
-    async def _read_each(self, ids: list[bytes]) -> list[tuple[str, list[Any]]]:
-        """One XREADGROUP per stream, all in one write (each names one key: a cluster routes
-        each to the node of its slot)."""
-        replies = await asyncio.gather(*(self._conn.call_or_raise(
-            b"XREADGROUP", b"GROUP", GROUP, self._consumer, b"COUNT", BATCH_SIZE_MAX,
-            b"STREAMS", stream, stream_id) for stream, stream_id in zip(
-                self._streams, ids, strict=True)))
-        return [(s, entries) for reply in replies for s, entries in reply or []]
 
     async def claim_stale(self, idle_ms: int = CLAIM_IDLE_MS) -> None:
         """Take over entries a dead writer read but never acknowledged."""
         for stream in self._streams:
             cursor = b"0-0"
             while True:
-                reply = await self._conn.call_or_raise(
-                    b"XAUTOCLAIM", stream, GROUP, self._consumer, idle_ms, cursor, b"COUNT",
-                    BATCH_SIZE_MAX)
-                cursor, entries = reply[0], reply[1]
+                cursor, entries = await streams.claim_idle(
+                    self._conn, stream, GROUP, self._consumer, idle_ms, cursor, BATCH_SIZE_MAX)
                 if entries:
                     await self._process([(stream, entries)])
                 if cursor == "0-0":
@@ -279,10 +259,8 @@ class LedgerWriter:
         settled = sum(len(ids) for ids in acks.values())
         # One write for all streams (each XACK names one key: fine on a cluster too), and
         # the writers' shared total for /metrics (iou_ledger_written_total) in the same tick.
-        await asyncio.gather(*(self._conn.call_or_raise(b"XACK", stream, GROUP, *ids)
-                               for stream, ids in acks.items()),
-                             *([self._conn.call_or_raise(b"HINCRBY", keys.STATS, WRITTEN_FIELD,
-                                                         settled)] if settled else []))
+        await asyncio.gather(streams.ack(self._conn, GROUP, acks),
+                             *([meta.add_written(self._conn, settled)] if settled else []))
         return settled
 
     async def _write(self, good: list[LedgerEntry],
@@ -337,22 +315,6 @@ class LedgerWriter:
     async def trim(self) -> None:
         """XTRIM MINID below the oldest entry the group has not acknowledged."""
         for stream in self._streams:
-            floor = await self._unacknowledged_floor(stream)
+            floor = await streams.unacknowledged_floor(self._conn, stream, GROUP)
             if floor is not None:
-                await self._conn.call_or_raise(b"XTRIM", stream, b"MINID", floor)
-
-    async def _unacknowledged_floor(self, stream: str) -> str | None:
-        # Sent in one write, so Redis answers XINFO before XPENDING: an entry delivered
-        # after the last-delivered id was read lies above it and is never trimmed.
-        groups, summary = await asyncio.gather(
-            self._conn.call_or_raise(b"XINFO", b"GROUPS", stream),
-            self._conn.call_or_raise(b"XPENDING", stream, GROUP))
-        if summary[0]:
-            oldest_pending: str = summary[1]
-            return oldest_pending
-        for group in groups:
-            info = dict(zip(group[::2], group[1::2], strict=True))
-            if info.get("name") == GROUP.decode():
-                ms, seq = str(info["last-delivered-id"]).split("-")
-                return f"{ms}-{int(seq) + 1}"  # everything delivered is acknowledged
-        return None
+                await streams.trim_below(self._conn, stream, floor)

@@ -25,14 +25,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from gateway.store import keys
-from gateway.store.codes import Code
+from gateway.store.calls import Refused
 
 log = logging.getLogger("iou.agent_table")
 
 SCAN_PAGE_AGENTS = 250  # agents per agent_scan.lua call: about 2 ms of Redis time, the most
 # a charge may wait behind it (measured: 8 µs of Redis CPU per agent)
-VALUES_PER_AGENT = 7
 SORTS = ("agent", "balance", "held", "spent_today")
 VIEWS_CACHED_MAX = 16  # (sort, filter) views kept per table
 QUICK_BUILD_S = 0.05  # a table this quick to build is rebuilt inline when stale
@@ -223,24 +221,12 @@ async def scan_partition(engine: Any, partition: int, today: int) -> list[AgentR
     rows: list[AgentRow] = []
     cursor = ""
     while True:
-        reply = await engine.scripts.run(
-            "agent_scan", [keys.agents_index(partition)],
-            [keys.tag(partition), cursor, str(SCAN_PAGE_AGENTS), str(today)])
-        if reply[0] != Code.OK:
-            raise RuntimeError(f"agent_scan.lua refused argument {reply[1]}")
-        page = _rows_of(reply)
+        reply = await engine.calls.agent_scan(partition, cursor, SCAN_PAGE_AGENTS, today)
+        if isinstance(reply, Refused):
+            raise RuntimeError(f"agent_scan.lua refused argument {dict(reply.fields)}")
+        page = [AgentRow(a.name, a.balance, a.held, a.frozen, a.low, a.daily, a.spent_today)
+                for a in reply.agents]
         rows.extend(page)
         if len(page) < SCAN_PAGE_AGENTS:
             return rows
         cursor = page[-1].agent
-
-
-def _rows_of(reply: list[Any]) -> list[AgentRow]:
-    flat = reply[1:]
-    return [AgentRow(_text(flat[i]), int(flat[i + 1]), int(flat[i + 2]), flat[i + 3] == 1,
-                     int(flat[i + 4]), int(flat[i + 5]), int(flat[i + 6]))
-            for i in range(0, len(flat), VALUES_PER_AGENT)]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -6,9 +6,15 @@ carries the contract's ``code``, one human sentence and the details of its row.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 from gateway.sdk.codes import SERVER_CODES
+from gateway.store.errors import StoreUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class GatewayError(Exception):
@@ -130,5 +136,20 @@ class UpstreamUnavailable(GatewayError):
     code = "upstream_unavailable"
 
 
-class UnsafeRedis(Exception):
-    """The configured Redis could lose balances; the message says how to fix it."""
+def unavailable(exc: StoreUnavailable) -> Unavailable:
+    """The contract's 503 for the store's failure (its message names no address)."""
+    return Unavailable(str(exc))
+
+
+def maps_store_errors(operation: Callable[P, Coroutine[Any, Any, R]]
+                      ) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A domain operation whose store failures surface as the contract's ``Unavailable``."""
+
+    @functools.wraps(operation)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await operation(*args, **kwargs)
+        except StoreUnavailable as exc:
+            raise unavailable(exc) from exc
+
+    return run

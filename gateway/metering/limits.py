@@ -9,6 +9,7 @@ from gateway.metering.errors import InvalidRequest
 from gateway.metering.models import CategoryLimits, Limits
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}", re.ASCII)
+HOLD_TTL_S_MAX = 3600  # the longest hold a caller may ask for
 LIMIT_FIELDS = {"per_call": "pc", "daily": "dl", "low_balance": "low"}
 
 

@@ -3,8 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 from gateway.store.codes import Flag
+
+
+class SecretSettings(Protocol):
+    """What sealing upstream credentials needs of the configuration (passed in: the domain
+    does not read the environment)."""
+
+    @property
+    def secret_key(self) -> str | None: ...
+
+    @property
+    def uses_embedded_redis(self) -> bool: ...
+
+    @property
+    def data_dir(self) -> Path: ...
+
+
+class DomainSettings(SecretSettings, Protocol):
+    """The values the domain is given at its start (gateway.config.Settings has them)."""
+
+    @property
+    def partitions(self) -> int: ...
+
+    @property
+    def amount_max_micros(self) -> int: ...
+
+    @property
+    def signup_grant_micros(self) -> int: ...
+
+    @property
+    def low_balance_default_micros(self) -> int: ...
+
+    @property
+    def test_clock(self) -> bool: ...
 
 
 def warnings_of(flags: int) -> tuple[str, ...]:
@@ -15,6 +50,18 @@ def warnings_of(flags: int) -> tuple[str, ...]:
     if flags & Flag.DAILY_NEAR:
         names.append("daily_near")
     return tuple(names)
+
+
+def state_warnings(balance_micros: int, low_balance_micros: int | None,
+                   spent_today_micros: int, daily_micros: int | None) -> tuple[str, ...]:
+    """The warnings of an agent's state: the rules of ``low_flags`` and ``near_flag`` in
+    lua/_lib.lua (below low_balance; spent or held today over 80 % of the daily cap)."""
+    flags = 0
+    if low_balance_micros is not None and balance_micros < low_balance_micros:
+        flags |= Flag.LOW_BALANCE
+    if daily_micros is not None and spent_today_micros * 5 > daily_micros * 4:
+        flags |= Flag.DAILY_NEAR
+    return warnings_of(flags)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from gateway.metering import money
 from gateway.metering.errors import (
@@ -18,15 +17,8 @@ from gateway.metering.errors import (
     PerCallLimitExceeded,
     WindowLimitExceeded,
 )
+from gateway.store.calls import Refused
 from gateway.store.codes import Code
-
-
-def _int(value: Any) -> int:
-    return int(value) if not isinstance(value, bytes) else int(value.decode())
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class NothingToHold(InvalidRequest):
@@ -37,8 +29,10 @@ class NothingToHold(InvalidRequest):
 
 
 def refusal(  # noqa: C901, PLR0912 - one flat branch per refusal code reads best
-        code: Code, reply: list[Any], **context: str) -> GatewayError:
-    """The contract's error for a script's refusal code."""
+        refused: Refused, **context: str) -> GatewayError:
+    """The contract's error for a script's refusal (its code and the fields its header
+    names)."""
+    code, reply = refused.code, refused
     agent = context.get("agent", "")
     if code == Code.NOT_FOUND:
         what = f"tool {context['tool']}" if "tool" in context and not agent else f"agent {agent}"
@@ -51,20 +45,20 @@ def refusal(  # noqa: C901, PLR0912 - one flat branch per refusal code reads bes
     if code == Code.HOLD_NOT_FOUND:
         return NotFound(f"No hold {context.get('hold_id', '')} for agent {agent}.")
     if code == Code.HOLD_CLOSED:
-        state = _text(reply[1])
+        state = reply.text("state") or ""
         return HoldClosed(f"The hold is already {state}.", state=state)
     if code == Code.CAPTURE_EXCEEDS_HOLD:
         return InvalidRequest("cost", f"must be at most the held amount "
-                                      f"{money.format_amount(_int(reply[1]))}")
+                                      f"{money.format_amount(reply.integer('held_amount'))}")
     if code == Code.FROZEN:
         return AgentFrozen(f"Agent {agent} is frozen; paid calls are refused.")
     if code == Code.IDEMPOTENCY_CONFLICT:
         return IdempotencyConflict("This Idempotency-Key was used with a different request.")
     if code == Code.BALANCE_INSUFFICIENT:
-        return BalanceInsufficient(
-            f"The call costs {money.format_amount(_int(reply[2]))} but only "
-            f"{money.format_amount(_int(reply[1]))} is available.",
-            balance=money.format_amount(_int(reply[1])), cost=money.format_amount(_int(reply[2])))
+        balance = money.format_amount(reply.integer("balance"))
+        cost = money.format_amount(reply.integer("cost"))
+        return BalanceInsufficient(f"The call costs {cost} but only {balance} is available.",
+                                   balance=balance, cost=cost)
     if code in (Code.LIMIT_PER_CALL, Code.LIMIT_CATEGORY_PER_CALL):
         return _per_call_refusal(code, reply, context)
     if code in (Code.LIMIT_DAILY, Code.LIMIT_CATEGORY_DAILY):
@@ -74,20 +68,21 @@ def refusal(  # noqa: C901, PLR0912 - one flat branch per refusal code reads bes
     if code == Code.BALANCE_OVERFLOW:
         return InvalidRequest("amount", "would take the balance above the largest exact amount")
     if code == Code.KEYS_FULL:
-        return InvalidRequest("keys", f"an agent may have at most {_int(reply[1])} keys")
+        return InvalidRequest("keys", f"an agent may have at most {reply.integer('keys_max')} keys")
     if code == Code.KEY_NOT_FOUND:
         return NotFound("No such key.")
-    return InvalidRequest("argument", f"was refused by the script (argument {reply[1:]})")
+    return InvalidRequest("argument", "was refused by the script (argument "
+                                      f"{list(reply.fields.values())})")
 
 
-def _price_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
+def _price_refusal(code: Code, reply: Refused, context: Mapping[str, str]) -> GatewayError:
     """A client naming a price the catalog sets: the catalog price is what a call costs."""
     tool = context.get("tool")
     if code == Code.COST_REQUIRED:
         return InvalidRequest("cost", "is required for tools priced variable")
     if code == Code.NOTHING_TO_HOLD:
         return NothingToHold()
-    price = money.format_amount(_int(reply[1]))
+    price = money.format_amount(reply.integer("price"))
     if code == Code.HOLD_BELOW_PRICE:
         return InvalidRequest("max_cost", f"must be at least the price {price} of the "
                                           f"fixed-price tool {tool}")
@@ -98,23 +93,26 @@ def _price_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> 
                                   f"{price})")
 
 
-def _category(reply: list[Any], at: int, context: Mapping[str, str]) -> str | None:
+def _category(reply: Refused, context: Mapping[str, str]) -> str | None:
     """The category a script put in its refusal, else the caller's (older scripts, capture)."""
-    return _text(reply[at]) if len(reply) > at else context.get("category")
+    return reply.text("category") or context.get("category")
 
 
-def _per_call_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
+def _per_call_refusal(code: Code, reply: Refused, context: Mapping[str, str]
+                      ) -> GatewayError:
     limit = "per_call" if code == Code.LIMIT_PER_CALL else "category_per_call"
-    cap, cost = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
+    cap = money.format_amount(reply.integer("max"))
+    cost = money.format_amount(reply.integer("cost"))
     return PerCallLimitExceeded(f"The call costs {cost}, above the {limit} cap of {cap}.",
-                                limit=limit, category=_category(reply, 3, context), max=cap,
+                                limit=limit, category=_category(reply, context), max=cap,
                                 cost=cost)
 
 
-def _window_refusal(code: Code, reply: list[Any], context: Mapping[str, str]) -> GatewayError:
+def _window_refusal(code: Code, reply: Refused, context: Mapping[str, str]) -> GatewayError:
     limit = "daily" if code == Code.LIMIT_DAILY else "category_daily"
-    cap, spent = money.format_amount(_int(reply[1])), money.format_amount(_int(reply[2]))
-    category = _category(reply, 4, context)
+    cap = money.format_amount(reply.integer("max"))
+    spent = money.format_amount(reply.integer("spent"))
+    category = _category(reply, context)
     return WindowLimitExceeded(
         f"Today's {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
-        category=category, max=cap, spent=spent, retry_after_s=_int(reply[3]))
+        category=category, max=cap, spent=spent, retry_after_s=reply.integer("retry_after_s"))

@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.config import Settings
 from gateway.metering.errors import InvalidRequest, Unavailable
+from gateway.metering.models import SecretSettings as Settings
 
 log = logging.getLogger("iou.secrets")
 

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from redis.crc import key_slot
 
-from gateway.metering.errors import Unavailable
+from gateway.store.errors import StoreUnavailable
 from gateway.store.resp import (
     RedisAddress,
     RedisConnection,
@@ -117,13 +117,13 @@ class ClusterConnection:
             for seed in seeds:
                 try:
                     reply = await self._node(seed).call_or_raise(b"CLUSTER", b"SLOTS")
-                except (Unavailable, ReplyError):
+                except (StoreUnavailable, ReplyError):
                     continue
                 self._slots = _slot_map(reply)
                 self._seen = _all_nodes(reply)
                 return
             log.warning("no node of the Redis Cluster answers (tried %s)", ", ".join(seeds))
-            raise Unavailable("No node of the Redis Cluster answers; paid calls are refused "
+            raise StoreUnavailable("No node of the Redis Cluster answers; paid calls are refused "
                               "until it is back.")
 
     def _seeds(self) -> list[str]:
@@ -176,7 +176,7 @@ class ClusterConnection:
                 self.redirects += exc.kind == "TRYAGAIN"
                 await asyncio.sleep(RETRY_WAIT_S)
                 continue
-            except Unavailable:
+            except StoreUnavailable:
                 self._recover_soon()
                 raise
             if not isinstance(reply, ReplyError):
@@ -207,7 +207,7 @@ class ClusterConnection:
             self._refresh_task = asyncio.ensure_future(self._refresh_quietly())
 
     async def _refresh_quietly(self) -> None:
-        with contextlib.suppress(Unavailable):
+        with contextlib.suppress(StoreUnavailable):
             await self.refresh()
 
     def _recover_soon(self) -> None:
@@ -227,7 +227,7 @@ class ClusterConnection:
     async def _healthy(self) -> bool:
         try:
             await self.refresh()
-        except Unavailable:
+        except StoreUnavailable:
             return False
         pings = await asyncio.gather(*(self._node(n).call(b"PING") for n in set(self._slots)),
                                      return_exceptions=True)
@@ -267,5 +267,5 @@ def _slot_map(reply: list[Any]) -> list[str]:
         for slot in range(int(start), int(end) + 1):
             slots[slot] = f"{host}:{int(master[1])}"
     if "" in slots:
-        raise Unavailable("The Redis Cluster does not cover every slot (cluster_state:fail).")
+        raise StoreUnavailable("The Redis Cluster does not cover every slot (cluster_state:fail).")
     return slots

@@ -28,10 +28,12 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{auth}:fail:all``              string window  failed authentications, everyone
 - ``iou:{auth}:fail:client:<address>`` string window  failed authentications of one client
 - ``iou:{auth}:fail:cred:<sha256>``    string window  failures of one presented credential
+- ``iou:test:clock_offset_ms``         string no TTL  the test clock's offset (IOU_TEST_CLOCK only)
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ META = "iou:meta"
 # bookkeeping, not money, so apart from the store's meta.
 STATS = "iou:stats"
 READY_PROBE = "iou:readyz"
+# Where the test clock's offset (ms, may be negative) lives; read only with IOU_TEST_CLOCK.
+TEST_CLOCK_KEY = "iou:test:clock_offset_ms"
+AGENT_KEYS_CACHED_MAX = 100_000
 TOOLS_TAG = "iou:{tools}:"
 
 
@@ -87,6 +92,12 @@ def api_key_partition(key_hash: str, partitions: int) -> int:
 
 def api_key_lookup(key_hash: str, partitions: int) -> str:
     return tag(api_key_partition(key_hash, partitions)) + "apikey:" + key_hash
+
+
+def short_digest(text: str) -> str:
+    """The digest that names a caller's text (an idempotency key, a presented credential)
+    in a key name: any text maps to a short, safe name (32 hex characters of its sha256)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def http_idempotency(scope: str, digest: str, partitions: int) -> str:
@@ -148,6 +159,7 @@ class AgentKeys:
         return f"{self.prefix}keyused:{self.agent}"
 
 
+@functools.lru_cache(maxsize=AGENT_KEYS_CACHED_MAX)
 def agent_keys(agent: str, partitions: int) -> AgentKeys:
     p = partition_of(agent, partitions)
     prefix = tag(p)

@@ -20,14 +20,14 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import hiredis
 
-from gateway.metering.errors import Unavailable
+from gateway.store.errors import StoreUnavailable
 
 log = logging.getLogger("iou.redis")
 
 BATCH_COMMANDS_MAX = 1024  # a full 1,000-charge batch goes out in one write
 CONNECT_TIMEOUT_S = 5.0
 # A command without a reply for this long means Redis is stuck: drop the connection so
-# callers fail closed with Unavailable instead of hanging.
+# callers fail closed with StoreUnavailable instead of hanging.
 REPLY_TIMEOUT_S = 10.0
 # A refusal kind is logged at most this often per connection (a refusal comes per call).
 REFUSAL_LOG_INTERVAL_S = 10.0
@@ -60,7 +60,7 @@ class ReplyError(Exception):
     """An error reply from Redis (``-ERR ...``, ``-NOSCRIPT ...``)."""
 
 
-class RedisRefused(Unavailable):
+class RedisRefused(StoreUnavailable):
     """Redis refused a command for a state of its own (``kind``: OOM, LOADING, ...)."""
 
     def __init__(self, kind: str) -> None:
@@ -80,8 +80,8 @@ def refusal_kind(reply: ReplyError) -> str | None:
     return None
 
 
-def unreachable() -> Unavailable:
-    return Unavailable("Redis is unreachable; paid calls are refused until it is back.")
+def unreachable() -> StoreUnavailable:
+    return StoreUnavailable("Redis is unreachable; paid calls are refused until it is back.")
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,8 @@ class RedisConnection:
     """Lazily connected, auto-pipelined, reconnecting Redis connection.
 
     ``call`` never raises for an error reply: it returns the ``ReplyError`` (so scripts can
-    recover from NOSCRIPT); it raises ``Unavailable`` when Redis cannot be reached, and
-    ``RedisRefused`` (an Unavailable) for a refusal of REFUSALS. Messages never name the
+    recover from NOSCRIPT); it raises ``StoreUnavailable`` when Redis cannot be reached, and
+    ``RedisRefused`` (a StoreUnavailable) for a refusal of REFUSALS. Messages never name the
     address; the log does, once per outage and per refusal kind every few seconds.
     """
 
@@ -309,7 +309,7 @@ class RedisConnection:
         if self._transport is not None:
             self._arm_watchdog()
 
-    def _unavailable(self, why: str) -> Unavailable:
+    def _unavailable(self, why: str) -> StoreUnavailable:
         if not self._down:
             self._down = True
             log.warning("Redis at %s is unreachable (%s); paid calls get 503 until it is back",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from gateway.metering.errors import UnsafeRedis
 from gateway.store.connections import Connection
+from gateway.store.errors import StoreUnsafe
 
 log = logging.getLogger("iou.safety")
 
@@ -14,7 +14,8 @@ SAFE_POLICIES = {"noeviction"}
 # idempotency records do, and losing an idempotency record can charge a retry twice.
 
 
-def _info_fields(raw: bytes | str) -> dict[str, str]:
+def info_fields(raw: bytes | str) -> dict[str, str]:
+    """The ``name:value`` lines of an INFO reply (or CLUSTER INFO) as a dict."""
     fields = {}
     text = raw.decode() if isinstance(raw, bytes) else raw
     for line in text.splitlines():
@@ -25,13 +26,13 @@ def _info_fields(raw: bytes | str) -> dict[str, str]:
 
 
 async def check_redis(conn: Connection, allow_unsafe: bool) -> list[str]:
-    """Raise UnsafeRedis on an evicting policy (unless allowed); return warnings."""
+    """Raise StoreUnsafe on an evicting policy (unless allowed); return warnings."""
     warnings: list[str] = []
     memory = await conn.call_each(b"INFO", b"memory")
     persistence = await conn.call_each(b"INFO", b"persistence")
     for mem, per in zip(memory, persistence, strict=True):  # every master of a cluster
-        fields = _info_fields(mem)
-        fields.update(_info_fields(per))
+        fields = info_fields(mem)
+        fields.update(info_fields(per))
         warnings += _check_node(conn, fields, allow_unsafe)
     return warnings
 
@@ -45,7 +46,7 @@ def _check_node(conn: Connection, fields: dict[str, str], allow_unsafe: bool) ->
                    "with `redis-cli CONFIG SET maxmemory-policy noeviction` (and the same line "
                    "in redis.conf)")
         if not allow_unsafe:
-            raise UnsafeRedis(message + ", or set IOU_ALLOW_UNSAFE_REDIS=1 to run anyway.")
+            raise StoreUnsafe(message + ", or set IOU_ALLOW_UNSAFE_REDIS=1 to run anyway.")
         log.warning("IOU_ALLOW_UNSAFE_REDIS=1: running anyway: %s", message)
         warnings.append(message)
     if fields.get("aof_enabled", "1") != "1":

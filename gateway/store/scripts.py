@@ -8,6 +8,7 @@ recovered by loading the script again and retrying, never by failing the call.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ from gateway.store.resp import RedisRefused, ReplyError, refusal_kind
 SCRIPT_NAMES = (
     "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
     "set_limits", "freeze", "key_add", "key_revoke", "tool_set", "tool_delete", "auth_fail",
-    "tool_copy", "agent_scan",
+    "tool_copy", "agent_scan", "restore",
 )
+# One line of a header's Returns: "--   code NAME = N: {N, field, field (note), ...} ...".
+_SHAPE_RE = re.compile(r"^--\s+code (\w+) = (\d+): \{\d+((?:, [^,}]+)*)\}", re.M)
 
 
 def lua_dir() -> Path:
@@ -41,6 +44,15 @@ class Script:
     name: str
     source: str
     sha: str
+    # The reply's field names after the code, per return code, as the header lists them.
+    shapes: dict[int, tuple[str, ...]]
+
+
+def reply_shapes(header: str) -> dict[int, tuple[str, ...]]:
+    """Field names of each reply a script's header lists: ``{13, max, cost, category}``
+    gives ``{13: ("max", "cost", "category")}`` (a note in parentheses is dropped)."""
+    return {int(m[2]): tuple(part.split()[0] for part in m[3].split(", ")[1:])
+            for m in _SHAPE_RE.finditer(header)}
 
 
 class ScriptError(RuntimeError):
@@ -66,8 +78,9 @@ def load_script(name: str, test_clock_key: str | None = None) -> Script:
         if lib.count(CLOCK_LINE) != 1:
             raise ScriptError("_lib.lua: the clock line moved; update scripts.CLOCK_LINE")
         lib = lib.replace(CLOCK_LINE, _test_clock_line(test_clock_key))
-    source = lib + "\n" + (folder / f"{name}.lua").read_text()
-    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    own = (folder / f"{name}.lua").read_text()
+    source = lib + "\n" + own
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest(), reply_shapes(own))
 
 
 class Scripts:

@@ -29,13 +29,13 @@ import orjson
 
 from gateway.metering import ids
 from gateway.metering.engine import Engine
-from gateway.metering.errors import GatewayError
+from gateway.metering.errors import GatewayError, maps_store_errors
 from gateway.metering.money import format_amount, parse_amount
 from gateway.observability import WEBHOOK_DROPPED
-from gateway.store import keys
-from gateway.store.cluster import ClusterConnection
+from gateway.store import agents as stored
+from gateway.store import streams
 from gateway.store.connections import Connection, open_connection
-from gateway.store.resp import ReplyError
+from gateway.store.errors import GroupMissing, StoreUnavailable
 
 log = logging.getLogger("iou.webhooks")
 
@@ -65,22 +65,22 @@ def backoff_s(deliveries: int) -> float:
     return float(min(BACKOFF_FIRST_S * 2.0 ** max(deliveries - 1, 0), BACKOFF_MAX_S))
 
 
+@maps_store_errors
 async def queue_depleted(engine: Engine, agent: str, refusal: GatewayError) -> None:
     """Queue balance.depleted for an agent with a webhook, at most once a minute."""
     balance_micros = parse_amount(str(refusal.details.get("balance", "0")), allow_zero=True)
-    k = engine.agent_keys(agent)
-    first = await engine.conn.call_or_raise(b"SET", k.depleted(), b"1", b"NX", b"EX",
-                                            DEPLETED_EVERY_S)
-    if first is None:
+    conn, partitions = engine.conn, engine.partitions
+    if not await stored.mark_depleted(conn, partitions, agent, DEPLETED_EVERY_S):
         return
-    url = await engine.conn.call_or_raise(b"HGET", k.agent_hash, b"wh")
+    url = await stored.webhook_url(conn, partitions, agent)
     if url is None:
         return
     now_ms = int(time.time() * 1000)
-    await engine.conn.call_or_raise(
-        b"XADD", k.webhooks, b"*", b"event_id", ids.uuid7() + ":balance.depleted", b"event",
-        b"balance.depleted", b"agent", agent, b"balance", str(balance_micros), b"threshold",
-        b"", b"at", str(now_ms), b"url", url)
+    await streams.queue_webhook(
+        conn, partitions, agent,
+        [b"event_id", ids.uuid7() + ":balance.depleted", b"event", b"balance.depleted",
+         b"agent", agent, b"balance", str(balance_micros), b"threshold", b"", b"at",
+         str(now_ms), b"url", url])
 
 
 class WebhookDeliverer:
@@ -108,8 +108,8 @@ class WebhookDeliverer:
     async def _pass_or_wait(self) -> None:
         try:
             await self.pass_once(BLOCK_MS)
-        except GatewayError as exc:
-            log.warning("webhook outbox unreachable: %s", exc.message)
+        except (GatewayError, StoreUnavailable) as exc:
+            log.warning("webhook outbox unreachable: %s", exc)
             await asyncio.sleep(RETRY_WAIT_S)
         except Exception:
             log.exception("webhook delivery pass failed")
@@ -117,14 +117,10 @@ class WebhookDeliverer:
 
     @property
     def _streams(self) -> list[str]:
-        return [keys.webhooks(p) for p in range(self._engine.partitions)]
+        return streams.webhook_streams(self._engine.partitions)
 
     async def _ensure_groups(self) -> None:
-        for stream in self._streams:
-            reply = await self._conn.call(b"XGROUP", b"CREATE", stream, GROUP, b"0",
-                                          b"MKSTREAM")
-            if isinstance(reply, ReplyError) and "BUSYGROUP" not in str(reply):
-                raise reply
+        await streams.create_groups(self._conn, self._streams, GROUP)
 
     async def pass_once(self, block_ms: int = 0) -> bool:
         """Deliver new events (waiting up to ``block_ms`` for one) and due retries of every
@@ -142,42 +138,28 @@ class WebhookDeliverer:
         return bool(work)
 
     async def _read_fresh(self, block_ms: int) -> list[tuple[Any, list[Any]]] | None:
-        """New entries by stream; None when a consumer group is missing."""
-        if isinstance(self._conn, ClusterConnection):
-            replies = await asyncio.gather(*(self._read(block_ms=0, streams=[s])
-                                             for s in self._streams))
-            if any(r is None for r in replies):
-                return None
-            fresh = [pair for reply in replies for pair in reply or []]
-            if block_ms and not any(entries for _, entries in fresh):
-                await asyncio.sleep(block_ms / 1000)
-            return fresh
-        return await self._read(block_ms, self._streams)
-
-    async def _read(self, block_ms: int, streams: list[str]) -> list[tuple[Any, list[Any]]] | None:
-        block = [b"BLOCK", block_ms] if block_ms else []
-        reply = await self._conn.call(b"XREADGROUP", b"GROUP", GROUP, self._consumer,
-                                      b"COUNT", READ_COUNT_MAX, *block, b"STREAMS", *streams,
-                                      *[b">"] * len(streams))
-        if isinstance(reply, ReplyError):
-            if "NOGROUP" in str(reply):
-                return None
-            raise reply
-        # Stream names come back as bytes; XACK and XDEL take them as they are.
-        return [(stream, entries) for stream, entries in reply or []]
+        """New entries by stream; None when a consumer group is missing. One server: one
+        read over every stream that waits inside Redis; a cluster: one read per stream and
+        a wait here when nothing came."""
+        positions = [(stream, b">") for stream in self._streams]
+        try:
+            if streams.one_server(self._conn):
+                return await streams.read_together(self._conn, GROUP, self._consumer,
+                                                   positions, READ_COUNT_MAX, block_ms)
+            fresh = await streams.read(self._conn, GROUP, self._consumer, positions,
+                                       READ_COUNT_MAX)
+        except GroupMissing:
+            return None
+        if block_ms and not any(entries for _, entries in fresh):
+            await asyncio.sleep(block_ms / 1000)
+        return fresh
 
     async def _due_retries(self, stream: str) -> list[Any]:
-        conn = self._conn
         # Never claim an entry another worker may still be posting (idle < the timeout).
         idle_min_ms = int((TIMEOUT_S + 1) * 1000)
-        pending = await conn.call_or_raise(b"XPENDING", stream, GROUP, b"IDLE", idle_min_ms,
-                                           b"-", b"+", READ_COUNT_MAX)
-        due = [p[0] for p in pending if p[2] >= backoff_s(p[3]) * 1000]
-        if not due:
-            return []
-        claimed: list[Any] = await conn.call_or_raise(
-            b"XCLAIM", stream, GROUP, self._consumer, idle_min_ms, *due)
-        return [c for c in claimed if c is not None and c[1] is not None]
+        return await streams.claim_due(self._conn, stream, GROUP, self._consumer,
+                                       idle_min_ms, READ_COUNT_MAX,
+                                       lambda deliveries: backoff_s(deliveries) * 1000)
 
     async def _deliver(self, stream: str | bytes, entry_id: bytes, raw: list[bytes]) -> None:
         fields = {raw[i].decode(): raw[i + 1].decode() for i in range(0, len(raw), 2)}
@@ -194,8 +176,7 @@ class WebhookDeliverer:
             WEBHOOK_DROPPED.inc()
             log.error("webhook %s to %s dropped after an hour of failures",
                       fields["event_id"], url)
-        await self._conn.call_or_raise(b"XACK", stream, GROUP, entry_id)
-        await self._conn.call_or_raise(b"XDEL", stream, entry_id)
+        await streams.ack_and_delete(self._conn, stream, GROUP, entry_id)
 
     @staticmethod
     def event_body(fields: dict[str, str]) -> dict[str, Any]:
@@ -220,7 +201,5 @@ class WebhookDeliverer:
         return 200 <= response.status_code < 300
 
     async def backlog(self) -> int:
-        lengths = await asyncio.gather(*(self._engine.conn.call_or_raise(b"XLEN",
-                                                                         keys.webhooks(p))
-                                         for p in range(self._engine.partitions)))
-        return sum(int(n) for n in lengths)
+        return await streams.length(self._engine.conn,
+                                    streams.webhook_streams(self._engine.partitions))

@@ -1,0 +1,50 @@
+"""Charges: one tool call against an agent's balance, in one script (charge.lua)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.metering import ids
+from gateway.metering.errors import maps_store_errors
+from gateway.metering.inputs import derived_key, given_amount, idempotency, metadata_text
+from gateway.metering.limits import check_name
+from gateway.metering.models import ChargeResult, warnings_of
+from gateway.metering.refusals import refusal
+from gateway.store.calls import Refused, ScriptCalls
+from gateway.store.codes import Flag
+
+
+class Charges:
+    def __init__(self, calls: ScriptCalls, amount_max_micros: int,
+                 category_of: Callable[[str], dict[str, str]]) -> None:
+        self._calls = calls
+        self._amount_max_micros = amount_max_micros
+        # The tool's category as this worker last saw it, for refusal details only.
+        self._category_of = category_of
+
+    @maps_store_errors
+    async def charge(self, agent: str, tool: str, cost_micros: int | None = None,
+                     idempotency_key: str | None = None,
+                     metadata: Mapping[str, Any] | None = None,
+                     idempotency_part: str | None = None) -> ChargeResult:
+        """Charge one call of ``tool``: the catalog price, or ``cost_micros`` for variable
+        tools. The script reads the price, category and pricing from the agent's partition's
+        copy of the catalog, so a price change applies to every call after its PUT. Raises
+        the contract's refusal; on success the balance is already lower.
+        ``idempotency_part`` (e.g. a batch item's index) derives the key of one part of a
+        keyed request, see ``derived_key``."""
+        check_name("agent", agent)
+        check_name("tool", tool)
+        key = derived_key(idempotency_key, idempotency_part)
+        given = given_amount("cost", cost_micros, 0, self._amount_max_micros)
+        meta = metadata_text(metadata)
+        reply = await self._calls.charge(
+            agent, ids.uuid7(), tool, given, self._amount_max_micros,
+            idempotency(key, "charge", tool, cost_micros, meta), meta)
+        if isinstance(reply, Refused):
+            raise refusal(reply, agent=agent, tool=tool, op="charge", **self._category_of(tool))
+        return ChargeResult(reply.entry_id, agent, tool, reply.category, reply.cost,
+                            reply.balance, warnings_of(reply.flags),
+                            not reply.replayed and bool(reply.flags & Flag.LOW_CROSSED),
+                            reply.replayed)

@@ -1,0 +1,77 @@
+"""Checks and encodings of the domain's inputs, shared by every concern: idempotency keys
+(and the keys derived from them), request hashes, metadata, amounts, hold ids."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from gateway.metering.errors import InvalidRequest, NotFound
+from gateway.store.calls import Idempotency
+
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}", re.ASCII)
+METADATA_BYTES_MAX = 2048
+HOLD_ID_RE = re.compile(r"hold_[0-9a-f]{32}", re.ASCII)
+# A caller's key is printable ASCII, so it never holds this character: a derived key (the
+# caller's key, this separator, a part name) can never equal a key a caller chose.
+DERIVED_KEY_SEPARATOR = "\u00b7"
+DERIVED_PART_RE = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise InvalidRequest("Idempotency-Key", "must be 1 to 128 printable ASCII characters")
+
+
+def derived_key(key: str | None, part: str | None) -> str | None:
+    """The idempotency key of one part of a keyed request (a batch item, an invoke's
+    capture), after checking the caller's ``key``; ``key`` itself when ``part`` is None."""
+    check_idempotency_key(key)
+    if key is None or part is None:
+        return key
+    if not DERIVED_PART_RE.fullmatch(part):
+        raise ValueError(f"bad idempotency part {part!r}")
+    return f"{key}{DERIVED_KEY_SEPARATOR}{part}"
+
+
+def idempotency(key: str | None, *inputs: object) -> Idempotency | None:
+    """A keyed call's idempotency: the key and a hash of the operation's ``inputs`` (a
+    retry must carry the same ones to be replayed); None without a key."""
+    if not key:
+        return None
+    return Idempotency(key, hashlib.sha256(orjson.dumps(inputs)).hexdigest()[:48])
+
+
+def metadata_text(metadata: Mapping[str, Any] | None) -> str:
+    """Metadata as the JSON text the scripts pass to the ledger unchanged ('' = none)."""
+    if metadata is None:
+        return ""
+    if not isinstance(metadata, Mapping):
+        raise InvalidRequest("metadata", "must be a JSON object")
+    text = orjson.dumps(metadata).decode()
+    if len(text.encode()) > METADATA_BYTES_MAX:
+        raise InvalidRequest("metadata", f"must be at most {METADATA_BYTES_MAX} bytes")
+    return text
+
+
+def given_amount(field: str, micros: int | None, low: int, amount_max_micros: int
+                 ) -> int | None:
+    """A client's optional amount after its range check (``low`` to the maximum)."""
+    if micros is None:
+        return None
+    if isinstance(micros, bool) or not isinstance(micros, int) or not (
+            low <= micros <= amount_max_micros):
+        bounds = "above 0 and at most" if low else "between 0 and"
+        raise InvalidRequest(field, f"must be an amount {bounds} IOU_AMOUNT_MAX")
+    return micros
+
+
+def hold_ref(hold_id: str) -> str:
+    """A hold id as the scripts name it; any other text is no hold (404)."""
+    if not isinstance(hold_id, str) or not HOLD_ID_RE.fullmatch(hold_id):
+        raise NotFound("No such hold.")
+    return hold_id

@@ -1,0 +1,131 @@
+-- restore.lua: write one record of an agent rebuilt from the ledger (iou recover), in the
+-- formats and with the expiries the other scripts use, so that each exists once (_lib.lua).
+-- ARGV[1] says which record; each mode names its own KEYS and ARGV. Every check comes
+-- before the first write. Nothing goes to the events stream: the ledger already has it.
+-- KEYS[1] by mode: agent: agent hash iou:{pNN}:agent:<agent>; hold: hold hash
+--         iou:{pNN}:hold:<hold_id>; window: window hash iou:{pNN}:win:<agent>; idem:
+--         idempotency record iou:{pNN}:idem:<agent>:<sha>; tool: catalog entry
+--         iou:{tools}:tool:<name>
+-- KEYS[2] by mode: agent: agents index iou:{pNN}:agents; hold: holds index iou:{pNN}:holds;
+--         idem: agent hash (restored first: its low_balance gives the replay's LOW_BALANCE
+--         bit; DAILY_NEAR, a fact of that day's window, is not rebuilt); tool: catalog
+--         names iou:{tools}:names; window: none
+-- KEYS[3] tool only: catalog version iou:{tools}:version (the entry gets the next one)
+-- ARGV[1] mode: 'agent', 'hold', 'window', 'idem' or 'tool'
+-- ARGV[2..] by mode:
+--   agent:  name, balance micros, held micros, frozen '1'/'0', created Unix ms, then limit
+--           field, value pairs as set_limits.lua writes them (pc, dl, low, wh, c:*)
+--   hold:   hold id, agent, tool, category, amount micros, held at Unix ms (the hold counts
+--           in that UTC day's window), expires at Unix ms
+--   window: a time of the day Unix ms, then field, micros pairs (s, h, s:<cat>, h:<cat>)
+--   idem:   request body hash, balance after micros, the id the replay answers (entry id,
+--           or a hold's id), the script's extra field micros (cost, amount, released or
+--           expiry: what idem_store kept)
+--   tool:   name, price micros, category, pricing 'fixed'/'variable', upstream URL or '',
+--           sealed upstream headers or ''
+-- Returns:
+--   code OK = 0: {0, written} the number of keys written
+--   code BAD_ARGUMENT = 30: {30, argv_index}
+
+local mode = ARGV[1]
+
+local function restore_agent()
+  if not name(ARGV[2]) then return { C.BAD_ARGUMENT, 2 } end
+  local bal, held = uint(ARGV[3], MICROS_MAX), uint(ARGV[4], MICROS_MAX)
+  if not bal then return { C.BAD_ARGUMENT, 3 } end
+  if not held then return { C.BAD_ARGUMENT, 4 } end
+  if ARGV[5] ~= '0' and ARGV[5] ~= '1' then return { C.BAD_ARGUMENT, 5 } end
+  local created = uint(ARGV[6], MICROS_MAX)
+  if not created then return { C.BAD_ARGUMENT, 6 } end
+  if #ARGV % 2 ~= 0 then return { C.BAD_ARGUMENT, #ARGV } end
+  local low = nil
+  for i = 7, #ARGV, 2 do
+    if not token(ARGV[i], 80) then return { C.BAD_ARGUMENT, i } end
+    if ARGV[i] == 'low' then
+      low = uint(ARGV[i + 1], MICROS_MAX)
+      if not low then return { C.BAD_ARGUMENT, i + 1 } end
+    end
+  end
+  -- lowf: the same rule as low_flags, so the next call below the threshold is no crossing.
+  local lowf = (low and bal < low) and '1' or '0'
+  redis.call('HSET', KEYS[1], 'bal', istr(bal), 'held', istr(held), 'frozen', ARGV[5],
+    'created', istr(created), 'lowf', lowf)
+  for i = 7, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  return { C.OK, 2 }
+end
+
+local function restore_hold()
+  if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
+  if not name(ARGV[3]) then return { C.BAD_ARGUMENT, 3 } end
+  if not name(ARGV[4]) then return { C.BAD_ARGUMENT, 4 } end
+  if not name(ARGV[5]) then return { C.BAD_ARGUMENT, 5 } end
+  local amount, at, exp = uint(ARGV[6], MICROS_MAX), uint(ARGV[7], MICROS_MAX),
+    uint(ARGV[8], MICROS_MAX)
+  if not amount then return { C.BAD_ARGUMENT, 6 } end
+  if not at then return { C.BAD_ARGUMENT, 7 } end
+  if not exp then return { C.BAD_ARGUMENT, 8 } end
+  redis.call('HSET', KEYS[1], 'agent', ARGV[3], 'tool', ARGV[4], 'category', ARGV[5],
+    'amount', istr(amount), 'day', istr(math.floor(at / DAY_MS)), 'exp', istr(exp),
+    'state', 'open')
+  redis.call('ZADD', KEYS[2], istr(exp), ARGV[2])
+  return { C.OK, 2 }
+end
+
+local function restore_window()
+  local ms = uint(ARGV[2], MICROS_MAX)
+  if not ms then return { C.BAD_ARGUMENT, 2 } end
+  if #ARGV % 2 ~= 0 then return { C.BAD_ARGUMENT, #ARGV } end
+  for i = 3, #ARGV, 2 do
+    if not string.match(ARGV[i], '^[sh]$') and not string.match(ARGV[i], '^[sh]:[a-z0-9_.-]+$')
+    then
+      return { C.BAD_ARGUMENT, i }
+    end
+    if not uint(ARGV[i + 1], MICROS_MAX) then return { C.BAD_ARGUMENT, i + 1 } end
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'day', istr(math.floor(ms / DAY_MS)))
+  for i = 3, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('PEXPIRE', KEYS[1], WINDOW_TTL_MS)
+  return { C.OK, 1 }
+end
+
+local function restore_idem()
+  if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
+  local bal = uint(ARGV[3], MICROS_MAX)
+  if not bal then return { C.BAD_ARGUMENT, 3 } end
+  if not token(ARGV[4], 64) then return { C.BAD_ARGUMENT, 4 } end
+  if not uint(ARGV[5], MICROS_MAX) then return { C.BAD_ARGUMENT, 5 } end
+  local low = uint(redis.call('HGET', KEYS[2], 'low'), MICROS_MAX)
+  local flags = (low and bal < low) and F.LOW_BALANCE or 0
+  idem_store(KEYS[1], ARGV[2], bal, flags, ARGV[4], ARGV[5])
+  return { C.OK, 1 }
+end
+
+local function restore_tool()
+  if not name(ARGV[2]) then return { C.BAD_ARGUMENT, 2 } end
+  if not uint(ARGV[3], MICROS_MAX) then return { C.BAD_ARGUMENT, 3 } end
+  if not name(ARGV[4]) then return { C.BAD_ARGUMENT, 4 } end
+  if ARGV[5] ~= 'fixed' and ARGV[5] ~= 'variable' then return { C.BAD_ARGUMENT, 5 } end
+  if ARGV[6] ~= '' and (#ARGV[6] > 2048 or not string.match(ARGV[6], '^https?://[!-~]+$')) then
+    return { C.BAD_ARGUMENT, 6 }
+  end
+  if #ARGV[7] > 8192 then return { C.BAD_ARGUMENT, 7 } end
+  local version = next_catalog_version(KEYS[3])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'price', ARGV[3], 'category', ARGV[4], 'pricing', ARGV[5],
+    'upstream', ARGV[6], 'headers', ARGV[7], 'updated', '0', 'version', istr(version))
+  redis.call('SADD', KEYS[2], ARGV[2])
+  return { C.OK, 1 }
+end
+
+if mode == 'agent' then return restore_agent() end
+if mode == 'hold' then return restore_hold() end
+if mode == 'window' then return restore_window() end
+if mode == 'idem' then return restore_idem() end
+if mode == 'tool' then return restore_tool() end
+return { C.BAD_ARGUMENT, 1 }
