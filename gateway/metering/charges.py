@@ -6,13 +6,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.metering import ids
-from gateway.metering.errors import maps_store_errors
+from gateway.metering.errors import unavailable
 from gateway.metering.inputs import derived_key, given_amount, idempotency, metadata_text
 from gateway.metering.limits import check_name
 from gateway.metering.models import ChargeResult, warnings_of
 from gateway.metering.refusals import refusal
 from gateway.store.calls import Refused, ScriptCalls
 from gateway.store.codes import Flag
+from gateway.store.errors import StoreUnavailable
 
 
 class Charges:
@@ -23,7 +24,6 @@ class Charges:
         # The tool's category as this worker last saw it, for refusal details only.
         self._category_of = category_of
 
-    @maps_store_errors
     async def charge(self, agent: str, tool: str, cost_micros: int | None = None,
                      idempotency_key: str | None = None,
                      metadata: Mapping[str, Any] | None = None,
@@ -39,9 +39,12 @@ class Charges:
         key = derived_key(idempotency_key, idempotency_part)
         given = given_amount("cost", cost_micros, 0, self._amount_max_micros)
         meta = metadata_text(metadata)
-        reply = await self._calls.charge(
-            agent, ids.uuid7(), tool, given, self._amount_max_micros,
-            idempotency(key, "charge", tool, cost_micros, meta), meta)
+        try:  # inline, not maps_store_errors: the hot path spares the extra coroutine
+            reply = await self._calls.charge(
+                agent, ids.uuid7(), tool, given, self._amount_max_micros,
+                idempotency(key, "charge", tool, cost_micros, meta), meta)
+        except StoreUnavailable as exc:
+            raise unavailable(exc) from exc
         if isinstance(reply, Refused):
             raise refusal(reply, agent=agent, tool=tool, op="charge", **self._category_of(tool))
         return ChargeResult(reply.entry_id, agent, tool, reply.category, reply.cost,
