@@ -18,7 +18,8 @@ from gateway.ledger.identity import StoreGuard
 from gateway.ledger.store import LedgerStore
 from gateway.logs import AGENT
 from gateway.metering.engine import Engine
-from gateway.metering.errors import GatewayError
+from gateway.metering.errors import GatewayError, unavailable
+from gateway.store.errors import StoreUnavailable
 from gateway.webhooks.deliverer import WebhookDeliverer
 
 
@@ -47,7 +48,8 @@ Handler = Callable[[Context, Request], Awaitable[Response]]
 
 
 def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """A Starlette endpoint that maps GatewayError to the contract's JSON error."""
+    """A Starlette endpoint that maps GatewayError to the contract's JSON error (and a
+    store failure that reached it unmapped to the contract's 503, never a 500)."""
 
     async def run(request: Request) -> Response:
         try:
@@ -56,6 +58,8 @@ def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             if AGENT.get() is None and "agent" in request.path_params:
                 AGENT.set(request.path_params["agent"])  # an admin route about an agent
             return error_response(exc)
+        except StoreUnavailable as exc:
+            return error_response(unavailable(exc))
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__

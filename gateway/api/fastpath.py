@@ -27,8 +27,9 @@ from gateway.api.request_id import HEADER_BYTES as REQUEST_ID_HEADER_BYTES
 from gateway.api.request_id import RequestIds, accept_request_id
 from gateway.api.requests import charge_request, idempotency_key
 from gateway.api.responses import error_body
-from gateway.metering.errors import GatewayError
+from gateway.metering.errors import GatewayError, unavailable
 from gateway.observability import CHARGE_LATENCY, count_error
+from gateway.store.errors import StoreUnavailable
 
 CHARGE_PATH = "/v1/charge"
 ROUTES = (("POST", CHARGE_PATH),)  # (method, path) served here, not by the Starlette app
@@ -83,6 +84,8 @@ async def _charge(ctx: Context, scope: Scope, headers: dict[str, str], receive: 
         result = await charge_one(ctx, agent, charge)
     except GatewayError as exc:
         return error_body(exc)
+    except StoreUnavailable as exc:  # one that reached here unmapped: still the 503
+        return error_body(unavailable(exc))
     return 200, orjson.dumps(charge_payload(result)), []
 
 
