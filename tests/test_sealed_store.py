@@ -66,3 +66,14 @@ def test_no_lua_script_is_sent_from_outside_the_store() -> None:
     sites = [f"{path.relative_to(GATEWAY.parent)}"
              for path in _outside_store() if "redis.call(" in path.read_text()]
     assert sites == []
+
+
+def test_the_domain_imports_nothing_above_it() -> None:
+    """metering/ is given its values (no Settings, no HOLD_TTL_S_MAX from config) and knows
+    no HTTP, ledger or worker."""
+    above = ("gateway.api", "gateway.config", "gateway.ledger", "gateway.webhooks",
+             "gateway.cli", "gateway.runtime", "gateway.observability")
+    upward = sorted(f"{path.relative_to(GATEWAY.parent)} imports {name}"
+                    for path in _modules(GATEWAY / "metering") for name in _imports(path)
+                    if name.startswith(above))
+    assert upward == []
