@@ -45,11 +45,13 @@ def tool_call(upstream: str = "", headers: str = "", name: str = "calc"
 
 def test_agent_is_written_as_create_and_set_limits_write_it(lua: Lua) -> None:
     lua.r.hset(lua.k().agent_hash, "stale", "1")
-    assert lua.run("restore", *agent_call(lua, limits=("pc", "5000", "c:llm:dl", "7")))\
-        == [0, 2]
+    # Only 'low' sets the crossing flag: a larger cap (pc) or a URL (wh) does not.
+    limits = ("pc", "5000", "wh", "https://hook.example", "c:llm:dl", "7")
+    assert lua.run("restore", *agent_call(lua, limits=limits)) == [0, 2]
     agent = lua.agent()
     assert agent == {"stale": "1", "bal": "900", "held": "100", "frozen": "0",
-                     "created": "1700000000000", "lowf": "0", "pc": "5000", "c:llm:dl": "7"}
+                     "created": "1700000000000", "lowf": "0", "pc": "5000",
+                     "wh": "https://hook.example", "c:llm:dl": "7"}
     assert lua.r.zrange(lua.k().agents_index, 0, -1, withscores=True) == [(AGENT, 0.0)]
     assert lua.r.pttl(lua.k().agent_hash) == -1
 
