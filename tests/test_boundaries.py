@@ -131,3 +131,14 @@ def test_the_status_table_agrees_with_the_shared_code_list() -> None:
     statuses = {e.code: e.statuses for e in SERVER_ERRORS}
     assert not {cls.__name__: status for cls, status in HTTP_STATUS.items()
                 if status not in statuses[cls.code]}
+
+
+def test_the_whole_number_range_check_is_written_once() -> None:
+    """``isinstance(x, bool) or not isinstance(x, int)`` lives in money.is_whole alone (the
+    SDK, the agent's library, keeps its own)."""
+    pattern = re.compile(r"isinstance\(\w+, bool\) or not isinstance\(\w+, int\)")
+    sdk = ROOT / "gateway" / "sdk"
+    found = [str(path.relative_to(ROOT)) for path in _modules("gateway")
+             if sdk not in path.parents
+             for line in path.read_text().splitlines() if pattern.search(line)]
+    assert found == ["gateway/metering/money.py"], found

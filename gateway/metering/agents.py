@@ -48,8 +48,7 @@ class Agents:
         check_name("name", agent)
         s = self._settings
         grant = s.signup_grant_micros if grant_micros is None else grant_micros
-        if isinstance(grant, bool) or not isinstance(grant, int) or not (
-                0 <= grant <= s.amount_max_micros):
+        if not money.is_whole(grant, 0, s.amount_max_micros):
             raise InvalidRequest("grant", "must be an amount between 0 and IOU_AMOUNT_MAX")
         partition = self._calls.agent_keys(agent).partition
         api_key, key_hash = ids.new_api_key(partition, self._partitions)
@@ -68,8 +67,7 @@ class Agents:
         check_name("agent", agent)
         check_idempotency_key(idempotency_key)
         amount_max = self._settings.amount_max_micros
-        if isinstance(amount_micros, bool) or not isinstance(amount_micros, int) or not (
-                0 < amount_micros <= amount_max):
+        if not money.is_whole(amount_micros, 1, amount_max):
             raise InvalidRequest("amount", "must be above 0 and at most IOU_AMOUNT_MAX")
         meta_text = metadata_text(metadata)
         reply = await self._calls.fund(

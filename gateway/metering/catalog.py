@@ -9,7 +9,7 @@ import logging
 import re
 from collections.abc import Awaitable, Mapping
 
-from gateway.metering import ids, secrets_store
+from gateway.metering import ids, money, secrets_store
 from gateway.metering.errors import GatewayError, InvalidRequest, maps_store_errors
 from gateway.metering.limits import check_name
 from gateway.metering.models import DomainSettings, Tool
@@ -51,8 +51,7 @@ class Catalog:
         amount_max = self._settings.amount_max_micros
         if pricing not in ("fixed", "variable"):
             raise InvalidRequest("pricing", "must be fixed or variable")
-        if isinstance(price_micros, bool) or not isinstance(price_micros, int) or not (
-                0 <= price_micros <= amount_max):
+        if not money.is_whole(price_micros, 0, amount_max):
             raise InvalidRequest("price", "must be an amount between 0 and IOU_AMOUNT_MAX")
         if upstream is not None and not UPSTREAM_RE.fullmatch(upstream):
             raise InvalidRequest("upstream", "must be an http:// or https:// URL")

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.metering import ids
+from gateway.metering import ids, money
 from gateway.metering.errors import GatewayError, InvalidRequest, maps_store_errors
 from gateway.metering.inputs import (
     check_idempotency_key,
@@ -52,8 +52,7 @@ class Holds:
         check_name("tool", tool)
         check_idempotency_key(idempotency_key)
         given = given_amount("max_cost", max_cost_micros, 1, self._amount_max_micros)
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not (
-                1 <= ttl_s <= HOLD_TTL_S_MAX):
+        if not money.is_whole(ttl_s, 1, HOLD_TTL_S_MAX):
             raise InvalidRequest("ttl_s", f"must be a whole number from 1 to {HOLD_TTL_S_MAX}")
         meta = metadata_text(metadata)
         reply = await self._calls.hold(

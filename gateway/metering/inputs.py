@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from gateway.metering import money
 from gateway.metering.errors import InvalidRequest, NotFound
 from gateway.store.calls import Idempotency
 
@@ -63,8 +64,7 @@ def given_amount(field: str, micros: int | None, low: int, amount_max_micros: in
     """A client's optional amount after its range check (``low`` to the maximum)."""
     if micros is None:
         return None
-    if isinstance(micros, bool) or not isinstance(micros, int) or not (
-            low <= micros <= amount_max_micros):
+    if not money.is_whole(micros, low, amount_max_micros):
         bounds = "above 0 and at most" if low else "between 0 and"
         raise InvalidRequest(field, f"must be an amount {bounds} IOU_AMOUNT_MAX")
     return micros

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from gateway.metering import money
 from gateway.metering.errors import InvalidRequest
 from gateway.metering.models import CategoryLimits, Limits
 
@@ -53,6 +54,6 @@ def limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
     if value is None:
         return (field, "")
     low_ok = name == "low_balance" and value == 0
-    if isinstance(value, bool) or not isinstance(value, int) or not (value > 0 or low_ok):
+    if not money.is_whole(value, 0 if low_ok else 1):
         raise InvalidRequest(name, "must be an amount above 0")
     return (field, str(value))

@@ -105,10 +105,18 @@ def _why_not_decimal(text: str) -> str:
 
 def format_amount(micros: int) -> str:
     """Format integer micros as a decimal string with trailing zeros trimmed ("7.1")."""
-    if isinstance(micros, bool) or not isinstance(micros, int):
+    if not is_whole(micros):
         raise TypeError("micros must be an int")
     sign = "-" if micros < 0 else ""
     whole, fraction = divmod(abs(micros), MICROS_PER_TOKEN)
     if fraction == 0:
         return f"{sign}{whole}"
     return f"{sign}{whole}.{fraction:06d}".rstrip("0")
+
+
+def is_whole(value: object, low: int | None = None, high: int | None = None) -> bool:
+    """Whether ``value`` is an int (a bool is not) from ``low`` to ``high`` (each bound
+    optional): the one range check of micros, counts and seconds the domain is given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
