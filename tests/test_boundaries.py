@@ -11,7 +11,11 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from gateway.config import load_settings
+from gateway.metering.engine import Engine
+from gateway.metering.inputs import InvariantBroken
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
@@ -142,3 +146,19 @@ def test_the_whole_number_range_check_is_written_once() -> None:
              if sdk not in path.parents
              for line in path.read_text().splitlines() if pattern.search(line)]
     assert found == ["gateway/metering/money.py"], found
+
+
+def test_the_idempotency_key_pattern_is_written_once() -> None:
+    """The API checks the Idempotency-Key against gateway/api/requests.py's pattern; the
+    domain asserts the invariant without a pattern of its own."""
+    sdk = ROOT / "gateway" / "sdk"
+    found = [str(path.relative_to(ROOT)) for path in _modules("gateway")
+             if sdk not in path.parents and r"[\x20-\x7e]{1,128}" in path.read_text()]
+    assert found == ["gateway/api/requests.py"]
+
+
+async def test_the_domain_asserts_what_the_api_validated(real_engine: Engine) -> None:
+    """A key the API would have refused reaching the domain is a caller's bug: an assertion
+    (the contract's 500), not a refusal naming a field."""
+    with pytest.raises(InvariantBroken):
+        await real_engine.charge("nobody", "web_search", idempotency_key="tab\there")

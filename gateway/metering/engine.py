@@ -19,7 +19,6 @@ from gateway.metering.charges import Charges
 from gateway.metering.errors import maps_store_errors
 from gateway.metering.holds import HOLD_TTL_S_DEFAULT as HOLD_TTL_S_DEFAULT
 from gateway.metering.holds import Holds
-from gateway.metering.inputs import IDEMPOTENCY_KEY_RE as IDEMPOTENCY_KEY_RE
 from gateway.metering.inputs import derived_key as derived_key
 from gateway.metering.models import DomainSettings
 from gateway.store import keys, meta
