@@ -12,7 +12,7 @@ local C = {
   HOLD_CLOSED = 19, CAPTURE_EXCEEDS_HOLD = 20, AGENT_EXISTS = 21,
   BALANCE_OVERFLOW = 22, KEY_NOT_FOUND = 23, KEYS_FULL = 24, TOOL_NOT_FOUND = 25,
   COST_FIXED = 26, COST_REQUIRED = 27, HOLD_BELOW_PRICE = 28, NOTHING_TO_HOLD = 29,
-  BAD_ARGUMENT = 30,
+  BAD_ARGUMENT = 30, LIMIT_WINDOW = 31, LIMIT_CALLS = 32, LIMIT_TOOL_PER_CALL = 33,
 }
 local F = { LOW_BALANCE = 1, DAILY_NEAR = 2, LOW_CROSSED = 4 }
 
@@ -185,17 +185,245 @@ end
 -- a hold written without it (before fx existed, or rebuilt by iou recover).
 local function hold_read(key)
   local h = redis.call('HMGET', key, 'agent', 'tool', 'category', 'amount', 'day', 'exp', 'state',
-    'fx')
+    'fx', 'xw', 'wk', 'mo')
   if not h[1] then return nil end
   return { agent = h[1], tool = h[2], category = h[3], amount = tonumber(h[4]),
-    day = tonumber(h[5]), exp = tonumber(h[6]), state = h[7], fx = h[8] }
+    day = tonumber(h[5]), exp = tonumber(h[6]), state = h[7], fx = h[8], xw = h[9] == '1',
+    wk = tonumber(h[10]), mo = tonumber(h[11]) }
+end
+
+-- ---- Walls beyond the balance: rolling-hour, weekly and monthly spend windows, call caps.
+-- An agent that sets any of them has x = '1' in its hash (set_limits.lua keeps the flag), and
+-- only then do the scripts read its caps (one HMGET) and its walls hash (one HGETALL): an agent
+-- without walls pays one more HMGET field, nothing else.
+-- The walls hash holds counters named <kind><period><scope>: scope '' is the agent,
+-- ':<category>' a category, '/<tool>' a tool; the period is part of the name, so a counter of
+-- a past period is simply stale (skipped when summing, deleted by the next write):
+--   H<minute>  spent in that minute (the rolling hour sums the last 60 minutes)
+--   h          held by open holds taken while walls were on (counts in the hour until closed)
+--   W<week> / w<week>    spent / held in that ISO week (Monday 00:00 UTC)
+--   M<month> / m<month>  spent / held in that calendar month (year * 12 + month - 1)
+--   N<minute>, O<hour>, D<day>  calls in that UTC minute, clock hour, day
+local MINUTE_MS = 60000
+local HOUR_MS = 3600000
+local WALLS_TTL_MS = 35 * DAY_MS -- outlives a month without a call
+local STALE_DELETE_MAX = 256     -- bounds one call's clean-up; the next write continues it
+
+-- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  return era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+end
+
+-- Year and month of a day number (H. Hinnant's civil_from_days).
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = (mp < 10) and (mp + 3) or (mp - 9)
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+-- The periods a call at `ms` falls in, and when the week and the month end (ms).
+local function periods(ms)
+  local day = math.floor(ms / DAY_MS)
+  local week = math.floor((day + 3) / 7) -- day 0 was a Thursday; weeks start on Monday
+  local y, m = civil_from_days(day)
+  local ny, nm = y, m + 1
+  if nm > 12 then ny, nm = y + 1, 1 end
+  return { ms = ms, min = math.floor(ms / MINUTE_MS), hour = math.floor(ms / HOUR_MS),
+    day = day, week = week, week_end = (week * 7 + 4) * DAY_MS, month = y * 12 + m - 1,
+    month_end = days_from_civil(ny, nm, 1) * DAY_MS }
+end
+
+-- The caps that concern one call: {[field] = number}; fields of the agent hash 'hr', 'wk',
+-- 'mo' (spend), 'nm', 'nh', 'nd' (calls a minute/hour/day), the same prefixed 'c:<cat>:' for
+-- the category, calls and 'pc' prefixed 't:<tool>:' for the tool.
+local function caps_read(agent_key, cat, tool)
+  local fields = { 'hr', 'wk', 'mo', 'nm', 'nh', 'nd' }
+  local n = #fields
+  for i = 1, n do fields[#fields + 1] = 'c:' .. cat .. ':' .. fields[i] end
+  for i = 4, n do fields[#fields + 1] = 't:' .. tool .. ':' .. fields[i] end
+  fields[#fields + 1] = 't:' .. tool .. ':pc'
+  local v = redis.call('HMGET', agent_key, unpack(fields))
+  local caps = {}
+  for i, f in ipairs(fields) do
+    local short = string.gsub(string.gsub(f, '^c:[^:]+:', 'c'), '^t:[^:]+:', 't')
+    caps[short] = uint(v[i], MICROS_MAX)
+  end
+  return caps
+end
+
+-- The wall a live counter belongs to at periods p ('hr', 'wk', 'mo', 'nm', 'nh', 'nd'), or
+-- nil when it is stale.
+local function counter_wall(kind, period, p)
+  if kind == 'h' then return 'hr' end
+  if kind == 'H' then return (period and period > p.min - 60) and 'hr' or nil end
+  if kind == 'W' or kind == 'w' then return period == p.week and 'wk' or nil end
+  if kind == 'M' or kind == 'm' then return period == p.month and 'mo' or nil end
+  if kind == 'N' then return period == p.min and 'nm' or nil end
+  if kind == 'O' then return period == p.hour and 'nh' or nil end
+  if kind == 'D' then return period == p.day and 'nd' or nil end
+  return nil
+end
+
+-- The walls hash summed for one call: used[<wall><scope>] with scope 'a' (agent), 'c' (the
+-- call's category), 't' (its tool); the rolling hour's minute buckets (for Retry-After); the
+-- live counters' values (writes add to them); the stale counters (to delete).
+local function walls_read(key, p, cat, tool)
+  local flat = redis.call('HGETALL', key)
+  local st = { used = {}, mins = { a = {}, c = {} }, vals = {}, stale = {} }
+  local csfx, tsfx = ':' .. cat, '/' .. tool
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    local kind, period, scope = string.match(f, '^(%a)(%d*)(.*)$')
+    local pn = tonumber(period)
+    local wall = counter_wall(kind, pn, p)
+    if not wall then
+      if #st.stale < STALE_DELETE_MAX then st.stale[#st.stale + 1] = f end
+    else
+      local n = tonumber(flat[i + 1])
+      st.vals[f] = n
+      local s = (scope == '' and 'a') or (scope == csfx and 'c') or (scope == tsfx and 't')
+      if s then
+        st.used[wall .. s] = (st.used[wall .. s] or 0) + n
+        if kind == 'H' and s ~= 't' then st.mins[s][pn] = n end
+      end
+    end
+  end
+  return st
+end
+
+-- Seconds until enough minutes of the rolling hour have passed for `cost` to fit `cap`
+-- (each minute's spending leaves the window 60 minutes after that minute began).
+local function hour_retry_s(mins, used, cost, cap, ms)
+  local order = {}
+  for m in pairs(mins) do order[#order + 1] = m end
+  table.sort(order)
+  for _, m in ipairs(order) do
+    used = used - mins[m]
+    if used + cost <= cap then return math.floor(((m + 60) * MINUTE_MS - ms + 999) / 1000) end
+  end
+  return 3600 -- only open holds stand in the way: they close within their TTL (at most 1 h)
+end
+
+local function ceil_s(ms) return math.floor((ms + 999) / 1000) end
+
+-- Spend windows: nil when `cost` fits every window not in `skip` (the windows a hold being
+-- captured was already counted in), else the refusal reply.
+local function spend_refusal(caps, st, p, cost, cat, skip)
+  if cost == 0 then return nil end
+  for _, w in ipairs({ 'hr', 'wk', 'mo' }) do
+    if not skip[w] then
+      for _, s in ipairs({ 'a', 'c' }) do
+        local cap, used = caps[s == 'a' and w or 'c' .. w], st.used[w .. s] or 0
+        if cap and used + cost > cap then
+          local retry = ceil_s(p.week_end - p.ms)
+          if w == 'hr' then retry = hour_retry_s(st.mins[s], used, cost, cap, p.ms) end
+          if w == 'mo' then retry = ceil_s(p.month_end - p.ms) end
+          local name = ({ hr = 'hourly', wk = 'weekly', mo = 'monthly' })[w]
+          return { C.LIMIT_WINDOW, (s == 'c' and 'category_' or '') .. name, cap, used, retry,
+            cat }
+        end
+      end
+    end
+  end
+  return nil
+end
+
+-- Call caps (free calls count too): nil when one more call fits, else the refusal reply.
+local function calls_refusal(caps, st, p, cat, tool)
+  local ends = { nm = (p.min + 1) * MINUTE_MS, nh = (p.hour + 1) * HOUR_MS,
+    nd = (p.day + 1) * DAY_MS }
+  local names = { nm = 'calls_per_minute', nh = 'calls_per_hour', nd = 'calls_per_day' }
+  for _, w in ipairs({ 'nm', 'nh', 'nd' }) do
+    for _, s in ipairs({ 'a', 'c', 't' }) do
+      local cap = caps[s == 'a' and w or s .. w]
+      if cap and (st.used[w .. s] or 0) + 1 > cap then
+        local scope = ({ a = 'agent', c = 'category', t = 'tool' })[s]
+        return { C.LIMIT_CALLS, names[w], scope, cap, ceil_s(ends[w] - p.ms), cat, tool }
+      end
+    end
+  end
+  return nil
+end
+
+-- Every wall of one call: the tool's per-call cap, call caps, spend windows.
+local function walls_refusal(caps, st, p, cost, cat, tool)
+  if cost > 0 and caps.tpc and cost > caps.tpc then
+    return { C.LIMIT_TOOL_PER_CALL, caps.tpc, cost, cat, tool }
+  end
+  return calls_refusal(caps, st, p, cat, tool) or spend_refusal(caps, st, p, cost, cat, {})
+end
+
+-- One call's writes to the walls hash, in one HSET of the values walls_read returned (exact:
+-- nothing else runs in between): `spent` and `held` micros in the hour, week and month of
+-- the agent and the category, one call in the agent's, category's and tool's counters.
+local function walls_write(key, st, p, cat, tool, spent, held)
+  local out = {}
+  local function add(f, n)
+    if n ~= 0 then
+      out[#out + 1] = f
+      out[#out + 1] = istr((st.vals[f] or 0) + n)
+    end
+  end
+  for _, sfx in ipairs({ '', ':' .. cat }) do
+    add('H' .. istr(p.min) .. sfx, spent)
+    add('W' .. istr(p.week) .. sfx, spent)
+    add('M' .. istr(p.month) .. sfx, spent)
+    add('h' .. sfx, held)
+    add('w' .. istr(p.week) .. sfx, held)
+    add('m' .. istr(p.month) .. sfx, held)
+  end
+  for _, sfx in ipairs({ '', ':' .. cat, '/' .. tool }) do
+    add('N' .. istr(p.min) .. sfx, 1)
+    add('O' .. istr(p.hour) .. sfx, 1)
+    add('D' .. istr(p.day) .. sfx, 1)
+  end
+  redis.call('HSET', key, unpack(out))
+  if #st.stale > 0 then redis.call('HDEL', key, unpack(st.stale)) end
+  redis.call('PEXPIRE', key, WALLS_TTL_MS)
+end
+
+-- A capture's spending in the hour, week and month it lands in (agent and category).
+local function walls_spend(key, p, cat, cost)
+  for _, sfx in ipairs({ '', ':' .. cat }) do
+    incr(key, 'H' .. istr(p.min) .. sfx, cost)
+    incr(key, 'W' .. istr(p.week) .. sfx, cost)
+    incr(key, 'M' .. istr(p.month) .. sfx, cost)
+  end
+  redis.call('PEXPIRE', key, WALLS_TTL_MS)
+end
+
+-- A closing hold that was counted in the walls (xw) leaves the held counters: the hour's
+-- always, the week's and the month's while they are still the hold's own.
+local function walls_unhold(key, h, ms)
+  if not h.xw then return end
+  local p = periods(ms)
+  for _, sfx in ipairs({ '', ':' .. h.category }) do
+    incr(key, 'h' .. sfx, -h.amount)
+    if h.wk == p.week then incr(key, 'w' .. istr(p.week) .. sfx, -h.amount) end
+    if h.mo == p.month then incr(key, 'm' .. istr(p.month) .. sfx, -h.amount) end
+  end
 end
 
 -- Close an open hold: give `credit` micros back to the balance, drop the hold's amount
 -- from held and from the held counters of the window it was counted in (if that window
--- is still the stored one), mark its final state and take it out of the expiry index.
-local function hold_close(agent_key, win_key, hold_key, index_key, hold_id, h, state, credit)
+-- is still the stored one) and from the walls' held counters (walls_unhold), mark its final
+-- state and take it out of the expiry index.
+local function hold_close(agent_key, win_key, walls_key, hold_key, index_key, hold_id, h, state,
+                          credit, ms)
   local bal = incr(agent_key, 'bal', credit)
+  walls_unhold(walls_key, h, ms)
   incr(agent_key, 'held', -h.amount)
   if num(redis.call('HGET', win_key, 'day')) == h.day then
     incr(win_key, 'h', -h.amount)

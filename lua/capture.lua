@@ -4,6 +4,10 @@
 -- A hold taken on an earlier UTC day is not in today's window: its cost lands in today's
 -- window as new spending, so it must fit today's daily caps (else 15/16, the hold stays
 -- open until released or expired). A hold of today was counted when it was taken.
+-- The walls' windows (agent x = '1') likewise: a hold counted in the walls (xw) stays in the
+-- rolling hour while open, and in its week and month; its cost is checked against the week
+-- or month it lands in when that is another one, and against every window when the hold
+-- was not counted (taken before the walls were set). Call caps counted the hold already.
 -- A hold on a fixed-price tool charges exactly its held price: the cost may be omitted, and
 -- any other cost is refused. A hold without its fx mark (written before fx existed, or
 -- rebuilt by iou recover) takes the tool's pricing from the partition's catalog copy.
@@ -14,6 +18,7 @@
 -- KEYS[5] idempotency record    iou:{pNN}:idem:<agent>:<sha>
 -- KEYS[6] events stream         iou:{pNN}:events
 -- KEYS[7] catalog copy          iou:{pNN}:tools (read only for a hold without its fx mark)
+-- KEYS[8] walls hash            iou:{pNN}:walls:<agent>
 -- ARGV[1] agent name (the hold must belong to it)
 -- ARGV[2] entry id (UUIDv7) of the capture event; becomes the charge id
 -- ARGV[3] hold id
@@ -33,6 +38,7 @@
 --   code CAPTURE_EXCEEDS_HOLD = 20: {20, held_amount, cost}
 --   code LIMIT_DAILY = 15: {15, max, spent, retry_after_s, category}
 --   code LIMIT_CATEGORY_DAILY = 16: {16, max, spent, retry_after_s, category}
+--   code LIMIT_WINDOW = 31: {31, limit, max, spent, retry_after_s, category}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
 local amount_max = uint(ARGV[5], MICROS_MAX)
@@ -70,7 +76,7 @@ elseif not cost then
 end
 if cost > h.amount then return { C.CAPTURE_EXCEEDS_HOLD, h.amount, cost } end
 local a = redis.call('HMGET', KEYS[1], 'dl', 'low', 'lowf',
-  'c:' .. h.category .. ':dl')
+  'c:' .. h.category .. ':dl', 'x')
 local dl, cdl = uint(a[1], MICROS_MAX), uint(a[4], MICROS_MAX)
 local day = math.floor(ms / DAY_MS)
 local win = nil
@@ -83,10 +89,21 @@ if h.day ~= day then
     return refusal
   end
 end
+local p = nil
+if a[5] == '1' then
+  p = periods(ms)
+  local st = walls_read(KEYS[8], p, h.category, h.tool)
+  local counted = { hr = h.xw, wk = h.xw and h.wk == p.week, mo = h.xw and h.mo == p.month }
+  local refusal = spend_refusal(caps_read(KEYS[1], h.category, h.tool), st, p, cost,
+    h.category, counted)
+  if refusal then return refusal end
+end
 
 -- Writes only from here on.
 local released = h.amount - cost
-local bal = hold_close(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], h, 'captured', released)
+local bal = hold_close(KEYS[1], KEYS[2], KEYS[8], KEYS[3], KEYS[4], ARGV[3], h, 'captured',
+  released, ms)
+if p then walls_spend(KEYS[8], p, h.category, cost) end
 local cost_text = istr(cost)
 redis.call('HSET', KEYS[3], 'captured', cost_text)
 win = win or window_read(KEYS[2], day, h.category)

@@ -2,15 +2,18 @@
 -- The price, category and pricing come from the partition's copy of the catalog, read here
 -- in the same step as the charge, so a price change applies to every call after the PUT.
 -- Order: arguments, tool, agent, idempotency (replay/conflict), pricing, free tool, frozen,
--- per-call cap, category per-call cap, daily cap, category daily cap, balance; then, and
--- only then, the writes: decrement, window counters, low-balance flag, idempotency record,
--- ledger event.
+-- per-call cap, category per-call cap, daily cap, category daily cap, then the walls beyond
+-- the balance when the agent sets any (x = '1': the tool's per-call cap, call caps, which
+-- free calls meet too, the rolling-hour, weekly and monthly windows), balance; then, and
+-- only then, the writes: decrement, window counters, walls counters, low-balance flag,
+-- idempotency record, ledger event.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
 -- KEYS[4] events stream         iou:{pNN}:events
 -- KEYS[5] webhook outbox        iou:{pNN}:webhooks (balance.low on a crossing)
 -- KEYS[6] catalog copy          iou:{pNN}:tools
+-- KEYS[7] walls hash            iou:{pNN}:walls:<agent> (read and written only when x = '1')
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7, minted by the gateway; becomes the charge id)
 -- ARGV[3] tool name
@@ -32,6 +35,9 @@
 --   code LIMIT_CATEGORY_PER_CALL = 14: {14, max, cost, category}
 --   code LIMIT_DAILY = 15: {15, max, spent, retry_after_s, category}
 --   code LIMIT_CATEGORY_DAILY = 16: {16, max, spent, retry_after_s, category}
+--   code LIMIT_TOOL_PER_CALL = 33: {33, max, cost, category, tool}
+--   code LIMIT_CALLS = 32: {32, limit, scope, max, retry_after_s, category, tool}
+--   code LIMIT_WINDOW = 31: {31, limit, max, spent, retry_after_s, category}
 --   code BALANCE_INSUFFICIENT = 17: {17, balance, cost}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
@@ -51,7 +57,7 @@ local tool = tool_read(KEYS[6], ARGV[3])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[3], ARGV[6])
 if replay then
@@ -74,6 +80,13 @@ local win = window_read(KEYS[2], math.floor(ms / DAY_MS), cat)
 local pc, dl, low, cpc, cdl = uint(a[3], MICROS_MAX), uint(a[4], MICROS_MAX),
   uint(a[5], MICROS_MAX), uint(a[7], MICROS_MAX), uint(a[8], MICROS_MAX)
 
+local walls = nil
+if a[10] == '1' then
+  local p = periods(ms)
+  walls = { p = p, caps = caps_read(KEYS[1], cat, ARGV[3]), st = walls_read(KEYS[7], p, cat,
+    ARGV[3]) }
+end
+
 if cost > 0 then
   if a[2] == '1' then return { C.FROZEN } end
   local refusal = per_call_refusal(pc, cpc, cost) or daily_refusal(dl, cdl, win, cost, ms)
@@ -81,8 +94,12 @@ if cost > 0 then
     refusal[#refusal + 1] = cat
     return refusal
   end
-  if cost > bal then return { C.BALANCE_INSUFFICIENT, bal, cost } end
 end
+if walls then
+  local refusal = walls_refusal(walls.caps, walls.st, walls.p, cost, cat, ARGV[3])
+  if refusal then return refusal end
+end
+if cost > bal then return { C.BALANCE_INSUFFICIENT, bal, cost } end
 
 -- Writes only from here on; none of them can fail on valid keys.
 local flags = 0
@@ -95,6 +112,7 @@ if cost > 0 then
 elseif low and bal < low then
   flags = F.LOW_BALANCE
 end
+if walls then walls_write(KEYS[7], walls.st, walls.p, cat, ARGV[3], cost, 0) end
 local cost_text = istr(cost)
 idem_store(KEYS[3], ARGV[6], bal, flags, ARGV[2], cost_text)
 redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',

@@ -4,7 +4,8 @@
 -- share the hash tag (and so the cluster slot) of KEYS[1] and KEYS[2].
 -- KEYS[1] open holds by expiry  iou:{pNN}:holds
 -- KEYS[2] events stream         iou:{pNN}:events
--- ARGV[1] partition prefix      iou:{pNN}:   (derives hold:<id>, agent:<a>, win:<a>)
+-- ARGV[1] partition prefix      iou:{pNN}:   (derives hold:<id>, agent:<a>, win:<a>,
+--                               walls:<a>)
 -- ARGV[2..n] entry ids (UUIDv7), one per hold this call may expire (bounds the batch)
 -- Returns:
 --   code OK = 0: {0, expired_count}
@@ -32,8 +33,8 @@ for i, hold_id in ipairs(due) do
   else
     local agent_key = prefix .. 'agent:' .. h.agent
     local low = redis.call('HMGET', agent_key, 'low', 'lowf')
-    local bal = hold_close(agent_key, prefix .. 'win:' .. h.agent, hold_key, KEYS[1], hold_id,
-      h, 'expired', h.amount)
+    local bal = hold_close(agent_key, prefix .. 'win:' .. h.agent, prefix .. 'walls:' .. h.agent,
+      hold_key, KEYS[1], hold_id, h, 'expired', h.amount, ms)
     low_flags(agent_key, bal, uint(low[1], MICROS_MAX), low[2])
     redis.call('XADD', KEYS[2], '*', 'id', ARGV[i + 1], 'at', istr(ms), 'kind', 'expire',
       'agent', h.agent, 'tool', h.tool, 'category', h.category, 'amount', istr(h.amount),

@@ -14,6 +14,7 @@
 -- KEYS[6] events stream         iou:{pNN}:events
 -- KEYS[7] webhook outbox        iou:{pNN}:webhooks (balance.low on a crossing)
 -- KEYS[8] catalog copy          iou:{pNN}:tools
+-- KEYS[9] walls hash            iou:{pNN}:walls:<agent> (read and written only when x = '1')
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7) of the hold event
 -- ARGV[3] hold id
@@ -38,6 +39,9 @@
 --   code LIMIT_CATEGORY_PER_CALL = 14: {14, max, cost, category}
 --   code LIMIT_DAILY = 15: {15, max, spent, retry_after_s, category}
 --   code LIMIT_CATEGORY_DAILY = 16: {16, max, spent, retry_after_s, category}
+--   code LIMIT_TOOL_PER_CALL = 33: {33, max, cost, category, tool}
+--   code LIMIT_CALLS = 32: {32, limit, scope, max, retry_after_s, category, tool}
+--   code LIMIT_WINDOW = 31: {31, limit, max, spent, retry_after_s, category}
 --   code BALANCE_INSUFFICIENT = 17: {17, balance, cost}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
@@ -62,7 +66,7 @@ local tool = tool_read(KEYS[8], ARGV[4])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[5], ARGV[9])
 if replay then
@@ -100,6 +104,14 @@ if refusal then
   refusal[#refusal + 1] = cat
   return refusal
 end
+local walls = nil
+if a[10] == '1' then
+  local p = periods(ms)
+  walls = { p = p, caps = caps_read(KEYS[1], cat, ARGV[4]), st = walls_read(KEYS[9], p, cat,
+    ARGV[4]) }
+  refusal = walls_refusal(walls.caps, walls.st, p, amount, cat, ARGV[4])
+  if refusal then return refusal end
+end
 if amount > bal then return { C.BALANCE_INSUFFICIENT, bal, amount } end
 
 -- Writes only from here on.
@@ -112,6 +124,12 @@ redis.call('HSET', KEYS[3], 'agent', ARGV[1], 'tool', ARGV[4], 'category', cat,
   'amount', amount_text, 'day', istr(day), 'exp', istr(expires), 'state', 'open',
   'fx', istr(fixed))
 redis.call('ZADD', KEYS[4], istr(expires), ARGV[3])
+if walls then
+  -- The hold counts in the walls while open (the call itself is counted now, not at capture);
+  -- its periods tell its close which held counters are still its own.
+  walls_write(KEYS[9], walls.st, walls.p, cat, ARGV[4], 0, amount)
+  redis.call('HSET', KEYS[3], 'xw', '1', 'wk', istr(walls.p.week), 'mo', istr(walls.p.month))
+end
 local flags = low_flags(KEYS[1], bal, low, a[6])
   + near_flag(dl, cdl, win[2] + win[3] + amount, win[4] + win[5] + amount)
 outbox_low(KEYS[7], flags, a[9], ARGV[1], bal, low, ARGV[2], ms)

@@ -5,6 +5,7 @@
 -- KEYS[4] open holds by expiry  iou:{pNN}:holds
 -- KEYS[5] idempotency record    iou:{pNN}:idem:<agent>:<sha>
 -- KEYS[6] events stream         iou:{pNN}:events
+-- KEYS[7] walls hash            iou:{pNN}:walls:<agent> (held counters of a hold counted there)
 -- ARGV[1] agent name (the hold must belong to it)
 -- ARGV[2] entry id (UUIDv7) of the release event
 -- ARGV[3] hold id
@@ -32,7 +33,8 @@ local ms = now_ms()
 local a = redis.call('HMGET', KEYS[1], 'low', 'lowf')
 
 -- Writes only from here on.
-local bal = hold_close(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[3], h, 'released', h.amount)
+local bal = hold_close(KEYS[1], KEYS[2], KEYS[7], KEYS[3], KEYS[4], ARGV[3], h, 'released',
+  h.amount, ms)
 local flags = low_flags(KEYS[1], bal, uint(a[1], MICROS_MAX), a[2])
 idem_store(KEYS[5], ARGV[4], bal, flags, ARGV[2], istr(h.amount))
 redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'release',

@@ -1,6 +1,9 @@
 -- set_limits.lua: merge a patch into an agent's limits; an empty value removes a limit.
--- Fields: pc (per call), dl (daily), low (low-balance threshold), wh (webhook URL),
--- c:<category>:pc and c:<category>:dl. Every field is checked before the first write.
+-- Fields: pc (per call), dl (daily), hr (rolling hour), wk (ISO week), mo (month), nm / nh /
+-- nd (calls a minute / hour / day), low (low-balance threshold), wh (webhook URL); the caps
+-- again per category as c:<category>:<cap>, and per tool as t:<tool>:pc|nm|nh|nd. Every
+-- field is checked before the first write. The agent's x flag is kept '1' exactly while a
+-- wall beyond per-call and daily caps is set (charge/hold/capture read walls only then).
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] events stream         iou:{pNN}:events
 -- ARGV[1] agent name
@@ -19,24 +22,40 @@ if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end
 if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
 if #ARGV % 2 ~= 0 or #ARGV > 4 + 2 * 64 then return { C.BAD_ARGUMENT, #ARGV } end
 
--- A category's cap field: 'c:<category>:pc' or 'c:<category>:dl' (Lua patterns have no
--- alternation, so the suffix is compared after the match).
-local function category_cap(f)
-  local suffix = string.match(f, '^c:[a-z0-9_.-]+:(%l%l)$')
-  return suffix == 'pc' or suffix == 'dl'
+local AMOUNT_CAPS = { pc = true, dl = true, hr = true, wk = true, mo = true }
+local COUNT_CAPS = { nm = true, nh = true, nd = true }
+local COUNT_MAX = 1000000000
+
+-- The cap a field names ('pc', 'dl', 'hr', 'wk', 'mo', 'nm', 'nh', 'nd'), or nil: the agent's
+-- own caps are the bare names, a category's 'c:<category>:<cap>' (any cap), a tool's
+-- 't:<tool>:<cap>' (per call and call counts only).
+local function cap_kind(f)
+  if AMOUNT_CAPS[f] or COUNT_CAPS[f] then return f end
+  local scope, suffix = string.match(f, '^([ct]):[a-z0-9_.-]+:(%l%l)$')
+  if not scope or #f > 69 then return nil end
+  if COUNT_CAPS[suffix] or suffix == 'pc' or (scope == 'c' and AMOUNT_CAPS[suffix]) then
+    return suffix
+  end
+  return nil
+end
+
+-- A wall beyond the balance (set_limits keeps the agent's x flag from these): every cap but
+-- the agent's and categories' per-call and daily caps, which the scripts always read.
+local function is_wall(f)
+  local kind = cap_kind(f)
+  return kind ~= nil and (string.sub(f, 1, 2) == 't:' or (kind ~= 'pc' and kind ~= 'dl'))
 end
 
 local function field_ok(f, v)
-  if v == '' then
-    return f == 'pc' or f == 'dl' or f == 'low' or f == 'wh' or category_cap(f)
-  end
   if f == 'wh' then
-    return #v <= 2048 and (string.match(v, '^https?://[!-~]+$') ~= nil)
+    return v == '' or (#v <= 2048 and string.match(v, '^https?://[!-~]+$') ~= nil)
   end
-  if f == 'low' then return uint(v, amount_max) ~= nil end
-  local ok = f == 'pc' or f == 'dl' or category_cap(f)
-  local n = uint(v, amount_max)
-  return ok and n ~= nil and n > 0 and (f == 'pc' or f == 'dl' or #f <= 69)
+  if f == 'low' then return v == '' or uint(v, amount_max) ~= nil end
+  local kind = cap_kind(f)
+  if not kind then return false end
+  if v == '' then return true end
+  local n = uint(v, COUNT_CAPS[kind] and COUNT_MAX or amount_max)
+  return n ~= nil and n > 0
 end
 
 for i = 5, #ARGV, 2 do
@@ -63,12 +82,19 @@ redis.call('HSET', KEYS[1], 'lowf', lowf)
 local event = { 'id', ARGV[2], 'at', istr(now_ms()), 'kind', 'limits', 'agent', ARGV[1],
   'patch', ARGV[4] }
 local fields = redis.call('HGETALL', KEYS[1])
+local walls = false
 for i = 1, #fields, 2 do
   local f = fields[i]
-  if f == 'pc' or f == 'dl' or f == 'low' or f == 'wh' or string.sub(f, 1, 2) == 'c:' then
+  if f == 'low' or f == 'wh' or cap_kind(f) then
     event[#event + 1] = 'l.' .. f
     event[#event + 1] = fields[i + 1]
   end
+  walls = walls or is_wall(f)
+end
+if walls then
+  redis.call('HSET', KEYS[1], 'x', '1')
+else
+  redis.call('HDEL', KEYS[1], 'x')
 end
 redis.call('XADD', KEYS[2], '*', unpack(event))
 return { C.OK }

@@ -169,7 +169,7 @@ class Lua:
         cost, as for a fixed-price tool)."""
         k = self.k(agent)
         return ([k.agent_hash, k.window, self.idem_key(agent, idem), k.events, k.webhooks,
-                 k.tools],
+                 k.tools, k.walls],
                 [agent, self.eid(), tool or f"v_{cat}", "" if cost is None else str(cost),
                  str(AMAX), ih, idem, meta])
 
@@ -184,7 +184,7 @@ class Lua:
                   meta: str = "", tool: str = "") -> tuple[list[str], list[str]]:
         k = self.k(agent)
         return ([k.agent_hash, k.window, k.hold(hold_id), k.holds, self.idem_key(agent, idem),
-                 k.events, k.webhooks, k.tools],
+                 k.events, k.webhooks, k.tools, k.walls],
                 [agent, self.eid(), hold_id, tool or f"v_{cat}",
                  "" if amount is None else str(amount), str(AMAX), str(ttl_ms),
                  str(TTL_MAX_MS), ih, idem, meta])
@@ -204,7 +204,7 @@ class Lua:
     def capture_args(self, cost: int | None, hold_id: str = "hold1", agent: str = AGENT,
                      idem: str = "", ih: str = "", meta: str = ""
                      ) -> tuple[list[str], list[str]]:
-        return ([*self.close_keys(hold_id, agent, idem), self.k(agent).tools],
+        return ([*self.close_keys(hold_id, agent, idem), self.k(agent).tools, self.k(agent).walls],
                 [agent, self.eid(), hold_id, "" if cost is None else str(cost), str(AMAX), ih,
                  idem, meta])
 
@@ -215,7 +215,8 @@ class Lua:
 
     def release_args(self, hold_id: str = "hold1", agent: str = AGENT, idem: str = "",
                      ih: str = "") -> tuple[list[str], list[str]]:
-        return (self.close_keys(hold_id, agent, idem), [agent, self.eid(), hold_id, ih, idem])
+        return ([*self.close_keys(hold_id, agent, idem), self.k(agent).walls],
+                [agent, self.eid(), hold_id, ih, idem])
 
     def release(self, hold_id: str = "hold1", agent: str = AGENT, idem: str = "") -> list[Any]:
         return self.run("release", *self.release_args(hold_id, agent, idem,

@@ -414,3 +414,29 @@ def test_idempotency_key_option_repeats_the_first_result(embedded_gateway: Gatew
     frozen = [iou(gw, "--json", "freeze", "--agent", name, "--idempotency-key", "f-" + name)
               for _ in range(2)]
     assert [json.loads(f.stdout)["frozen"] for f in frozen] == [True, True]
+
+
+def test_limits_walls_flags(embedded_gateway: Gateway) -> None:
+    gw = embedded_gateway
+    name = make_agent(gw)
+    done = iou(gw, "--json", "limits", "--agent", name, "--hourly", "1", "--weekly", "5",
+               "--monthly", "20", "--calls-per-day", "100", "--calls-per-minute", "10",
+               "--tool", "web_browse:calls_per_day=10", "--tool", "web_browse:per_call=0.2",
+               "--category-limit", "llm:hourly=0.5", "--category-limit",
+               "commerce:calls_per_day=1")
+    assert done.returncode == 0, done.stderr
+    limits = json.loads(done.stdout)
+    assert limits == api(gw, "GET", f"/v1/agents/{name}/limits")
+    assert (limits["hourly"], limits["weekly"], limits["monthly"]) == ("1", "5", "20")
+    assert limits["calls"] == {"per_minute": 10, "per_day": 100}
+    assert limits["tools"] == {"web_browse": {"per_call": "0.2", "calls": {"per_day": 10}}}
+    assert limits["categories"] == {"llm": {"hourly": "0.5"},
+                                    "commerce": {"calls": {"per_day": 1}}}
+    shown = iou(gw, "limits", "--agent", name).stdout
+    assert "web_browse.calls.per_day" in shown and "calls.per_minute" in shown
+    removed = json.loads(iou(gw, "--json", "limits", "--agent", name, "--tool",
+                             "web_browse:calls_per_day=none", "--hourly", "none").stdout)
+    assert removed["tools"] == {"web_browse": {"per_call": "0.2"}}
+    assert removed["hourly"] is None
+    bad = iou(gw, "limits", "--agent", name, "--tool", "web_browse:daily=1")
+    assert bad.returncode == 2 and "CAP" in bad.stderr

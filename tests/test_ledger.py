@@ -43,7 +43,8 @@ async def busy_day(engine: Engine, agents: int = 5) -> int:
         other = await engine.hold(name, "llm_summarize", 100_000)
         await engine.release(name, other.hold_id)
         await engine.hold(name, "llm_summarize", 200_000)  # stays open
-        await engine.set_limits(name, {"daily": 4 * T, "categories.llm.per_call": T})
+        await engine.set_limits(name, {"daily": 4 * T, "categories.llm.per_call": T,
+                                       "weekly": 9 * T, "tools.calc.calls.per_day": 1})
         await engine.freeze(name, i % 2 == 0)
         await engine.add_key(name)
         events += 9  # grant, fund, 2 charges, 3 holds, capture, release
@@ -109,6 +110,10 @@ async def test_recover_rebuilds_an_empty_redis(real_engine: Engine, real_redis_u
     assert fresh.balance_micros == before["ledger-1"].balance_micros - 50_000
     with pytest.raises(errors.AgentFrozen):
         await engine.charge("ledger-0", "web_search")
+    # The walls are on again (the agent's x flag): the tool's call cap still counts.
+    await engine.charge("ledger-1", "calc")
+    with pytest.raises(errors.WindowLimitExceeded):
+        await engine.charge("ledger-1", "calc")
     assert [t.name for t in engine.tools()] == sorted(
         ["buy", "calc", "email_send", "llm_summarize", "web_browse", "web_search"])
 

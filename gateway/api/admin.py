@@ -11,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api import idempotency
-from gateway.api.body import Fields, parse_amount_field, read_body, read_json
+from gateway.api.body import Fields, read_body, read_json
 from gateway.api.body import json_from_raw as parse_raw
 from gateway.api.context import Context, endpoint
+from gateway.api.limits_body import limit_changes
 from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
 from gateway.api.responses import iso_ms, json_response
 from gateway.metering.errors import AgentExists, InvalidRequest
@@ -142,37 +143,6 @@ async def patch_limits(ctx: Context, request: Request) -> Response:
     await ctx.engine.agent_state(agent)  # 404 before validating against a missing agent
     limits = await ctx.engine.set_limits(agent, changes)
     return json_response(200, limits_payload(limits))
-
-
-def limit_changes(body: dict[str, Any], amount_max: int) -> dict[str, int | str | None]:
-    """The engine's flat limit changes from a limits object (null removes)."""
-    fields = Fields(body, ("per_call", "daily", "categories", "low_balance", "webhook_url"))
-    changes: dict[str, int | str | None] = {}
-    for name in ("per_call", "daily", "low_balance"):
-        if name in body:
-            changes[name] = None if body[name] is None else parse_amount_field(
-                name, body[name], name == "low_balance", amount_max)
-    if "webhook_url" in body:
-        url = None if body["webhook_url"] is None else fields.text("webhook_url", 2048)
-        if url is not None and not re.fullmatch(r"https?://[!-~]+", url):
-            raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
-        changes["webhook_url"] = url
-    categories = fields.obj("categories") or {}
-    for category, caps in categories.items():
-        check_name(f"categories.{category}", category)
-        changes.update(_category_changes(category, caps, amount_max))
-    return changes
-
-
-def _category_changes(category: str, caps: Any, amount_max: int) -> dict[str, int | None]:
-    prefix = f"categories.{category}."
-    if caps is None:
-        return {prefix + "per_call": None, prefix + "daily": None}
-    if not isinstance(caps, dict):
-        raise InvalidRequest(prefix[:-1], "must be an object or null")
-    Fields(caps, ("per_call", "daily"), prefix)
-    return {prefix + name: None if value is None else parse_amount_field(
-        prefix + name, value, False, amount_max) for name, value in caps.items()}
 
 
 async def _freeze(ctx: Context, request: Request, frozen: bool) -> Response:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.metering.models import AgentState, ChargeResult, Limits, Tool
+from gateway.metering.models import (
+    AgentState,
+    CallCaps,
+    CategoryLimits,
+    ChargeResult,
+    Limits,
+    Tool,
+)
 from gateway.metering.models import state_warnings as warnings_of_state
 from gateway.metering.money import format_amount as fmt
 
@@ -19,13 +26,37 @@ def _opt(micros: int | None) -> str | None:
     return None if micros is None else fmt(micros)
 
 
+def _calls(calls: CallCaps) -> dict[str, int]:
+    """The call caps that are set (whole numbers of calls)."""
+    return {k: v for k, v in (("per_minute", calls.per_minute), ("per_hour", calls.per_hour),
+                              ("per_day", calls.per_day)) if v is not None}
+
+
+def _category(c: CategoryLimits) -> dict[str, Any]:
+    caps: dict[str, Any] = {k: v for k, v in (
+        ("per_call", _opt(c.per_call_micros)), ("daily", _opt(c.daily_micros)),
+        ("hourly", _opt(c.hourly_micros)), ("weekly", _opt(c.weekly_micros)),
+        ("monthly", _opt(c.monthly_micros))) if v}
+    if _calls(c.calls):
+        caps["calls"] = _calls(c.calls)
+    return caps
+
+
 def limits_payload(limits: Limits) -> dict[str, Any]:
+    tools: dict[str, Any] = {}
+    for name, t in limits.tools.items():
+        tools[name] = {"per_call": _opt(t.per_call_micros)} if t.per_call_micros else {}
+        if _calls(t.calls):
+            tools[name]["calls"] = _calls(t.calls)
     return {
         "per_call": _opt(limits.per_call_micros),
         "daily": _opt(limits.daily_micros),
-        "categories": {name: {k: v for k, v in (("per_call", _opt(c.per_call_micros)),
-                                                ("daily", _opt(c.daily_micros))) if v}
-                       for name, c in limits.categories.items()},
+        "hourly": _opt(limits.hourly_micros),
+        "weekly": _opt(limits.weekly_micros),
+        "monthly": _opt(limits.monthly_micros),
+        "calls": _calls(limits.calls),
+        "categories": {name: _category(c) for name, c in limits.categories.items()},
+        "tools": tools,
         "low_balance": _opt(limits.low_balance_micros),
         "webhook_url": limits.webhook_url,
     }

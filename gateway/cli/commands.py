@@ -188,6 +188,18 @@ def fund(opts: Options, agent: str | None, amount: str, idempotency_key: str | N
 @click.option("--commerce", default=None, help="Per-call cap of the commerce category.")
 @click.option("--category", "category_caps", multiple=True, metavar="NAME=X",
               help="Per-call cap of any category (repeatable).")
+@click.option("--hourly", default=None, help="Cap on the last 60 minutes (rolling).")
+@click.option("--weekly", default=None, help="Cap on one ISO week (UTC, from Monday).")
+@click.option("--monthly", default=None, help="Cap on one calendar month (UTC).")
+@click.option("--calls-per-minute", default=None, help="Calls a UTC minute (free ones too).")
+@click.option("--calls-per-hour", default=None, help="Calls a UTC hour (free ones too).")
+@click.option("--calls-per-day", default=None, help="Calls a UTC day (free ones too).")
+@click.option("--tool", "tool_caps", multiple=True, metavar="TOOL:CAP=X",
+              help="A tool's cap: per_call or calls_per_minute|hour|day (repeatable), e.g. "
+                   "web_browse:calls_per_day=10.")
+@click.option("--category-limit", "category_limits", multiple=True, metavar="CAT:CAP=X",
+              help="A category's cap: per_call, daily, hourly, weekly, monthly or "
+                   "calls_per_minute|hour|day (repeatable), e.g. llm:hourly=0.5.")
 @click.option("--low-balance", default=None, help="Warn below this balance.")
 @click.option("--webhook", default=None, help="URL for balance webhooks.")
 @json_option
@@ -196,13 +208,26 @@ def fund(opts: Options, agent: str | None, amount: str, idempotency_key: str | N
 def limits(  # noqa: PLR0913 - click passes each of the command's options
         opts: Options, agent: str | None, per_call: str | None, daily: str | None,
         tool_calls: str | None, llm: str | None, commerce: str | None,
-        category_caps: tuple[str, ...], low_balance: str | None,
+        category_caps: tuple[str, ...], hourly: str | None, weekly: str | None,
+        monthly: str | None, calls_per_minute: str | None, calls_per_hour: str | None,
+        calls_per_day: str | None, tool_caps: tuple[str, ...],
+        category_limits: tuple[str, ...], low_balance: str | None,
         webhook: str | None) -> None:
     """Set caps (none given: show them). "none" removes a cap."""
     name = opts.agent_name(agent)
     patch = _limits_patch(per_call, daily, low_balance, webhook,
                           {"tool_calls": tool_calls, "llm": llm, "commerce": commerce},
                           category_caps)
+    for field, value in (("hourly", hourly), ("weekly", weekly), ("monthly", monthly)):
+        if value is not None:
+            patch[field] = _cap(value)
+    calls = {f"per_{unit}": _count(value) for unit, value in (
+        ("minute", calls_per_minute), ("hour", calls_per_hour), ("day", calls_per_day))
+        if value is not None}
+    if calls:
+        patch["calls"] = calls
+    _scoped_patch(patch, "tools", tool_caps)
+    _scoped_patch(patch, "categories", category_limits)
     client = opts.client()
     result = (client.request("PATCH", f"/v1/agents/{name}/limits", patch) if patch
               else client.request("GET", f"/v1/agents/{name}/limits"))
@@ -211,6 +236,41 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
 
 def _cap(value: str) -> str | None:
     return None if value.lower() == "none" else value
+
+
+def _count(value: str) -> int | None:
+    """A call cap: a whole number of calls, or "none" to remove it."""
+    if value.lower() == "none":
+        return None
+    if not value.isdigit() or len(value) > 10:
+        raise click.UsageError(f"a call cap is a whole number of calls, not {value!r}")
+    return int(value)
+
+
+def _scoped_patch(patch: dict[str, Any], group: str, specs: tuple[str, ...]) -> None:
+    """Add --tool / --category-limit caps (NAME:CAP=X) to the patch under ``group``."""
+    for spec in specs:
+        scope, cap, value = _scoped_cap(spec, group == "categories")
+        entry = patch.setdefault(group, {}).setdefault(scope, {})
+        if cap.startswith("calls_"):
+            entry.setdefault("calls", {})[cap.removeprefix("calls_")] = _count(value)
+        else:
+            entry[cap] = _cap(value)
+
+
+SCOPED_CAPS = {"per_call", "calls_per_minute", "calls_per_hour", "calls_per_day"}
+CATEGORY_ONLY_CAPS = {"daily", "hourly", "weekly", "monthly"}
+
+
+def _scoped_cap(spec: str, category: bool) -> tuple[str, str, str]:
+    """NAME:CAP=X of --tool and --category-limit, checked."""
+    scope, _, rest = spec.partition(":")
+    cap, sep, value = rest.partition("=")
+    allowed = SCOPED_CAPS | (CATEGORY_ONLY_CAPS if category else set())
+    if not scope or not sep or cap not in allowed:
+        raise click.UsageError(f"expected NAME:CAP=X with CAP one of {', '.join(sorted(allowed))}"
+                               f", not {spec!r}")
+    return scope, cap, value
 
 
 def _limits_patch(per_call: str | None, daily: str | None, low_balance: str | None,
@@ -237,12 +297,26 @@ def _limits_patch(per_call: str | None, daily: str | None, low_balance: str | No
 
 def _limits_table(name: str, lim: dict[str, Any]) -> Table:
     table = Table("limit", "value", title=f"limits of {name}")
-    for field in ("per_call", "daily", "low_balance", "webhook_url"):
+    for field in ("per_call", "daily", "hourly", "weekly", "monthly", "low_balance",
+                  "webhook_url"):
         table.add_row(field, lim.get(field) or "-")
-    for cat, caps in lim.get("categories", {}).items():
-        for which, value in caps.items():
-            table.add_row(f"{cat}.{which}", value)
+    for field, value in _flat(lim.get("calls", {}), "calls."):
+        table.add_row(field, value)
+    for group in ("categories", "tools"):
+        for field, value in _flat(lim.get(group, {}), ""):
+            table.add_row(field, value)
     return table
+
+
+def _flat(tree: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """Nested caps as dotted names (llm.calls.per_day) and their values."""
+    rows: list[tuple[str, str]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            rows += _flat(value, f"{prefix}{key}.")
+        else:
+            rows.append((prefix + key, str(value)))
+    return rows
 
 
 @click.command()

@@ -15,12 +15,12 @@ from typing import Any
 from gateway.ledger.store import LedgerStore, OpenHold, Recovery
 from gateway.metering.engine import Engine
 from gateway.metering.errors import InvalidRequest, maps_store_errors
+from gateway.metering.limits import is_limit_field, is_wall_field
 from gateway.store import recovery
 from gateway.store.calls import Refused
 
 DAY_MS = 86_400_000
 IDEMPOTENT_FOR_MS = 86_400_000  # how far back the ledger's keyed calls are replayed
-LIMIT_FIELDS = ("pc", "dl", "low", "wh")
 SENT_TOGETHER_MAX = 500
 
 Write = Callable[[], Awaitable[Any]]
@@ -79,7 +79,9 @@ def _agents(engine: Engine, data: Recovery, today_ms: int) -> list[Write]:
     out: list[Write] = []
     for name, created_ms, frozen, limits in data.agents:
         fields = {f: str(v) for f, v in limits.items()
-                  if f in LIMIT_FIELDS or f.startswith("c:")}
+                  if is_limit_field(f)}
+        if any(is_wall_field(f) for f in fields):
+            fields["x"] = "1"  # the scripts read the walls only while this is set
         out.append(_bind(calls.restore_agent, name, data.balances.get(name, 0), held[name],
                          bool(frozen), created_ms or 0, fields))
         out += [_bind(calls.restore_hold, h.agent, h.hold_id, h.tool, h.category, h.amount,

@@ -21,6 +21,7 @@ from gateway.store.calls import Refused, ScriptCalls
 from gateway.store.connections import Connection
 
 KEYS_PER_AGENT_MAX = 16
+LIMIT_CHANGES_MAX = 64  # set_limits.lua takes at most this many field pairs
 API_KEY_CHARS_MAX = 128
 DAY_MS = 86_400_000
 
@@ -87,9 +88,13 @@ class Agents:
 
     @maps_store_errors
     async def set_limits(self, agent: str, changes: Mapping[str, int | str | None]) -> Limits:
-        """Merge limit changes; keys are per_call, daily, low_balance, webhook_url,
-        categories.<name>.per_call and categories.<name>.daily; None removes a limit."""
+        """Merge limit changes; keys are per_call, daily, hourly, weekly, monthly,
+        calls.per_minute|per_hour|per_day, low_balance, webhook_url, the same caps under
+        categories.<name>., and per_call and calls.* under tools.<name>.; None removes a
+        limit."""
         check_name("agent", agent)
+        if len(changes) > LIMIT_CHANGES_MAX:
+            raise InvalidRequest("limits", f"at most {LIMIT_CHANGES_MAX} limits in one change")
         pairs = [item for name, value in changes.items() for item in limit_pair(name, value)]
         reply = await self._calls.set_limits(agent, ids.uuid7(),
                                              self._settings.amount_max_micros,

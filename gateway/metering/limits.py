@@ -1,4 +1,11 @@
-"""Limits: the agent hash's fields <-> the typed Limits, and validated changes."""
+"""Limits: the agent hash's fields <-> the typed Limits, and validated changes.
+
+Field names in the agent hash (lua/set_limits.lua checks them again): ``pc`` per call,
+``dl`` daily, ``hr`` rolling hour, ``wk`` ISO week, ``mo`` calendar month, ``nm`` / ``nh`` /
+``nd`` calls a minute / hour / day; a category's as ``c:<category>:<cap>``; a tool's per-call
+and call caps as ``t:<tool>:pc|nm|nh|nd``; ``low`` and ``wh`` for the low-balance threshold
+and the webhook URL.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,18 @@ from collections.abc import Mapping
 
 from gateway.metering import money
 from gateway.metering.errors import InvalidRequest
-from gateway.metering.models import CategoryLimits, Limits
+from gateway.metering.models import CallCaps, CategoryLimits, Limits, ToolLimits
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}", re.ASCII)
 HOLD_TTL_S_MAX = 3600  # the longest hold a caller may ask for
 LIMIT_FIELDS = {"per_call": "pc", "daily": "dl", "low_balance": "low"}
+# Spend caps (micros) by their name in the limits object.
+SPEND_CAPS = {"per_call": "pc", "daily": "dl", "hourly": "hr", "weekly": "wk", "monthly": "mo"}
+# Call caps (counts) under "calls".
+CALL_CAPS = {"per_minute": "nm", "per_hour": "nh", "per_day": "nd"}
+CALLS_MAX = 1_000_000_000
+# Every cap field of the agent hash (the agent's own; with a c:/t: prefix for the others).
+CAP_FIELDS = frozenset(SPEND_CAPS.values()) | frozenset(CALL_CAPS.values())
 
 
 def check_name(field: str, value: str) -> str:
@@ -20,20 +34,63 @@ def check_name(field: str, value: str) -> str:
     return value
 
 
+def is_limit_field(field: str) -> bool:
+    """Whether an agent-hash field holds a limit (the ledger's limits events carry these)."""
+    if field in CAP_FIELDS or field in ("low", "wh"):
+        return True
+    parts = field.split(":")
+    return len(parts) == 3 and parts[0] in ("c", "t") and parts[2] in CAP_FIELDS
+
+
+def is_wall_field(field: str) -> bool:
+    """A cap beyond per-call and daily caps: while one is set, the agent's x flag is '1'."""
+    return is_limit_field(field) and field not in ("low", "wh") and (
+        field.startswith("t:") or field[-2:] not in ("pc", "dl"))
+
+
+def _calls(caps: Mapping[str, int]) -> CallCaps:
+    return CallCaps(caps.get("nm"), caps.get("nh"), caps.get("nd"))
+
+
+def _category(caps: Mapping[str, int]) -> CategoryLimits:
+    return CategoryLimits(caps.get("pc"), caps.get("dl"), caps.get("hr"), caps.get("wk"),
+                          caps.get("mo"), _calls(caps))
+
+
 def limits_of(a: Mapping[str, str]) -> Limits:
-    categories: dict[str, dict[str, int]] = {}
+    scoped: dict[str, dict[str, dict[str, int]]] = {"c": {}, "t": {}}
     for field, value in a.items():
-        if field.startswith("c:"):
-            _, cat, which = field.split(":")
-            categories.setdefault(cat, {})[which] = int(value)
+        if field[:2] in ("c:", "t:") and is_limit_field(field):
+            scope, name, which = field.split(":")
+            scoped[scope].setdefault(name, {})[which] = int(value)
+    own = {f: int(a[f]) for f in CAP_FIELDS if f in a}
     low = int(a["low"]) if a.get("low") not in (None, "0") else None
     return Limits(
-        per_call_micros=int(a["pc"]) if "pc" in a else None,
-        daily_micros=int(a["dl"]) if "dl" in a else None,
-        categories={c: CategoryLimits(v.get("pc"), v.get("dl")) for c, v in
-                    sorted(categories.items())},
-        low_balance_micros=low,
-        webhook_url=a.get("wh"))
+        per_call_micros=own.get("pc"), daily_micros=own.get("dl"),
+        categories={c: _category(v) for c, v in sorted(scoped["c"].items())},
+        low_balance_micros=low, webhook_url=a.get("wh"),
+        hourly_micros=own.get("hr"), weekly_micros=own.get("wk"), monthly_micros=own.get("mo"),
+        calls=_calls(own),
+        tools={t: ToolLimits(v.get("pc"), _calls(v)) for t, v in sorted(scoped["t"].items())})
+
+
+def _cap_field(name: str) -> str:
+    """The agent-hash field of one limit name (``daily``, ``calls.per_day``,
+    ``categories.llm.hourly``, ``tools.web_browse.calls.per_day``, ...)."""
+    if name in LIMIT_FIELDS:
+        return LIMIT_FIELDS[name]
+    parts = name.split(".")
+    prefix = ""
+    if parts[0] in ("categories", "tools") and len(parts) >= 3:
+        check_name(parts[0][:-1] if parts[0] == "tools" else "category", parts[1])
+        prefix = f"{parts[0][0]}:{parts[1]}:"
+        parts = parts[2:]
+    spend = SPEND_CAPS if prefix[:1] != "t" else {"per_call": "pc"}
+    if len(parts) == 1 and parts[0] in spend:
+        return prefix + spend[parts[0]]
+    if len(parts) == 2 and parts[0] == "calls" and parts[1] in CALL_CAPS:
+        return prefix + CALL_CAPS[parts[1]]
+    raise InvalidRequest(name, "is not a known limit")
 
 
 def limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
@@ -43,17 +100,13 @@ def limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
                 r"https?://[!-~]{1,2040}", value)):
             raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
         return ("wh", value or "")
-    parts = name.split(".")
-    if name in LIMIT_FIELDS:
-        field = LIMIT_FIELDS[name]
-    elif len(parts) == 3 and parts[0] == "categories" and parts[2] in ("per_call", "daily"):
-        check_name("category", parts[1])
-        field = f"c:{parts[1]}:{'pc' if parts[2] == 'per_call' else 'dl'}"
-    else:
-        raise InvalidRequest(name, "is not a known limit")
+    field = _cap_field(name)
     if value is None:
         return (field, "")
     low_ok = name == "low_balance" and value == 0
     if not money.is_whole(value, 0 if low_ok else 1):
-        raise InvalidRequest(name, "must be an amount above 0")
+        what = "a whole number of calls" if ".calls." in f".{name}" else "an amount"
+        raise InvalidRequest(name, f"must be {what} above 0")
+    if field[-2:] in ("nm", "nh", "nd") and not money.is_whole(value, 1, CALLS_MAX):
+        raise InvalidRequest(name, f"must be at most {CALLS_MAX} calls")
     return (field, str(value))

@@ -130,9 +130,29 @@ class AgentCreated:
 
 
 @dataclass(frozen=True)
+class CallCaps:
+    """Counts of calls (free ones too) per UTC minute, clock hour and day."""
+
+    per_minute: int | None = None
+    per_hour: int | None = None
+    per_day: int | None = None
+
+
+@dataclass(frozen=True)
 class CategoryLimits:
     per_call_micros: int | None = None
     daily_micros: int | None = None
+    # The rolling last 60 minutes, the ISO week and the calendar month (UTC).
+    hourly_micros: int | None = None
+    weekly_micros: int | None = None
+    monthly_micros: int | None = None
+    calls: CallCaps = field(default_factory=CallCaps)
+
+
+@dataclass(frozen=True)
+class ToolLimits:
+    per_call_micros: int | None = None
+    calls: CallCaps = field(default_factory=CallCaps)
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,11 @@ class Limits:
     categories: dict[str, CategoryLimits] = field(default_factory=dict)
     low_balance_micros: int | None = None
     webhook_url: str | None = None
+    hourly_micros: int | None = None
+    weekly_micros: int | None = None
+    monthly_micros: int | None = None
+    calls: CallCaps = field(default_factory=CallCaps)
+    tools: dict[str, ToolLimits] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

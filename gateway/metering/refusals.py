@@ -63,6 +63,12 @@ def refusal(  # noqa: C901, PLR0912 - one flat branch per refusal code reads bes
         return _per_call_refusal(code, reply, context)
     if code in (Code.LIMIT_DAILY, Code.LIMIT_CATEGORY_DAILY):
         return _window_refusal(code, reply, context)
+    if code == Code.LIMIT_WINDOW:
+        return _spend_window_refusal(reply)
+    if code == Code.LIMIT_CALLS:
+        return _calls_refusal(reply)
+    if code == Code.LIMIT_TOOL_PER_CALL:
+        return _tool_per_call_refusal(reply)
     if code == Code.AGENT_EXISTS:
         return AgentExists(f"An agent named {agent} already exists.")
     if code == Code.BALANCE_OVERFLOW:
@@ -116,3 +122,41 @@ def _window_refusal(code: Code, reply: Refused, context: Mapping[str, str]) -> G
     return WindowLimitExceeded(
         f"Today's {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
         category=category, max=cap, spent=spent, retry_after_s=reply.integer("retry_after_s"))
+
+
+WINDOW_WORDS = {"hourly": "last 60 minutes'", "weekly": "this week's",
+                "monthly": "this month's"}
+
+
+def _spend_window_refusal(reply: Refused) -> GatewayError:
+    """A rolling-hour, weekly or monthly cap (LIMIT_WINDOW)."""
+    limit = reply.text("limit") or ""
+    cap = money.format_amount(reply.integer("max"))
+    spent = money.format_amount(reply.integer("spent"))
+    words = WINDOW_WORDS.get(limit.removeprefix("category_"), limit)
+    return WindowLimitExceeded(
+        f"The {words} {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
+        category=reply.text("category"), max=cap, spent=spent,
+        retry_after_s=reply.integer("retry_after_s"))
+
+
+def _calls_refusal(reply: Refused) -> GatewayError:
+    """A call cap (LIMIT_CALLS): calls a minute, hour or day of the agent, a category or a
+    tool."""
+    limit, scope, cap = reply.text("limit"), reply.text("scope"), reply.integer("max")
+    category, tool = reply.text("category"), reply.text("tool")
+    where = {"agent": "the agent", "category": f"category {category}",
+             "tool": f"tool {tool}"}.get(scope or "", scope)
+    return WindowLimitExceeded(
+        f"The {limit} cap of {cap} calls for {where} is reached.", limit=limit, scope=scope,
+        category=category, tool=tool, max=cap, retry_after_s=reply.integer("retry_after_s"))
+
+
+def _tool_per_call_refusal(reply: Refused) -> GatewayError:
+    """A tool's per-call cap (LIMIT_TOOL_PER_CALL)."""
+    cap = money.format_amount(reply.integer("max"))
+    cost = money.format_amount(reply.integer("cost"))
+    tool = reply.text("tool")
+    return PerCallLimitExceeded(
+        f"The call costs {cost}, above the tool_per_call cap of {cap} for {tool}.",
+        limit="tool_per_call", category=reply.text("category"), tool=tool, max=cap, cost=cost)

@@ -215,7 +215,7 @@ class ScriptCalls:
         k = self.agent_keys(agent)
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
-            "charge", [k.agent_hash, k.window, record, k.events, k.webhooks, k.tools],
+            "charge", [k.agent_hash, k.window, record, k.events, k.webhooks, k.tools, k.walls],
             [agent, entry_id, tool, _amount(cost_micros), str(amount_max_micros), body_hash,
              key, metadata])
         if code not in (Code.OK, Code.REPLAY):
@@ -232,7 +232,7 @@ class ScriptCalls:
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
             "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds, record, k.events,
-                     k.webhooks, k.tools],
+                     k.webhooks, k.tools, k.walls],
             [agent, entry_id, hold_id, tool, _amount(max_cost_micros), str(amount_max_micros),
              str(ttl_ms), str(ttl_max_ms), body_hash, key, metadata])
         if code not in (Code.OK, Code.REPLAY):
@@ -248,7 +248,7 @@ class ScriptCalls:
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
             "capture", [k.agent_hash, k.window, k.hold(hold_id), k.holds, record, k.events,
-                        k.tools],
+                        k.tools, k.walls],
             [agent, entry_id, hold_id, _amount(cost_micros), str(amount_max_micros),
              body_hash, key, metadata])
         if code not in (Code.OK, Code.REPLAY):
@@ -261,7 +261,8 @@ class ScriptCalls:
         k = self.agent_keys(agent)
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
-            "release", [k.agent_hash, k.window, k.hold(hold_id), k.holds, record, k.events],
+            "release", [k.agent_hash, k.window, k.hold(hold_id), k.holds, record, k.events,
+                        k.walls],
             [agent, entry_id, hold_id, body_hash, key])
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("release", code, r)

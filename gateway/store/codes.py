@@ -32,6 +32,9 @@ class Code(IntEnum):
     HOLD_BELOW_PRICE = 28
     NOTHING_TO_HOLD = 29
     BAD_ARGUMENT = 30
+    LIMIT_WINDOW = 31
+    LIMIT_CALLS = 32
+    LIMIT_TOOL_PER_CALL = 33
 
 
 class Flag(IntEnum):

@@ -7,6 +7,8 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:readyz``                       string no TTL  /readyz write probe, always "1"
 - ``iou:{pNN}:agent:<agent>``          hash  no TTL   balance, held, frozen, limits (charge.lua ...)
 - ``iou:{pNN}:win:<agent>``            hash  48 h     UTC day window: spent, held
+- ``iou:{pNN}:walls:<agent>``        hash  35 d     rolling-hour, week, month and call counters
+  (only for agents with walls beyond the balance: x = '1' in the agent hash; see _lib.lua)
 - ``iou:{pNN}:idem:<agent>:<sha>``     string 24 h    first answer of an idempotent call
 - ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
 - ``iou:{pNN}:holds``                  zset  no TTL   open holds by expiry ms (expire_holds)
@@ -135,6 +137,7 @@ class AgentKeys:
     prefix: str
     agent_hash: str
     window: str
+    walls: str
     keys: str
     events: str
     holds: str
@@ -169,6 +172,7 @@ def agent_keys(agent: str, partitions: int) -> AgentKeys:
         prefix=prefix,
         agent_hash=f"{prefix}agent:{agent}",
         window=f"{prefix}win:{agent}",
+        walls=f"{prefix}walls:{agent}",
         keys=f"{prefix}keys:{agent}",
         events=prefix + "events",
         holds=prefix + "holds",

@@ -1,0 +1,67 @@
+"""The limits object of PATCH /v1/agents/{agent}/limits -> the engine's flat limit changes.
+
+Every field is optional and ``null`` removes a limit (a whole category, tool or ``calls``
+object when that object is ``null``). Amounts are the contract's decimal strings; call caps
+are whole numbers of calls.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.api.body import Fields, parse_amount_field
+from gateway.metering.errors import InvalidRequest
+from gateway.metering.limits import CALL_CAPS, CALLS_MAX, check_name
+
+Changes = dict[str, int | str | None]
+SPEND = ("per_call", "daily", "hourly", "weekly", "monthly")
+TOP_FIELDS = (*SPEND, "calls", "categories", "tools", "low_balance", "webhook_url")
+
+
+def limit_changes(body: dict[str, Any], amount_max: int) -> Changes:
+    """The engine's flat limit changes (``categories.llm.hourly``, ...) from a limits object."""
+    fields = Fields(body, TOP_FIELDS)
+    changes = _spend(body, (*SPEND, "low_balance"), "", amount_max)
+    changes.update(_calls(body, ""))
+    if "webhook_url" in body:
+        url = None if body["webhook_url"] is None else fields.text("webhook_url", 2048)
+        if url is not None and not re.fullmatch(r"https?://[!-~]+", url):
+            raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
+        changes["webhook_url"] = url
+    for group, spend in (("categories", SPEND), ("tools", ("per_call",))):
+        for name, caps in (fields.obj(group) or {}).items():
+            check_name(f"{group}.{name}", name)
+            changes.update(_scoped(f"{group}.{name}.", caps, spend, amount_max))
+    return changes
+
+
+def _spend(body: dict[str, Any], names: tuple[str, ...], prefix: str, amount_max: int
+           ) -> Changes:
+    return {prefix + name: None if body[name] is None else parse_amount_field(
+        prefix + name, body[name], name == "low_balance", amount_max)
+        for name in names if name in body}
+
+
+def _calls(body: dict[str, Any], prefix: str) -> Changes:
+    if "calls" not in body:
+        return {}
+    caps = body["calls"]
+    names = [f"{prefix}calls.{n}" for n in CALL_CAPS]
+    if caps is None:
+        return dict.fromkeys(names)
+    if not isinstance(caps, dict):
+        raise InvalidRequest(prefix + "calls", "must be an object or null")
+    fields = Fields(caps, tuple(CALL_CAPS), prefix + "calls.")
+    return {f"{prefix}calls.{n}": None if v is None else fields.integer(n, 1, CALLS_MAX, 1)
+            for n, v in caps.items()}
+
+
+def _scoped(prefix: str, caps: Any, spend: tuple[str, ...], amount_max: int) -> Changes:
+    """One category's or tool's caps; ``null`` removes them all."""
+    if caps is None:
+        return {**dict.fromkeys(prefix + n for n in spend), **_calls({"calls": None}, prefix)}
+    if not isinstance(caps, dict):
+        raise InvalidRequest(prefix[:-1], "must be an object or null")
+    Fields(caps, (*spend, "calls"), prefix)
+    return {**_spend(caps, spend, prefix, amount_max), **_calls(caps, prefix)}
