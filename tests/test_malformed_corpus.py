@@ -510,7 +510,7 @@ CASES: list[Case] = [
     ("limits category name surrogate", "send",
      limits(b'{"categories": {"\\ud800": {"daily": "1"}}}'), 422, "invalid_request"),
     ("limits category unknown cap", "send",
-     limits(b'{"categories": {"llm": {"weekly": "1"}}}'), 422, "invalid_request"),
+     limits(b'{"categories": {"llm": {"yearly": "1"}}}'), 422, "invalid_request"),
     ("limits webhook scheme", "send", limits(b'{"webhook_url": "file:///etc/passwd"}'), 422,
      "invalid_request"),
     ("limits webhook control char", "send",
@@ -518,7 +518,7 @@ CASES: list[Case] = [
     ("limits webhook 3000 chars", "send",
      limits(b'{"webhook_url": "https://x/' + b"a" * 3000 + b'"}'), 422, "invalid_request"),
     ("limits webhook number", "send", limits(b'{"webhook_url": 5}'), 422, "invalid_request"),
-    ("limits unknown field", "send", limits(b'{"monthly": "1"}'), 422, "invalid_request"),
+    ("limits unknown field", "send", limits(b'{"yearly": "1"}'), 422, "invalid_request"),
     # --- tools (admin) ---
     ("tool price missing", "send", tool(b'{"category": "tool"}'), 422, "invalid_request"),
     ("tool price negative", "send", tool(b'{"price": "-1", "category": "tool"}'), 422,

@@ -48,17 +48,19 @@ def limits_payload(limits: Limits) -> dict[str, Any]:
         tools[name] = {"per_call": _opt(t.per_call_micros)} if t.per_call_micros else {}
         if _calls(t.calls):
             tools[name]["calls"] = _calls(t.calls)
+    # The walls beyond the balance appear only when set, so an agent without them keeps the
+    # object it always had.
+    walls: dict[str, Any] = {k: v for k, v in (
+        ("hourly", _opt(limits.hourly_micros)), ("weekly", _opt(limits.weekly_micros)),
+        ("monthly", _opt(limits.monthly_micros)), ("calls", _calls(limits.calls)),
+        ("tools", tools)) if v}
     return {
         "per_call": _opt(limits.per_call_micros),
         "daily": _opt(limits.daily_micros),
-        "hourly": _opt(limits.hourly_micros),
-        "weekly": _opt(limits.weekly_micros),
-        "monthly": _opt(limits.monthly_micros),
-        "calls": _calls(limits.calls),
         "categories": {name: _category(c) for name, c in limits.categories.items()},
-        "tools": tools,
         "low_balance": _opt(limits.low_balance_micros),
         "webhook_url": limits.webhook_url,
+        **walls,
     }
 
 
