@@ -341,8 +341,8 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
             agent_keys = keys.agent_keys("bench-agent", 16)
             client.hset(agent_keys.agent_hash, mapping={"bal": str(10**15), "held": "0",
                                                         "frozen": "0", "lowf": "0"})
-            if walls:
-                client.hset(agent_keys.agent_hash, mapping=EVERY_WALL)
+            for field, value in EVERY_WALL.items() if walls else ():
+                client.hset(agent_keys.agent_hash, field, value)
             # The partition's copy of the catalog, as tool_copy.lua writes it.
             client.hset(agent_keys.tools, "web_search", "1 1 tool fixed")
             target = ["-s", sock] if unix_socket else ["-p", str(port)]

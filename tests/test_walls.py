@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 
 import pytest
 
+from gateway.api.responses import http_status
 from gateway.metering import errors
 from gateway.metering.engine import Engine
 from gateway.metering.models import CallCaps, CategoryLimits, ToolLimits
@@ -60,7 +61,7 @@ async def test_window_refusal_details_and_nothing_written(engine: Engine) -> Non
     before = await snapshot(engine)
     with pytest.raises(errors.WindowLimitExceeded) as refused:
         await engine.charge("a", "web_search")
-    assert refused.value.status == 429
+    assert http_status(refused.value) == 429
     details = refused.value.details
     assert details | {"retry_after_s": 0} == {
         "limit": "category_weekly", "category": "tool", "max": "0.1", "spent": "0.1",
@@ -84,7 +85,7 @@ async def test_call_cap_refusal_details(engine: Engine) -> None:
     assert 0 < refused.value.details["retry_after_s"] <= 60
     with pytest.raises(errors.PerCallLimitExceeded) as over:
         await engine.charge("a", "web_browse")
-    assert over.value.status == 403 and over.value.details["limit"] == "tool_per_call"
+    assert http_status(over.value) == 403 and over.value.details["limit"] == "tool_per_call"
     assert await snapshot(engine) == before
 
 
