@@ -248,17 +248,18 @@ end
 -- The caps that concern one call: {[field] = number}; fields of the agent hash 'hr', 'wk',
 -- 'mo' (spend), 'nm', 'nh', 'nd' (calls a minute/hour/day), the same prefixed 'c:<cat>:' for
 -- the category, calls and 'pc' prefixed 't:<tool>:' for the tool.
+-- The caps come back under short names: the agent's as is, 'c<cap>' and 't<cap>' for the
+-- category's and the tool's (e.g. 'chr', 'tnd', 'tpc').
+local CAP_NAMES = { 'hr', 'wk', 'mo', 'nm', 'nh', 'nd', 'chr', 'cwk', 'cmo', 'cnm', 'cnh', 'cnd',
+  'tnm', 'tnh', 'tnd', 'tpc' }
 local function caps_read(agent_key, cat, tool)
-  local fields = { 'hr', 'wk', 'mo', 'nm', 'nh', 'nd' }
-  local n = #fields
-  for i = 1, n do fields[#fields + 1] = 'c:' .. cat .. ':' .. fields[i] end
-  for i = 4, n do fields[#fields + 1] = 't:' .. tool .. ':' .. fields[i] end
-  fields[#fields + 1] = 't:' .. tool .. ':pc'
-  local v = redis.call('HMGET', agent_key, unpack(fields))
+  local c, t = 'c:' .. cat .. ':', 't:' .. tool .. ':'
+  local v = redis.call('HMGET', agent_key, 'hr', 'wk', 'mo', 'nm', 'nh', 'nd', c .. 'hr',
+    c .. 'wk', c .. 'mo', c .. 'nm', c .. 'nh', c .. 'nd', t .. 'nm', t .. 'nh', t .. 'nd',
+    t .. 'pc')
   local caps = {}
-  for i, f in ipairs(fields) do
-    local short = string.gsub(string.gsub(f, '^c:[^:]+:', 'c'), '^t:[^:]+:', 't')
-    caps[short] = uint(v[i], MICROS_MAX)
+  for i, short in ipairs(CAP_NAMES) do
+    if v[i] then caps[short] = uint(v[i], MICROS_MAX) end
   end
   return caps
 end
@@ -376,18 +377,20 @@ local function walls_write(key, st, p, cat, tool, spent, held)
       out[#out + 1] = istr((st.vals[f] or 0) + n)
     end
   end
+  local mn, wk, mo = istr(p.min), istr(p.week), istr(p.month)
+  local hr, dy = istr(p.hour), istr(p.day)
   for _, sfx in ipairs({ '', ':' .. cat }) do
-    add('H' .. istr(p.min) .. sfx, spent)
-    add('W' .. istr(p.week) .. sfx, spent)
-    add('M' .. istr(p.month) .. sfx, spent)
+    add('H' .. mn .. sfx, spent)
+    add('W' .. wk .. sfx, spent)
+    add('M' .. mo .. sfx, spent)
     add('h' .. sfx, held)
-    add('w' .. istr(p.week) .. sfx, held)
-    add('m' .. istr(p.month) .. sfx, held)
+    add('w' .. wk .. sfx, held)
+    add('m' .. mo .. sfx, held)
   end
   for _, sfx in ipairs({ '', ':' .. cat, '/' .. tool }) do
-    add('N' .. istr(p.min) .. sfx, 1)
-    add('O' .. istr(p.hour) .. sfx, 1)
-    add('D' .. istr(p.day) .. sfx, 1)
+    add('N' .. mn .. sfx, 1)
+    add('O' .. hr .. sfx, 1)
+    add('D' .. dy .. sfx, 1)
   end
   redis.call('HSET', key, unpack(out))
   if #st.stale > 0 then redis.call('HDEL', key, unpack(st.stale)) end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from tests.gateway_proc import Gateway
 from tests.http_helpers import new_agent
 
@@ -60,3 +62,8 @@ def test_refusals_carry_limit_and_retry_after(gateway: Gateway) -> None:
             "retry_after_s": 0}
         assert 1 <= int(calls.headers["Retry-After"]) <= 60
         assert agent.get("/v1/balance").json()["balance"] == "9.83"
+    # Refusals by limit in /metrics, with no per-agent label.
+    metrics = httpx.get(gateway.url + "/metrics").text
+    for limit in ("weekly", "calls_per_minute"):
+        assert f'iou_charges_total{{category="tool",outcome="{limit}"}}' in metrics
+    assert name not in metrics
