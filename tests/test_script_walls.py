@@ -252,7 +252,9 @@ def test_calls_per_hour_and_day_by_scope(clocked_lua: Lua) -> None:
                                                 "tool", "fx_tool"]
     assert lua.charge(5)[0] == 0  # same category, another tool
     assert lua.charge(5, cat="llm")[0] == 0
-    assert lua.hold(5, "h2", cat="llm")[:4] == [CALLS, "calls_per_hour", "category", 1]
+    lua.shift_to(day0 + 10 * HOUR_MS + 60_000)
+    refused = lua.hold(5, "h2", cat="llm")
+    assert refused[:5] == [CALLS, "calls_per_hour", "category", 1, 3540]  # to 11:00:00
     lua.shift_to(day0 + 11 * HOUR_MS)
     assert lua.hold(5, "h2", cat="llm")[0] == 0
     lua.shift_to(day0 + DAY_MS)
