@@ -162,3 +162,10 @@ async def test_the_domain_asserts_what_the_api_validated(real_engine: Engine) ->
     (the contract's 500), not a refusal naming a field."""
     with pytest.raises(InvariantBroken):
         await real_engine.charge("nobody", "web_search", idempotency_key="tab\there")
+
+
+def test_reply_decoding_is_written_once() -> None:
+    """A reply's bytes-or-str as text: store.resp.reply_text, not a copy per module."""
+    copies = [str(path.relative_to(ROOT)) for path in _modules("gateway")
+              if "isinstance(value, bytes) else str(value)" in path.read_text()]
+    assert copies == ["gateway/store/resp.py"], copies

@@ -9,10 +9,7 @@ from typing import Any
 
 from gateway.store import keys
 from gateway.store.connections import Connection
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+from gateway.store.resp import reply_text as _text
 
 
 def pairs(flat: list[Any]) -> dict[str, str]:

@@ -17,11 +17,8 @@ from typing import Any
 from gateway.store import keys
 from gateway.store.codes import Code
 from gateway.store.connections import Connection
+from gateway.store.resp import reply_text as _text
 from gateway.store.scripts import Scripts
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _amount(micros: int | None) -> str:

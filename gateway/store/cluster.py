@@ -34,6 +34,7 @@ from gateway.store.resp import (
     ReplyError,
     parse_redis_url,
 )
+from gateway.store.resp import reply_text as _text
 
 log = logging.getLogger("iou.redis")
 
@@ -254,10 +255,6 @@ def _all_nodes(reply: list[Any]) -> set[str]:
     """host:port of every node in a CLUSTER SLOTS reply, masters and replicas."""
     return {f"{_text(node[0])}:{int(node[1])}"
             for _start, _end, *nodes in reply for node in nodes if _text(node[0])}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _slot_map(reply: list[Any]) -> list[str]:

@@ -4,20 +4,16 @@ for /metrics, the readiness probe."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from gateway.store import keys
 from gateway.store.connections import Connection
+from gateway.store.resp import reply_text as _text
 
 PARTITIONS_FIELD = b"partitions"
 IDENTITY_FIELD = b"store_id"
 DRIFT_FIELD = b"reconcile_drift"
 RESTARTS_FIELD = b"writer_restarts"
 WRITTEN_FIELD = b"ledger_written"  # in keys.STATS: bookkeeping, apart from iou:meta
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def settle_partitions(conn: Connection, wanted: int) -> int:

@@ -346,3 +346,8 @@ def _fail_all(futures: list[asyncio.Future[Any]], exc: Exception) -> None:
     for fut in futures:
         if not fut.done():
             fut.set_exception(exc)
+
+
+def reply_text(value: Any) -> str:
+    """A reply's bulk string as text, whether the connection decodes (str) or not (bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -18,6 +18,7 @@ from gateway.store.cluster import ClusterConnection
 from gateway.store.connections import Connection
 from gateway.store.errors import GroupMissing
 from gateway.store.resp import ReplyError
+from gateway.store.resp import reply_text as _text
 
 Entry = tuple[Any, Any]  # (stream id, flat field list; None for an entry deleted meanwhile)
 
@@ -140,10 +141,6 @@ def _group_info(groups: Any, group: bytes) -> dict[str, Any] | None:
         if _text(info.get("name", "")) == group.decode():
             return info
     return None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def unacknowledged_floor(conn: Connection, stream: str, group: bytes) -> str | None:
