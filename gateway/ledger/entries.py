@@ -6,6 +6,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from gateway.store.resp import reply_text as _s
+
 MONEY_KINDS = frozenset({"grant", "fund", "charge", "hold", "capture", "release", "expire"})
 CONFIG_KINDS = frozenset({"agent", "limits", "freeze", "unfreeze", "key_add", "key_revoke",
                           "tool", "tool_delete"})
@@ -88,6 +90,3 @@ def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
         _int(g("held"), "held"), g("idem") or None, g("ih") or None, g("hold_id") or None,
         _int(g("expires_at"), "expires_at"), g("meta") or None, data)
 
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
