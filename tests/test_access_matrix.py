@@ -79,6 +79,7 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("GET", "/metrics", None, PUBLIC),
     ("GET", "/openapi.json", None, PUBLIC),
     ("GET", "/dashboard", None, (308, 308, 308, 308, 308, 308)),
+    ("GET", "/", None, (307, 307, 307, 307, 307, 307)),
 ]
 
 

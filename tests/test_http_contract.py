@@ -215,18 +215,21 @@ def test_low_balance_warning_before_failing(gateway: Gateway) -> None:
 def test_batch_results_in_order(gateway: Gateway) -> None:
     _, key = new_agent(gateway, "0.2")
     with gateway.agent(key) as agent:
+        # A malformed item refuses the whole batch before anything is charged.
+        for bad, field in (({"tool": "web_search", "extra": 1}, "charges[1].extra"),
+                           ("x", "charges[1]")):
+            refused = agent.post("/v1/charges", json={"charges": [{"tool": "web_search"}, bad]})
+            assert refused.status_code == 422 and refused.json()["field"] == field
         response = agent.post("/v1/charges", json={"charges": [
             {"tool": "web_search"}, {"tool": "nope"}, {"tool": "web_browse"},
-            {"tool": "web_browse"}, {"tool": "web_search", "extra": 1}, "x",
+            {"tool": "web_browse"},
             {"tool": "llm_summarize", "cost": "0.01", "idempotency_key": "b1"},
             {"tool": "llm_summarize", "cost": "0.01", "idempotency_key": "b1"}]})
         assert response.status_code == 200
         results = response.json()["results"]
         assert [r.get("error", "ok") for r in results] == [
-            "ok", "not_found", "ok", "balance_insufficient", "invalid_request",
-            "invalid_request", "ok", "ok"]
-        assert results[4]["field"] == "charges[4].extra"
-        assert results[6] == results[7]
+            "ok", "not_found", "ok", "balance_insufficient", "ok", "ok"]
+        assert results[4] == results[5]
         assert balance(gateway, key) == "0.02"
         for bad in ([], [{"tool": "calc"}] * 1001, "x"):
             refused = agent.post("/v1/charges", json={"charges": bad})

@@ -85,10 +85,13 @@ async def post_charges(ctx: Context, request: Request) -> Response:
     items = Fields(json_from_raw(request, raw), ("charges",)).body.get("charges")
     if not isinstance(items, list) or not 1 <= len(items) <= BATCH_ITEMS_MAX:
         raise InvalidRequest("charges", f"must be a list of 1 to {BATCH_ITEMS_MAX} charges")
+    # A malformed item refuses the whole request before anything is charged (as any
+    # malformed body is); only what depends on the store is an item's own refusal.
+    charges = [_item_request(ctx, item, i, key) for i, item in enumerate(items)]
     binding = None if key is None else await idempotency.bind(
         ctx.engine, "agent:" + agent, key, idempotency.request_digest(request, raw))
-    answers = await asyncio.gather(*(_batch_item(ctx, agent, item, i, key)
-                                     for i, item in enumerate(items)))
+    answers = await asyncio.gather(*(_batch_item(ctx, agent, charge, key)
+                                     for charge in charges))
     if binding is not None and all(r is None for _, r in answers):
         await binding.unbind()  # every item refused: nothing written, nothing to keep
     results = [payload for payload, _ in answers]
@@ -99,22 +102,25 @@ async def post_charges(ctx: Context, request: Request) -> Response:
     return json_response(200, {"results": results}, headers)
 
 
-async def _batch_item(ctx: Context, agent: str, item: Any, index: int, key: str | None
+def _item_request(ctx: Context, item: Any, index: int, key: str | None) -> ChargeRequest:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"charges[{index}]", "must be a JSON object")
+    return charge_request(item, ctx.settings.amount_max_micros, key, index)
+
+
+async def _batch_item(ctx: Context, agent: str, charge: ChargeRequest, key: str | None
                       ) -> tuple[dict[str, Any], bool | None]:
     """One item's result or error object, and whether it was replayed (None: refused).
 
     Nothing an item does fails the batch: an unexpected exception becomes this item's
     error object (and a log line), since the other items may have been charged."""
     try:
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"charges[{index}]", "must be a JSON object")
-        charge = charge_request(item, ctx.settings.amount_max_micros, key, index)
         result = await charge_one(ctx, agent, charge)
         return charge_payload(result), result.replayed
     except GatewayError as exc:
         return exc.to_dict(), None
     except Exception:
-        log.exception("batch item %d failed inside the gateway (agent %s)", index, agent)
+        log.exception("batch item %s failed inside the gateway (agent %s)", charge.index, agent)
         return _item_failed(key is not None), None
 
 

@@ -68,6 +68,7 @@ ROUTES = [
     Route("/v1/tools/{tool}", admin.put_tool, methods=["PUT"]),
     Route("/v1/tools", admin.list_tools, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.delete_tool, methods=["DELETE"]),
+    Route("/", ops.root, methods=["GET"]),
     Route("/healthz", ops.healthz, methods=["GET"]),
     Route("/readyz", ops.readyz, methods=["GET"]),
     Route("/metrics", ops.metrics_text, methods=["GET"]),
@@ -86,10 +87,25 @@ def served_routes() -> set[tuple[str, str]]:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
+        allowed = _allowed_methods(request)
         return json_response(405, {"error": "method_not_allowed",
-                                   "message": f"{request.method} is not allowed here."})
+                                   "message": f"{request.method} is not allowed here."},
+                             {"Allow": ", ".join(allowed)})
     return json_response(exc.status_code, {"error": "not_found",
                                            "message": f"No route {request.url.path}."})
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (RFC 9110: a 405 lists them in Allow).
+    Starlette's own Allow names only the first matching route's, and a path such as
+    /v1/agents has one route per method."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.path_regex.fullmatch(request.url.path):
+            methods.update(route.methods or ())
+        elif isinstance(route, Mount) and request.url.path.startswith(route.path + "/"):
+            methods.update(("GET", "HEAD"))  # static files
+    return sorted(methods)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -28,6 +28,7 @@ from gateway.metering.errors import (
 )
 from gateway.metering.limits import check_name
 
+WHOLE_FRACTION_RE = re.compile(r"(?<=[0-9])\.0+$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # What PostgreSQL JSONB refuses in a string or key (NUL), and what no UTF-8 text can hold
 # (a lone surrogate: orjson, Redis and both ledgers all need UTF-8).
@@ -269,9 +270,13 @@ class Fields:
         if value is None:
             return default
         text = value.text if isinstance(value, money.JsonNumber) else None
+        if text is not None:
+            # 60.0 is the whole number 60, as JSON Schema reads it (and many serializers
+            # write a whole float); 60.5 and exponent forms are not.
+            text = WHOLE_FRACTION_RE.sub("", text)
         # The length first: int() of thousands of digits is slow, and refused past 4,300.
-        if (text is None or len(text) > len(str(high)) or not text.isdigit()
-                or not low <= int(text) <= high):
+        if (text is None or len(text) > len(str(high)) or not text.isascii()
+                or not text.isdigit() or not low <= int(text) <= high):
             raise InvalidRequest(self.prefix + name, f"must be a whole number from {low} to "
                                  f"{high}")
         return int(text)

@@ -99,7 +99,13 @@ _OWN_REGISTRY.register(_FROM_REDIS)
 
 @endpoint
 async def openapi(ctx: Context, request: Request) -> Response:
-    return json_response(200, openapi_document())
+    return json_response(200, openapi_document(ctx.settings.amount_max_micros))
+
+
+@endpoint
+async def root(ctx: Context, request: Request) -> Response:
+    """``GET /``: a browser pointed at the gateway lands on the dashboard."""
+    return RedirectResponse("/dashboard", status_code=307)
 
 
 @endpoint

@@ -203,7 +203,9 @@ async def _tool(ctx: Context, name: str) -> Tool:
     if entry is None:
         raise NotFound(f"No tool named {name} in the catalog.")
     if entry.upstream is None:
-        raise InvalidRequest("tool", "has no upstream to invoke")
+        # What the call names does not exist (the request itself is well formed): 404.
+        raise NotFound(f"Tool {name} has no upstream to invoke; charge it with POST "
+                       "/v1/charge.")
     return entry
 
 
