@@ -216,9 +216,10 @@ def test_batch_results_in_order(gateway: Gateway) -> None:
     _, key = new_agent(gateway, "0.2")
     with gateway.agent(key) as agent:
         # A malformed item refuses the whole batch before anything is charged.
-        for bad, field in (({"tool": "web_search", "extra": 1}, "charges[1].extra"),
-                           ("x", "charges[1]")):
-            refused = agent.post("/v1/charges", json={"charges": [{"tool": "web_search"}, bad]})
+        malformed: list[tuple[object, str]] = [
+            ({"tool": "web_search", "extra": 1}, "charges[1].extra"), ("x", "charges[1]")]
+        for item, field in malformed:
+            refused = agent.post("/v1/charges", json={"charges": [{"tool": "web_search"}, item]})
             assert refused.status_code == 422 and refused.json()["field"] == field
         response = agent.post("/v1/charges", json={"charges": [
             {"tool": "web_search"}, {"tool": "nope"}, {"tool": "web_browse"},

@@ -2,7 +2,9 @@
 
 Schemathesis (from PyPI, the `test` extra) runs from outside against a live gateway on a
 throwaway embedded store, once with an agent key and once with the admin token, every check
-on, a fixed seed and a bounded number of examples; any finding fails the test. Each run has
+on, a fixed seed and a bounded number of examples; any finding fails the test. The
+generator learns the catalog's pricing rules from tests/schemathesis_hooks.py (positive
+requests only). Each run has
 a gateway of its own: the admin run sets webhook URLs and upstreams at random, which the
 agent run's charges must never reach (traffic stays on 127.0.0.1).
 
@@ -12,6 +14,7 @@ document is built from.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -30,8 +33,9 @@ from gateway.metering import money
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import new_agent, seed_tools
 
+REPO = Path(__file__).resolve().parent.parent
 SEED = 20261129
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = 25
 RUN_TIMEOUT_S = 240
 
 
@@ -194,10 +198,13 @@ def _operation_ids(scheme: str) -> list[str]:
     return ids
 
 
-def _schemathesis(gw: Gateway, token: str, scheme: str, workdir: Path
-                  ) -> subprocess.CompletedProcess[str]:
+def _schemathesis(gw: Gateway, token: str, scheme: str, workdir: Path,
+                  agent: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI on the operations ``scheme`` may call; an agent key's run names its own
+    agent wherever a path takes one."""
     config = workdir / "schemathesis.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + ("" if agent is None else
+                                f'[parameters]\n"path.agent" = "{agent}"\n'))
     includes = [arg for op_id in _operation_ids(scheme)
                 for arg in ("--include-operation-id", op_id)]
     command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
@@ -206,8 +213,10 @@ def _schemathesis(gw: Gateway, token: str, scheme: str, workdir: Path
                "--generation-database", "none", "--no-color", "--max-failures", "50",
                "--report-dir", str(workdir / "report"),
                "-H", f"Authorization: Bearer {token}", *includes]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
+           "PYTHONPATH": str(REPO)}
     return subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-                          cwd=workdir)
+                          cwd=workdir, env=env)
 
 
 def _verdict(done: subprocess.CompletedProcess[str]) -> str:
@@ -218,8 +227,8 @@ def _verdict(done: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.slow
 def test_schemathesis_with_an_agent_key_finds_nothing(tmp_path: Path) -> None:
     with _fuzz_gateway() as gw:
-        _, key = new_agent(gw, "1000", "fuzz")
-        done = _schemathesis(gw, key, "agent", tmp_path)
+        name, key = new_agent(gw, "1000", "fuzz")
+        done = _schemathesis(gw, key, "agent", tmp_path, name)
     assert done.returncode == 0, _verdict(done)
     assert re.search(r"\d+ generated", done.stdout), _verdict(done)
 

@@ -547,6 +547,22 @@ def _parameters(method: str, path: str, max_micros: int) -> list[dict[str, Any]]
     return parameters
 
 
+# One request each, as the README's "Try it" sends them (the seed catalog's tools).
+EXAMPLES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/charge"): {"tool": "web_search", "metadata": {"query": "weather"}},
+    ("POST", "/v1/charges"): {"charges": [
+        {"tool": "web_search"}, {"tool": "llm_summarize", "cost": "0.03"}]},
+    ("POST", "/v1/holds"): {"tool": "llm_summarize", "max_cost": "0.1", "ttl_s": 300},
+    ("POST", "/v1/holds/{hold_id}/capture"): {"cost": "0.06"},
+    ("POST", "/v1/agents"): {"name": "research-bot", "grant": "20"},
+    ("POST", "/v1/agents/{agent}/fund"): {"amount": "20"},
+    ("PATCH", "/v1/agents/{agent}/limits"): {
+        "per_call": "1", "daily": "5", "low_balance": "1",
+        "categories": {"llm": {"per_call": "0.05", "daily": "2"}}},
+    ("PUT", "/v1/tools/{tool}"): {"price": "0.05", "category": "tool"},
+}
+
+
 def _operation_id(method: str, path: str) -> str:
     words = re.sub(r"[{}.]", "", path).strip("/").replace("/", "_") or "root"
     return f"{method.lower()}_{words}"
@@ -566,8 +582,10 @@ def _operation(method: str, path: str, summary: str, auth: str,
         op["description"] = DESCRIPTIONS[(method, path)]
     if (method, path) in bodies:
         schema, required = bodies[(method, path)]
-        op["requestBody"] = {"required": required,
-                             "content": {"application/json": {"schema": schema}}}
+        media: dict[str, Any] = {"schema": schema}
+        if (method, path) in EXAMPLES:
+            media["example"] = EXAMPLES[(method, path)]
+        op["requestBody"] = {"required": required, "content": {"application/json": media}}
     elif path == "/v1/tools/{tool}/invoke":
         op["requestBody"] = {"required": False, "description": "forwarded as is",
                              "content": {"application/json": {"schema": {}}}}

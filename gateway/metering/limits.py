@@ -96,8 +96,9 @@ def _cap_field(name: str) -> str:
 def limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
     """The agent-hash field and value of one limit change ('' removes the field)."""
     if name == "webhook_url":
-        if value is not None and (not isinstance(value, str) or not re.fullmatch(
-                r"https?://[!-~]{1,2040}", value)):
+        # The script's rule: at most 2048 characters in all, whichever the scheme.
+        if value is not None and (not isinstance(value, str) or len(value) > 2048
+                                  or not re.fullmatch(r"https?://[!-~]+", value)):
             raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
         return ("wh", value or "")
     field = _cap_field(name)
