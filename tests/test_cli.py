@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -440,3 +441,41 @@ def test_limits_walls_flags(embedded_gateway: Gateway) -> None:
     assert "hourly" not in removed
     bad = iou(gw, "limits", "--agent", name, "--tool", "web_browse:daily=1")
     assert bad.returncode == 2 and "CAP" in bad.stderr
+
+
+def test_a_port_in_use_is_one_clear_line_before_anything_claims_success(
+        tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
+        env["IOU_DATA_DIR"] = str(tmp_path / "data")
+        done = subprocess.run([sys.executable, "-m", "gateway.cli.main", "serve", "--port",
+                               str(port)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == "", done.stdout  # nothing claimed success first
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"port {port}" in lines[0] and "in use" in lines[0] and "--port" in lines[0]
+    for claim in ("listening", r"\bready\b", "gateway on", "http://", "started"):
+        assert not re.search(claim, lines[0].lower()), lines
+    # Nothing was started for a gateway that cannot serve: no private Redis, no secrets.
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_serve_says_where_the_dashboard_is_and_what_to_try_next() -> None:
+    import time
+
+    with running_gateway(None, admin_token=None) as gw:
+        port = gw.url.rsplit(":", 1)[1]
+        deadline = time.monotonic() + 10
+        while "iou demo" not in gw.log_text():
+            assert time.monotonic() < deadline, gw.log_text()
+            time.sleep(0.05)
+        log = gw.log_text()
+    assert f"Dashboard: http://127.0.0.1:{port}/dashboard" in log, log
+    # Not the CLI's default URL: the next command says how to reach this gateway.
+    assert f"IOU_URL=http://127.0.0.1:{port} iou demo" in log, log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -24,6 +25,7 @@ from gateway.metering.secrets_store import check_at_start, ensure_secret
 from gateway.store.embedded import start_embedded
 
 log = logging.getLogger("iou.serve")
+DEFAULT_URL = "http://127.0.0.1:8080"  # the CLI's --url default (IOU_URL unset)
 WRITER_NICENESS = NICENESS  # added to the ledger writer child's nice value by `iou serve`
 # Allocations between two young-generation collections in a gateway worker (CPython's
 # default is 700). A request allocates a few dozen containers and 64 requests are in flight
@@ -68,6 +70,7 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
 
     settings = _settings()
     setup_logging(settings.log_format)
+    _refuse_a_port_in_use(host, port)  # before anything starts or says it did
     embedded = start_embedded(settings.data_dir) if settings.uses_embedded_redis else None
     if settings.admin_token is None:
         ensure_secret(settings.data_dir, "admin_token")
@@ -91,6 +94,7 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
         writer.start()
     log.info("IOU gateway on http://%s:%d (%d worker(s)); ledger: %s", host, port, workers,
              ledger_location(settings))
+    _print_next_steps(host, port)
     # uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
     # found: make that one exit through `finally`, so the writer and Redis are stopped too.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -129,6 +133,33 @@ def _settle_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """Exit with one line when ``host:port`` cannot be bound (another server holds it), as
+    uvicorn would only say after the private Redis and the writer had started."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As uvicorn binds: a port left in TIME_WAIT is free, one with a listener is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = "is already in use" if exc.errno == errno.EADDRINUSE else (
+            f"cannot be used ({exc.strerror or exc})")
+        click.echo(f"iou serve: port {port} on {host} {reason}; stop what holds it or pick "
+                   "another with --port.", err=True)
+        sys.exit(1)
+
+
+def _print_next_steps(host: str, port: int) -> None:
+    """Where the dashboard is and the next command to try (with IOU_URL when the CLI's
+    default URL would not reach this gateway)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{shown}:{port}" if ":" not in shown else f"http://[{shown}]:{port}"
+    log.info("Dashboard: %s/dashboard", url)
+    prefix = "" if url == DEFAULT_URL else f"IOU_URL={url} "
+    log.info("Next, in another terminal: %siou demo", prefix)
 
 
 def _settle_store(settings: Settings) -> None:
