@@ -1,7 +1,8 @@
 """Schemathesis hooks (SCHEMATHESIS_HOOKS=tests.schemathesis_hooks): teach the generator
 the catalog, which no schema can know.
 
-A few rules of the contract depend on the tool a request names, not on its shape: cost is
+A few rules of the contract depend on the tool a request names, not on its shape (and the
+usage routes' since/until on each other and on the clock): cost is
 only for tools priced variable (and required by them), a hold on a fixed-price tool holds
 at least its price, a capture takes at most what its hold set aside. A schema-valid request
 may break them and is refused, rightly, with 422. So the *positive* requests of a run are
@@ -58,11 +59,21 @@ def _is_positive(case: Any) -> bool:
     return meta is not None and meta.generation.mode.is_positive
 
 
+USAGE_PATHS = ("/v1/agents/{agent}/usage", "/v1/usage")
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    if not _is_positive(case) or not isinstance(case.body, dict):
+    if not _is_positive(case):
         return
     route = (case.method.upper(), case.operation.path)
+    if route[1] in USAGE_PATHS and case.query:
+        # since must come before until (by default now) and the range is bounded: rules
+        # between two values and the clock, which a schema cannot state.
+        case.query.pop("since", None)
+        case.query.pop("until", None)
+    if not isinstance(case.body, dict):
+        return
     if route == ("POST", "/v1/charge"):
         _follow_catalog(case.body)
     elif route == ("POST", "/v1/charges"):

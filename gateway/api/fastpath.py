@@ -53,7 +53,8 @@ class ChargeFastPath:
         request_id = accept_request_id(headers.get(REQUEST_ID_HEADER))
         if scope["method"] != "POST":
             count_error(405)
-            await _respond(send, 405, _not_allowed(scope["method"]), [(b"allow", b"POST")], request_id)
+            await _respond(send, 405, _not_allowed(scope["method"]), [(b"allow", b"POST")],
+                           request_id)
             return
         ctx: Context = self.app.state.ctx  # set by the Starlette app's lifespan
         started = time.perf_counter()
