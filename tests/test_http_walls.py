@@ -67,3 +67,24 @@ def test_refusals_carry_limit_and_retry_after(gateway: Gateway) -> None:
     for limit in ("weekly", "calls_per_minute"):
         assert f'iou_charges_total{{category="tool",outcome="{limit}"}}' in metrics
     assert name not in metrics
+
+
+def test_dotted_category_and_tool_names_take_every_cap(gateway: Gateway) -> None:
+    """Names may hold dots (a-z 0-9 - _ .): the flat limit names must not split them."""
+    name, _ = new_agent(gateway, "10", "walls")
+    limits = {"categories": {"w.0i_": {"daily": "1", "hourly": "0.5",
+                                       "calls": {"per_day": 3}},
+                             "x.calls": {"per_call": "0.2"}},
+              "tools": {"a.b.c": {"per_call": "0.3", "calls": {"per_minute": 2}}}}
+    with gateway.admin() as admin:
+        patched = admin.patch(f"/v1/agents/{name}/limits", json=limits)
+        assert patched.status_code == 200, patched.text
+        body = patched.json()
+        assert body["categories"] == limits["categories"]
+        assert body["tools"] == limits["tools"]
+        assert admin.get(f"/v1/agents/{name}/limits").json() == body
+        cleared = admin.patch(f"/v1/agents/{name}/limits", json={
+            "categories": {"w.0i_": None, "x.calls": {"per_call": None}},
+            "tools": {"a.b.c": None}})
+        assert cleared.status_code == 200, cleared.text
+        assert (cleared.json().get("categories", {}), cleared.json().get("tools", {})) == ({}, {})

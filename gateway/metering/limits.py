@@ -79,18 +79,27 @@ def _cap_field(name: str) -> str:
     ``categories.llm.hourly``, ``tools.web_browse.calls.per_day``, ...)."""
     if name in LIMIT_FIELDS:
         return LIMIT_FIELDS[name]
-    parts = name.split(".")
-    prefix = ""
-    if parts[0] in ("categories", "tools") and len(parts) >= 3:
-        check_name(parts[0][:-1] if parts[0] == "tools" else "category", parts[1])
-        prefix = f"{parts[0][0]}:{parts[1]}:"
-        parts = parts[2:]
-    spend = SPEND_CAPS if prefix[:1] != "t" else {"per_call": "pc"}
-    if len(parts) == 1 and parts[0] in spend:
-        return prefix + spend[parts[0]]
-    if len(parts) == 2 and parts[0] == "calls" and parts[1] in CALL_CAPS:
-        return prefix + CALL_CAPS[parts[1]]
+    if name in SPEND_CAPS:
+        return SPEND_CAPS[name]
+    if name.startswith("calls.") and name[6:] in CALL_CAPS:
+        return CALL_CAPS[name[6:]]
+    group, _, rest = name.partition(".")
+    if group not in ("categories", "tools"):
+        raise InvalidRequest(name, "is not a known limit")
+    spend = SPEND_CAPS if group == "categories" else {"per_call": "pc"}
+    # Category and tool names may hold dots themselves, so the cap is read from the end.
+    entity, _, calls_cap = rest.rpartition(".calls.")
+    if entity and calls_cap in CALL_CAPS:
+        return _scoped_field(group, entity, CALL_CAPS[calls_cap])
+    entity, _, spend_cap = rest.rpartition(".")
+    if entity and spend_cap in spend:
+        return _scoped_field(group, entity, spend[spend_cap])
     raise InvalidRequest(name, "is not a known limit")
+
+
+def _scoped_field(group: str, entity: str, which: str) -> str:
+    check_name("tool" if group == "tools" else "category", entity)
+    return f"{group[0]}:{entity}:{which}"
 
 
 def limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
