@@ -69,6 +69,7 @@ MONEY_TESTS = (
     "tests/test_script_auth.py",
     "tests/test_script_restore.py",
     "tests/test_script_walls.py",
+    "tests/test_script_agent_scan.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
     "tests/test_raw_args.py",
