@@ -1,6 +1,6 @@
 """The dashboard with 100,000 agents in the store, in a real Chromium: the first screen in
-under 1 s, sorting and paging by the server, and the gateway's charge rate while dashboards
-poll within 5 % of its rate without them (phases alternated, medians compared)."""
+under 1 s, sorting and paging by the server, and the gateway's charge capacity while dashboards
+poll within 5 % of its capacity without them (phases alternated, medians compared)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -38,9 +39,17 @@ RATE_LOSS_MAX = 0.05
 WRK_SCRIPT = Path(__file__).resolve().parent.parent / "loadtests" / "wrk_charge.lua"
 
 
+@dataclass(frozen=True)
+class Big:
+    gw: Gateway
+    keys: list[str]
+    redis_pid: int
+
+
 @pytest.fixture(scope="module")
-def big() -> Iterator[tuple[Gateway, list[str]]]:
-    """A gateway over a store of 100,000 agents; yields it and the keys of a few of them."""
+def big() -> Iterator[Big]:
+    """A gateway over a store of 100,000 agents; yields it, the keys of a few of them and
+    the pid of its Redis."""
     with redis_server() as (url, redis_process), running_gateway(url) as gw:
         seed_tools(gw)
         started = time.monotonic()
@@ -58,7 +67,7 @@ def big() -> Iterator[tuple[Gateway, list[str]]]:
         print(f"cold summary table of {first['totals']['agents']} agents: "
               f"{time.monotonic() - started:.2f} s, CPU: gateway {gateway_cpu:.2f} s, "
               f"redis {redis_cpu:.2f} s")
-        yield gw, [key for _, key in created[:KEYED_AGENTS]]
+        yield Big(gw, [key for _, key in created[:KEYED_AGENTS]], redis_process.pid)
 
 
 def cpu_s(pid: int) -> float:
@@ -87,9 +96,8 @@ def signed_in(browser: Browser, gw: Gateway) -> tuple[Page, list[str], list[str]
     return page, errors, foreign
 
 
-def test_first_screen_sort_and_pages_at_100k(browser: Browser,
-                                              big: tuple[Gateway, list[str]]) -> None:
-    gw, _ = big
+def test_first_screen_sort_and_pages_at_100k(browser: Browser, big: Big) -> None:
+    gw = big.gw
     page, errors, foreign = signed_in(browser, gw)
     page.goto("about:blank")  # so that the timed load is a whole page load
     started = time.monotonic()
@@ -122,10 +130,10 @@ def test_first_screen_sort_and_pages_at_100k(browser: Browser,
     page.close()
 
 
-def test_a_poll_costs_little_cpu(big: tuple[Gateway, list[str]]) -> None:
+def test_a_poll_costs_little_cpu(big: Big) -> None:
     """What a dashboard's 2 s poll costs the gateway: its CPU time, which the machine's
     other load inflates less than a wall-clock figure."""
-    gw, _ = big
+    gw = big.gw
     worker = gw.process.pid
     polls = 200
     with gw.admin() as admin:
@@ -150,51 +158,85 @@ def balances(page: Page) -> list[Decimal]:
     return [Decimal(t.replace("low", "").strip()) for t in texts]
 
 
-def charge_rate(gw: Gateway, keys_file: str, round_name: str) -> float:
-    """Charges per second that wrk drove through the gateway for PHASE_S seconds (every
-    answer must be a 200: a refusal would measure something else)."""
+@dataclass(frozen=True)
+class Phase:
+    charges_per_s: float
+    cpu_us_per_charge: float  # the gateway's and its Redis's CPU, dashboard polls included
+    polls: int  # summary requests the dashboards sent during the phase
+
+
+def charge_phase(gw: Gateway, keys_file: str, round_name: str) -> tuple[float, int]:
+    """Charges per second and their count that wrk drove through the gateway for PHASE_S
+    seconds (every answer must be a 200: a refusal would measure something else)."""
     out = subprocess.run(
         ["wrk", "-t", "1", "-c", "16", "-d", f"{PHASE_S}s", "-s", str(WRK_SCRIPT), gw.url,
          "--", keys_file, "/v1/charge", '{"tool":"calc"}', round_name],
         capture_output=True, text=True, check=True, timeout=PHASE_S + 60).stdout
     assert "Non-2xx" not in out, out
-    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert found is not None, out
-    return float(found.group(1))
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    assert rate is not None and count is not None, out
+    return float(rate.group(1)), int(count.group(1))
 
 
-def test_charge_rate_while_dashboards_poll(browser: Browser,
-                                           big: tuple[Gateway, list[str]]) -> None:
+def test_charge_rate_while_dashboards_poll(browser: Browser, big: Big) -> None:
     """Short phases, alternated in pairs (the order flipped every pair, so a drift of the
     machine's other load falls on both sides), compared by the median of the pairs' ratios.
-    Between "with" phases the dashboards stay open on the tools page, which polls nothing,
-    so the browser itself is there in both conditions."""
-    gw, keys = big
+    Between "with" phases the dashboards stay open on the tools page, which polls nothing.
+
+    What is compared is the gateway's capacity: the CPU time the gateway process and its
+    Redis spend per charge, the dashboards' polls included (a CPU-bound gateway's charge rate
+    is its cores divided by that). The wall-clock rate is printed too, but on this one
+    machine it also pays for the browser's own rendering (which runs on the operator's
+    computer, not the gateway's) and for whatever else the shared cores run, so it is not
+    what the assertion reads. The dashboards must really have polled: every open one at
+    least every 2 s, counted from the browser's requests."""
+    gw = big.gw
     assert shutil.which("wrk"), "wrk is needed: apt-get install wrk"
     with tempfile.NamedTemporaryFile("w", suffix=".keys", delete=False) as f:
-        f.write("\n".join(keys) + "\n")
+        f.write("\n".join(big.keys) + "\n")
     pages = [signed_in(browser, gw)[0] for _ in range(DASHBOARDS)]
+    polls = [0]
+
+    def count_poll(url: str) -> None:
+        if "/v1/summary" in url:
+            polls[0] += 1
+
     for p in pages:  # each sorted by balance, the costliest order to keep
         p.goto(gw.url + "/dashboard/#/")
         p.locator("th[data-sort=balance] button").click()
         expect(p.locator("#agents tbody tr")).to_have_count(50)
+        p.on("request", lambda r: count_poll(r.url))
+    served = (gw.process.pid, big.redis_pid)
 
-    def phase(polling: bool, name: str) -> float:
+    def phase(polling: bool, name: str) -> Phase:
         for p in pages:
             p.evaluate(f"location.hash = {'#/' if polling else '#/tools'!r}")
-        return charge_rate(gw, f.name, name)
+        polls_before, cpu_before = polls[0], sum(cpu_s(pid) for pid in served)
+        rate, count = charge_phase(gw, f.name, name)
+        cpu_us = (sum(cpu_s(pid) for pid in served) - cpu_before) * 1e6
+        for p in pages:  # the sync API delivers the browser's events during its own calls
+            p.evaluate("0")
+        return Phase(rate, cpu_us / count, polls[0] - polls_before)
 
-    without: list[float] = []
-    with_dashboards: list[float] = []
+    without: list[Phase] = []
+    with_dashboards: list[Phase] = []
     for i in range(PHASE_PAIRS):
         for polling in ((False, True) if i % 2 == 0 else (True, False)):
             (with_dashboards if polling else without).append(phase(polling, f"r{i}{polling}"))
     for p in pages:
         p.close()
     Path(f.name).unlink()
-    ratios = [w / o for w, o in zip(with_dashboards, without, strict=True)]
-    ratio = statistics.median(ratios)
-    print(f"charges/s without dashboards {[round(r) for r in without]}, with {DASHBOARDS} "
-          f"polling {[round(r) for r in with_dashboards]}: median ratio {ratio:.3f} "
-          f"(medians {statistics.median(without):.0f} vs {statistics.median(with_dashboards):.0f})")
-    assert ratio >= 1 - RATE_LOSS_MAX
+    capacity = statistics.median(o.cpu_us_per_charge / w.cpu_us_per_charge
+                                 for w, o in zip(with_dashboards, without, strict=True))
+    wall = statistics.median(w.charges_per_s / o.charges_per_s
+                             for w, o in zip(with_dashboards, without, strict=True))
+    print(f"CPU µs per charge (gateway + Redis) without dashboards "
+          f"{[round(p.cpu_us_per_charge) for p in without]}, with {DASHBOARDS} polling "
+          f"{[round(p.cpu_us_per_charge) for p in with_dashboards]}: capacity ratio "
+          f"{capacity:.3f}; wall-clock charges/s {[round(p.charges_per_s) for p in without]} vs "
+          f"{[round(p.charges_per_s) for p in with_dashboards]}: ratio {wall:.3f}; polls per "
+          f"phase {[p.polls for p in with_dashboards]} (without: {sum(p.polls for p in without)})")
+    polls_min = DASHBOARDS * (PHASE_S // 2)  # every dashboard at least once per 2 s
+    assert all(p.polls >= polls_min for p in with_dashboards)
+    assert capacity >= 1 - RATE_LOSS_MAX
