@@ -13,6 +13,8 @@ local C = {
   BALANCE_OVERFLOW = 22, KEY_NOT_FOUND = 23, KEYS_FULL = 24, TOOL_NOT_FOUND = 25,
   COST_FIXED = 26, COST_REQUIRED = 27, HOLD_BELOW_PRICE = 28, NOTHING_TO_HOLD = 29,
   BAD_ARGUMENT = 30, LIMIT_WINDOW = 31, LIMIT_CALLS = 32, LIMIT_TOOL_PER_CALL = 33,
+  TASK_NOT_FOUND = 40, TASK_CLOSED = 41, LIMIT_TASK_BUDGET = 42, LIMIT_TASK_CALLS = 43,
+  LIMIT_TASK_REQUIRED = 44, TASK_IDS_SHORT = 45,
 }
 local F = { LOW_BALANCE = 1, DAILY_NEAR = 2, LOW_CROSSED = 4 }
 
@@ -185,11 +187,11 @@ end
 -- a hold written without it (before fx existed, or rebuilt by iou recover).
 local function hold_read(key)
   local h = redis.call('HMGET', key, 'agent', 'tool', 'category', 'amount', 'day', 'exp', 'state',
-    'fx', 'xw', 'wk', 'mo')
+    'fx', 'xw', 'wk', 'mo', 'task')
   if not h[1] then return nil end
   return { agent = h[1], tool = h[2], category = h[3], amount = tonumber(h[4]),
     day = tonumber(h[5]), exp = tonumber(h[6]), state = h[7], fx = h[8], xw = h[9] == '1',
-    wk = tonumber(h[10]), mo = tonumber(h[11]) }
+    wk = tonumber(h[10]), mo = tonumber(h[11]), task = h[12] }
 end
 
 -- ---- Walls beyond the balance: rolling-hour, weekly and monthly spend windows, call caps.
@@ -419,6 +421,86 @@ local function walls_unhold(key, h, ms)
   end
 end
 
+-- ---- Tasks (budget envelopes). A task is a hash iou:{pNN}:task:<agent>:<task_id> (the
+-- agent's hash tag, so one script sees both; another agent's task id names another key):
+--   budget, spent, held (micros), calls, exp (ms), state ('open' | 'closed'), created (ms),
+--   name, m:<tool or category> (max_calls), nt:<tool> / nc:<category> (calls), st:<tool> /
+--   sc:<category> (spent), o:<hold_id> (amount of each open hold taken under the task).
+-- Only a call that names a task reads it; an agent with require_task (rt = '1' in its hash)
+-- pays one more field of the agent HMGET, nothing else.
+local TASK_KEEP_MS = DAY_MS -- a task's hash outlives its close or expiry by a day (summary)
+
+-- The task hash fields one call needs, or nil when the task does not exist.
+local function task_read(key, tool, cat)
+  local t = redis.call('HMGET', key, 'budget', 'spent', 'held', 'exp', 'state', 'calls',
+    'm:' .. tool, 'm:' .. cat, 'nt:' .. tool, 'nc:' .. cat, 'st:' .. tool, 'sc:' .. cat)
+  if not t[1] then return nil end
+  return { budget = tonumber(t[1]), spent = num(t[2]), held = num(t[3]), exp = tonumber(t[4]),
+    state = t[5], calls = num(t[6]), mt = tonumber(t[7]), mc = tonumber(t[8]), nt = num(t[9]),
+    nc = num(t[10]), st = num(t[11]), sc = num(t[12]) }
+end
+
+-- nil when one more call costing `cost` fits task t at `ms`, else the refusal reply.
+local function task_refusal(t, ms, cost, tool, cat)
+  if t.state ~= 'open' then return { C.TASK_CLOSED, t.state } end
+  if ms >= t.exp then return { C.TASK_CLOSED, 'expired' } end
+  if t.mt and t.nt + 1 > t.mt then return { C.LIMIT_TASK_CALLS, tool, t.mt } end
+  if t.mc and t.nc + 1 > t.mc then return { C.LIMIT_TASK_CALLS, cat, t.mc } end
+  if cost > 0 and t.spent + t.held + cost > t.budget then
+    return { C.LIMIT_TASK_BUDGET, t.budget, t.spent + t.held }
+  end
+  return nil
+end
+
+-- One call's writes to its task, in one HSET of the values task_read returned (exact:
+-- nothing else runs in between): `spent` or `held` micros, one call of the tool and
+-- category; a hold also records itself (o:<hold_id>) for the task's close to release.
+local function task_count(key, t, tool, cat, spent, held, hold_id)
+  local out = { 'calls', istr(t.calls + 1), 'nt:' .. tool, istr(t.nt + 1), 'nc:' .. cat,
+    istr(t.nc + 1) }
+  if spent > 0 then
+    out[#out + 1] = 'spent'
+    out[#out + 1] = istr(t.spent + spent)
+    out[#out + 1] = 'st:' .. tool
+    out[#out + 1] = istr(t.st + spent)
+    out[#out + 1] = 'sc:' .. cat
+    out[#out + 1] = istr(t.sc + spent)
+  end
+  if held > 0 then
+    out[#out + 1] = 'held'
+    out[#out + 1] = istr(t.held + held)
+    out[#out + 1] = 'o:' .. hold_id
+    out[#out + 1] = istr(held)
+  end
+  redis.call('HSET', key, unpack(out))
+end
+
+-- A ledger event's fields, with the task's id when the call counted against one.
+local function task_event(event, task_id)
+  if task_id then
+    event[#event + 1] = 'task'
+    event[#event + 1] = task_id
+  end
+  return event
+end
+
+-- A closing hold taken under a task leaves the task's held, and what it captured (`spent`)
+-- becomes the task's spending. The task's key is derived from the hold's (same partition
+-- prefix, so the same slot). A task whose hash is gone (kept a day past its expiry, longer
+-- than any hold) is left alone.
+local function task_unhold(hold_key, hold_id, h, spent)
+  if not h.task then return end
+  local key = string.match(hold_key, '^(.*)hold:') .. 'task:' .. h.agent .. ':' .. h.task
+  if redis.call('HEXISTS', key, 'o:' .. hold_id) == 0 then return end
+  redis.call('HDEL', key, 'o:' .. hold_id)
+  redis.call('HINCRBY', key, 'held', istr(-h.amount))
+  if spent > 0 then
+    redis.call('HINCRBY', key, 'spent', istr(spent))
+    redis.call('HINCRBY', key, 'st:' .. h.tool, istr(spent))
+    redis.call('HINCRBY', key, 'sc:' .. h.category, istr(spent))
+  end
+end
+
 -- Close an open hold: give `credit` micros back to the balance, drop the hold's amount
 -- from held and from the held counters of the window it was counted in (if that window
 -- is still the stored one) and from the walls' held counters (walls_unhold), mark its final
@@ -427,6 +509,7 @@ local function hold_close(agent_key, win_key, walls_key, hold_key, index_key, ho
                           credit, ms)
   local bal = incr(agent_key, 'bal', credit)
   walls_unhold(walls_key, h, ms)
+  task_unhold(hold_key, hold_id, h, h.amount - credit)
   incr(agent_key, 'held', -h.amount)
   if num(redis.call('HGET', win_key, 'day')) == h.day then
     incr(win_key, 'h', -h.amount)

@@ -11,6 +11,9 @@
 -- A hold on a fixed-price tool charges exactly its held price: the cost may be omitted, and
 -- any other cost is refused. A hold without its fx mark (written before fx existed, or
 -- rebuilt by iou recover) takes the tool's pricing from the partition's catalog copy.
+-- A hold taken under a task moves from the task's held to its spent (task_unhold; the task's
+-- key is derived from the hold's, same slot); the task's state does not matter: the money
+-- was authorized while it was open.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] hold hash             iou:{pNN}:hold:<hold_id>
@@ -111,8 +114,8 @@ window_add(KEYS[2], win, 's', h.category, cost)
 local flags = low_flags(KEYS[1], bal, uint(a[2], MICROS_MAX), a[3])
   + near_flag(dl, cdl, win[2] + win[3] + cost, win[4] + win[5] + cost)
 idem_store(KEYS[5], ARGV[6], bal, flags, ARGV[2], istr(released))
-redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'capture',
-  'agent', ARGV[1], 'tool', h.tool, 'category', h.category, 'amount', cost_text,
-  'held', istr(h.amount), 'balance_after', istr(bal), 'hold_id', ARGV[3],
-  'idem', ARGV[7], 'ih', ARGV[6], 'meta', ARGV[8])
+redis.call('XADD', KEYS[6], '*', unpack(task_event({ 'id', ARGV[2], 'at', istr(ms),
+  'kind', 'capture', 'agent', ARGV[1], 'tool', h.tool, 'category', h.category,
+  'amount', cost_text, 'held', istr(h.amount), 'balance_after', istr(bal), 'hold_id', ARGV[3],
+  'idem', ARGV[7], 'ih', ARGV[6], 'meta', ARGV[8] }, h.task)))
 return { C.OK, bal, flags, ARGV[2], released, cost }

@@ -4,9 +4,10 @@
 -- Order: arguments, tool, agent, idempotency (replay/conflict), pricing, free tool, frozen,
 -- per-call cap, category per-call cap, daily cap, category daily cap, then the walls beyond
 -- the balance when the agent sets any (x = '1': the tool's per-call cap, call caps, which
--- free calls meet too, the rolling-hour, weekly and monthly windows), balance; then, and
--- only then, the writes: decrement, window counters, walls counters, low-balance flag,
--- idempotency record, ledger event.
+-- free calls meet too, the rolling-hour, weekly and monthly windows), the task (named by
+-- ARGV[9]: unknown, closed or expired, max_calls, budget; or require_task for a paid call
+-- naming none), balance; then, and only then, the writes: decrement, window counters,
+-- walls counters, task counters, low-balance flag, idempotency record, ledger event.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
@@ -14,6 +15,7 @@
 -- KEYS[5] webhook outbox        iou:{pNN}:webhooks (balance.low on a crossing)
 -- KEYS[6] catalog copy          iou:{pNN}:tools
 -- KEYS[7] walls hash            iou:{pNN}:walls:<agent> (read and written only when x = '1')
+-- KEYS[8] task hash             iou:{pNN}:task:<agent>:<task_id> (read when ARGV[9] is set)
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7, minted by the gateway; becomes the charge id)
 -- ARGV[3] tool name
@@ -22,6 +24,7 @@
 -- ARGV[6] idempotency body hash ('' = no idempotency key)
 -- ARGV[7] idempotency key as given by the caller (for the ledger)
 -- ARGV[8] metadata JSON text ('' = none), passed to the ledger unchanged
+-- ARGV[9] task id ('' = none)
 -- Returns:
 --   code OK = 0: {0, balance, flags, entry_id, cost, category}
 --   code REPLAY = 1: {1, balance, flags, entry_id, cost, category} of the first answer
@@ -38,6 +41,11 @@
 --   code LIMIT_TOOL_PER_CALL = 33: {33, max, cost, category, tool}
 --   code LIMIT_CALLS = 32: {32, limit, scope, max, retry_after_s, category, tool}
 --   code LIMIT_WINDOW = 31: {31, limit, max, spent, retry_after_s, category}
+--   code TASK_NOT_FOUND = 40: {40} no such task of this agent
+--   code TASK_CLOSED = 41: {41, state} the task is closed or expired
+--   code LIMIT_TASK_CALLS = 43: {43, name, max} the task's max_calls of the tool or category
+--   code LIMIT_TASK_BUDGET = 42: {42, max, spent}
+--   code LIMIT_TASK_REQUIRED = 44: {44} a paid call without a task under require_task
 --   code BALANCE_INSUFFICIENT = 17: {17, balance, cost}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
@@ -52,12 +60,15 @@ if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end
 if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
 if not name(ARGV[3]) then return { C.BAD_ARGUMENT, 3 } end
 if ARGV[6] ~= '' and not token(ARGV[6], 64) then return { C.BAD_ARGUMENT, 6 } end
+-- A task id, or '' (also when absent: callers written before tasks pass no ARGV[9]).
+local task_id = ARGV[9] or ''
+if task_id ~= '' and not token(task_id, 64) then return { C.BAD_ARGUMENT, 9 } end
 
 local tool = tool_read(KEYS[6], ARGV[3])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[3], ARGV[6])
 if replay then
@@ -99,6 +110,15 @@ if walls then
   local refusal = walls_refusal(walls.caps, walls.st, walls.p, cost, cat, ARGV[3])
   if refusal then return refusal end
 end
+local task = nil
+if task_id ~= '' then
+  task = task_read(KEYS[8], ARGV[3], cat)
+  if not task then return { C.TASK_NOT_FOUND } end
+  local refusal = task_refusal(task, ms, cost, ARGV[3], cat)
+  if refusal then return refusal end
+elseif cost > 0 and a[11] == '1' then
+  return { C.LIMIT_TASK_REQUIRED }
+end
 if cost > bal then return { C.BALANCE_INSUFFICIENT, bal, cost } end
 
 -- Writes only from here on; none of them can fail on valid keys.
@@ -113,9 +133,11 @@ elseif low and bal < low then
   flags = F.LOW_BALANCE
 end
 if walls then walls_write(KEYS[7], walls.st, walls.p, cat, ARGV[3], cost, 0) end
+if task then task_count(KEYS[8], task, ARGV[3], cat, cost, 0, '') end
 local cost_text = istr(cost)
 idem_store(KEYS[3], ARGV[6], bal, flags, ARGV[2], cost_text)
-redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',
+local event = { 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',
   'agent', ARGV[1], 'tool', ARGV[3], 'category', cat, 'amount', cost_text,
-  'balance_after', istr(bal), 'idem', ARGV[7], 'ih', ARGV[6], 'meta', ARGV[8])
+  'balance_after', istr(bal), 'idem', ARGV[7], 'ih', ARGV[6], 'meta', ARGV[8] }
+redis.call('XADD', KEYS[4], '*', unpack(task_event(event, task and task_id)))
 return { C.OK, bal, flags, ARGV[2], cost, cat }

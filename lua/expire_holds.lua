@@ -5,7 +5,7 @@
 -- KEYS[1] open holds by expiry  iou:{pNN}:holds
 -- KEYS[2] events stream         iou:{pNN}:events
 -- ARGV[1] partition prefix      iou:{pNN}:   (derives hold:<id>, agent:<a>, win:<a>,
---                               walls:<a>)
+--                               walls:<a>, task:<a>:<task_id>)
 -- ARGV[2..n] entry ids (UUIDv7), one per hold this call may expire (bounds the batch)
 -- Returns:
 --   code OK = 0: {0, expired_count}
@@ -36,9 +36,10 @@ for i, hold_id in ipairs(due) do
     local bal = hold_close(agent_key, prefix .. 'win:' .. h.agent, prefix .. 'walls:' .. h.agent,
       hold_key, KEYS[1], hold_id, h, 'expired', h.amount, ms)
     low_flags(agent_key, bal, uint(low[1], MICROS_MAX), low[2])
-    redis.call('XADD', KEYS[2], '*', 'id', ARGV[i + 1], 'at', istr(ms), 'kind', 'expire',
-      'agent', h.agent, 'tool', h.tool, 'category', h.category, 'amount', istr(h.amount),
-      'balance_after', istr(bal), 'hold_id', hold_id, 'idem', '', 'meta', '')
+    redis.call('XADD', KEYS[2], '*', unpack(task_event({ 'id', ARGV[i + 1], 'at', istr(ms),
+      'kind', 'expire', 'agent', h.agent, 'tool', h.tool, 'category', h.category,
+      'amount', istr(h.amount), 'balance_after', istr(bal), 'hold_id', hold_id, 'idem', '',
+      'meta', '' }, h.task)))
     expired = expired + 1
   end
 end

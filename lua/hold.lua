@@ -5,7 +5,8 @@
 -- against that amount (per-call caps, daily caps counting what is spent and held today,
 -- balance), then the writes: balance and held, today's held counters, the hold record
 -- (fx marks a fixed price, which its capture must charge), the expiry index, the
--- idempotency record, the ledger event.
+-- idempotency record, the ledger event. A hold naming a task (ARGV[12]) is checked against
+-- it as a charge is (held counts in the task until the hold closes) and recorded in it.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] hold hash             iou:{pNN}:hold:<hold_id>
@@ -15,6 +16,7 @@
 -- KEYS[7] webhook outbox        iou:{pNN}:webhooks (balance.low on a crossing)
 -- KEYS[8] catalog copy          iou:{pNN}:tools
 -- KEYS[9] walls hash            iou:{pNN}:walls:<agent> (read and written only when x = '1')
+-- KEYS[10] task hash            iou:{pNN}:task:<agent>:<task_id> (read when ARGV[12] is set)
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7) of the hold event
 -- ARGV[3] hold id
@@ -26,6 +28,7 @@
 -- ARGV[9] idempotency body hash ('' = none)
 -- ARGV[10] idempotency key as given
 -- ARGV[11] metadata JSON text ('' = none)
+-- ARGV[12] task id ('' = none)
 -- Returns:
 --   code OK = 0: {0, balance, flags, hold_id, expires_at_ms, amount, fixed (1 or 0)}
 --   code REPLAY = 1: {1, balance, flags, hold_id, expires_at_ms, amount, fixed} of the first
@@ -42,6 +45,11 @@
 --   code LIMIT_TOOL_PER_CALL = 33: {33, max, cost, category, tool}
 --   code LIMIT_CALLS = 32: {32, limit, scope, max, retry_after_s, category, tool}
 --   code LIMIT_WINDOW = 31: {31, limit, max, spent, retry_after_s, category}
+--   code TASK_NOT_FOUND = 40: {40} no such task of this agent
+--   code TASK_CLOSED = 41: {41, state} the task is closed or expired
+--   code LIMIT_TASK_CALLS = 43: {43, name, max} the task's max_calls of the tool or category
+--   code LIMIT_TASK_BUDGET = 42: {42, max, spent}
+--   code LIMIT_TASK_REQUIRED = 44: {44} a hold without a task under require_task
 --   code BALANCE_INSUFFICIENT = 17: {17, balance, cost}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
@@ -61,12 +69,15 @@ if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
 if not token(ARGV[3], 64) then return { C.BAD_ARGUMENT, 3 } end
 if not name(ARGV[4]) then return { C.BAD_ARGUMENT, 4 } end
 if ARGV[9] ~= '' and not token(ARGV[9], 64) then return { C.BAD_ARGUMENT, 9 } end
+-- A task id, or '' (also when absent: callers written before tasks pass no ARGV[12]).
+local task_id = ARGV[12] or ''
+if task_id ~= '' and not token(task_id, 64) then return { C.BAD_ARGUMENT, 12 } end
 
 local tool = tool_read(KEYS[8], ARGV[4])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[5], ARGV[9])
 if replay then
@@ -112,6 +123,15 @@ if a[10] == '1' then
   refusal = walls_refusal(walls.caps, walls.st, p, amount, cat, ARGV[4])
   if refusal then return refusal end
 end
+local task = nil
+if task_id ~= '' then
+  task = task_read(KEYS[10], ARGV[4], cat)
+  if not task then return { C.TASK_NOT_FOUND } end
+  refusal = task_refusal(task, ms, amount, ARGV[4], cat)
+  if refusal then return refusal end
+elseif a[11] == '1' then
+  return { C.LIMIT_TASK_REQUIRED }
+end
 if amount > bal then return { C.BALANCE_INSUFFICIENT, bal, amount } end
 
 -- Writes only from here on.
@@ -130,12 +150,17 @@ if walls then
   walls_write(KEYS[9], walls.st, walls.p, cat, ARGV[4], 0, amount)
   redis.call('HSET', KEYS[3], 'xw', '1', 'wk', istr(walls.p.week), 'mo', istr(walls.p.month))
 end
+if task then
+  task_count(KEYS[10], task, ARGV[4], cat, 0, amount, ARGV[3])
+  redis.call('HSET', KEYS[3], 'task', task_id)
+end
 local flags = low_flags(KEYS[1], bal, low, a[6])
   + near_flag(dl, cdl, win[2] + win[3] + amount, win[4] + win[5] + amount)
 outbox_low(KEYS[7], flags, a[9], ARGV[1], bal, low, ARGV[2], ms)
 idem_store(KEYS[5], ARGV[9], bal, flags, ARGV[3], istr(expires))
-redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'hold',
+local event = { 'id', ARGV[2], 'at', istr(ms), 'kind', 'hold',
   'agent', ARGV[1], 'tool', ARGV[4], 'category', cat, 'amount', amount_text,
   'balance_after', istr(bal), 'hold_id', ARGV[3], 'expires_at', istr(expires),
-  'idem', ARGV[10], 'ih', ARGV[9], 'meta', ARGV[11])
+  'idem', ARGV[10], 'ih', ARGV[9], 'meta', ARGV[11] }
+redis.call('XADD', KEYS[6], '*', unpack(task_event(event, task and task_id)))
 return { C.OK, bal, flags, ARGV[3], expires, amount, fixed }

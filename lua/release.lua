@@ -1,4 +1,5 @@
--- release.lua: cancel an open hold; its whole amount goes back to the balance.
+-- release.lua: cancel an open hold; its whole amount goes back to the balance (and leaves
+-- its task's held, when taken under a task: the task's key is derived from the hold's).
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] hold hash             iou:{pNN}:hold:<hold_id>
@@ -37,7 +38,8 @@ local bal = hold_close(KEYS[1], KEYS[2], KEYS[7], KEYS[3], KEYS[4], ARGV[3], h, 
   h.amount, ms)
 local flags = low_flags(KEYS[1], bal, uint(a[1], MICROS_MAX), a[2])
 idem_store(KEYS[5], ARGV[4], bal, flags, ARGV[2], istr(h.amount))
-redis.call('XADD', KEYS[6], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'release',
-  'agent', ARGV[1], 'tool', h.tool, 'category', h.category, 'amount', istr(h.amount),
-  'balance_after', istr(bal), 'hold_id', ARGV[3], 'idem', ARGV[5], 'ih', ARGV[4], 'meta', '')
+redis.call('XADD', KEYS[6], '*', unpack(task_event({ 'id', ARGV[2], 'at', istr(ms),
+  'kind', 'release', 'agent', ARGV[1], 'tool', h.tool, 'category', h.category,
+  'amount', istr(h.amount), 'balance_after', istr(bal), 'hold_id', ARGV[3], 'idem', ARGV[5],
+  'ih', ARGV[4], 'meta', '' }, h.task)))
 return { C.OK, bal, flags, ARGV[2], h.amount }

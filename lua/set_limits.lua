@@ -1,6 +1,7 @@
 -- set_limits.lua: merge a patch into an agent's limits; an empty value removes a limit.
 -- Fields: pc (per call), dl (daily), hr (rolling hour), wk (ISO week), mo (month), nm / nh /
--- nd (calls a minute / hour / day), low (low-balance threshold), wh (webhook URL); the caps
+-- nd (calls a minute / hour / day), low (low-balance threshold), wh (webhook URL), rt
+-- (require_task: '1'; charge.lua and hold.lua read it with the agent's fields); the caps
 -- again per category as c:<category>:<cap>, and per tool as t:<tool>:pc|nm|nh|nd. Every
 -- field is checked before the first write. The agent's x flag is kept '1' exactly while a
 -- wall beyond per-call and daily caps is set (charge/hold/capture read walls only then).
@@ -47,6 +48,7 @@ local function is_wall(f)
 end
 
 local function field_ok(f, v)
+  if f == 'rt' then return v == '' or v == '1' end
   if f == 'wh' then
     return v == '' or (#v <= 2048 and string.match(v, '^https?://[!-~]+$') ~= nil)
   end
@@ -85,7 +87,7 @@ local fields = redis.call('HGETALL', KEYS[1])
 local walls = false
 for i = 1, #fields, 2 do
   local f = fields[i]
-  if f == 'low' or f == 'wh' or cap_kind(f) then
+  if f == 'low' or f == 'wh' or f == 'rt' or cap_kind(f) then
     event[#event + 1] = 'l.' .. f
     event[#event + 1] = fields[i + 1]
   end

@@ -16,7 +16,8 @@ from gateway.metering.limits import CALL_CAPS, CALLS_MAX, check_name
 
 Changes = dict[str, int | str | None]
 SPEND = ("per_call", "daily", "hourly", "weekly", "monthly")
-TOP_FIELDS = (*SPEND, "calls", "categories", "tools", "low_balance", "webhook_url")
+TOP_FIELDS = (*SPEND, "calls", "categories", "tools", "low_balance", "webhook_url",
+              "require_task")
 
 
 def limit_changes(body: dict[str, Any], amount_max: int) -> Changes:
@@ -29,6 +30,10 @@ def limit_changes(body: dict[str, Any], amount_max: int) -> Changes:
         if url is not None and not re.fullmatch(r"https?://[!-~]+", url):
             raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
         changes["webhook_url"] = url
+    if "require_task" in body:
+        if body["require_task"] is not None and not isinstance(body["require_task"], bool):
+            raise InvalidRequest("require_task", "must be true, false or null")
+        changes["require_task"] = bool(body["require_task"])
     for group, spend in (("categories", SPEND), ("tools", ("per_call",))):
         for name, caps in (fields.obj(group) or {}).items():
             check_name(f"{group}.{name}", name)

@@ -53,7 +53,7 @@ def limits_payload(limits: Limits) -> dict[str, Any]:
     walls: dict[str, Any] = {k: v for k, v in (
         ("hourly", _opt(limits.hourly_micros)), ("weekly", _opt(limits.weekly_micros)),
         ("monthly", _opt(limits.monthly_micros)), ("calls", _calls(limits.calls)),
-        ("tools", tools)) if v}
+        ("tools", tools), ("require_task", limits.require_task)) if v}
     return {
         "per_call": _opt(limits.per_call_micros),
         "daily": _opt(limits.daily_micros),

@@ -21,6 +21,7 @@ from gateway.metering.holds import HOLD_TTL_S_DEFAULT as HOLD_TTL_S_DEFAULT
 from gateway.metering.holds import Holds
 from gateway.metering.inputs import derived_key as derived_key
 from gateway.metering.models import DomainSettings
+from gateway.metering.tasks import Tasks
 from gateway.store import keys, meta
 from gateway.store.calls import ScriptCalls
 from gateway.store.connections import Connection
@@ -43,6 +44,7 @@ class Engine:
         self.agents = Agents(conn, self.calls, settings)
         self.charges = Charges(self.calls, settings.amount_max_micros, self.catalog.category_of)
         self.holds = Holds(self.calls, settings.amount_max_micros, self.catalog.category_of)
+        self.tasks = Tasks(conn, self.calls, settings.amount_max_micros, self.agents.clock_ms)
         self._tasks: list[asyncio.Task[None]] = []
         self.charge = self.charges.charge
         self.hold, self.capture = self.holds.hold, self.holds.capture
@@ -52,6 +54,9 @@ class Engine:
         self.set_limits, self.add_key, self.has_key = a.set_limits, a.add_key, a.has_key
         self.revoke_key, self.authenticate = a.revoke_key, a.authenticate
         self.agent_state, self.agent_names, self.clock_ms = a.agent_state, a.agent_names, a.clock_ms
+        t = self.tasks
+        self.open_task, self.task, self.close_task = t.open_task, t.task, t.close_task
+        self.agent_tasks = t.agent_tasks
         c = self.catalog
         self.set_tool, self.delete_tool, self.tools = c.set_tool, c.delete_tool, c.tools
         self.refresh_catalog, self.sync_tool_copies = c.refresh, c.sync_copies

@@ -153,3 +153,13 @@ def maps_store_errors(operation: Callable[P, Coroutine[Any, Any, R]]
             raise unavailable(exc) from exc
 
     return run
+
+
+class TaskClosed(GatewayError):
+    """A call named a task that is closed or past its expiry."""
+
+    code = "task_closed"
+
+
+class TaskLimitExceeded(LimitExceeded):
+    """A task's budget or max_calls, or require_task, refused the call (403)."""

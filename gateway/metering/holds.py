@@ -18,6 +18,7 @@ from gateway.metering.inputs import (
     hold_ref,
     idempotency,
     metadata_text,
+    task_ref,
 )
 from gateway.metering.limits import HOLD_TTL_S_MAX, check_name
 from gateway.metering.models import CaptureResult, HoldResult, ReleaseResult, warnings_of
@@ -42,12 +43,14 @@ class Holds:
         self._category_of = category_of
 
     @maps_store_errors
-    async def hold(self, agent: str, tool: str, max_cost_micros: int | None = None,
-                   ttl_s: int = HOLD_TTL_S_DEFAULT, idempotency_key: str | None = None,
-                   metadata: Mapping[str, Any] | None = None) -> HoldResult:
+    async def hold(  # noqa: PLR0913 - the API's optional inputs, each named
+            self, agent: str, tool: str, max_cost_micros: int | None = None,
+            ttl_s: int = HOLD_TTL_S_DEFAULT, idempotency_key: str | None = None,
+            metadata: Mapping[str, Any] | None = None, task: str | None = None) -> HoldResult:
         """Hold for ``ttl_s``: a fixed-price tool holds exactly its price (a
         ``max_cost_micros`` below it is refused, one above it holds the price); a variable
-        tool holds ``max_cost_micros``, by default its catalog price."""
+        tool holds ``max_cost_micros``, by default its catalog price. ``task`` names one of
+        the agent's tasks: the hold counts in it until captured or released."""
         check_name("agent", agent)
         check_name("tool", tool)
         check_idempotency_key(idempotency_key)
@@ -55,12 +58,16 @@ class Holds:
         if not money.is_whole(ttl_s, 1, HOLD_TTL_S_MAX):
             raise InvalidRequest("ttl_s", f"must be a whole number from 1 to {HOLD_TTL_S_MAX}")
         meta = metadata_text(metadata)
+        task_id = task_ref(task)
+        inputs = ("hold", tool, max_cost_micros, ttl_s, meta) if task_id is None else (
+            "hold", tool, max_cost_micros, ttl_s, meta, task_id)
         reply = await self._calls.hold(
             agent, ids.uuid7(), ids.hold_id(), tool, given, self._amount_max_micros,
             ttl_s * 1000, HOLD_TTL_S_MAX * 1000,
-            idempotency(idempotency_key, "hold", tool, max_cost_micros, ttl_s, meta), meta)
+            idempotency(idempotency_key, *inputs), meta, task_id)
         if isinstance(reply, Refused):
-            raise refusal(reply, agent=agent, tool=tool, op="hold", **self._category_of(tool))
+            raise refusal(reply, agent=agent, tool=tool, op="hold", task=task_id or "",
+                          **self._category_of(tool))
         return HoldResult(reply.hold_id, agent, tool, reply.amount, reply.expires_at_ms,
                           reply.balance, warnings_of(reply.flags),
                           bool(reply.flags & Flag.LOW_CROSSED), reply.replayed,

@@ -37,6 +37,12 @@ def hold_id() -> str:
     return "hold_" + uuid7().replace("-", "")
 
 
+def task_id() -> str:
+    """``task_`` + 128 random bits in hex: a task id is unguessable, though it is never a
+    credential (a task is only usable by its own agent)."""
+    return "task_" + secrets.token_hex(16)
+
+
 def key_id() -> str:
     """``key_`` + a UUIDv7 in hex: public, unique, and it carries its creation time (ms)."""
     return "key_" + uuid7().replace("-", "")

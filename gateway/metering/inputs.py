@@ -17,6 +17,7 @@ from gateway.store.calls import Idempotency
 IDEMPOTENCY_KEY_CHARS_MAX = 128
 METADATA_BYTES_MAX = 2048
 HOLD_ID_RE = re.compile(r"hold_[0-9a-f]{32}", re.ASCII)
+TASK_ID_RE = re.compile(r"task_[0-9a-f]{32}", re.ASCII)
 # A caller's key is printable ASCII, so it never holds this character: a derived key (the
 # caller's key, this separator, a part name) can never equal a key a caller chose.
 DERIVED_KEY_SEPARATOR = "\u00b7"
@@ -90,3 +91,13 @@ def hold_ref(hold_id: str) -> str:
     if not isinstance(hold_id, str) or not HOLD_ID_RE.fullmatch(hold_id):
         raise NotFound("No such hold.")
     return hold_id
+
+
+def task_ref(task_id: str | None) -> str | None:
+    """A task id as the scripts name it (None: the call names no task); any other text is
+    no task (404), as is another agent's task (its key is another one)."""
+    if task_id is None:
+        return None
+    if not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id):
+        raise NotFound("No such task.")
+    return task_id

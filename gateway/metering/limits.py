@@ -4,7 +4,7 @@ Field names in the agent hash (lua/set_limits.lua checks them again): ``pc`` per
 ``dl`` daily, ``hr`` rolling hour, ``wk`` ISO week, ``mo`` calendar month, ``nm`` / ``nh`` /
 ``nd`` calls a minute / hour / day; a category's as ``c:<category>:<cap>``; a tool's per-call
 and call caps as ``t:<tool>:pc|nm|nh|nd``; ``low`` and ``wh`` for the low-balance threshold
-and the webhook URL.
+and the webhook URL; ``rt`` = "1" for require_task (paid calls must name a task).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def check_name(field: str, value: str) -> str:
 
 def is_limit_field(field: str) -> bool:
     """Whether an agent-hash field holds a limit (the ledger's limits events carry these)."""
-    if field in CAP_FIELDS or field in ("low", "wh"):
+    if field in CAP_FIELDS or field in ("low", "wh", "rt"):
         return True
     parts = field.split(":")
     return len(parts) == 3 and parts[0] in ("c", "t") and parts[2] in CAP_FIELDS
@@ -44,7 +44,7 @@ def is_limit_field(field: str) -> bool:
 
 def is_wall_field(field: str) -> bool:
     """A cap beyond per-call and daily caps: while one is set, the agent's x flag is '1'."""
-    return is_limit_field(field) and field not in ("low", "wh") and (
+    return is_limit_field(field) and field not in ("low", "wh", "rt") and (
         field.startswith("t:") or field[-2:] not in ("pc", "dl"))
 
 
@@ -71,7 +71,8 @@ def limits_of(a: Mapping[str, str]) -> Limits:
         low_balance_micros=low, webhook_url=a.get("wh"),
         hourly_micros=own.get("hr"), weekly_micros=own.get("wk"), monthly_micros=own.get("mo"),
         calls=_calls(own),
-        tools={t: ToolLimits(v.get("pc"), _calls(v)) for t, v in sorted(scoped["t"].items())})
+        tools={t: ToolLimits(v.get("pc"), _calls(v)) for t, v in sorted(scoped["t"].items())},
+        require_task=a.get("rt") == "1")
 
 
 def _cap_field(name: str) -> str:
@@ -110,6 +111,10 @@ def limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
                                   or not re.fullmatch(r"https?://[!-~]+", value)):
             raise InvalidRequest("webhook_url", "must be an http:// or https:// URL")
         return ("wh", value or "")
+    if name == "require_task":
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequest("require_task", "must be true, false or null")
+        return ("rt", "1" if value else "")
     field = _cap_field(name)
     if value is None:
         return (field, "")

@@ -167,6 +167,8 @@ class Limits:
     monthly_micros: int | None = None
     calls: CallCaps = field(default_factory=CallCaps)
     tools: dict[str, ToolLimits] = field(default_factory=dict)
+    # Paid calls (charges, holds) must name an open task.
+    require_task: bool = False
 
 
 @dataclass(frozen=True)

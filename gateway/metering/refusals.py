@@ -15,6 +15,8 @@ from gateway.metering.errors import (
     InvalidRequest,
     NotFound,
     PerCallLimitExceeded,
+    TaskClosed,
+    TaskLimitExceeded,
     WindowLimitExceeded,
 )
 from gateway.store.calls import Refused
@@ -69,6 +71,8 @@ def refusal(  # noqa: C901, PLR0912 - one flat branch per refusal code reads bes
         return _calls_refusal(reply)
     if code == Code.LIMIT_TOOL_PER_CALL:
         return _tool_per_call_refusal(reply)
+    if code in TASK_CODES:
+        return _task_refusal(code, reply, context)
     if code == Code.AGENT_EXISTS:
         return AgentExists(f"An agent named {agent} already exists.")
     if code == Code.BALANCE_OVERFLOW:
@@ -160,3 +164,30 @@ def _tool_per_call_refusal(reply: Refused) -> GatewayError:
     return PerCallLimitExceeded(
         f"The call costs {cost}, above the tool_per_call cap of {cap} for {tool}.",
         limit="tool_per_call", category=reply.text("category"), tool=tool, max=cap, cost=cost)
+
+
+TASK_CODES = frozenset({Code.TASK_NOT_FOUND, Code.TASK_CLOSED, Code.LIMIT_TASK_BUDGET,
+                        Code.LIMIT_TASK_CALLS, Code.LIMIT_TASK_REQUIRED})
+
+
+def _task_refusal(code: Code, reply: Refused, context: Mapping[str, str]) -> GatewayError:
+    """A task refused the call: unknown (404), closed or expired (409), its budget or
+    max_calls, or require_task (403 limit_exceeded)."""
+    task = context.get("task")
+    if code == Code.TASK_NOT_FOUND:
+        return NotFound(f"No task {task} for agent {context.get('agent', '')}.")
+    if code == Code.TASK_CLOSED:
+        state = reply.text("state") or ""
+        return TaskClosed(f"Task {task} is {state}; calls naming it are refused.", task=task,
+                          state=state)
+    if code == Code.LIMIT_TASK_REQUIRED:
+        return TaskLimitExceeded("Paid calls of this agent must name a task (require_task).",
+                                 limit="task_required")
+    if code == Code.LIMIT_TASK_CALLS:
+        name, cap = reply.text("name"), reply.integer("max")
+        return TaskLimitExceeded(f"Task {task} allows {cap} calls of {name}; all are used.",
+                                 limit="task_calls", task=task, name=name, max=cap)
+    budget = money.format_amount(reply.integer("max"))
+    spent = money.format_amount(reply.integer("spent"))
+    return TaskLimitExceeded(f"Task {task}'s budget of {budget} is reached ({spent} spent or "
+                             "held).", limit="task_budget", task=task, max=budget, spent=spent)

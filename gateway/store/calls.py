@@ -20,6 +20,10 @@ from gateway.store.connections import Connection
 from gateway.store.resp import reply_text as _text
 from gateway.store.scripts import Scripts
 
+# The task key passed to charge.lua and hold.lua for a call naming no task (never read:
+# minted task ids start with "task_").
+NO_TASK = "-"
+
 
 def _amount(micros: int | None) -> str:
     """An optional amount as script text: '' when not given."""
@@ -79,6 +83,17 @@ class ReleaseReply:
     entry_id: str
     released: int
     replayed: bool
+
+
+@dataclass(frozen=True)
+class TaskOpenReply:
+    created_ms: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class TaskCloseReply:
+    released_count: int
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,7 @@ REPLY_CLASSES: dict[str, type] = {
     "create_agent": AgentReply, "freeze": FreezeReply, "set_limits": Done, "key_add": Done,
     "key_revoke": Done, "tool_set": VersionReply, "tool_delete": VersionReply,
     "tool_copy": CopyReply, "auth_fail": AuthFailReply, "restore": RestoreReply,
-    "agent_scan": ScanReply,
+    "agent_scan": ScanReply, "task_open": TaskOpenReply, "task_close": TaskCloseReply,
 }
 # Replies whose header lists one group of fields repeated: the class of one group.
 REPEATED_CLASSES: dict[str, type] = {"agent_scan": ScannedAgent}
@@ -207,14 +222,15 @@ class ScriptCalls:
 
     async def charge(  # noqa: PLR0913 - one parameter per ARGV the script takes
             self, agent: str, entry_id: str, tool: str, cost_micros: int | None,
-            amount_max_micros: int, idem: Idempotency | None, metadata: str
-            ) -> ChargeReply | Refused:
+            amount_max_micros: int, idem: Idempotency | None, metadata: str,
+            task_id: str | None = None) -> ChargeReply | Refused:
         k = self.agent_keys(agent)
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
-            "charge", [k.agent_hash, k.window, record, k.events, k.webhooks, k.tools, k.walls],
+            "charge", [k.agent_hash, k.window, record, k.events, k.webhooks, k.tools, k.walls,
+                       k.task(task_id or NO_TASK)],
             [agent, entry_id, tool, _amount(cost_micros), str(amount_max_micros), body_hash,
-             key, metadata])
+             key, metadata, task_id or ""])
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("charge", code, r)
         return ChargeReply(int(r[1]), int(r[2]), _text(r[3]), int(r[4]), _text(r[5]),
@@ -223,15 +239,15 @@ class ScriptCalls:
     async def hold(  # noqa: PLR0913 - one parameter per ARGV the script takes
             self, agent: str, entry_id: str, hold_id: str, tool: str,
             max_cost_micros: int | None, amount_max_micros: int, ttl_ms: int,
-            ttl_max_ms: int, idem: Idempotency | None, metadata: str
-            ) -> HoldReply | Refused:
+            ttl_max_ms: int, idem: Idempotency | None, metadata: str,
+            task_id: str | None = None) -> HoldReply | Refused:
         k = self.agent_keys(agent)
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
             "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds, record, k.events,
-                     k.webhooks, k.tools, k.walls],
+                     k.webhooks, k.tools, k.walls, k.task(task_id or NO_TASK)],
             [agent, entry_id, hold_id, tool, _amount(max_cost_micros), str(amount_max_micros),
-             str(ttl_ms), str(ttl_max_ms), body_hash, key, metadata])
+             str(ttl_ms), str(ttl_max_ms), body_hash, key, metadata, task_id or ""])
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("hold", code, r)
         return HoldReply(int(r[1]), int(r[2]), _text(r[3]), int(r[4]), int(r[5]),
@@ -288,6 +304,34 @@ class ScriptCalls:
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("fund", code, r)
         return FundReply(int(r[1]), int(r[2]), _text(r[3]), code == Code.REPLAY)
+
+    # ---- tasks ------------------------------------------------------------------------
+
+    async def task_open(  # noqa: PLR0913 - one parameter per ARGV the script takes
+            self, agent: str, task_id: str, budget_micros: int, amount_max_micros: int,
+            ttl_ms: int, ttl_max_ms: int, name: str, max_calls: Mapping[str, int]
+            ) -> TaskOpenReply | Refused:
+        k = self.agent_keys(agent)
+        pairs = [item for n, count in max_calls.items() for item in (n, str(count))]
+        code, r = await self._run(
+            "task_open", [k.agent_hash, k.task(task_id), k.tasks()],
+            [agent, task_id, str(budget_micros), str(amount_max_micros), str(ttl_ms),
+             str(ttl_max_ms), name, *pairs])
+        if code != Code.OK:
+            return self._refused("task_open", code, r)
+        return TaskOpenReply(int(r[1]), int(r[2]))
+
+    async def task_close(self, agent: str, task_id: str, entry_ids: Sequence[str]
+                         ) -> TaskCloseReply | Refused:
+        """Close the task, releasing its open holds (one minted entry id per hold; too few
+        is TASK_IDS_SHORT with the number needed, and nothing written)."""
+        k = self.agent_keys(agent)
+        code, r = await self._run(
+            "task_close", [k.agent_hash, k.task(task_id), k.window, k.walls, k.holds, k.events],
+            [agent, task_id, *entry_ids])
+        if code != Code.OK:
+            return self._refused("task_close", code, r)
+        return TaskCloseReply(int(r[1]))
 
     # ---- agents and keys --------------------------------------------------------------
 

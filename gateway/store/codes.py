@@ -35,6 +35,12 @@ class Code(IntEnum):
     LIMIT_WINDOW = 31
     LIMIT_CALLS = 32
     LIMIT_TOOL_PER_CALL = 33
+    TASK_NOT_FOUND = 40
+    TASK_CLOSED = 41
+    LIMIT_TASK_BUDGET = 42
+    LIMIT_TASK_CALLS = 43
+    LIMIT_TASK_REQUIRED = 44
+    TASK_IDS_SHORT = 45
 
 
 class Flag(IntEnum):

@@ -9,6 +9,10 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{pNN}:win:<agent>``            hash  48 h     UTC day window: spent, held
 - ``iou:{pNN}:walls:<agent>``        hash  35 d     rolling-hour, week, month and call counters
   (only for agents with walls beyond the balance: x = '1' in the agent hash; see _lib.lua)
+- ``iou:{pNN}:task:<agent>:<task_id>`` hash  ttl + 24 h (24 h after closing)   one task (budget
+  envelope): budget, spent, held, calls, exp, state, counters by tool and category, open holds
+  (task_open.lua, charge.lua, hold.lua, task_close.lua; see _lib.lua's tasks section)
+- ``iou:{pNN}:tasks:<agent>``          zset  8 d      the agent's task ids by creation ms (listing)
 - ``iou:{pNN}:idem:<agent>:<sha>``     string 24 h    first answer of an idempotent call
 - ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
 - ``iou:{pNN}:holds``                  zset  no TTL   open holds by expiry ms (expire_holds)
@@ -150,6 +154,14 @@ class AgentKeys:
 
     def hold(self, hold_id: str) -> str:
         return self.prefix + "hold:" + hold_id
+
+    def task(self, task_id: str) -> str:
+        """One task of the agent: another agent's task id names another key."""
+        return f"{self.prefix}task:{self.agent}:{task_id}"
+
+    def tasks(self) -> str:
+        """The agent's task ids, scored by creation ms."""
+        return f"{self.prefix}tasks:{self.agent}"
 
     def api_key_lookup(self, key_hash: str) -> str:
         return self.prefix + "apikey:" + key_hash
