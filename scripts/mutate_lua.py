@@ -69,6 +69,7 @@ MONEY_TESTS = (
     "tests/test_script_auth.py",
     "tests/test_script_restore.py",
     "tests/test_script_walls.py",
+    "tests/test_script_tasks.py",
     "tests/test_script_agent_scan.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
@@ -79,6 +80,7 @@ MONEY_TESTS = (
     "tests/test_concurrency.py",
     "tests/test_stateful.py",
     "tests/test_walls.py",
+    "tests/test_tasks.py",
 )
 PYTEST_SELECT = ("-m", "not slow", "-k", "not fakeredis and not test_http_")
 
