@@ -71,6 +71,7 @@ MONEY_TESTS = (
     "tests/test_script_walls.py",
     "tests/test_script_tasks.py",
     "tests/test_script_agent_scan.py",
+    "tests/test_script_refund.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
     "tests/test_raw_args.py",

@@ -31,7 +31,10 @@ def entry_payload(e: LedgerEntry) -> dict[str, Any]:
             "held": None if e.held is None else format_amount(e.held),
             "balance_after": None if e.balance_after is None else format_amount(e.balance_after),
             "idempotency_key": e.idempotency_key, "hold_id": e.hold_id,
-            "metadata": orjson.loads(e.metadata) if e.metadata else None}
+            "metadata": orjson.loads(e.metadata) if e.metadata else None,
+            # Refunds: the refunded charge; transfers: the other agent. Refunds and debits:
+            # the admin's reason.
+            "ref": e.ref, "reason": e.reason}
 
 
 @endpoint

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gateway.ledger.entries import MONEY_KINDS
 from gateway.metering import money
 
 Schema = dict[str, Any]
@@ -172,6 +173,8 @@ def _closed(properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Sc
     return schema
 
 
+# The admin's words on a refund or debit: 1 to 256 characters, no control characters.
+REASON: Schema = {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]{1,256}$"}
 EMPTY_BODY: Schema = {"type": "object", "maxProperties": 0,
                       "description": "no body, or an empty JSON object"}
 
@@ -212,6 +215,10 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
                                                        "metadata": METADATA}, ("amount",)),
                                               True),
         ("PATCH", "/v1/agents/{agent}/limits"): (limits, True),
+        ("POST", "/v1/charges/{charge_id}/refund"): (_closed({
+            "amount": nullable(positive), "reason": nullable(REASON)}), False),
+        ("POST", "/v1/agents/{agent}/debit"): (_closed({"amount": positive, "reason": REASON},
+                                                       ("amount", "reason")), True),
         ("POST", "/v1/agents/{agent}/freeze"): (EMPTY_BODY, False),
         ("POST", "/v1/agents/{agent}/unfreeze"): (EMPTY_BODY, False),
         ("POST", "/v1/agents/{agent}/keys"): (EMPTY_BODY, False),
@@ -254,7 +261,8 @@ ENTRY_OUT = _answer({
     "category": nullable({"type": "string"}), "amount": nullable(SIGNED_AMOUNT_OUT),
     "held": nullable(AMOUNT_OUT), "balance_after": nullable(SIGNED_AMOUNT_OUT),
     "idempotency_key": nullable({"type": "string"}), "hold_id": nullable({"type": "string"}),
-    "metadata": {"type": ["object", "null"]}})
+    "metadata": {"type": ["object", "null"]}, "ref": nullable({"type": "string"}),
+    "reason": nullable({"type": "string"})})
 USAGE_OUT = _answer({
     "agent": nullable(NAME), "by": {"enum": ["tool", "category"]},
     "period": {"enum": ["hour", "day"]}, "since": TIME_OUT, "until": TIME_OUT,
@@ -301,6 +309,12 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
         "spent_today_by_category": {"type": "object", "additionalProperties": AMOUNT_OUT}})),
     ("POST", "/v1/agents/{agent}/fund"): (200, _answer({
         "agent": NAME, "balance": AMOUNT_OUT, "entry_id": {"type": "string"}})),
+    ("POST", "/v1/agents/{agent}/debit"): (200, _answer({
+        "agent": NAME, "amount": AMOUNT_OUT, "balance": AMOUNT_OUT,
+        "entry_id": {"type": "string"}})),
+    ("POST", "/v1/charges/{charge_id}/refund"): (200, _answer({
+        "refund_id": {"type": "string"}, "charge_id": {"type": "string"}, "agent": NAME,
+        "amount": AMOUNT_OUT, "balance": AMOUNT_OUT})),
     ("GET", "/v1/agents/{agent}/limits"): (200, LIMITS_OUT),
     ("PATCH", "/v1/agents/{agent}/limits"): (200, LIMITS_OUT),
     ("POST", "/v1/agents/{agent}/freeze"): (200, _answer({"agent": NAME,
@@ -352,6 +366,9 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("GET", "/v1/agents", "List agents (limit, cursor)", "admin"),
     ("GET", "/v1/agents/{agent}", "One agent with its limits", "admin"),
     ("POST", "/v1/agents/{agent}/fund", "Add tokens", "admin"),
+    ("POST", "/v1/agents/{agent}/debit", "Take tokens back (never below the available "
+     "balance: 402)", "admin"),
+    ("POST", "/v1/charges/{charge_id}/refund", "Refund a charge, partly or whole", "admin"),
     ("GET", "/v1/agents/{agent}/limits", "The agent's limits", "admin"),
     ("PATCH", "/v1/agents/{agent}/limits", "Merge limits; null removes one", "admin"),
     ("POST", "/v1/agents/{agent}/freeze", "Freeze: paid calls are refused", "admin"),
@@ -381,7 +398,8 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
 ]
 
 PATH_PARAMETERS: dict[str, Schema] = {"agent": NAME, "tool": NAME, "hold_id": HOLD_ID,
-                                      "key_id": KEY_ID}
+                                      "key_id": KEY_ID,
+                                      "charge_id": {"type": "string", "pattern": UUID_PATTERN}}
 PAGE_LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 # An ISO 8601 time with a zone, or a date (midnight UTC), as the usage routes read them.
 USAGE_TIME: Schema = {"type": "string", "pattern": (
@@ -403,8 +421,7 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[tuple[str, Schema, str]]] = {
         ("limit", PAGE_LIMIT, "entries per page"),
         ("before", {"type": "string", "pattern": UUID_PATTERN},
          "next_cursor of the previous page: entries older than this entry_id"),
-        ("kind", {"enum": ["capture", "charge", "expire", "fund", "grant", "hold", "release"]},
-         "only entries of this kind"),
+        ("kind", {"enum": sorted(MONEY_KINDS)}, "only entries of this kind"),
         ("tool", NAME, "only entries of this tool")],
     ("GET", "/v1/agents/{agent}/usage"): USAGE_PARAMETERS,
     ("GET", "/v1/usage"): [*USAGE_PARAMETERS, ("agent", NAME, "only this agent's spending")],
@@ -482,6 +499,17 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "never used.",
     ("GET", "/v1/agents/{agent}/ledger"):
         "An unknown or repeated query parameter is 422 (a typo never widens the page).",
+    ("POST", "/v1/charges/{charge_id}/refund"): (
+        "charge_id is a charge's, a batch item's or a capture's charge_id. amount defaults "
+        "to what is left to refund; refunds of one charge never add up to more than it "
+        "cost (422 invalid_request, field amount). The amount goes back to the balance and, "
+        "while the charge is in the current window, to that window's spending (daily, "
+        "rolling hour, week, month). A charge answered a moment ago is found once the "
+        "ledger writer has written it (the route waits for it). Unknown charge: 404. "
+        "Ledger kind refund, with ref (the charge) and reason."),
+    ("POST", "/v1/agents/{agent}/debit"): (
+        "Takes amount back from the available balance (held money is not touched): more "
+        "than it is 402 balance_insufficient. Ledger kind debit, with reason."),
 }
 
 
@@ -556,6 +584,8 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/holds/{hold_id}/capture"): {"cost": "0.06"},
     ("POST", "/v1/agents"): {"name": "research-bot", "grant": "20"},
     ("POST", "/v1/agents/{agent}/fund"): {"amount": "20"},
+    ("POST", "/v1/charges/{charge_id}/refund"): {"amount": "0.05", "reason": "bad answer"},
+    ("POST", "/v1/agents/{agent}/debit"): {"amount": "5", "reason": "duplicate grant"},
     ("PATCH", "/v1/agents/{agent}/limits"): {
         "per_call": "1", "daily": "5", "low_balance": "1",
         "categories": {"llm": {"per_call": "0.05", "daily": "2"}}},

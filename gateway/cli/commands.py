@@ -105,7 +105,7 @@ pass_options = click.make_pass_decorator(Options)
 
 def register(main: click.Group) -> None:
     for command in (agents, fund, limits, status, ledger, usage, tools, freeze, unfreeze,
-                    demo):
+                    demo, refund, debit):
         main.add_command(command)
 
 
@@ -177,6 +177,41 @@ def fund(opts: Options, agent: str | None, amount: str, idempotency_key: str | N
                                    idempotency_key=idempotency_key)
     opts.emit(result, lambda: opts.console.print(
         f"funded {name} with {amount}: balance {result['balance']} IOU"))
+
+
+@click.command()
+@click.argument("charge_id")
+@click.option("--amount", default=None, help="Tokens to give back (default: what is left).")
+@click.option("--reason", default=None, help="Why, kept on the ledger row.")
+@idempotency_option
+@json_option
+@pass_options
+@refusals
+def refund(opts: Options, charge_id: str, amount: str | None, reason: str | None,
+           idempotency_key: str | None) -> None:
+    """Refund a charge (a charge, batch item or capture id), partly or whole."""
+    result = opts.client().refund(charge_id, amount, reason=reason,
+                                  idempotency_key=idempotency_key)
+    opts.emit(result.raw, lambda: opts.console.print(
+        f"refunded {result.amount} of {charge_id} to {result.agent}: balance "
+        f"{result.raw['balance']} IOU (refund {result.refund_id})"))
+
+
+@click.command()
+@click.argument("agent_name")
+@click.argument("amount")
+@click.option("--reason", required=True, help="Why, kept on the ledger row.")
+@idempotency_option
+@json_option
+@pass_options
+@refusals
+def debit(opts: Options, agent_name: str, amount: str, reason: str,
+          idempotency_key: str | None) -> None:
+    """Take tokens back from an agent's available balance."""
+    result = opts.client().debit(agent_name, amount, reason=reason,
+                                 idempotency_key=idempotency_key)
+    opts.emit(result.raw, lambda: opts.console.print(
+        f"debited {amount} from {agent_name}: balance {result.raw['balance']} IOU"))
 
 
 @click.command()

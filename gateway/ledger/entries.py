@@ -8,12 +8,13 @@ import orjson
 
 from gateway.store.resp import reply_text as _s
 
-MONEY_KINDS = frozenset({"grant", "fund", "charge", "hold", "capture", "release", "expire"})
+MONEY_KINDS = frozenset({"grant", "fund", "charge", "hold", "capture", "release", "expire",
+                         "refund", "debit", "transfer_out", "transfer_in"})
 CONFIG_KINDS = frozenset({"agent", "limits", "freeze", "unfreeze", "key_add", "key_revoke",
                           "tool", "tool_delete"})
 # Fields kept as columns; anything else of a config event goes to the JSON `data` column.
 COLUMNS = ("id", "at", "kind", "agent", "tool", "category", "amount", "balance_after", "held",
-           "idem", "ih", "hold_id", "expires_at", "meta")
+           "idem", "ih", "hold_id", "expires_at", "meta", "ref", "reason")
 
 
 class PoisonedEntry(ValueError):
@@ -41,6 +42,9 @@ class LedgerEntry(NamedTuple):
     expires_at_ms: int | None
     metadata: str | None  # JSON text, as the caller gave it
     data: str | None  # JSON text: the rest of a configuration event
+    # Refunds: the refunded charge's id; transfers: the other agent of the move.
+    ref: str | None = None
+    reason: str | None = None  # refunds and debits: the admin's words
 
 
 def _int(raw: str | None, name: str) -> int | None:
@@ -88,5 +92,6 @@ def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
         g("tool") or None, g("category") or None, amount,
         _int(g("balance_after"), "balance_after"),
         _int(g("held"), "held"), g("idem") or None, g("ih") or None, g("hold_id") or None,
-        _int(g("expires_at"), "expires_at"), g("meta") or None, data)
+        _int(g("expires_at"), "expires_at"), g("meta") or None, data, g("ref") or None,
+        g("reason") or None)
 

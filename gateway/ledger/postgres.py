@@ -181,7 +181,7 @@ async def _recovery(conn: asyncpg.Connection, since_ms: int, idempotent_since_ms
     balances = {r[0]: int(r[1]) for r in await conn.fetch(schema.LAST_BALANCES)}
     holds = [OpenHold(*r) for r in await conn.fetch(schema.OPEN_HOLDS)]
     spent = [(r[0], r[1], int(r[2])) for r in await conn.fetch(dollar(schema.SPENT_SINCE),
-                                                               since_ms)]
+                                                               since_ms, since_ms, since_ms)]
     idem = [tuple(r) for r in await conn.fetch(dollar(schema.IDEMPOTENT_SINCE),
                                                idempotent_since_ms)]
     partitions = int(meta["partitions"]) if "partitions" in meta else None

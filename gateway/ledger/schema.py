@@ -81,12 +81,23 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX ledger_usage_at ON ledger_entries
             (at_ms, kind, tool, category, amount) WHERE kind IN ('charge', 'capture')""",
     ],
+    [
+        # Refunds and debits (and transfers between a parent and its child): `ref` names the
+        # refunded charge (a transfer: the other agent), `reason` the admin's words.
+        "ALTER TABLE ledger_entries ADD COLUMN ref TEXT",
+        "ALTER TABLE ledger_entries ADD COLUMN reason TEXT",
+        # What was refunded of one charge (refunds read it before each refund).
+        "CREATE INDEX ledger_ref ON ledger_entries (ref, amount) WHERE kind = 'refund'",
+        # Usage subtracts refunds: the few refund rows by agent and time, covering.
+        """CREATE INDEX ledger_refunds_at ON ledger_entries
+            (at_ms, agent, tool, category, amount) WHERE kind = 'refund'""",
+    ],
 ]
 
 INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms, kind,
     agent, tool, category, amount, balance_after, held, idempotency_key, idempotency_hash,
-    hold_id, expires_at_ms, metadata, data)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    hold_id, expires_at_ms, metadata, data, ref, reason)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (entry_id) DO NOTHING"""
 
 # Configuration upserts: each column group keeps the stream position of the event that set
@@ -128,7 +139,9 @@ CLAIM_IDENTITY = """INSERT INTO store_identity (singleton, store_id, created_at_
 DELTA_SQL = """CASE kind WHEN 'grant' THEN amount WHEN 'fund' THEN amount
     WHEN 'release' THEN amount WHEN 'expire' THEN amount
     WHEN 'charge' THEN -amount WHEN 'hold' THEN -amount
-    WHEN 'capture' THEN held - amount ELSE 0 END"""
+    WHEN 'capture' THEN held - amount
+    WHEN 'refund' THEN amount WHEN 'transfer_in' THEN amount
+    WHEN 'debit' THEN -amount WHEN 'transfer_out' THEN -amount ELSE 0 END"""
 
 OPEN_HOLDS = """SELECT h.agent, h.hold_id, h.tool, h.category, h.amount, h.at_ms, h.expires_at_ms
     FROM ledger_entries h WHERE h.kind = 'hold' AND NOT EXISTS (
@@ -144,8 +157,23 @@ LAST_BALANCES = """SELECT e.agent, e.balance_after FROM ledger_entries e
     ON e.agent = last.agent AND e.stream_ms * 1000000 + e.stream_seq = last.position
     WHERE e.balance_after IS NOT NULL"""
 
-SPENT_SINCE = """SELECT agent, category, SUM(amount) FROM ledger_entries
-    WHERE kind IN ('charge', 'capture') AND at_ms >= ? GROUP BY agent, category"""
+# Spent since a time (today's window): charges and captures, less the refunds of those
+# same charges (a refund gives back to the window its charge was in).
+SPENT_SINCE = """SELECT agent, category, SUM(amount) FROM (
+        SELECT agent, category, amount FROM ledger_entries
+        WHERE kind IN ('charge', 'capture') AND at_ms >= ?
+        UNION ALL
+        SELECT r.agent, r.category, -r.amount FROM ledger_entries r
+        JOIN ledger_entries c ON c.entry_id = r.ref
+        WHERE r.kind = 'refund' AND r.at_ms >= ? AND c.at_ms >= ?) spent
+    GROUP BY agent, category"""
+
+# The charge a refund names (a charge, batch item or capture: its entry id is the charge id),
+# with what its refunds already gave back.
+CHARGE_FOR_REFUND = """SELECT c.agent, c.tool, c.category, c.amount, c.at_ms,
+        (SELECT COALESCE(SUM(r.amount), 0) FROM ledger_entries r
+         WHERE r.kind = 'refund' AND r.ref = c.entry_id)
+    FROM ledger_entries c WHERE c.entry_id = ? AND c.kind IN ('charge', 'capture')"""
 
 IDEMPOTENT_SINCE = """SELECT agent, idempotency_key, idempotency_hash, entry_id, kind, amount,
     balance_after, hold_id, expires_at_ms, held FROM ledger_entries

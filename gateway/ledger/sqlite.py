@@ -183,7 +183,8 @@ def _recovery(db: sqlite3.Connection, since_ms: int, idempotent_since_ms: int) -
                        "WHERE NOT deleted").fetchall()
     balances = {a: int(b) for a, b in db.execute(schema.LAST_BALANCES)}
     holds = [OpenHold(*r) for r in db.execute(schema.OPEN_HOLDS)]
-    spent = [(a, c, int(s)) for a, c, s in db.execute(schema.SPENT_SINCE, (since_ms,))]
+    spent = [(a, c, int(s)) for a, c, s in db.execute(schema.SPENT_SINCE,
+                                                           (since_ms,) * 3)]
     idem = db.execute(schema.IDEMPOTENT_SINCE, (idempotent_since_ms,)).fetchall()
     partitions = int(meta["partitions"]) if "partitions" in meta else None
     return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)

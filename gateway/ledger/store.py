@@ -122,7 +122,7 @@ def row_to_entry(row: Any) -> LedgerEntry:
 
 ENTRY_COLUMNS = ("entry_id, stream, stream_ms, stream_seq, at_ms, kind, agent, tool, category, "
                  "amount, balance_after, held, idempotency_key, idempotency_hash, hold_id, "
-                 "expires_at_ms, metadata, data")
+                 "expires_at_ms, metadata, data, ref, reason")
 
 
 def entries_query(agent: str, limit: int, before_position: tuple[int, int] | None,
@@ -138,7 +138,7 @@ def entries_query(agent: str, limit: int, before_position: tuple[int, int] | Non
         params.append(kind)
     else:
         where.append("kind IN ('grant', 'fund', 'charge', 'hold', 'capture', 'release', "
-                     "'expire')")
+                     "'expire', 'refund', 'debit', 'transfer_out', 'transfer_in')")
     if tool is not None:
         where.append("tool = ?")
         params.append(tool)

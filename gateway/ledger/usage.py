@@ -3,7 +3,8 @@
 Computed from the ledger (the durable record, not Redis), so it covers any past range and
 never loads the charge path. Only what an agent paid counts: ``charge`` rows (their amount
 is the cost) and ``capture`` rows (the amount captured; the hold and release rows around it
-move no money for good). Migration 3 adds partial indexes over exactly those rows, by
+move no money for good), less what refunds gave back of them (in the refunded charge's
+bucket). Migration 3 adds partial indexes over exactly those rows, by
 agent and time and by time alone, which also carry tool, category and amount so that the
 query reads the index alone. Amounts are integer micros; bucket starts are Unix ms.
 """
@@ -49,8 +50,36 @@ def usage_query(by: str, period: str, agent: str | None, since_ms: int, until_ms
     return sql, params
 
 
+def refunds_query(by: str, period: str, agent: str | None, since_ms: int, until_ms: int
+                  ) -> tuple[str, list[object]]:
+    """SQL and parameters: what refunds gave back of the charges in [since_ms, until_ms),
+    per bucket and key of the refunded charge (a refund lowers its charge's bucket, so a
+    bucket's net amount is what its calls finally cost, never below zero)."""
+    assert by in GROUPS and period in PERIOD_MS
+    width_ms = PERIOD_MS[period]
+    where = ["r.kind = 'refund'", "c.at_ms >= ?", "c.at_ms < ?"]
+    params: list[object] = [width_ms, width_ms, since_ms, until_ms]
+    if agent is not None:
+        where.append("r.agent = ?")
+        params.append(agent)
+    sql = (f"SELECT (c.at_ms / ?) * ? AS bucket, c.{by}, SUM(r.amount) "
+           "FROM ledger_entries r JOIN ledger_entries c ON c.entry_id = r.ref "
+           f"WHERE {' AND '.join(where)} GROUP BY bucket, c.{by}")
+    return sql, params
+
+
 async def usage(store: LedgerStore, by: str, period: str, agent: str | None,
                 since_ms: int, until_ms: int) -> list[UsageRow]:
+    """Paid calls and their amounts net of refunds, per bucket and key."""
     sql, params = usage_query(by, period, agent, since_ms, until_ms)
     rows = await store.query(sql, params)
-    return [UsageRow(int(r[0]), str(r[1] or ""), int(r[2]), int(r[3] or 0)) for r in rows]
+    refunded: dict[tuple[int, str], int] = {}
+    sql, params = refunds_query(by, period, agent, since_ms, until_ms)
+    for r in await store.query(sql, params):
+        refunded[(int(r[0]), str(r[1] or ""))] = int(r[2] or 0)
+    out = []
+    for r in rows:
+        start_ms, key = int(r[0]), str(r[1] or "")
+        amount = int(r[3] or 0) - refunded.get((start_ms, key), 0)
+        out.append(UsageRow(start_ms, key, int(r[2]), amount))
+    return out

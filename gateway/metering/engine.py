@@ -22,6 +22,7 @@ from gateway.metering.holds import Holds
 from gateway.metering.inputs import derived_key as derived_key
 from gateway.metering.models import DomainSettings
 from gateway.metering.tasks import Tasks
+from gateway.metering.refunds import Refunds
 from gateway.store import keys, meta
 from gateway.store.calls import ScriptCalls
 from gateway.store.connections import Connection
@@ -45,10 +46,12 @@ class Engine:
         self.charges = Charges(self.calls, settings.amount_max_micros, self.catalog.category_of)
         self.holds = Holds(self.calls, settings.amount_max_micros, self.catalog.category_of)
         self.tasks = Tasks(conn, self.calls, settings.amount_max_micros, self.agents.clock_ms)
+        self.refunds = Refunds(self.calls, settings.amount_max_micros)
         self._tasks: list[asyncio.Task[None]] = []
         self.charge = self.charges.charge
         self.hold, self.capture = self.holds.hold, self.holds.capture
         self.release, self.expire_holds = self.holds.release, self.holds.expire_holds
+        self.refund, self.debit = self.refunds.refund, self.refunds.debit
         a = self.agents
         self.create_agent, self.fund, self.freeze = a.create_agent, a.fund, a.freeze
         self.set_limits, self.add_key, self.has_key = a.set_limits, a.add_key, a.has_key

@@ -23,10 +23,12 @@ from gateway.sdk.models import (
     AgentSummary,
     Capture,
     Charge,
+    Debit,
     HoldInfo,
     Invoked,
     LedgerEntry,
     Money,
+    Refund,
     Release,
     Status,
     to_amount,
@@ -198,6 +200,20 @@ class BaseClient:
             sent.setdefault("content-type", "application/json")
         return Call("POST", f"/v1/tools/{tool}/invoke", content, sent, _identity,
                     invoke=True)
+
+    def _refund_call(self, charge_id: str, amount: Money | None, reason: str | None,
+                     key: str | None) -> Call[Refund]:
+        body: dict[str, Any] = {}
+        if amount is not None:
+            body["amount"] = to_amount(amount)
+        if reason is not None:
+            body["reason"] = reason
+        return paid_call(f"/v1/charges/{charge_id}/refund", body, Refund.from_answer, key)
+
+    def _debit_call(self, agent: str, amount: Money, reason: str,
+                    key: str | None) -> Call[Debit]:
+        body = {"amount": to_amount(amount), "reason": reason}
+        return paid_call(f"/v1/agents/{agent}/debit", body, Debit.from_answer, key)
 
     def _status_call(self) -> Call[Status]:
         return Call("GET", "/v1/balance", None, {}, Status.from_answer)

@@ -27,10 +27,12 @@ from gateway.sdk.models import (
     AgentSummary,
     Capture,
     Charge,
+    Debit,
     HoldInfo,
     Invoked,
     LedgerEntry,
     Money,
+    Refund,
     Release,
     Status,
 )
@@ -111,6 +113,16 @@ class AsyncClient(BaseClient):
                 yield row
             if before is None:
                 return
+
+    async def refund(self, charge_id: str, amount: Money | None = None, *,
+                     reason: str | None = None, idempotency_key: str | None = None) -> Refund:
+        """Give back ``amount`` (default: what is left) of a charge, batch item or capture."""
+        return await self._run(self._refund_call(charge_id, amount, reason, idempotency_key))
+
+    async def debit(self, agent: str, amount: Money, *, reason: str,
+                    idempotency_key: str | None = None) -> Debit:
+        """Take ``amount`` back from ``agent``'s available balance (402 beyond it)."""
+        return await self._run(self._debit_call(agent, amount, reason, idempotency_key))
 
     async def agents(self, *, page_size: int = PAGE_SIZE_DEFAULT) -> AsyncIterator[AgentSummary]:
         cursor: str | None = None

@@ -26,10 +26,12 @@ from gateway.sdk.models import (
     AgentSummary,
     Capture,
     Charge,
+    Debit,
     HoldInfo,
     Invoked,
     LedgerEntry,
     Money,
+    Refund,
     Release,
     Status,
 )
@@ -122,6 +124,16 @@ class Client(BaseClient):
             yield from rows
             if before is None:
                 return
+
+    def refund(self, charge_id: str, amount: Money | None = None, *, reason: str | None = None,
+               idempotency_key: str | None = None) -> Refund:
+        """Give back ``amount`` (default: what is left) of a charge, batch item or capture."""
+        return self._run(self._refund_call(charge_id, amount, reason, idempotency_key))
+
+    def debit(self, agent: str, amount: Money, *, reason: str,
+              idempotency_key: str | None = None) -> Debit:
+        """Take ``amount`` back from ``agent``'s available balance (402 beyond it)."""
+        return self._run(self._debit_call(agent, amount, reason, idempotency_key))
 
     def agents(self, *, page_size: int = PAGE_SIZE_DEFAULT) -> Iterator[AgentSummary]:
         cursor: str | None = None

@@ -167,6 +167,38 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Refund:
+    """A refund (admin): ``amount`` of charge ``charge_id`` given back; ``balance`` after."""
+
+    refund_id: str
+    charge_id: str
+    agent: str
+    amount: Decimal
+    balance: Decimal
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_answer(cls, a: dict[str, Any]) -> Refund:
+        return cls(a["refund_id"], a["charge_id"], a.get("agent", ""), _money(a["amount"]),
+                   _money(a["balance"]), a)
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    """A debit (admin): ``amount`` taken back from ``agent``; ``balance`` after."""
+
+    entry_id: str
+    agent: str
+    amount: Decimal
+    balance: Decimal
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_answer(cls, a: dict[str, Any]) -> Debit:
+        return cls(a["entry_id"], a["agent"], _money(a["amount"]), _money(a["balance"]), a)
+
+
+@dataclass(frozen=True, slots=True)
 class Invoked:
     """The upstream's answer to ``invoke``; ``charge_id`` and ``balance`` are set when the
     call was charged (an upstream 2xx), ``None`` when the hold was released."""

@@ -105,6 +105,36 @@ class FundReply:
 
 
 @dataclass(frozen=True)
+class RefundReply:
+    balance: int
+    flags: int
+    entry_id: str
+    amount: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class DebitReply:
+    balance: int
+    flags: int
+    entry_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class ChargeRef:
+    """What refund.lua needs to know of the refunded charge (read from the ledger)."""
+
+    charge_id: str
+    agent: str
+    tool: str
+    category: str
+    cost_micros: int
+    at_ms: int
+    refunded_micros: int  # the ledger's sum of this charge's refunds
+
+
+@dataclass(frozen=True)
 class ExpireReply:
     expired_count: int
 
@@ -174,6 +204,7 @@ REPLY_CLASSES: dict[str, type] = {
     "key_revoke": Done, "tool_set": VersionReply, "tool_delete": VersionReply,
     "tool_copy": CopyReply, "auth_fail": AuthFailReply, "restore": RestoreReply,
     "agent_scan": ScanReply, "task_open": TaskOpenReply, "task_close": TaskCloseReply,
+    "refund": RefundReply, "debit": DebitReply,
 }
 # Replies whose header lists one group of fields repeated: the class of one group.
 REPEATED_CLASSES: dict[str, type] = {"agent_scan": ScannedAgent}
@@ -332,6 +363,36 @@ class ScriptCalls:
         if code != Code.OK:
             return self._refused("task_close", code, r)
         return TaskCloseReply(int(r[1]))
+
+    async def refund(  # noqa: PLR0913 - one parameter per ARGV the script takes
+            self, charge: ChargeRef, entry_id: str, amount_micros: int | None,
+            amount_max_micros: int, balance_max_micros: int, idem: Idempotency | None,
+            reason: str) -> RefundReply | Refused:
+        k = self.agent_keys(charge.agent)
+        record, body_hash, key = self._idem(k, idem)
+        code, r = await self._run(
+            "refund", [k.agent_hash, k.window, record, k.events, k.refunded(charge.charge_id),
+                       k.walls],
+            [charge.agent, entry_id, charge.charge_id, str(charge.cost_micros),
+             str(charge.refunded_micros), _amount(amount_micros), str(amount_max_micros),
+             str(balance_max_micros), str(charge.at_ms), charge.tool, charge.category,
+             body_hash, key, reason])
+        if code not in (Code.OK, Code.REPLAY):
+            return self._refused("refund", code, r)
+        return RefundReply(int(r[1]), int(r[2]), _text(r[3]), int(r[4]), code == Code.REPLAY)
+
+    async def debit(
+            self, agent: str, entry_id: str, amount_micros: int, amount_max_micros: int,
+            idem: Idempotency | None, reason: str) -> DebitReply | Refused:
+        k = self.agent_keys(agent)
+        record, body_hash, key = self._idem(k, idem)
+        code, r = await self._run(
+            "debit", [k.agent_hash, record, k.events, k.webhooks],
+            [agent, entry_id, str(amount_micros), str(amount_max_micros), body_hash, key,
+             reason])
+        if code not in (Code.OK, Code.REPLAY):
+            return self._refused("debit", code, r)
+        return DebitReply(int(r[1]), int(r[2]), _text(r[3]), code == Code.REPLAY)
 
     # ---- agents and keys --------------------------------------------------------------
 

@@ -41,6 +41,8 @@ class Code(IntEnum):
     LIMIT_TASK_CALLS = 43
     LIMIT_TASK_REQUIRED = 44
     TASK_IDS_SHORT = 45
+    # 60 and up: refunds, debits and delegation.
+    REFUND_EXCEEDS = 60
 
 
 class Flag(IntEnum):

@@ -14,6 +14,8 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
   (task_open.lua, charge.lua, hold.lua, task_close.lua; see _lib.lua's tasks section)
 - ``iou:{pNN}:tasks:<agent>``          zset  8 d      the agent's task ids by creation ms (listing)
 - ``iou:{pNN}:idem:<agent>:<sha>``     string 24 h    first answer of an idempotent call
+- ``iou:{pNN}:refunded:<charge_id>``  string 30 d after the last refund: micros refunded of
+  one charge, in its agent's slot (refund.lua; absent: the ledger's sum is the start)
 - ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
 - ``iou:{pNN}:holds``                  zset  no TTL   open holds by expiry ms (expire_holds)
 - ``iou:{pNN}:agents``                 zset  no TTL   agent names of the partition (listing)
@@ -162,6 +164,10 @@ class AgentKeys:
     def tasks(self) -> str:
         """The agent's task ids, scored by creation ms."""
         return f"{self.prefix}tasks:{self.agent}"
+
+    def refunded(self, charge_id: str) -> str:
+        """What was refunded of one of the agent's charges (refund.lua)."""
+        return self.prefix + "refunded:" + charge_id
 
     def api_key_lookup(self, key_hash: str) -> str:
         return self.prefix + "apikey:" + key_hash

@@ -20,7 +20,7 @@ from gateway.store.resp import RedisRefused, ReplyError, refusal_kind
 SCRIPT_NAMES = (
     "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
     "set_limits", "freeze", "key_add", "key_revoke", "tool_set", "tool_delete", "auth_fail",
-    "tool_copy", "agent_scan", "restore", "task_open", "task_close",
+    "tool_copy", "agent_scan", "restore", "task_open", "task_close", "refund", "debit",
 )
 # One line of a header's Returns: "--   code NAME = N: {N, field, field (note), ...} ...".
 _SHAPE_RE = re.compile(r"^--\s+code (\w+) = (\d+): \{\d+((?:, [^,}]+)*)\}", re.M)
