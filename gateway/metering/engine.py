@@ -21,8 +21,8 @@ from gateway.metering.holds import HOLD_TTL_S_DEFAULT as HOLD_TTL_S_DEFAULT
 from gateway.metering.holds import Holds
 from gateway.metering.inputs import derived_key as derived_key
 from gateway.metering.models import DomainSettings
-from gateway.metering.tasks import Tasks
 from gateway.metering.refunds import Refunds
+from gateway.metering.tasks import Tasks
 from gateway.store import keys, meta
 from gateway.store.calls import ScriptCalls
 from gateway.store.connections import Connection
