@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.metering.engine import Engine
 from gateway.store import safety
-from gateway.store.connections import open_connection
+from gateway.store.connections import Connection, open_connection
 from gateway.store.embedded import EmbeddedRedis, start_embedded
+from gateway.store.errors import StoreUnavailable
+
+log = logging.getLogger("iou.runtime")
+
+WAIT_RETRY_S = 1.0  # between attempts to reach a Redis that is not up yet
+WAIT_LOG_EVERY_S = 30.0  # one "still waiting" line per this many seconds
 
 
 @dataclass
@@ -32,12 +42,26 @@ def redis_url_of(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     return embedded.url, embedded
 
 
-async def open_runtime(settings: Settings, background: bool = True) -> Runtime:
-    """Connect, refuse an unsafe Redis, load scripts and start the engine."""
+def redis_address(settings: Settings) -> str:
+    """Where Redis is, for an operator's message: ``host:port`` (each seed of a cluster URL),
+    a socket path, or the embedded server's folder; never the password of the URL."""
+    if settings.redis_url is None:
+        return f"{settings.data_dir} (embedded)"
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme == "unix":
+        return parts.path
+    return parts.netloc.rpartition("@")[2] or parts.scheme
+
+
+async def open_runtime(settings: Settings, background: bool = True,
+                       wait: bool = False) -> Runtime:
+    """Connect, refuse an unsafe Redis, load scripts and start the engine. With ``wait`` (a
+    gateway worker or a ledger writer, which may start before their Redis), an unreachable
+    Redis is tried again every second until it answers, instead of failing."""
     url, embedded = redis_url_of(settings)
     conn = open_connection(url)
     try:
-        warnings = await safety.check_redis(conn, settings.allow_unsafe_redis)
+        warnings = await _checked(conn, settings, wait)
         engine = Engine(conn, settings)
         await engine.start(background=background)
     except BaseException:
@@ -46,3 +70,18 @@ async def open_runtime(settings: Settings, background: bool = True) -> Runtime:
             embedded.stop()
         raise
     return Runtime(engine, embedded, warnings)
+
+
+async def _checked(conn: Connection, settings: Settings, wait: bool) -> list[str]:
+    logged_at: float | None = None
+    while True:
+        try:
+            return await safety.check_redis(conn, settings.allow_unsafe_redis)
+        except StoreUnavailable:
+            if not wait:
+                raise
+        if logged_at is None or time.monotonic() - logged_at >= WAIT_LOG_EVERY_S:
+            logged_at = time.monotonic()
+            log.warning("waiting for Redis at %s (unreachable); trying again every %.0f s",
+                        redis_address(settings), WAIT_RETRY_S)
+        await asyncio.sleep(WAIT_RETRY_S)

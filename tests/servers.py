@@ -24,12 +24,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(*extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server (or valkey-server) on 127.0.0.1:<free port>; yields (url, process)."""
+def redis_server(*extra: str, port: int | None = None
+                 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server (or valkey-server) on 127.0.0.1:<port> (a free one unless given);
+    yields (url, process)."""
     found = find_server_binary()
     assert found is not None, "no redis-server: run the README's test command, it installs one"
     binary = found[0]
-    port = free_port()
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="iou-redis-") as data_dir:
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir,
                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",

@@ -120,7 +120,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    runtime = await open_runtime(settings)
+    runtime = await open_runtime(settings, wait=True)
     admin_token = settings.admin_token or ensure_secret(settings.data_dir, "admin_token")
     secret = settings.webhook_secret or ensure_secret(settings.data_dir, "webhook_secret")
     check_at_start(settings)  # the embedded default's IOU_SECRET_KEY, or a warning

@@ -11,6 +11,8 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from gateway.ledger.supervisor import NICENESS, WriterSupervisor
 from gateway.logs import logging_config, setup_logging
 from gateway.metering.secrets_store import check_at_start, ensure_secret
 from gateway.store.embedded import start_embedded
+from gateway.store.errors import StoreUnavailable as RedisUnavailable
 
 log = logging.getLogger("iou.serve")
 DEFAULT_URL = "http://127.0.0.1:8080"  # the CLI's --url default (IOU_URL unset)
@@ -166,11 +169,31 @@ def _settle_store(settings: Settings) -> None:
     """Identity of a new store; the embedded default's wiped store rebuilt from the ledger."""
     from gateway.ledger.service import settle_store
     from gateway.metering.errors import GatewayError
+    from gateway.runtime import redis_address
 
     try:
         asyncio.run(settle_store(settings))
     except GatewayError as exc:  # Redis down: the workers say so and keep checking
         log.warning("cannot check the store at start: %s", exc.message)
+    except RedisUnavailable:  # started before its Redis: the workers answer 503 till it is up
+        log.warning("Redis at %s is unreachable at start; paid calls get 503 until it is up",
+                    redis_address(settings))
+
+
+@contextmanager
+def _store_errors(settings: Settings) -> Iterator[None]:
+    """One line, exit 1, instead of a traceback when Redis or the ledger is out of reach."""
+    from gateway.ledger.store import StoreUnavailable as LedgerUnavailable
+    from gateway.runtime import redis_address
+
+    try:
+        yield
+    except RedisUnavailable:
+        fail("unavailable", f"Redis at {redis_address(settings)} is unreachable or not "
+             "accepting writes; start it, or point IOU_REDIS_URL at it")
+    except LedgerUnavailable as exc:
+        fail("unavailable", f"the ledger cannot be reached ({exc}); start its database, or "
+             "fix IOU_LEDGER_URL")
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -212,7 +235,9 @@ def reconcile(opts: Options) -> None:
     def amount(micros: int | None) -> str | None:
         return None if micros is None else format_amount(micros)
 
-    checked, drift = asyncio.run(run_reconcile(_settings()))
+    settings = _settings()
+    with _store_errors(settings):
+        checked, drift = asyncio.run(run_reconcile(settings))
     rows = [{"agent": d.agent, "redis": amount(d.redis_micros),
              "ledger": amount(d.ledger_micros)} for d in drift]
     opts.emit({"checked": checked, "clean": not drift, "drift": rows},
@@ -238,8 +263,10 @@ def recover(opts: Options, force: bool) -> None:
     from gateway.ledger.recover import NotEmpty
     from gateway.ledger.service import run_recover
 
+    settings = _settings()
     try:
-        done = asyncio.run(run_recover(_settings(), force))
+        with _store_errors(settings):
+            done = asyncio.run(run_recover(settings, force))
     except NotEmpty as exc:
         fail("not_empty", str(exc))
         return

@@ -38,7 +38,7 @@ async def run_writer(settings: Settings, consumer: str | None = None,
 
     With ``parent_pid`` (the writer of ``iou serve``), it also stops when that process is
     gone, so a gateway killed with SIGKILL leaves no writer behind."""
-    runtime = await open_runtime(settings, background=False)
+    runtime = await _open_unless_orphaned(settings, parent_pid)
     writer = _writer_for(runtime, settings, consumer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,6 +60,20 @@ async def run_writer(settings: Settings, consumer: str | None = None,
         writer.close()
         await runtime.close()
     log.info("ledger writer stopped: %s", writer.stats)
+
+
+async def _open_unless_orphaned(settings: Settings, parent_pid: int | None) -> Runtime:
+    """The runtime, once Redis answers (a writer may start before its Redis); a writer of
+    ``iou serve`` gives up waiting when that process is gone."""
+    opening = asyncio.ensure_future(open_runtime(settings, background=False, wait=True))
+    while parent_pid is not None and not opening.done():
+        await asyncio.wait({opening}, timeout=ORPHAN_CHECK_S)
+        if not opening.done() and os.getppid() != parent_pid:
+            opening.cancel()
+            log.warning("the gateway process %d is gone: stopping the ledger writer",
+                        parent_pid)
+            raise SystemExit(0)
+    return await opening
 
 
 async def _stop_when_orphaned(writer: LedgerWriter, parent_pid: int) -> None:
