@@ -38,6 +38,8 @@ from gateway.config import Settings, load_settings
 from gateway.ledger.factory import open_store
 from gateway.ledger.identity import StoreGuard
 from gateway.ledger.lag import ledger_backlog
+from gateway.mcp import admin_routes as mcp_admin
+from gateway.mcp.server import McpEndpoint, McpFront
 from gateway.metering.secrets_store import check_at_start, ensure_secret
 from gateway.runtime import open_runtime
 from gateway.webhooks.deliverer import WebhookDeliverer
@@ -71,6 +73,10 @@ ROUTES = [
     Route("/v1/tools/{tool}", admin.put_tool, methods=["PUT"]),
     Route("/v1/tools", admin.list_tools, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.delete_tool, methods=["DELETE"]),
+    Route("/v1/mcp/servers", mcp_admin.list_servers, methods=["GET"]),
+    Route("/v1/mcp/servers/{server}", mcp_admin.put_server, methods=["PUT"]),
+    Route("/v1/mcp/servers/{server}", mcp_admin.get_server, methods=["GET"]),
+    Route("/v1/mcp/servers/{server}", mcp_admin.delete_server, methods=["DELETE"]),
     Route("/", ops.root, methods=["GET"]),
     Route("/healthz", ops.healthz, methods=["GET"]),
     Route("/readyz", ops.readyz, methods=["GET"]),
@@ -78,6 +84,9 @@ ROUTES = [
     Route("/openapi.json", ops.openapi, methods=["GET"]),
     Route("/dashboard", ops.dashboard, methods=["GET"]),
 ]
+# The MCP endpoint (streamable HTTP: POST, GET and DELETE of JSON-RPC messages) is a protocol
+# of its own, described in docs/api.md rather than in the OpenAPI document (not in ROUTES).
+MCP_ROUTE = Route("/mcp", McpEndpoint(), methods=["GET", "POST", "DELETE"])
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 
 
@@ -139,6 +148,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
                                 settings.trusted_proxies)
     app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s,
                             guard=guard)
+    app.state.mcp = McpFront(app.state.ctx)
+    mcp_running = app.state.mcp.running()
+    await mcp_running.__aenter__()
     delivery = asyncio.create_task(deliverer.run_forever())
     sampling = asyncio.create_task(sample_forever(engine.conn))
     log.info("gateway worker %d started", os.getpid())
@@ -149,6 +161,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         delivery.cancel()
         sampling.cancel()
         await asyncio.gather(delivery, sampling, return_exceptions=True)
+        await mcp_running.__aexit__(None, None, None)
         await guard.stop()
         await http.aclose()
         await ledger.close()
@@ -158,7 +171,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> ChargeFastPath:
     """The ASGI app; uvicorn calls this once per worker (``--factory``)."""
     static = Mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True))
-    app = Starlette(routes=[*ROUTES, static], lifespan=_lifespan,
+    app = Starlette(routes=[*ROUTES, MCP_ROUTE, static], lifespan=_lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     app.state.settings = settings or load_settings()
     return ChargeFastPath(app)

@@ -37,6 +37,8 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
 - ``iou:{auth}:fail:client:<address>`` string window  failed authentications of one client
 - ``iou:{auth}:fail:cred:<sha256>``    string window  failures of one presented credential
 - ``iou:test:clock_offset_ms``         string no TTL  the test clock's offset (IOU_TEST_CLOCK only)
+- ``iou:{mcp}:servers``                hash  no TTL   upstream MCP servers: name -> JSON {url,
+  headers (sealed), tools, updated_ms} (gateway/store/mcp_servers.py)
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ READY_PROBE = "iou:readyz"
 TEST_CLOCK_KEY = "iou:test:clock_offset_ms"
 AGENT_KEYS_CACHED_MAX = 100_000
 TOOLS_TAG = "iou:{tools}:"
+# One hash, one field per upstream MCP server: each change is one atomic HSET/HDEL.
+MCP_SERVERS = "iou:{mcp}:servers"
 
 
 def partition_of(name: str, partitions: int) -> int:
