@@ -309,6 +309,23 @@ def doctor(opts: Options) -> None:
         sys.exit(1)
 
 
+@main.command("mcp")
+@click.option("--key", required=True, help="The agent key (iou_...) the calls are charged to.")
+@click.option("--url", default=None, help="Gateway URL (default: iou --url, IOU_URL).")
+@click.pass_obj
+def mcp_bridge(opts: Options, key: str, url: str | None) -> None:
+    """A stdio MCP server for hosts that only speak stdio: the gateway's /mcp tools,
+    charged to KEY's agent."""
+    from gateway.mcp.bridge import BridgeError, run_bridge
+
+    try:
+        asyncio.run(run_bridge(url or opts.url, key))
+    except BridgeError as exc:
+        fail(exc.code, f"iou mcp: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
 register(main)
 
 if __name__ == "__main__":

@@ -1,0 +1,424 @@
+"""The gateway as a metering MCP server: a real upstream MCP server (tests/mcp_upstream.py,
+in a subprocess), the official SDK's client as the agent, a real gateway and Redis.
+
+What the upstream executed is read from the upstream itself (``GET /calls``), never from
+the gateway's own account."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
+
+import httpx
+import httpx2
+import mcp_types as types
+import pytest
+import redis
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.gateway_proc import ADMIN_TOKEN, Gateway
+from tests.http_helpers import new_agent
+from tests.servers import free_port
+
+SECRET = "upstream-secret-0123456789"
+PRICES = {"up.echo": ("0.07", "fixed"), "up.measure": ("0.1", "variable"),
+          "up.fail": ("0.05", "fixed"), "up.boom": ("0.05", "fixed"),
+          "up.slow": ("0.05", "fixed"), "up.free": ("0", "fixed")}
+MODES = ("auto", "legacy")  # the 2026-07-28 protocol, and the initialize handshake's
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    """The upstream MCP server's base URL (its endpoint is /mcp, its counts /calls)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.mcp_upstream", str(port), SECRET])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/calls", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "no upstream"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def mcp_gateway(gateway: Gateway, upstream: str) -> Gateway:
+    """The module's gateway with the upstream registered as ``up`` and its tools priced."""
+    with gateway.admin() as admin:
+        for name, (price, pricing) in PRICES.items():
+            body = {"price": price, "category": "tool", "pricing": pricing}
+            assert admin.put(f"/v1/tools/{name}", json=body).status_code == 200
+        answer = admin.put("/v1/mcp/servers/up", json={
+            "url": upstream + "/mcp", "headers": {"x-upstream-secret": SECRET}})
+        assert answer.status_code == 200, answer.text
+    return gateway
+
+
+def executed(upstream: str) -> dict[str, int]:
+    counts: dict[str, int] = httpx.get(upstream + "/calls").json()
+    return counts
+
+
+@contextlib.asynccontextmanager
+async def agent_client(gw: Gateway, key: str, mode: str = "auto") -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=30)
+    async with http, Client(streamable_http_client(gw.url + "/mcp", http_client=http),
+                            mode=mode, cache=None) as client:
+        yield client
+
+
+def agent_state(gw: Gateway, name: str) -> dict[str, Any]:
+    with gw.admin() as admin:
+        state: dict[str, Any] = admin.get(f"/v1/agents/{name}").json()
+    return state
+
+
+def ledger_kinds(gw: Gateway, name: str, count: int) -> list[tuple[str, str, str]]:
+    """(kind, tool, amount) of the agent's newest ``count`` entries, oldest first, once the
+    writer committed them."""
+    deadline = time.monotonic() + 15
+    with gw.admin() as admin:
+        while True:
+            entries = admin.get(f"/v1/agents/{name}/ledger").json()["entries"]
+            if len(entries) >= count:
+                return [(e["kind"], e["tool"], e["amount"]) for e in reversed(entries[:count])]
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.1)
+
+
+def _meta(**values: str) -> types.RequestParamsMeta:
+    """A request's ``_meta`` with ``iou/<name>`` keys (an open map the types cannot name)."""
+    return cast(types.RequestParamsMeta, {f"iou/{k}": v for k, v in values.items()})
+
+
+def error_of(result: types.CallToolResult) -> dict[str, Any]:
+    assert result.is_error, result
+    error: dict[str, Any] = result.structured_content
+    assert error["error"] in result.content[0].text  # type: ignore[union-attr]
+    return error
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+def test_a_registered_server_names_its_tools_and_never_shows_its_headers(
+        mcp_gateway: Gateway, gateway_redis: tuple[str, Any]) -> None:
+    with mcp_gateway.admin() as admin:
+        one = admin.get("/v1/mcp/servers/up").json()
+        listed = admin.get("/v1/mcp/servers").json()
+    assert one["server"] == "up" and one["url"].endswith("/mcp")
+    assert {"echo", "measure", "fail", "slow", "unpriced"} <= set(one["tools"])
+    assert listed["servers"] == [one]
+    assert SECRET not in str(one) + str(listed)
+    client = redis.Redis.from_url(gateway_redis[0], decode_responses=True)
+    stored = client.hgetall("iou:{mcp}:servers")
+    client.close()
+    assert stored and SECRET not in str(stored)  # sealed at rest
+
+
+def test_an_unreachable_or_refusing_upstream_is_refused_and_nothing_is_stored(
+        mcp_gateway: Gateway, upstream: str) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/mcp"
+    with mcp_gateway.admin() as admin:
+        answer = admin.put("/v1/mcp/servers/gone", json={"url": closed})
+        assert answer.status_code == 502 and answer.json()["error"] == "upstream_unavailable"
+        wrong = admin.put("/v1/mcp/servers/gone", json={
+            "url": upstream + "/mcp", "headers": {"x-upstream-secret": "wrong"}})
+        assert wrong.status_code == 502 and wrong.json()["error"] == "upstream_unavailable"
+        assert admin.get("/v1/mcp/servers/gone").json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/mcp/servers/a.b", {"url": "http://127.0.0.1:1/mcp"}, "server"),
+    ("/v1/mcp/servers/ok", {}, "url"),
+    ("/v1/mcp/servers/ok", {"url": "ftp://x"}, "url"),
+    ("/v1/mcp/servers/ok", {"url": "http://x", "extra": 1}, "extra"),
+    ("/v1/mcp/servers/ok", {"url": "http://x", "headers": {"bad name": "v"}}, "headers"),
+])
+def test_a_malformed_registration_is_422(mcp_gateway: Gateway, path: str,
+                                         body: dict[str, Any], field: str) -> None:
+    with mcp_gateway.admin() as admin:
+        answer = admin.put(path, json=body)
+    assert answer.status_code == 422 and answer.json()["field"] == field, answer.text
+
+
+def test_servers_are_the_admins_and_removable(mcp_gateway: Gateway, upstream: str) -> None:
+    _, key = new_agent(mcp_gateway)
+    with mcp_gateway.agent(key) as agent:
+        assert agent.get("/v1/mcp/servers").status_code == 403
+        assert agent.put("/v1/mcp/servers/x", json={"url": upstream}).status_code == 403
+    with mcp_gateway.admin() as admin:
+        body = {"url": upstream + "/mcp", "headers": {"x-upstream-secret": SECRET}}
+        assert admin.put("/v1/mcp/servers/spare", json=body).status_code == 200
+        assert admin.delete("/v1/mcp/servers/spare").status_code == 204
+        assert admin.get("/v1/mcp/servers/spare").status_code == 404
+        assert admin.delete("/v1/mcp/servers/spare").json()["error"] == "not_found"
+
+
+# -- the /mcp endpoint ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer iou_" + "x" * 40, "Basic abc"])
+def test_mcp_without_a_valid_agent_key_is_the_contracts_401(
+        mcp_gateway: Gateway, authorization: str | None) -> None:
+    headers = {"accept": "application/json, text/event-stream"}
+    if authorization is not None:
+        headers["authorization"] = authorization
+    answer = httpx.post(mcp_gateway.url + "/mcp", headers=headers,
+                        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "unauthorized",
+                             "message": "A valid bearer token is required."}
+
+
+def test_mcp_takes_an_agent_key_not_the_admin_token(mcp_gateway: Gateway) -> None:
+    answer = httpx.post(mcp_gateway.url + "/mcp", json={"jsonrpc": "2.0", "id": 1,
+                                                         "method": "tools/list"},
+                        headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert answer.status_code == 403 and answer.json()["error"] == "forbidden"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_tools_list_offers_priced_tools_with_their_price(mcp_gateway: Gateway,
+                                                               mode: str) -> None:
+    _, key = new_agent(mcp_gateway)
+    async with agent_client(mcp_gateway, key, mode) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == set(PRICES)  # up.unpriced has no catalog entry: not offered
+    echo = tools["up.echo"]
+    assert echo.meta is not None
+    assert (echo.meta["iou/price"], echo.meta["iou/category"]) == ("0.07", "tool")
+    assert tools["up.measure"].meta == {"iou/price": "0.1", "iou/category": "tool",
+                                        "iou/pricing": "variable"}
+    assert echo.input_schema["properties"] == {"text": {"type": "string"}}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_call_holds_forwards_and_captures_the_price(mcp_gateway: Gateway,
+                                                            upstream: str, mode: str) -> None:
+    name, key = new_agent(mcp_gateway, "1")
+    before = executed(upstream).get("echo", 0)
+    async with agent_client(mcp_gateway, key, mode) as client:
+        result = await client.call_tool("up.echo", {"text": "hi"})
+    assert not result.is_error
+    assert result.content[0].text == "echo: hi"  # type: ignore[union-attr]
+    assert result.meta is not None
+    assert (result.meta["iou/cost"], result.meta["iou/balance"]) == ("0.07", "0.93")
+    assert result.meta["up/own"] == "kept"  # the upstream's own _meta rides along
+    assert executed(upstream)["echo"] == before + 1
+    assert agent_state(mcp_gateway, name)["balance"] == "0.93"
+    assert ledger_kinds(mcp_gateway, name, 3)[1:] == [("hold", "up.echo", "0.07"),
+                                                      ("capture", "up.echo", "0.07")]
+
+
+@pytest.mark.parametrize(("reported", "charged"), [
+    ("0.02", "0.02"), ("0", "0"), ("5", "0.1"), ("abc", "0.1"), ("-1", "0.1"), (None, "0.1")])
+async def test_a_variable_tool_is_charged_what_the_upstream_reports_up_to_the_hold(
+        mcp_gateway: Gateway, reported: str | None, charged: str) -> None:
+    name, key = new_agent(mcp_gateway, "1")
+    async with agent_client(mcp_gateway, key) as client:
+        result = await client.call_tool("up.measure", {"cost": reported})
+    assert result.meta is not None and result.meta["iou/cost"] == charged
+    assert result.meta["iou/charge_id"] != "forged"  # only the gateway speaks for the meter
+    expected = f"{1 - float(charged):.2f}".rstrip("0").rstrip(".")
+    assert agent_state(mcp_gateway, name)["balance"] == expected
+
+
+async def test_a_variable_tool_holds_the_ceiling_the_call_names(mcp_gateway: Gateway) -> None:
+    _, key = new_agent(mcp_gateway, "0.03")
+    async with agent_client(mcp_gateway, key) as client:
+        too_much = await client.call_tool("up.measure", {"cost": "0.02"})
+        fits = await client.call_tool("up.measure", {"cost": "0.05"},
+                                      meta=_meta(max_cost="0.03"))
+        fixed = await client.call_tool("up.echo", {},
+                                       meta=_meta(max_cost="1"))
+    assert error_of(too_much)["error"] == "balance_insufficient"  # held its price, 0.1
+    assert fits.meta is not None and fits.meta["iou/cost"] == "0.03"  # capped at 0.03
+    assert error_of(fixed)["field"] == "_meta.iou/max_cost"
+
+
+async def test_a_free_tool_is_charged_zero_and_in_the_ledger(mcp_gateway: Gateway) -> None:
+    name, key = new_agent(mcp_gateway, "0")
+    async with agent_client(mcp_gateway, key) as client:
+        result = await client.call_tool("up.free", {})
+    assert not result.is_error and result.meta is not None
+    assert result.meta["iou/cost"] == "0"
+    assert ledger_kinds(mcp_gateway, name, 1) == [("charge", "up.free", "0")]
+
+
+# -- refusals, failures -----------------------------------------------------------------------
+
+
+async def test_a_refusal_is_an_error_result_and_never_reaches_the_upstream(
+        mcp_gateway: Gateway, upstream: str) -> None:
+    name, key = new_agent(mcp_gateway, "0.05")
+    before = executed(upstream).get("echo", 0)
+    async with agent_client(mcp_gateway, key) as client:
+        poor = await client.call_tool("up.echo", {"text": "x"})
+        with mcp_gateway.admin() as admin:
+            admin.post(f"/v1/agents/{name}/fund", json={"amount": "1"})
+            admin.patch(f"/v1/agents/{name}/limits", json={"per_call": "0.06"})
+        capped = await client.call_tool("up.echo", {"text": "x"})
+        with mcp_gateway.admin() as admin:
+            admin.post(f"/v1/agents/{name}/freeze")
+        frozen = await client.call_tool("up.echo", {"text": "x"})
+    assert error_of(poor) == {"error": "balance_insufficient", "balance": "0.05",
+                              "cost": "0.07", "message": poor.structured_content["message"]}
+    assert poor.content[0].text.startswith(  # type: ignore[union-attr]
+        "balance_insufficient, balance 0.05, cost 0.07")
+    assert error_of(capped)["error"] == "limit_exceeded"
+    assert error_of(capped)["limit"] == "per_call"
+    assert error_of(frozen)["error"] == "agent_frozen"
+    assert executed(upstream).get("echo", 0) == before
+    state = agent_state(mcp_gateway, name)
+    assert (state["balance"], state["held"]) == ("1.05", "0")
+
+
+@pytest.mark.parametrize(("tool", "arguments", "code"), [
+    ("up.fail", {}, None), ("up.boom", {}, "upstream_unavailable"),
+    ("up.slow", {"seconds": 4}, "upstream_timeout")])
+async def test_an_upstream_error_or_timeout_releases_the_hold(
+        mcp_gateway: Gateway, upstream: str, tool: str, arguments: dict[str, Any],
+        code: str | None) -> None:
+    name, key = new_agent(mcp_gateway, "1")
+    async with agent_client(mcp_gateway, key) as client:
+        result = await client.call_tool(tool, arguments)
+        after = await client.call_tool("up.echo", {})  # the connection still serves
+    assert result.is_error
+    if code is None:  # the upstream's own error result, passed on, not charged
+        assert result.content[0].text == "it failed"  # type: ignore[union-attr]
+        assert result.meta is not None and result.meta["iou/cost"] == "0"
+    else:
+        assert error_of(result)["error"] == code
+    assert not after.is_error
+    state = agent_state(mcp_gateway, name)
+    assert (state["balance"], state["held"]) == ("0.93", "0")
+    kinds = [k for k, _, _ in ledger_kinds(mcp_gateway, name, 5)]
+    assert kinds == ["grant", "hold", "release", "hold", "capture"]
+
+
+async def test_a_tool_without_a_catalog_entry_is_never_forwarded(mcp_gateway: Gateway,
+                                                                 upstream: str) -> None:
+    name, key = new_agent(mcp_gateway, "1")
+    async with agent_client(mcp_gateway, key) as client:
+        results = [await client.call_tool(tool, {}) for tool in
+                   ("up.unpriced", "nowhere.echo", "echo", "up.", "UP.echo")]
+    assert {error_of(r)["error"] for r in results} == {"not_found"}
+    assert "unpriced" not in executed(upstream)
+    assert agent_state(mcp_gateway, name)["balance"] == "1"
+
+
+# -- agents apart -----------------------------------------------------------------------------
+
+
+def _initialize(gw: Gateway, key: str) -> str:
+    """A handshake-era session opened with ``key``; its id."""
+    answer = httpx.post(gw.url + "/mcp", headers={
+        "authorization": f"Bearer {key}", "accept": "application/json, text/event-stream"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}})
+    assert answer.status_code == 200, answer.text
+    return answer.headers["mcp-session-id"]
+
+
+def test_another_agents_key_cannot_use_a_session(mcp_gateway: Gateway, upstream: str) -> None:
+    a_name, a_key = new_agent(mcp_gateway, "1")
+    b_name, b_key = new_agent(mcp_gateway, "1")
+    session = _initialize(mcp_gateway, a_key)
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "up.echo", "arguments": {}}}
+    before = executed(upstream).get("echo", 0)
+    answer = httpx.post(mcp_gateway.url + "/mcp", json=call, headers={
+        "authorization": f"Bearer {b_key}", "mcp-session-id": session,
+        "mcp-protocol-version": "2025-11-25",
+        "accept": "application/json, text/event-stream"})
+    assert answer.status_code == 404  # as if the session did not exist
+    assert executed(upstream).get("echo", 0) == before
+    assert agent_state(mcp_gateway, a_name)["balance"] == "1"
+    assert agent_state(mcp_gateway, b_name)["balance"] == "1"
+
+
+async def test_each_agent_is_charged_for_its_own_calls(mcp_gateway: Gateway) -> None:
+    agents = [new_agent(mcp_gateway, "1") for _ in range(4)]
+
+    async def calls(key: str, count: int) -> None:
+        async with agent_client(mcp_gateway, key) as client:
+            await asyncio.gather(*(client.call_tool("up.echo", {}) for _ in range(count)))
+
+    await asyncio.gather(*(calls(key, i + 1) for i, (_, key) in enumerate(agents)))
+    balances = [agent_state(mcp_gateway, name)["balance"] for name, _ in agents]
+    assert balances == ["0.93", "0.86", "0.79", "0.72"]
+
+
+# -- exactly-count ------------------------------------------------------------------------------
+
+
+async def test_exactly_as_many_calls_as_the_balance_pays_for_reach_the_upstream(
+        mcp_gateway: Gateway, upstream: str) -> None:
+    """Balance 1.00, 200 concurrent tools/call at 0.07 over 4 sessions: 14 succeed, 186 are
+    balance_insufficient error results, the upstream ran exactly 14."""
+    name, key = new_agent(mcp_gateway, "1")
+    before = executed(upstream).get("echo", 0)
+
+    async def session(mode: str) -> list[types.CallToolResult]:
+        async with agent_client(mcp_gateway, key, mode) as client:
+            return list(await asyncio.gather(*(client.call_tool("up.echo", {})
+                                               for _ in range(50))))
+
+    results = [r for batch in await asyncio.gather(*(session(MODES[i % 2]) for i in range(4)))
+               for r in batch]
+    ok = [r for r in results if not r.is_error]
+    refused = [error_of(r) for r in results if r.is_error]
+    assert (len(ok), len(refused)) == (14, 186)
+    assert {e["error"] for e in refused} == {"balance_insufficient"}
+    assert executed(upstream)["echo"] == before + 14
+    state = agent_state(mcp_gateway, name)
+    assert (state["balance"], state["held"]) == ("0.02", "0")
+    assert len({r.meta["iou/charge_id"] for r in ok if r.meta}) == 14
+
+
+# -- the stdio bridge ---------------------------------------------------------------------------
+
+
+async def test_the_stdio_bridge_lists_and_charges_like_http(mcp_gateway: Gateway,
+                                                            upstream: str) -> None:
+    from mcp import StdioServerParameters
+
+    name, key = new_agent(mcp_gateway, "1")
+    before = executed(upstream).get("echo", 0)
+    bridge = StdioServerParameters(command=sys.executable, args=[
+        "-m", "gateway.cli.main", "mcp", "--key", key, "--url", mcp_gateway.url])
+    async with Client(bridge, cache=None) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        result = await client.call_tool("up.echo", {"text": "via stdio"})
+        with mcp_gateway.admin() as admin:
+            admin.post(f"/v1/agents/{name}/freeze")
+        refused = await client.call_tool("up.echo", {})
+    assert tools["up.echo"].meta is not None and tools["up.echo"].meta["iou/price"] == "0.07"
+    assert result.content[0].text == "echo: via stdio"  # type: ignore[union-attr]
+    assert result.meta is not None and result.meta["iou/balance"] == "0.93"
+    assert error_of(refused)["error"] == "agent_frozen"
+    assert executed(upstream)["echo"] == before + 1
+
+
+def test_the_bridge_with_a_wrong_key_says_so_and_exits_1(mcp_gateway: Gateway) -> None:
+    done = subprocess.run([sys.executable, "-m", "gateway.cli.main", "mcp", "--key",
+                           "iou_" + "w" * 40, "--url", mcp_gateway.url],
+                          capture_output=True, timeout=60, input=b"")
+    assert done.returncode == 1
+    assert b"unauthorized" in done.stderr and done.stdout == b""
