@@ -77,6 +77,13 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
      (401, 401, 401, 403, 403, 200)),
     ("GET", "/v1/tools", None, (401, 401, 401, 403, 403, 200)),
     ("DELETE", "/v1/tools/{tool}", None, (401, 401, 401, 403, 403, 204)),
+    # upstream MCP servers are the admin's; the admin's PUT names a closed loopback port, so
+    # the gateway (which connects before storing) answers 502 and nothing exists to get
+    ("PUT", "/v1/mcp/servers/{server}", {"url": "http://127.0.0.1:9/mcp"},
+     (401, 401, 401, 403, 403, 502)),
+    ("GET", "/v1/mcp/servers", None, (401, 401, 401, 403, 403, 200)),
+    ("GET", "/v1/mcp/servers/{server}", None, (401, 401, 401, 403, 403, 404)),
+    ("DELETE", "/v1/mcp/servers/{server}", None, (401, 401, 401, 403, 403, 404)),
     # operations routes: public, a token (even a wrong one) changes nothing
     ("GET", "/healthz", None, PUBLIC),
     ("GET", "/readyz", None, PUBLIC),
@@ -154,7 +161,7 @@ def world() -> Iterator[World]:
 
 def _path(world: World, method: str, template: str, holds: Callable[[], str]) -> str:
     values = {"agent": world.b, "key_id": world.b_spare_key_id,
-              "charge_id": world.b_charge_id,
+              "charge_id": world.b_charge_id, "server": "matrix_mcp",
               "tool": "matrix_proxy" if template.endswith("/invoke") else "matrix_tool"}
     path = template
     if "{hold_id}" in path:

@@ -186,13 +186,22 @@ def test_invoking_a_tool_without_an_upstream_is_not_found(fuzz_gateway: Gateway)
 # ---- schemathesis, from outside --------------------------------------------------------
 
 
+# Operations left out of the fuzz run, each with why (tests/test_mcp.py covers them).
+NOT_FUZZED = {
+    # It connects to the URL in its body: generated URLs would send traffic off loopback.
+    "put_v1_mcp_servers_server",
+}
+
+
 def _operation_ids(scheme: str) -> list[str]:
     """The operations a caller with ``scheme`` may call (the admin also gets the public
-    ones)."""
+    ones), but those NOT_FUZZED."""
     ids = []
     for operations in openapi_document()["paths"].values():
         for op in operations.values():
             schemes = {name for requirement in op["security"] for name in requirement}
+            if op["operationId"] in NOT_FUZZED:
+                continue
             if scheme in schemes or (scheme == "admin" and not schemes):
                 ids.append(op["operationId"])
     return ids

@@ -37,6 +37,9 @@ IDEMPOTENCY_KEY_HEADER: Schema = {
 ITEM_IDEMPOTENCY_KEY: Schema = {"type": "string", "pattern": "^[ -~]{1,128}$"}
 URL: Schema = {"type": "string", "maxLength": 2048, "pattern": "^https?://[!-~]+$",
                "description": "an http:// or https:// URL"}
+# An upstream MCP server's name: no dot (its tools are offered as <server>.<tool>).
+MCP_SERVER_NAME: Schema = {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$",
+                           "description": "1 to 64 characters of a-z 0-9 - _ (no dot)"}
 # Below 0.0001 most serializers write a number with an exponent, which is refused.
 NUMBER_FORM_MIN_MICROS = 100
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -228,6 +231,8 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
                         "description": "fixed (the default) or variable"},
             "upstream": nullable(URL), "upstream_headers": upstream_headers},
             ("price", "category")), True),
+        ("PUT", "/v1/mcp/servers/{server}"): (_closed({
+            "url": URL, "headers": upstream_headers}, ("url",)), True),
     }
 
 
@@ -282,6 +287,10 @@ ERROR: Schema = {
                    "limit_exceeded, agent_frozen, rate_limited, unavailable, ...), one human "
                    "sentence, and details (field and reason on invalid_request)"}
 READINESS = _answer({"ready": {"type": "boolean"}, "checks": {"type": "object"}})
+MCP_SERVER_OUT = _answer({"server": MCP_SERVER_NAME, "url": {"type": "string"},
+                          "tools": {"type": "array", "items": {"type": "string"},
+                                    "description": "the upstream's tool names"},
+                          "updated_at": TIME_OUT})
 
 # (method, path) -> (status, answer schema); None: no body (204) or not JSON.
 ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
@@ -344,6 +353,11 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
     ("PUT", "/v1/tools/{tool}"): (200, TOOL_OUT),
     ("GET", "/v1/tools"): (200, _answer({"tools": {"type": "array", "items": TOOL_OUT}})),
     ("DELETE", "/v1/tools/{tool}"): (204, None),
+    ("PUT", "/v1/mcp/servers/{server}"): (200, MCP_SERVER_OUT),
+    ("GET", "/v1/mcp/servers/{server}"): (200, MCP_SERVER_OUT),
+    ("GET", "/v1/mcp/servers"): (200, _answer({"servers": {"type": "array",
+                                                           "items": MCP_SERVER_OUT}})),
+    ("DELETE", "/v1/mcp/servers/{server}"): (204, None),
     ("GET", "/healthz"): (200, _answer({"status": {"const": "ok"}})),
     ("GET", "/readyz"): (200, READINESS),
     ("GET", "/openapi.json"): (200, _answer({"openapi": {"type": "string"},
@@ -389,6 +403,11 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("PUT", "/v1/tools/{tool}", "Create or replace a catalog entry", "admin"),
     ("GET", "/v1/tools", "The price catalog", "admin"),
     ("DELETE", "/v1/tools/{tool}", "Remove a catalog entry", "admin"),
+    ("PUT", "/v1/mcp/servers/{server}", "Register an upstream MCP server (lists its tools)",
+     "admin"),
+    ("GET", "/v1/mcp/servers", "The upstream MCP servers", "admin"),
+    ("GET", "/v1/mcp/servers/{server}", "One upstream MCP server and its tools", "admin"),
+    ("DELETE", "/v1/mcp/servers/{server}", "Remove an upstream MCP server", "admin"),
     ("GET", "/", "Leads to the dashboard", "none"),
     ("GET", "/healthz", "Process up", "none"),
     ("GET", "/readyz", "Redis, scripts, the store's identity and ledger lag", "none"),
@@ -398,7 +417,7 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
 ]
 
 PATH_PARAMETERS: dict[str, Schema] = {"agent": NAME, "tool": NAME, "hold_id": HOLD_ID,
-                                      "key_id": KEY_ID,
+                                      "key_id": KEY_ID, "server": MCP_SERVER_NAME,
                                       "charge_id": {"type": "string", "pattern": UUID_PATTERN}}
 PAGE_LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 # An ISO 8601 time with a zone, or a date (midnight UTC), as the usage routes read them.
@@ -489,6 +508,15 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "A fixed-price tool is held and captured at its catalog price (X-IOU-Max-Cost is "
         "only for tools priced variable, and required for them: the hold's ceiling; the "
         "upstream's X-IOU-Cost, up to it, is captured)."),
+    ("PUT", "/v1/mcp/servers/{server}"): (
+        "The gateway connects to the upstream (streamable HTTP) with the headers and lists "
+        "its tools before storing anything: an upstream that cannot be reached or refuses "
+        "is 502 upstream_unavailable (504 upstream_timeout when it does not answer within "
+        "IOU_UPSTREAM_TIMEOUT_S), nothing stored. The headers hold the upstream's secrets: "
+        "stored encrypted with IOU_SECRET_KEY, never shown again. The upstream's tools are "
+        "offered to agents at /mcp (the MCP endpoint, not described here: see docs/api.md) "
+        "as <server>.<tool> when the catalog has an entry of that name; PUT again to list "
+        "them anew."),
     ("POST", "/v1/agents"): "Creates the agent and its first key." + _KEY_SHOWN_ONCE,
     ("POST", "/v1/agents/{agent}/keys"): "Adds a further key." + _KEY_SHOWN_ONCE,
     ("GET", "/v1/agents/{agent}/keys"):

@@ -47,6 +47,9 @@ from .upstream import Upstream, UpstreamFailed, UpstreamPool
 log = logging.getLogger("iou.mcp")
 
 META_PREFIX = "iou/"
+# The protocol's reserved _meta keys (e.g. the serverInfo stamp) describe the upstream's
+# answer; the agent's answer is the gateway's, which stamps its own.
+RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 # The hold outlives the slowest upstream answer by this much, so it is never swept mid-call.
 HOLD_MARGIN_S = 30
 
@@ -208,7 +211,8 @@ def _reported_cost(result: types.CallToolResult, held_micros: int) -> int:
 def _with_meta(result: types.CallToolResult, ours: dict[str, Any]) -> types.CallToolResult:
     """The upstream's result with the gateway's ``iou/*`` facts in ``_meta`` (the
     upstream's own ``iou/*`` keys are dropped: only the gateway speaks for the meter)."""
-    meta = {k: v for k, v in (result.meta or {}).items() if not k.startswith(META_PREFIX)}
+    meta = {k: v for k, v in (result.meta or {}).items()
+            if not k.startswith((META_PREFIX, RESERVED_META_PREFIX))}
     meta.update({META_PREFIX + k: v for k, v in ours.items()})
     return result.model_copy(update={"meta": meta})
 

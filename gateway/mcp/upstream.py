@@ -52,6 +52,16 @@ class Upstream:
 class UpstreamFailed(Exception):
     """The upstream could not be reached, or its connection broke (nothing was answered)."""
 
+    @classmethod
+    def of(cls, exc: BaseException) -> UpstreamFailed:
+        """Named after the first failure inside ``exc`` (the SDK's task groups wrap what
+        went wrong, e.g. a ConnectError, in exception groups)."""
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        if isinstance(exc, UpstreamFailed):
+            return exc
+        return cls(type(exc).__name__)
+
 
 def _http_client(upstream: Upstream, timeout_s: float) -> httpx2.AsyncClient:
     limits = httpx2.Limits(max_connections=CONNECTIONS_PER_UPSTREAM_MAX,
@@ -77,7 +87,7 @@ async def list_tools(upstream: Upstream, timeout_s: float) -> list[dict[str, Any
     except TimeoutError:
         raise
     except Exception as exc:
-        raise UpstreamFailed(type(exc).__name__) from exc
+        raise UpstreamFailed.of(exc) from exc
 
 
 async def _all_tools(client: Client) -> list[dict[str, Any]]:
@@ -120,7 +130,7 @@ class _Connection:
         except BaseException as exc:  # the task's end: whatever ended it ends the connection
             self.broken = True
             if not self.ready.done():
-                self.ready.set_exception(UpstreamFailed(type(exc).__name__))
+                self.ready.set_exception(UpstreamFailed.of(exc))
             elif not isinstance(exc, asyncio.CancelledError):
                 log.warning("MCP upstream %s: connection ended (%s)", self.upstream.name,
                             type(exc).__name__)
@@ -164,7 +174,7 @@ class UpstreamPool:
             raise
         except Exception as exc:
             self._forget(connection)
-            raise UpstreamFailed(type(exc).__name__) from exc
+            raise UpstreamFailed.of(exc) from exc
 
     async def _connection(self, upstream: Upstream) -> _Connection:
         async with self._lock:
