@@ -50,6 +50,11 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("POST", "/v1/holds/{hold_id}/release", None, (401, 401, 401, 404, 200, 403)),
     ("GET", "/v1/balance", None, (401, 401, 401, 200, 200, 403)),
     ("POST", "/v1/tools/{tool}/invoke", {"q": 1}, (401, 401, 401, 200, 200, 403)),
+    # tasks: each agent opens its own; A on B's task: 404, as for holds
+    ("POST", "/v1/tasks", {"budget": "1"}, (401, 401, 401, 201, 201, 403)),
+    ("GET", "/v1/tasks/{task_id}", None, (401, 401, 401, 404, 200, 403)),
+    ("POST", "/v1/tasks/{task_id}/close", None, (401, 401, 401, 404, 200, 403)),
+    ("GET", "/v1/agents/{agent}/tasks", None, (401, 401, 401, 403, 200, 200)),
     # admin routes on B: strangers 401, any agent key 403 (B's own included), the admin 2xx
     ("POST", "/v1/agents", _new_agent_body, (401, 401, 401, 403, 403, 201)),
     ("GET", "/v1/agents", None, (401, 401, 401, 403, 403, 200)),
@@ -115,6 +120,7 @@ class World:
     b: str
     b_spare_key_id: str
     b_charge_id: str
+    b_task_id: str
 
     def client(self, caller: str) -> httpx.Client:
         token = self.tokens[caller]
@@ -151,10 +157,11 @@ def world() -> Iterator[World]:
             spare = admin.post(f"/v1/agents/{b}/keys").json()["key_id"]
         with gw.agent(b_key) as agent_b:
             charge_id = agent_b.post("/v1/charge", json=CHARGE).json()["charge_id"]
+            task_id = agent_b.post("/v1/tasks", json={"budget": "1"}).json()["task_id"]
         tokens: dict[str, str | None] = {
             "none": None, "garbage": "not-a-token", "revoked": revoked["api_key"],
             "agent_a": a_key, "agent_b": b_key, "admin": ADMIN_TOKEN}
-        yield World(gw, tokens, a, b, spare, charge_id)
+        yield World(gw, tokens, a, b, spare, charge_id, task_id)
     upstream.shutdown()
     upstream.server_close()
 
@@ -162,6 +169,7 @@ def world() -> Iterator[World]:
 def _path(world: World, method: str, template: str, holds: Callable[[], str]) -> str:
     values = {"agent": world.b, "key_id": world.b_spare_key_id,
               "charge_id": world.b_charge_id, "server": "matrix_mcp",
+              "task_id": world.b_task_id,
               "tool": "matrix_proxy" if template.endswith("/invoke") else "matrix_tool"}
     path = template
     if "{hold_id}" in path:

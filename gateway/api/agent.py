@@ -13,7 +13,7 @@ from gateway.api import idempotency
 from gateway.api.body import Fields, json_from_raw, read_body, read_json
 from gateway.api.context import Context, endpoint
 from gateway.api.payloads import charge_payload, limits_payload, state_warnings
-from gateway.api.requests import ChargeRequest, charge_request
+from gateway.api.requests import ChargeRequest, charge_request, task_field
 from gateway.api.responses import iso_ms, json_response
 from gateway.metering.engine import HOLD_TTL_S_DEFAULT
 from gateway.metering.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
@@ -59,7 +59,7 @@ async def charge_one(ctx: Context, agent: str, request: ChargeRequest) -> Charge
     try:
         result = await ctx.engine.charge(agent, tool, request.cost_micros,
                                          request.idempotency_key, request.metadata,
-                                         request.part)
+                                         request.part, request.task)
     except GatewayError as exc:
         _count(_outcome(exc), _refused_category(ctx, exc, tool))
         if isinstance(exc, BalanceInsufficient):
@@ -138,14 +138,15 @@ def _item_failed(keyed: bool) -> dict[str, Any]:
 async def post_hold(ctx: Context, request: Request) -> Response:
     agent = await ctx.auth.agent(request)
     fields = Fields(await read_json(request, ctx.settings.body_bytes_max),
-                    ("tool", "max_cost", "ttl_s", "metadata"))
+                    ("tool", "max_cost", "ttl_s", "metadata", "task"))
     tool = fields.name("tool")
     assert tool is not None
     max_cost = fields.amount("max_cost", False, max_micros=ctx.settings.amount_max_micros)
     ttl_s = fields.integer("ttl_s", 1, HOLD_TTL_S_MAX, HOLD_TTL_S_DEFAULT)
     try:
         hold = await ctx.engine.hold(agent, tool, max_cost, ttl_s,
-                                     idempotency.idempotency_key(request), fields.metadata())
+                                     idempotency.idempotency_key(request), fields.metadata(),
+                                     task_field(fields))
     except BalanceInsufficient as exc:
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise

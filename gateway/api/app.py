@@ -26,6 +26,7 @@ from gateway.api import (
     ops,
     proxy,
     summary,
+    tasks,
     usage,
 )
 from gateway.api.auth import FailureLimits
@@ -52,6 +53,10 @@ ROUTES = [
     Route("/v1/holds/{hold_id}/capture", agent.post_capture, methods=["POST"]),
     Route("/v1/holds/{hold_id}/release", agent.post_release, methods=["POST"]),
     Route("/v1/balance", agent.get_balance, methods=["GET"]),
+    Route("/v1/tasks", tasks.open_task, methods=["POST"]),
+    Route("/v1/tasks/{task_id}", tasks.get_task, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/close", tasks.close_task, methods=["POST"]),
+    Route("/v1/agents/{agent}/tasks", tasks.list_agent_tasks, methods=["GET"]),
     Route("/v1/tools/{tool}/invoke", proxy.invoke, methods=["POST"]),
     Route("/v1/agents", admin.create_agent, methods=["POST"]),
     Route("/v1/agents", admin.list_agents, methods=["GET"]),

@@ -26,6 +26,10 @@ NAME_PATTERN = "^[a-z0-9_.-]{1,64}$"
 NAME: Schema = {"type": "string", "pattern": NAME_PATTERN,
                 "description": "1 to 64 characters of a-z 0-9 - _ ."}
 HOLD_ID: Schema = {"type": "string", "pattern": "^hold_[0-9a-f]{32}$"}
+TASK_ID: Schema = {"type": "string", "pattern": "^task_[0-9a-f]{32}$",
+                   "description": "one of the caller's tasks (any other id is 404 not_found)"}
+TASK_TTL_S_MAX = 604_800
+CALLS_MAX = 1_000_000_000
 KEY_ID: Schema = {"type": "string", "pattern": "^key_[0-9a-f]{16}([0-9a-f]{16})?$"}
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # An HTTP header value loses leading and trailing spaces on the way, so a key starts and
@@ -186,12 +190,13 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
     """(method, path) -> (body schema, whether a body is required)."""
     positive = amount_schema(max_micros, allow_zero=False)
     zero_ok = amount_schema(max_micros, allow_zero=True)
-    charge_fields = {"tool": NAME, "cost": nullable(zero_ok), "metadata": METADATA}
+    charge_fields = {"tool": NAME, "cost": nullable(zero_ok), "metadata": METADATA,
+                     "task": nullable(TASK_ID)}
     caps = nullable(positive)
     category_caps = nullable(_closed({"per_call": caps, "daily": caps}))
     limits = _closed({
         "per_call": caps, "daily": caps, "low_balance": nullable(zero_ok),
-        "webhook_url": nullable(URL),
+        "webhook_url": nullable(URL), "require_task": nullable({"type": "boolean"}),
         "categories": nullable({"type": "object", "propertyNames": NAME,
                                 "additionalProperties": category_caps})})
     upstream_headers = nullable({
@@ -208,7 +213,16 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
         ("POST", "/v1/holds"): (_closed({
             "tool": NAME, "max_cost": caps,
             "ttl_s": nullable({"type": "integer", "minimum": 1, "maximum": 3600}),
-            "metadata": METADATA}, ("tool",)), True),
+            "metadata": METADATA, "task": nullable(TASK_ID)}, ("tool",)), True),
+        ("POST", "/v1/tasks"): (_closed({
+            "budget": positive,
+            "name": nullable({"type": "string", "pattern": "^[ -~]{1,128}$"}),
+            "ttl_s": nullable({"type": "integer", "minimum": 1, "maximum": TASK_TTL_S_MAX}),
+            "max_calls": nullable({"type": "object", "maxProperties": 64, "propertyNames": NAME,
+                                   "additionalProperties": {"type": "integer", "minimum": 1,
+                                                            "maximum": CALLS_MAX}})},
+            ("budget",)), True),
+        ("POST", "/v1/tasks/{task_id}/close"): (EMPTY_BODY, False),
         ("POST", "/v1/holds/{hold_id}/capture"): (_closed({"cost": nullable(zero_ok),
                                                            "metadata": METADATA}), True),
         ("POST", "/v1/holds/{hold_id}/release"): (EMPTY_BODY, False),
@@ -251,7 +265,18 @@ LIMITS_OUT = _answer({
     "per_call": nullable(AMOUNT_OUT), "daily": nullable(AMOUNT_OUT),
     "categories": {"type": "object", "additionalProperties": _answer(
         {"per_call": AMOUNT_OUT, "daily": AMOUNT_OUT}, ())},
-    "low_balance": nullable(AMOUNT_OUT), "webhook_url": nullable({"type": "string"})})
+    "low_balance": nullable(AMOUNT_OUT), "webhook_url": nullable({"type": "string"}),
+    "require_task": {"type": "boolean"}}, ("per_call", "daily", "categories", "low_balance",
+                                           "webhook_url"))
+COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer"}}
+TASK_OUT = _answer({
+    "task_id": TASK_ID, "name": nullable({"type": "string"}), "budget": AMOUNT_OUT,
+    "spent": AMOUNT_OUT, "held": AMOUNT_OUT, "calls": {"type": "integer"},
+    "remaining": AMOUNT_OUT, "state": {"enum": ["open", "closed", "expired"]},
+    "created_at": TIME_OUT, "expires_at": TIME_OUT, "closed_at": nullable(TIME_OUT),
+    "max_calls": COUNTS, "spent_by_tool": {"type": "object", "additionalProperties": AMOUNT_OUT},
+    "spent_by_category": {"type": "object", "additionalProperties": AMOUNT_OUT},
+    "calls_by_tool": COUNTS, "calls_by_category": COUNTS})
 AGENT_SUMMARY = {"agent": NAME, "balance": AMOUNT_OUT, "held": AMOUNT_OUT,
                  "spent_today": AMOUNT_OUT, "frozen": {"type": "boolean"}}
 KEY_SHOWN = {"key_id": KEY_ID, "api_key": nullable({"type": "string", "pattern": "^iou_"}),
@@ -305,6 +330,12 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
         "balance": AMOUNT_OUT, "warnings": WARNINGS})),
     ("POST", "/v1/holds/{hold_id}/release"): (200, _answer({"released": AMOUNT_OUT,
                                                             "balance": AMOUNT_OUT})),
+    ("POST", "/v1/tasks"): (201, TASK_OUT),
+    ("GET", "/v1/tasks/{task_id}"): (200, TASK_OUT),
+    ("POST", "/v1/tasks/{task_id}/close"): (200, _answer({
+        **TASK_OUT["properties"], "holds_released": {"type": "integer"}})),
+    ("GET", "/v1/agents/{agent}/tasks"): (200, _answer({
+        "agent": NAME, "tasks": {"type": "array", "items": TASK_OUT}})),
     ("GET", "/v1/balance"): (200, _answer({
         "agent": NAME, "balance": AMOUNT_OUT, "held": AMOUNT_OUT, "spent_today": AMOUNT_OUT,
         "limits": LIMITS_OUT, "warnings": WARNINGS})),
@@ -375,6 +406,13 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("POST", "/v1/holds/{hold_id}/capture", "Capture a hold at the actual cost", "agent"),
     ("POST", "/v1/holds/{hold_id}/release", "Release a hold", "agent"),
     ("GET", "/v1/balance", "The caller's balance, held, spent today, limits", "agent"),
+    ("POST", "/v1/tasks", "Open a task: a budget envelope that calls naming it count against",
+     "agent"),
+    ("GET", "/v1/tasks/{task_id}", "One of the caller's tasks with its summary", "agent"),
+    ("POST", "/v1/tasks/{task_id}/close", "Close a task (its open holds are released); "
+     "answers its summary", "agent"),
+    ("GET", "/v1/agents/{agent}/tasks", "The agent's recent tasks, newest first (limit)",
+     "admin|agent"),
     ("POST", "/v1/tools/{tool}/invoke", "Call a tool's upstream through the gateway", "agent"),
     ("POST", "/v1/agents", "Create an agent (grant defaults to IOU_SIGNUP_GRANT)", "admin"),
     ("GET", "/v1/agents", "List agents (limit, cursor)", "admin"),
@@ -418,6 +456,7 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
 
 PATH_PARAMETERS: dict[str, Schema] = {"agent": NAME, "tool": NAME, "hold_id": HOLD_ID,
                                       "key_id": KEY_ID, "server": MCP_SERVER_NAME,
+                                      "task_id": TASK_ID,
                                       "charge_id": {"type": "string", "pattern": UUID_PATTERN}}
 PAGE_LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 # An ISO 8601 time with a zone, or a date (midnight UTC), as the usage routes read them.
@@ -433,6 +472,7 @@ USAGE_PARAMETERS: list[tuple[str, Schema, str]] = [
      "of hours or 366 days (422 on since otherwise)"),
     ("until", USAGE_TIME, "the end (rounded up to the period; default: now)")]
 QUERY_PARAMETERS: dict[tuple[str, str], list[tuple[str, Schema, str]]] = {
+    ("GET", "/v1/agents/{agent}/tasks"): [("limit", PAGE_LIMIT, "tasks listed")],
     ("GET", "/v1/agents"): [
         ("limit", PAGE_LIMIT, "agents per page"),
         ("cursor", NAME, "next_cursor of the previous page")],
@@ -517,6 +557,18 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "offered to agents at /mcp (the MCP endpoint, not described here: see docs/api.md) "
         "as <server>.<tool> when the catalog has an entry of that name; PUT again to list "
         "them anew."),
+    ("POST", "/v1/tasks"): (
+        "A task is a cap, not money set aside: the balance still pays. A charge, batch item, "
+        "hold or invoke (header X-IOU-Task) naming the task counts against it: spent + held + "
+        "cost above the budget is 403 limit_exceeded (limit task_budget); a call over "
+        "max_calls (per tool or category name; free calls count) is 403 limit_exceeded "
+        "(limit task_calls); a closed or expired task is 409 task_closed; another agent's "
+        "task is 404. ttl_s defaults to 3600 (at most 604800); the task is kept a day after "
+        "it closes or expires. The limit require_task makes paid calls without a task 403 "
+        "limit_exceeded (limit task_required)."),
+    ("POST", "/v1/tasks/{task_id}/close"):
+        "Releases every hold still open under the task and marks it closed; closing a "
+        "closed task answers its summary again (holds_released 0).",
     ("POST", "/v1/agents"): "Creates the agent and its first key." + _KEY_SHOWN_ONCE,
     ("POST", "/v1/agents/{agent}/keys"): "Adds a further key." + _KEY_SHOWN_ONCE,
     ("GET", "/v1/agents/{agent}/keys"):
@@ -596,6 +648,9 @@ def _parameters(method: str, path: str, max_micros: int) -> list[dict[str, Any]]
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": IDEMPOTENCY_KEY_HEADER})
     if path == "/v1/tools/{tool}/invoke":
+        parameters.append({"name": "X-IOU-Task", "in": "header", "required": False,
+                           "description": "a task of the caller's that the call counts "
+                                          "against", "schema": TASK_ID})
         parameters.append({"name": "X-IOU-Max-Cost", "in": "header", "required": False,
                            "description": "the hold's ceiling; only for (and required by) "
                                           "tools priced variable",
@@ -610,6 +665,8 @@ EXAMPLES: dict[tuple[str, str], Any] = {
         {"tool": "web_search"}, {"tool": "llm_summarize", "cost": "0.03"}]},
     ("POST", "/v1/holds"): {"tool": "llm_summarize", "max_cost": "0.1", "ttl_s": 300},
     ("POST", "/v1/holds/{hold_id}/capture"): {"cost": "0.06"},
+    ("POST", "/v1/tasks"): {"budget": "2", "name": "research", "ttl_s": 3600,
+                            "max_calls": {"web_browse": 10, "commerce": 1}},
     ("POST", "/v1/agents"): {"name": "research-bot", "grant": "20"},
     ("POST", "/v1/agents/{agent}/fund"): {"amount": "20"},
     ("POST", "/v1/charges/{charge_id}/refund"): {"amount": "0.05", "reason": "bad answer"},

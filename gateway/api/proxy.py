@@ -24,6 +24,7 @@ from starlette.responses import Response
 from gateway.api import idempotency
 from gateway.api.body import parse_amount_field, read_body
 from gateway.api.context import Context, endpoint
+from gateway.api.requests import TASK_ID_CHARS_MAX
 from gateway.metering.errors import (
     BalanceInsufficient,
     HoldClosed,
@@ -141,18 +142,19 @@ async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | N
     ctx, agent = call.ctx, call.agent
     tool = await _tool(ctx, call.tool_name)
     max_cost = _max_cost(call.request, tool, ctx.settings.amount_max_micros)
+    task = _task(call.request)
     # Opened before the hold: credentials this gateway cannot read cost the agent nothing.
     credentials = open_headers(ctx.settings, tool.name, tool.upstream_headers)
     try:
         if max_cost == 0:
             raise NothingToHold()
         hold = await ctx.engine.hold(agent, call.tool_name, max_cost,
-                                     ctx.settings.upstream_timeout_s + HOLD_MARGIN_S)
+                                     ctx.settings.upstream_timeout_s + HOLD_MARGIN_S, task=task)
     except BalanceInsufficient as exc:
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
     except NothingToHold:  # free, by this worker's catalog or (just made free) the script's
-        answer = await _invoke_free(call, tool, credentials)
+        answer = await _invoke_free(call, tool, credentials, task)
         if binding is not None and answer.status_code < 400:
             await binding.store(answer)  # charged 0: running it again would cost nothing
         return answer
@@ -181,16 +183,18 @@ async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | N
     return answer
 
 
-async def _invoke_free(call: _Call, tool: Tool, credentials: dict[str, str]) -> Response:
+async def _invoke_free(call: _Call, tool: Tool, credentials: dict[str, str], task: str | None
+                       ) -> Response:
     """A free tool: nothing to hold; the agent reaches it only through the gateway, which
-    alone has its credentials. Charged 0 after a 2xx, as POST /v1/charge would."""
+    alone has its credentials. Charged 0 after a 2xx, as POST /v1/charge would (counted in
+    the task named by X-IOU-Task, if any)."""
     ctx = call.ctx
     upstream = await _forward(call, tool, credentials)
     if not 200 <= upstream.status_code < 300:
         PROXY_CALLS.labels("released").inc()
         state = await ctx.engine.agent_state(call.agent)
         return _answer(upstream, None, state.balance_micros)
-    charged = await ctx.engine.charge(call.agent, tool.name)
+    charged = await ctx.engine.charge(call.agent, tool.name, task=task)
     PROXY_CALLS.labels("captured").inc()
     return _answer(upstream, charged.charge_id, charged.balance_micros)
 
@@ -207,6 +211,18 @@ async def _tool(ctx: Context, name: str) -> Tool:
         raise NotFound(f"Tool {name} has no upstream to invoke; charge it with POST "
                        "/v1/charge.")
     return entry
+
+
+def _task(request: Request) -> str | None:
+    """The task the invoke counts against (header X-IOU-Task), checked as a body's
+    ``task`` field is; an id that is no task of the agent's is 404 when the hold is taken."""
+    value = request.headers.get("x-iou-task")
+    if value is None:
+        return None
+    if not (0 < len(value) <= TASK_ID_CHARS_MAX and value.isascii() and value.isprintable()):
+        raise InvalidRequest("X-IOU-Task", f"must be a task id of 1 to {TASK_ID_CHARS_MAX} "
+                                           "printable characters")
+    return value
 
 
 def _max_cost(request: Request, tool: Tool, amount_max: int) -> int | None:

@@ -16,7 +16,8 @@ from gateway.metering.errors import InvalidRequest
 # printable ASCII characters.
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}", re.ASCII)
 IDEMPOTENCY_KEY_CHARS_MAX = 128
-CHARGE_FIELDS = ("tool", "cost", "metadata")
+CHARGE_FIELDS = ("tool", "cost", "metadata", "task")
+TASK_ID_CHARS_MAX = 64
 BATCH_ITEM_FIELDS = (*CHARGE_FIELDS, "idempotency_key")
 
 
@@ -40,6 +41,7 @@ class ChargeRequest:
     idempotency_key: str | None
     part: str | None = None
     index: int | None = None  # the item's position in a batch
+    task: str | None = None  # the task the call counts against
 
 
 def charge_request(body: dict[str, Any], amount_max_micros: int, key: str | None,
@@ -56,4 +58,10 @@ def charge_request(body: dict[str, Any], amount_max_micros: int, key: str | None
         own = fields.text("idempotency_key", IDEMPOTENCY_KEY_CHARS_MAX)
         key, part = idempotency_key(own, prefix + "idempotency_key"), None
     return ChargeRequest(tool, cost, fields.metadata(), key, part if key is not None else None,
-                         index)
+                         index, task_field(fields))
+
+
+def task_field(fields: Fields) -> str | None:
+    """The optional ``task`` of a charge, batch item or hold: a task id (any other text is
+    no task of the agent's: 404 when the call is made)."""
+    return fields.text("task", TASK_ID_CHARS_MAX)

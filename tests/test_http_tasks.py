@@ -1,0 +1,165 @@
+"""Tasks (budget envelopes) over HTTP: open, show, close, the admin listing, the ``task`` field
+on charges, batch items and holds, the X-IOU-Task header on invoke, and the refusals."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.gateway_proc import Gateway
+from tests.http_helpers import new_agent
+from tests.test_price_changes import ok_upstream
+
+
+def open_task(agent: httpx.Client, body: dict[str, object]) -> dict[str, object]:
+    opened = agent.post("/v1/tasks", json=body)
+    assert opened.status_code == 201, opened.text
+    task: dict[str, object] = opened.json()
+    return task
+
+
+def test_open_charge_batch_hold_close(gateway: Gateway) -> None:
+    name, key = new_agent(gateway, "10", "tasks")
+    with gateway.agent(key) as agent:
+        task = open_task(agent, {"budget": "1", "name": "research", "ttl_s": 600,
+                                 "max_calls": {"web_browse": 2}})
+        tid = str(task["task_id"])
+        assert (task["budget"], task["spent"], task["held"], task["calls"], task["state"]) == (
+            "1", "0", "0", 0, "open")
+        assert task["max_calls"] == {"web_browse": 2} and task["name"] == "research"
+        assert agent.post("/v1/charge", json={"tool": "web_search", "task": tid}
+                          ).status_code == 200
+        batch = agent.post("/v1/charges", json={"charges": [
+            {"tool": "web_browse", "task": tid}, {"tool": "web_browse", "task": tid},
+            {"tool": "web_browse", "task": tid}, {"tool": "web_search"}]}).json()["results"]
+        assert [r.get("error") for r in batch] == [None, None, "limit_exceeded", None]
+        assert batch[2]["limit"] == "task_calls" and batch[2]["max"] == 2
+        held = agent.post("/v1/holds", json={"tool": "llm_summarize", "max_cost": "0.5",
+                                             "task": tid})
+        assert held.status_code == 201, held.text
+        over = agent.post("/v1/charge", json={"tool": "llm_summarize", "cost": "0.22",
+                                               "task": tid})
+        assert over.status_code == 403
+        assert over.json() | {"message": ""} == {
+            "error": "limit_exceeded", "message": "", "limit": "task_budget", "task": tid,
+            "max": "1", "spent": "0.79"}
+        shown = agent.get(f"/v1/tasks/{tid}").json()
+        assert (shown["spent"], shown["held"], shown["calls"], shown["remaining"]) == (
+            "0.29", "0.5", 4, "0.21")
+        assert shown["spent_by_tool"] == {"web_browse": "0.24", "web_search": "0.05"}
+        assert shown["calls_by_category"] == {"llm": 1, "tool": 3}
+        closed = agent.post(f"/v1/tasks/{tid}/close")
+        assert closed.status_code == 200, closed.text
+        summary = closed.json()
+        assert (summary["state"], summary["held"], summary["spent"]) == ("closed", "0", "0.29")
+        assert summary["holds_released"] == 1 and summary["closed_at"] is not None
+        assert agent.get("/v1/balance").json()["balance"] == "9.66"  # 10 - 0.29 - 0.05
+        again = agent.post(f"/v1/tasks/{tid}/close")
+        assert again.status_code == 200 and again.json()["holds_released"] == 0
+        after = agent.post("/v1/charge", json={"tool": "web_search", "task": tid})
+        assert after.status_code == 409
+        assert after.json() | {"message": ""} == {"error": "task_closed", "message": "",
+                                                   "task": tid, "state": "closed"}
+        hold_after = agent.post("/v1/holds", json={"tool": "web_search", "task": tid})
+        assert hold_after.status_code == 409
+    with gateway.admin() as admin:
+        listed = admin.get(f"/v1/agents/{name}/tasks")
+        assert listed.status_code == 200
+        assert [t["task_id"] for t in listed.json()["tasks"]] == [tid]
+        assert admin.get("/v1/agents/nobody-here/tasks").status_code == 404
+        assert admin.get(f"/v1/agents/{name}/tasks?limit=0").status_code == 422
+    with gateway.agent(key) as agent:
+        assert agent.get(f"/v1/agents/{name}/tasks").status_code == 200  # its own
+
+
+def test_another_agents_task_is_not_found(gateway: Gateway) -> None:
+    owner_name, owner = new_agent(gateway, "10", "tasks")
+    _, other = new_agent(gateway, "10", "tasks")
+    with gateway.agent(owner) as agent:
+        tid = str(open_task(agent, {"budget": "1"})["task_id"])
+    with gateway.agent(other) as agent:
+        for response in (agent.get(f"/v1/tasks/{tid}"), agent.post(f"/v1/tasks/{tid}/close"),
+                         agent.post("/v1/charge", json={"tool": "web_search", "task": tid}),
+                         agent.post("/v1/holds", json={"tool": "web_search", "task": tid}),
+                         agent.get("/v1/tasks/task_nope"),
+                         agent.post("/v1/charge", json={"tool": "web_search",
+                                                        "task": "anything"})):
+            assert response.status_code == 404, response.text
+            assert response.json()["error"] == "not_found"
+        assert agent.get(f"/v1/agents/{owner_name}/tasks").status_code == 403
+        assert agent.get("/v1/balance").json()["balance"] == "10"
+    with gateway.agent(owner) as agent:
+        assert agent.get(f"/v1/tasks/{tid}").json()["calls"] == 0
+
+
+def test_open_refuses_bad_bodies(gateway: Gateway) -> None:
+    _, key = new_agent(gateway, "10", "tasks")
+    with gateway.agent(key) as agent:
+        for body, field in (({}, "budget"), ({"budget": "0"}, "budget"),
+                            ({"budget": "1", "ttl_s": 604_801}, "ttl_s"),
+                            ({"budget": "1", "ttl_s": 0}, "ttl_s"),
+                            ({"budget": "1", "name": ""}, "name"),
+                            ({"budget": "1", "name": "x" * 129}, "name"),
+                            ({"budget": "1", "max_calls": {"web": 0}}, "max_calls.web"),
+                            ({"budget": "1", "max_calls": {"Web": 1}}, "max_calls.Web"),
+                            ({"budget": "1", "max_calls": {"web": "3"}}, "max_calls.web"),
+                            ({"budget": "1", "max_calls": [1]}, "max_calls"),
+                            ({"budget": "1", "other": 1}, "other")):
+            refused = agent.post("/v1/tasks", json=body)
+            assert refused.status_code == 422, (body, refused.text)
+            assert refused.json()["field"] == field, (body, refused.text)
+        for bad in ({"tool": "web_search", "task": 5}, {"tool": "web_search", "task": ""}):
+            assert agent.post("/v1/charge", json=bad).status_code == 422
+        assert agent.post("/v1/holds", json={"tool": "web_search", "task": 5}
+                          ).status_code == 422
+    with gateway.admin() as admin:
+        assert admin.post("/v1/tasks", json={"budget": "1"}).status_code == 403
+
+
+def test_open_is_idempotent_with_a_key(gateway: Gateway) -> None:
+    _, key = new_agent(gateway, "10", "tasks")
+    with gateway.agent(key) as agent:
+        first = agent.post("/v1/tasks", json={"budget": "1"}, headers={"idempotency-key": "t1"})
+        again = agent.post("/v1/tasks", json={"budget": "1"}, headers={"idempotency-key": "t1"})
+        assert first.status_code == again.status_code == 201
+        assert first.json()["task_id"] == again.json()["task_id"]
+        assert again.headers.get("idempotent-replayed") == "true"
+
+
+def test_require_task_over_http(gateway: Gateway) -> None:
+    name, key = new_agent(gateway, "10", "tasks")
+    with gateway.admin() as admin:
+        patched = admin.patch(f"/v1/agents/{name}/limits", json={"require_task": True})
+        assert patched.status_code == 200 and patched.json()["require_task"] is True
+        assert admin.patch(f"/v1/agents/{name}/limits", json={"require_task": "yes"}
+                           ).status_code == 422
+    with gateway.agent(key) as agent:
+        refused = agent.post("/v1/charge", json={"tool": "web_search"})
+        assert refused.status_code == 403
+        assert refused.json()["limit"] == "task_required"
+        assert agent.post("/v1/charge", json={"tool": "calc"}).status_code == 200  # free
+        tid = open_task(agent, {"budget": "1"})["task_id"]
+        assert agent.post("/v1/charge", json={"tool": "web_search", "task": tid}
+                          ).status_code == 200
+    with gateway.admin() as admin:
+        cleared = admin.patch(f"/v1/agents/{name}/limits", json={"require_task": None})
+        assert "require_task" not in cleared.json()
+
+
+def test_invoke_counts_against_the_task_header(gateway: Gateway) -> None:
+    _, key = new_agent(gateway, "10", "tasks")
+    with ok_upstream() as upstream, gateway.admin() as admin, gateway.agent(key) as agent:
+        assert admin.put("/v1/tools/task_proxied", json={
+            "price": "0.4", "category": "tool", "upstream": upstream}).status_code == 200
+        tid = str(open_task(agent, {"budget": "1"})["task_id"])
+        for _ in range(2):
+            invoked = agent.post("/v1/tools/task_proxied/invoke", json={},
+                                 headers={"x-iou-task": tid})
+            assert invoked.status_code == 200, invoked.text
+        over = agent.post("/v1/tools/task_proxied/invoke", json={}, headers={"x-iou-task": tid})
+        assert over.status_code == 403 and over.json()["limit"] == "task_budget"
+        shown = agent.get(f"/v1/tasks/{tid}").json()
+        assert (shown["spent"], shown["held"], shown["calls"]) == ("0.8", "0", 2)
+        bad = agent.post("/v1/tools/task_proxied/invoke", json={},
+                         headers={"x-iou-task": "x" * 65})
+        assert bad.status_code == 422 and bad.json()["field"] == "X-IOU-Task"
+        assert agent.get("/v1/balance").json()["balance"] == "9.2"
