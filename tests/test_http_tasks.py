@@ -3,6 +3,8 @@ on charges, batch items and holds, the X-IOU-Task header on invoke, and the refu
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from tests.gateway_proc import Gateway
@@ -163,3 +165,25 @@ def test_invoke_counts_against_the_task_header(gateway: Gateway) -> None:
                          headers={"x-iou-task": "x" * 65})
         assert bad.status_code == 422 and bad.json()["field"] == "X-IOU-Task"
         assert agent.get("/v1/balance").json()["balance"] == "9.2"
+
+
+def test_ledger_rows_carry_the_task(gateway: Gateway) -> None:
+    name, key = new_agent(gateway, "10", "tasks")
+    with gateway.agent(key) as agent:
+        tid = str(open_task(agent, {"budget": "1"})["task_id"])
+        assert agent.post("/v1/charge", json={"tool": "web_search", "task": tid}
+                          ).status_code == 200
+        assert agent.post("/v1/charge", json={"tool": "web_search"}).status_code == 200
+        hold = agent.post("/v1/holds", json={"tool": "web_search", "task": tid}).json()
+        assert agent.post(f"/v1/holds/{hold['hold_id']}/capture", json={}).status_code == 200
+    deadline = time.monotonic() + 20
+    with gateway.admin() as admin:
+        while True:
+            entries = admin.get(f"/v1/agents/{name}/ledger").json()["entries"]
+            if len(entries) >= 5:  # grant, 2 charges, hold, capture
+                break
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.1)
+    tasks = sorted((e["kind"], e["task"] or "") for e in entries)
+    assert tasks == [("capture", tid), ("charge", ""), ("charge", tid), ("grant", ""),
+                     ("hold", tid)]

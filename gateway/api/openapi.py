@@ -292,7 +292,7 @@ ENTRY_OUT = _answer({
     "held": nullable(AMOUNT_OUT), "balance_after": nullable(SIGNED_AMOUNT_OUT),
     "idempotency_key": nullable({"type": "string"}), "hold_id": nullable({"type": "string"}),
     "metadata": {"type": ["object", "null"]}, "ref": nullable({"type": "string"}),
-    "reason": nullable({"type": "string"})})
+    "reason": nullable({"type": "string"}), "task": nullable({"type": "string"})})
 USAGE_OUT = _answer({
     "agent": nullable(NAME), "by": {"enum": ["tool", "category"]},
     "period": {"enum": ["hour", "day"]}, "since": TIME_OUT, "until": TIME_OUT,

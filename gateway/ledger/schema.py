@@ -92,12 +92,17 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX ledger_refunds_at ON ledger_entries
             (at_ms, agent, tool, category, amount) WHERE kind = 'refund'""",
     ],
+    [
+        # Tasks (budget envelopes): the task a charge, hold, capture, release or expiry
+        # counted against (NULL for calls naming none).
+        "ALTER TABLE ledger_entries ADD COLUMN task TEXT",
+    ],
 ]
 
 INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms, kind,
     agent, tool, category, amount, balance_after, held, idempotency_key, idempotency_hash,
-    hold_id, expires_at_ms, metadata, data, ref, reason)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    hold_id, expires_at_ms, metadata, data, ref, reason, task)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (entry_id) DO NOTHING"""
 
 # Configuration upserts: each column group keeps the stream position of the event that set

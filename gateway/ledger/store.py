@@ -122,7 +122,7 @@ def row_to_entry(row: Any) -> LedgerEntry:
 
 ENTRY_COLUMNS = ("entry_id, stream, stream_ms, stream_seq, at_ms, kind, agent, tool, category, "
                  "amount, balance_after, held, idempotency_key, idempotency_hash, hold_id, "
-                 "expires_at_ms, metadata, data, ref, reason")
+                 "expires_at_ms, metadata, data, ref, reason, task")
 
 
 def entries_query(agent: str, limit: int, before_position: tuple[int, int] | None,
