@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.config import ConfigError, load_client_settings
-from gateway.sdk import Client, IOUError
+from gateway.sdk import Client, IOUError, Task
 
 F = TypeVar("F", bound=Callable[..., Any])
 CATEGORY_FLAGS = {"tool_calls": "tool", "llm": "llm", "commerce": "commerce"}
@@ -105,7 +105,7 @@ pass_options = click.make_pass_decorator(Options)
 
 def register(main: click.Group) -> None:
     for command in (agents, fund, limits, status, ledger, usage, tools, freeze, unfreeze,
-                    demo, refund, debit):
+                    demo, refund, debit, tasks):
         main.add_command(command)
 
 
@@ -177,6 +177,121 @@ def fund(opts: Options, agent: str | None, amount: str, idempotency_key: str | N
                                    idempotency_key=idempotency_key)
     opts.emit(result, lambda: opts.console.print(
         f"funded {name} with {amount}: balance {result['balance']} IOU"))
+
+
+key_option = click.option(
+    "--key", default=None,
+    help="The agent's key (default IOU_AGENT_KEY, else the global --token).")
+
+
+def _agent_client(opts: Options, key: str | None) -> Client:
+    """A client acting as the agent: --key, else IOU_AGENT_KEY (read by the SDK), else the
+    global token."""
+    client = Client(opts.url, key)
+    if client.key is None:
+        client.close()
+        return opts.client()
+    return client
+
+
+@click.group()
+def tasks() -> None:
+    """Tasks: budget envelopes that an agent's calls naming them count against."""
+
+
+def _task_lines(task: Task) -> str:
+    spent = ", ".join(f"{k} {v}" for k, v in task.spent_by_tool.items()) or "nothing"
+    calls = ", ".join(f"{k} {v}" for k, v in task.calls_by_tool.items()) or "none"
+    caps = ", ".join(f"{k} {v}" for k, v in task.max_calls.items())
+    lines = [f"task [bold]{task.task_id}[/bold]" + (f" ({task.name})" if task.name else "")
+             + f": {task.state}, expires {task.raw.get('expires_at')}",
+             f"budget {task.budget} IOU: spent {task.spent}, held {task.held}, "
+             f"remaining {task.remaining}",
+             f"calls {task.calls}" + (f" (max_calls: {caps})" if caps else ""),
+             f"spent by tool: {spent}", f"calls by tool: {calls}"]
+    if task.holds_released:
+        lines.append(f"holds released: {task.holds_released}")
+    return "\n".join(lines)
+
+
+def _max_calls(pairs: tuple[str, ...]) -> dict[str, int] | None:
+    caps: dict[str, int] = {}
+    for pair in pairs:
+        name, sep, count = pair.partition("=")
+        if not sep or not count.isascii() or not count.isdigit():
+            raise click.BadParameter(f"{pair!r} is not NAME=N", param_hint="--max-calls")
+        caps[name] = int(count)
+    return caps or None
+
+
+@tasks.command("open")
+@click.option("--budget", required=True, help="The task's budget in tokens, e.g. 2.")
+@click.option("--name", default=None, help="A label for the task.")
+@click.option("--ttl", "ttl_s", type=int, default=None,
+              help="Seconds until it expires (default 3600, at most 604800).")
+@click.option("--max-calls", "max_calls", multiple=True, metavar="NAME=N",
+              help="At most N calls of a tool or category (repeatable).")
+@key_option
+@idempotency_option
+@json_option
+@pass_options
+@refusals
+def tasks_open(  # noqa: PLR0913 - one parameter per option
+        opts: Options, budget: str, name: str | None, ttl_s: int | None,
+        max_calls: tuple[str, ...], key: str | None, idempotency_key: str | None) -> None:
+    """Open a task; pass its id as "task" on charges and holds (invoke: X-IOU-Task)."""
+    task = _agent_client(opts, key).tasks.open(budget, name=name, ttl_s=ttl_s,
+                                               max_calls=_max_calls(max_calls),
+                                               idempotency_key=idempotency_key)
+    opts.emit(task.raw, lambda: opts.console.print(_task_lines(task)))
+
+
+@tasks.command("show")
+@click.argument("task_id")
+@key_option
+@json_option
+@pass_options
+@refusals
+def tasks_show(opts: Options, task_id: str, key: str | None) -> None:
+    """A task with its summary (spent and calls by tool and category)."""
+    task = _agent_client(opts, key).tasks.get(task_id)
+    opts.emit(task.raw, lambda: opts.console.print(_task_lines(task)))
+
+
+@tasks.command("close")
+@click.argument("task_id")
+@key_option
+@json_option
+@pass_options
+@refusals
+def tasks_close(opts: Options, task_id: str, key: str | None) -> None:
+    """Close a task (its open holds are released) and print its summary."""
+    task = _agent_client(opts, key).tasks.close(task_id)
+    opts.emit(task.raw, lambda: opts.console.print(_task_lines(task)))
+
+
+@tasks.command("list")
+@agent_option
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, help="Tasks listed.")
+@key_option
+@json_option
+@pass_options
+@refusals
+def tasks_list(opts: Options, agent: str | None, limit: int, key: str | None) -> None:
+    """An agent's recent tasks, newest first (the admin token, or the agent's key)."""
+    name = opts.agent_name(agent)
+    found = (opts.client() if key is None else _agent_client(opts, key)).tasks.list(
+        name, limit=limit)
+
+    def table() -> Table:
+        rows = Table("task", "name", "state", "budget", "spent", "held", "calls", "expires")
+        for t in found:
+            rows.add_row(t.task_id, t.name or "", t.state, str(t.budget), str(t.spent),
+                         str(t.held), str(t.calls), str(t.raw.get("expires_at")))
+        return rows
+
+    opts.emit({"agent": name, "tasks": [t.raw for t in found]},
+              lambda: opts.console.print(table()))
 
 
 @click.command()

@@ -57,6 +57,7 @@ from gateway.sdk.models import (
     Refund,
     Release,
     Status,
+    Task,
 )
 
 __all__ = [
@@ -98,6 +99,7 @@ __all__ = [
     "Release",
     "RequestTimeout",
     "Status",
+    "Task",
     "TaskClosed",
     "Unauthorized",
     "Unavailable",

@@ -31,6 +31,7 @@ from gateway.sdk.models import (
     Refund,
     Release,
     Status,
+    Task,
     to_amount,
 )
 
@@ -188,11 +189,14 @@ class BaseClient:
     def _release_call(self, hold_id: str, key: str | None) -> Call[Release]:
         return paid_call(f"/v1/holds/{hold_id}/release", None, Release.from_answer, key)
 
-    def _invoke_call(self, tool: str, payload: Any, content: bytes | None,
-                     max_cost: Money | None, headers: Mapping[str, str] | None,
-                     key: str | None) -> Call[Invoked]:
+    def _invoke_call(  # noqa: PLR0913 - the invoke's options, each named
+            self, tool: str, payload: Any, content: bytes | None,
+            max_cost: Money | None, headers: Mapping[str, str] | None,
+            key: str | None, task: str | None = None) -> Call[Invoked]:
         sent = {k.lower(): v for k, v in (headers or {}).items()}
         sent[IDEMPOTENCY_HEADER] = key or new_idempotency_key()
+        if task is not None:
+            sent["x-iou-task"] = task
         if max_cost is not None:
             sent["x-iou-max-cost"] = to_amount(max_cost)
         if content is None and payload is not None:
@@ -214,6 +218,24 @@ class BaseClient:
                     key: str | None) -> Call[Debit]:
         body = {"amount": to_amount(amount), "reason": reason}
         return paid_call(f"/v1/agents/{agent}/debit", body, Debit.from_answer, key)
+
+    def _task_open_call(self, budget: Money, name: str | None, ttl_s: int | None,
+                        max_calls: Mapping[str, int] | None, key: str | None) -> Call[Task]:
+        body: dict[str, Any] = {"budget": to_amount(budget)}
+        for field_name, value in (("name", name), ("ttl_s", ttl_s), ("max_calls", max_calls)):
+            if value is not None:
+                body[field_name] = value
+        return paid_call("/v1/tasks", body, Task.from_answer, key)
+
+    def _task_get_call(self, task_id: str) -> Call[Task]:
+        return Call("GET", f"/v1/tasks/{task_id}", None, {}, Task.from_answer)
+
+    def _task_close_call(self, task_id: str) -> Call[Task]:
+        return paid_call(f"/v1/tasks/{task_id}/close", None, Task.from_answer, None)
+
+    def _tasks_list_call(self, agent: str, limit: int) -> Call[list[Task]]:
+        return Call("GET", f"/v1/agents/{agent}/tasks", None, {},
+                    lambda a: [Task.from_answer(t) for t in a["tasks"]], {"limit": str(limit)})
 
     def _status_call(self) -> Call[Status]:
         return Call("GET", "/v1/balance", None, {}, Status.from_answer)

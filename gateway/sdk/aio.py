@@ -35,6 +35,7 @@ from gateway.sdk.models import (
     Refund,
     Release,
     Status,
+    Task,
 )
 
 P = ParamSpec("P")
@@ -92,11 +93,17 @@ class AsyncClient(BaseClient):
     async def release(self, hold_id: str, *, idempotency_key: str | None = None) -> Release:
         return await self._run(self._release_call(hold_id, idempotency_key))
 
-    async def invoke(self, tool: str, payload: Any = None, *, content: bytes | None = None,
-                     max_cost: Money | None = None, headers: Mapping[str, str] | None = None,
-                     idempotency_key: str | None = None) -> Invoked:
+    async def invoke(  # noqa: PLR0913 - the invoke's options, each named
+            self, tool: str, payload: Any = None, *, content: bytes | None = None,
+            max_cost: Money | None = None, headers: Mapping[str, str] | None = None,
+            idempotency_key: str | None = None, task: str | None = None) -> Invoked:
         return await self._run(self._invoke_call(tool, payload, content, max_cost, headers,
-                                                 idempotency_key))
+                                                 idempotency_key, task))
+
+    @property
+    def tasks(self) -> AsyncTasks:
+        """The agent's tasks (budget envelopes): ``open``, ``get``, ``close``, ``list``."""
+        return AsyncTasks(self)
 
     async def status(self) -> Status:
         return await self._run(self._status_call())
@@ -256,3 +263,25 @@ class PendingHold:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._hold is not None
         await self._hold.__aexit__(exc_type, exc, tb)
+
+
+class AsyncTasks:
+    """``Client.tasks`` for the AsyncClient: the same methods, awaited."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def open(self, budget: Money, *, name: str | None = None, ttl_s: int | None = None,
+                   max_calls: Mapping[str, int] | None = None,
+                   idempotency_key: str | None = None) -> Task:
+        return await self._client._run(self._client._task_open_call(
+            budget, name, ttl_s, max_calls, idempotency_key))
+
+    async def get(self, task_id: str) -> Task:
+        return await self._client._run(self._client._task_get_call(task_id))
+
+    async def close(self, task_id: str) -> Task:
+        return await self._client._run(self._client._task_close_call(task_id))
+
+    async def list(self, agent: str, *, limit: int = 100) -> list[Task]:
+        return await self._client._run(self._client._tasks_list_call(agent, limit))

@@ -34,6 +34,7 @@ from gateway.sdk.models import (
     Refund,
     Release,
     Status,
+    Task,
 )
 
 P = ParamSpec("P")
@@ -103,12 +104,19 @@ class Client(BaseClient):
     def release(self, hold_id: str, *, idempotency_key: str | None = None) -> Release:
         return self._run(self._release_call(hold_id, idempotency_key))
 
-    def invoke(self, tool: str, payload: Any = None, *, content: bytes | None = None,
-               max_cost: Money | None = None, headers: Mapping[str, str] | None = None,
-               idempotency_key: str | None = None) -> Invoked:
-        """Call the tool's upstream through the gateway (held, captured on a 2xx)."""
+    def invoke(  # noqa: PLR0913 - the invoke's options, each named
+            self, tool: str, payload: Any = None, *, content: bytes | None = None,
+            max_cost: Money | None = None, headers: Mapping[str, str] | None = None,
+            idempotency_key: str | None = None, task: str | None = None) -> Invoked:
+        """Call the tool's upstream through the gateway (held, captured on a 2xx); ``task``
+        counts the call against one of the agent's tasks (header X-IOU-Task)."""
         return self._run(self._invoke_call(tool, payload, content, max_cost, headers,
-                                           idempotency_key))
+                                           idempotency_key, task))
+
+    @property
+    def tasks(self) -> Tasks:
+        """The agent's tasks (budget envelopes): ``open``, ``get``, ``close``, ``list``."""
+        return Tasks(self)
 
     def status(self) -> Status:
         return self._run(self._status_call())
@@ -273,3 +281,29 @@ class Hold:
 
     def __repr__(self) -> str:
         return f"Hold({self.hold_id!r}, amount={self.amount}, captured={self.captured})"
+
+
+class Tasks:
+    """Tasks of the client's agent (``list`` also with the admin token): a task is a budget
+    envelope that charges, holds and invokes naming its id count against."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def open(self, budget: Money, *, name: str | None = None, ttl_s: int | None = None,
+             max_calls: Mapping[str, int] | None = None,
+             idempotency_key: str | None = None) -> Task:
+        """Open a task of ``budget`` (``max_calls``: calls per tool or category name)."""
+        return self._client._run(self._client._task_open_call(budget, name, ttl_s, max_calls,
+                                                              idempotency_key))
+
+    def get(self, task_id: str) -> Task:
+        return self._client._run(self._client._task_get_call(task_id))
+
+    def close(self, task_id: str) -> Task:
+        """Close the task (its open holds released); its summary."""
+        return self._client._run(self._client._task_close_call(task_id))
+
+    def list(self, agent: str, *, limit: int = 100) -> list[Task]:
+        """The agent's recent tasks, newest first (the admin, or the agent itself)."""
+        return self._client._run(self._client._tasks_list_call(agent, limit))

@@ -213,3 +213,43 @@ class Invoked:
         import orjson
 
         return orjson.loads(self.content)
+
+
+def _counts(value: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (value or {}).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task (budget envelope): calls naming ``task_id`` count against ``budget``; with its
+    summary (spent and calls by tool and category). ``holds_released`` after a close."""
+
+    task_id: str
+    name: str | None
+    budget: Decimal
+    spent: Decimal
+    held: Decimal
+    calls: int
+    state: str  # open, closed or expired
+    expires_at: datetime | None
+    max_calls: dict[str, int]
+    spent_by_tool: dict[str, Decimal]
+    spent_by_category: dict[str, Decimal]
+    calls_by_tool: dict[str, int]
+    calls_by_category: dict[str, int]
+    holds_released: int | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(self.budget - self.spent - self.held, Decimal(0))
+
+    @classmethod
+    def from_answer(cls, a: dict[str, Any]) -> Task:
+        return cls(a["task_id"], a.get("name"), _money(a["budget"]), _money(a.get("spent")),
+                   _money(a.get("held")), int(a.get("calls") or 0), a.get("state", "open"),
+                   _time(a.get("expires_at")), _counts(a.get("max_calls")),
+                   {k: Decimal(v) for k, v in (a.get("spent_by_tool") or {}).items()},
+                   {k: Decimal(v) for k, v in (a.get("spent_by_category") or {}).items()},
+                   _counts(a.get("calls_by_tool")), _counts(a.get("calls_by_category")),
+                   a.get("holds_released"), a)
