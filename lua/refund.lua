@@ -10,14 +10,16 @@
 -- The amount goes back to the balance and, when the charge is still in the current window,
 -- to that window's spending: today's daily window (agent and category), and the walls' rolling
 -- hour, ISO week and month counters of the agent and the category (never below zero; no
--- counter is created). Call counts stay: the call happened.
--- Task hook: when charges carry a task, the task's spent gets the amount back here too.
+-- counter is created). Call counts stay: the call happened. A charge made under a task
+-- (ARGV[15]) gives the amount back to the task's spent (and its tool's and category's) while
+-- the task is open; a closed or expired task keeps the summary it closed with.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
 -- KEYS[4] events stream         iou:{pNN}:events
 -- KEYS[5] refunded record       iou:{pNN}:refunded:<charge_id> (string: micros refunded)
 -- KEYS[6] walls hash            iou:{pNN}:walls:<agent>
+-- KEYS[7] task hash             iou:{pNN}:task:<agent>:<task_id> (touched only with ARGV[15])
 -- ARGV[1] agent name (the charge's)
 -- ARGV[2] entry id (UUIDv7) of the refund event; becomes the refund id
 -- ARGV[3] charge id (the refunded ledger entry)
@@ -32,6 +34,7 @@
 -- ARGV[12] idempotency body hash ('' = none)
 -- ARGV[13] idempotency key as given
 -- ARGV[14] reason ('' = none; at most 1024 bytes), passed to the ledger unchanged
+-- ARGV[15] the charge's task id ('' = none)
 -- Returns:
 --   code OK = 0: {0, balance, flags, entry_id, amount}
 --   code REPLAY = 1: {1, balance, flags, entry_id, amount} of the first answer
@@ -66,6 +69,7 @@ if not name(ARGV[10]) then return { C.BAD_ARGUMENT, 10 } end
 if not name(ARGV[11]) then return { C.BAD_ARGUMENT, 11 } end
 if ARGV[12] ~= '' and not token(ARGV[12], 64) then return { C.BAD_ARGUMENT, 12 } end
 if #ARGV[14] > REASON_BYTES_MAX then return { C.BAD_ARGUMENT, 14 } end
+if ARGV[15] ~= '' and not token(ARGV[15], 64) then return { C.BAD_ARGUMENT, 15 } end
 
 local a = redis.call('HMGET', KEYS[1], 'bal', 'held', 'low', 'lowf')
 if not a[1] then return { C.NOT_FOUND } end
@@ -113,6 +117,12 @@ for _, sfx in ipairs({ '', ':' .. cat }) do
   if c.month == p.month then walls[#walls + 1] = 'M' .. istr(c.month) .. sfx end
 end
 if #walls > 0 then give_back(KEYS[6], walls) end
+if ARGV[15] ~= '' then
+  local t = redis.call('HMGET', KEYS[7], 'state', 'exp')
+  if t[1] == 'open' and ms < num(t[2]) then
+    give_back(KEYS[7], { 'spent', 'st:' .. ARGV[10], 'sc:' .. cat })
+  end
+end
 
 local flags = low_flags(KEYS[1], bal, uint(a[3], MICROS_MAX), a[4])
 local amount_text = istr(amount)

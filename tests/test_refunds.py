@@ -152,6 +152,28 @@ async def test_ledger_keeps_refunds_and_debits(real_engine: Engine, real_redis_u
     assert await reconcile(engine, store, writer_for(engine, store, "second")) == []
 
 
+async def test_a_refund_gives_back_to_the_charges_task(real_engine: Engine,
+                                                      store: LedgerStore) -> None:
+    engine = real_engine
+    await setup_catalog(engine)
+    await engine.create_agent("refund-task", grant_micros=5 * T)
+    task = await engine.open_task("refund-task", T)
+    result = await engine.charge("refund-task", "llm_summarize", 600_000, task=task.task_id)
+    plain = await engine.charge("refund-task", "llm_summarize", 100_000)
+    await writer_for(engine, store).drain()
+    charge = await charge_ref(store, result.charge_id)
+    assert charge is not None and charge.task == task.task_id
+    untasked = await charge_ref(store, plain.charge_id)
+    assert untasked is not None and untasked.task is None
+    await engine.refund(charge, 200_000)
+    await engine.refund(untasked)
+    after = await engine.task("refund-task", task.task_id)
+    assert after.spent_micros == 400_000
+    assert after.spent_by_tool == {"llm_summarize": 400_000}
+    # What was given back fits again: 0.6 more fit the budget of 1.
+    await engine.charge("refund-task", "llm_summarize", 600_000, task=task.task_id)
+
+
 async def test_waiting_for_a_charge_the_writer_has_not_written(real_engine: Engine,
                                                               store: LedgerStore) -> None:
     await setup_catalog(real_engine)

@@ -23,15 +23,15 @@ def at(y: int, m: int, d: int, hh: int = 0, mm: int = 0) -> int:
 def refund_args(  # noqa: PLR0913 - one argument per script input
         lua: Lua, cost: int, amount: int | None = None, *, charge_id: str = "c1",
         ledger: int = 0, at_ms: int | None = None, cat: str = "tool", idem: str = "",
-        ih: str = "", reason: str = "", balance_max: int = MICROS_MAX, agent: str = AGENT
-        ) -> tuple[list[str], list[str]]:
+        ih: str = "", reason: str = "", balance_max: int = MICROS_MAX, agent: str = AGENT,
+        task: str = "") -> tuple[list[str], list[str]]:
     k = lua.k(agent)
     when = lua.now_ms() if at_ms is None else at_ms
     return ([k.agent_hash, k.window, lua.idem_key(agent, idem), k.events,
-             k.refunded(charge_id), k.walls],
+             k.refunded(charge_id), k.walls, k.task(task or "none")],
             [agent, lua.eid(), charge_id, str(cost), str(ledger),
              "" if amount is None else str(amount), str(AMAX), str(balance_max), str(when),
-             f"v_{cat}", cat, ih, idem, reason])
+             f"v_{cat}", cat, ih, idem, reason, task])
 
 
 def refund(lua: Lua, cost: int, amount: int | None = None, **kw: Any) -> list[Any]:
@@ -190,6 +190,28 @@ def test_refund_creates_no_wall_counter(lua: Lua) -> None:
     assert lua.hash(lua.k().walls) == {}
 
 
+def test_refund_gives_back_to_an_open_task(lua: Lua) -> None:
+    lua.create(grant=1_000_000)
+    k = lua.k()
+    task: dict[Any, Any] = {"state": "open", "exp": str(lua.now_ms() + 60_000), "budget": "500000",
+            "spent": "100000", "st:v_tool": "100000", "sc:tool": "100000", "calls": "1"}
+    lua.r.hset(k.task("t1"), mapping=task)
+    lua.r.hset(k.task("t2"), mapping={**task, "state": "closed"})
+    lua.r.hset(k.task("t3"), mapping={**task, "exp": str(lua.now_ms() - 1)})
+    assert refund(lua, 100_000, 30_000, task="t1")[0] == OK
+    assert lua.hash(k.task("t1")) == {**task, "spent": "70000", "st:v_tool": "70000",
+                                      "sc:tool": "70000"}
+    for other in ("t2", "t3"):
+        before = lua.hash(k.task(other))
+        assert refund(lua, 100_000, 1, task=other, charge_id=other)[0] == OK
+        assert lua.hash(k.task(other)) == before, other
+    assert refund(lua, 100_000, 1, task="gone", charge_id="c9")[0] == OK
+    assert lua.hash(k.task("gone")) == {}
+    # The task's own key only: another task of the agent is left alone.
+    assert refund(lua, 100_000, 5, charge_id="c8")[0] == OK
+    assert lua.hash(k.task("t1"))["spent"] == "70000"
+
+
 def test_refund_rearms_the_low_balance_flag(lua: Lua) -> None:
     lua.create(grant=200_000, low=150_000)
     cid = charged(lua, 100_000)
@@ -235,7 +257,7 @@ def test_refund_refusals_write_nothing(lua: Lua) -> None:
     (1, "Bad"), (2, ""), (3, ""), (3, "a b"), (4, "0"), (4, "-1"), (4, "nan"),
     (4, str(AMAX + 1)), (5, "100001"), (5, "x"), (6, "0"), (6, "1.5"), (6, str(AMAX + 1)),
     (7, "x"), (8, "1e9"), (9, ""), (9, "-5"), (10, "Tool"), (11, ""), (12, "a b"),
-    (14, "r" * 1025)])
+    (14, "r" * 1025), (15, "a b")])
 def test_refund_bad_arguments(lua: Lua, index: int, value: str) -> None:
     lua.create(grant=1_000_000)
     k, args = refund_args(lua, 100_000, 10_000)

@@ -584,8 +584,9 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "to what is left to refund; refunds of one charge never add up to more than it "
         "cost (422 invalid_request, field amount). The amount goes back to the balance and, "
         "while the charge is in the current window, to that window's spending (daily, "
-        "rolling hour, week, month). A charge answered a moment ago is found once the "
-        "ledger writer has written it (the route waits for it). Unknown charge: 404. "
+        "rolling hour, week, month), and to its task while the task is open. A charge "
+        "answered a moment ago is found once the ledger writer has written it (the route "
+        "waits for it). Unknown charge: 404. "
         "Ledger kind refund, with ref (the charge) and reason."),
     ("POST", "/v1/agents/{agent}/debit"): (
         "Takes amount back from the available balance (held money is not touched): more "

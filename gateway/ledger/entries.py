@@ -82,7 +82,9 @@ def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
     if kind in MONEY_KINDS:
         if amount is None or not g("agent"):
             raise PoisonedEntry(f"{kind} without amount or agent")
-        data = None
+        # The task a call counted against (refunds give back to it) rides in `data`.
+        task = g("task")
+        data = orjson.dumps({"task": task}).decode() if task else None
     elif kind in CONFIG_KINDS:
         rest = {k: v for k, v in _fields(raw).items() if k not in COLUMNS}
         data = orjson.dumps(rest).decode() if rest else None

@@ -132,6 +132,7 @@ class ChargeRef:
     cost_micros: int
     at_ms: int
     refunded_micros: int  # the ledger's sum of this charge's refunds
+    task: str | None = None  # the task the charge counted against
 
 
 @dataclass(frozen=True)
@@ -372,11 +373,11 @@ class ScriptCalls:
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
             "refund", [k.agent_hash, k.window, record, k.events, k.refunded(charge.charge_id),
-                       k.walls],
+                       k.walls, k.task(charge.task or "none")],
             [charge.agent, entry_id, charge.charge_id, str(charge.cost_micros),
              str(charge.refunded_micros), _amount(amount_micros), str(amount_max_micros),
              str(balance_max_micros), str(charge.at_ms), charge.tool, charge.category,
-             body_hash, key, reason])
+             body_hash, key, reason, charge.task or ""])
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("refund", code, r)
         return RefundReply(int(r[1]), int(r[2]), _text(r[3]), int(r[4]), code == Code.REPLAY)
