@@ -61,6 +61,9 @@ TIMEOUT_S_DEFAULT = 120.0
 # and no test that starts a gateway process (test_http_*: seconds each, and the same Lua).
 MONEY_TESTS = (
     "tests/test_layout.py",
+    # Scripts of their own, tested at script level in a second or two: first, so that their
+    # mutants die before the slower files run.
+    "tests/test_script_refund.py",
     "tests/test_script_gaps.py",
     "tests/test_script_args.py",
     "tests/test_script_events.py",
@@ -71,7 +74,6 @@ MONEY_TESTS = (
     "tests/test_script_walls.py",
     "tests/test_script_tasks.py",
     "tests/test_script_agent_scan.py",
-    "tests/test_script_refund.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
     "tests/test_raw_args.py",

@@ -1,6 +1,8 @@
 """Corrections of a balance (admin): POST /v1/charges/{charge_id}/refund and
-POST /v1/agents/{agent}/debit. Both are idempotent inside their script (the Idempotency-Key
-is recorded under the agent, as for fund)."""
+POST /v1/agents/{agent}/debit, idempotent inside their script (the Idempotency-Key is
+recorded under the agent, as for fund). Delegation (the agent's own key or the admin):
+POST /v1/agents/{agent}/children creates a sub-agent funded from the agent's balance, POST
+/v1/agents/{child}/reclaim (the parent's key or the admin) moves what it has left back."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api import idempotency
-from gateway.api.admin import _agent
-from gateway.api.body import Fields, read_json
+from gateway.api.admin import KEY_SHOWN_ONCE, _agent, _derived_key_id, _without_api_key
+from gateway.api.body import Fields, read_body, read_json
+from gateway.api.body import json_from_raw as parse_raw
 from gateway.api.context import Context, endpoint
+from gateway.api.limits_body import limit_changes
 from gateway.api.responses import json_response
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.refunds import wait_for_charge
-from gateway.metering.errors import NotFound
+from gateway.metering.errors import AgentExists, Forbidden, NotFound
 from gateway.metering.money import format_amount as fmt
 from gateway.metering.refunds import REASON_CHARS_MAX
 
@@ -63,3 +67,59 @@ def _backlog(ctx: Context) -> Callable[[], Awaitable[int]]:
         return (await ledger_backlog(ctx.engine.conn, ctx.engine.partitions))[1]
 
     return pending
+
+
+@endpoint
+async def create_child(ctx: Context, request: Request) -> Response:
+    parent = _agent(request)
+    caller = await ctx.auth.admin_or_agent(request, parent)
+    raw = await read_body(request, ctx.settings.body_bytes_max)
+    key = idempotency.idempotency_key(request)
+
+    async def run(binding: idempotency.Binding | None) -> Response:
+        fields = Fields(parse_raw(request, raw), ("name", "amount", "limits"))
+        name = fields.name("name")
+        amount = fields.amount("amount", max_micros=ctx.settings.amount_max_micros)
+        limits = fields.obj("limits")
+        assert name is not None and amount is not None
+        changes = limit_changes(limits, ctx.settings.amount_max_micros) if limits else None
+        key_id = None if binding is None else _derived_key_id(binding)
+        try:
+            made = await ctx.engine.create_child(parent, name, amount, changes, key_id)
+        except AgentExists:
+            # The retry of a creation that happened: the child holds the derived key id.
+            if key_id is None or not await ctx.engine.has_key(name, key_id):
+                raise
+            return json_response(201, {"agent": name, "parent": parent, "api_key": None,
+                                       "key_id": key_id, "balance": fmt(amount),
+                                       **KEY_SHOWN_ONCE},
+                                 {idempotency.REPLAYED_HEADER: "true"})
+        return json_response(201, {"agent": made.agent, "parent": made.parent,
+                                   "api_key": made.api_key, "key_id": made.key_id,
+                                   "balance": fmt(made.balance_micros),
+                                   "parent_balance": fmt(made.parent_balance_micros)})
+
+    return await idempotency.once(ctx.engine, caller.scope, key,
+                                  idempotency.request_digest(request, raw), run,
+                                  _without_api_key)
+
+
+@endpoint
+async def reclaim_child(ctx: Context, request: Request) -> Response:
+    child = request.path_params["agent"]
+    caller = await ctx.auth.caller(request)
+    _agent(request)
+    fields = Fields(await read_json(request, ctx.settings.body_bytes_max, optional=True),
+                    ("amount",))
+    amount = fields.amount("amount", False, max_micros=ctx.settings.amount_max_micros)
+    parent = await ctx.engine.parent_of(child) if caller.is_admin else caller.agent
+    assert parent is not None or caller.is_admin
+    if parent is None:
+        raise NotFound(f"{child} is not a sub-agent.")
+    if not caller.is_admin and await ctx.engine.parent_of(child) != parent:
+        raise Forbidden("Only the parent's key (or the admin) reclaims from a sub-agent.")
+    done = await ctx.engine.reclaim(child, parent, amount, idempotency.idempotency_key(request))
+    return json_response(200, {"agent": child, "parent": parent,
+                               "amount": fmt(done.amount_micros),
+                               "balance": fmt(done.balance_micros),
+                               "entry_id": done.entry_id or None})

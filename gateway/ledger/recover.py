@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from gateway.ledger import schema
 from gateway.ledger.store import LedgerStore, OpenHold, Recovery
 from gateway.metering.engine import Engine
 from gateway.metering.errors import InvalidRequest, maps_store_errors
@@ -47,8 +50,10 @@ async def recover(engine: Engine, store: LedgerStore, force: bool = False) -> Re
     now_ms = await engine.clock_ms()
     today_ms = now_ms - now_ms % DAY_MS
     data = await store.recovery(today_ms, now_ms - IDEMPOTENT_FOR_MS)
+    parents = await _parents(store)
     # Agents before their idempotency records: a record's warning bit reads the agent.
-    await _send(_agents(engine, data, today_ms) + _keys(engine, data) + _tools(engine, data))
+    await _send(_agents(engine, data, today_ms, parents) + _keys(engine, data)
+                + _tools(engine, data))
     await _send(_idempotency(engine, data))
     await engine.refresh_catalog()
     await engine.sync_tool_copies(force=True)  # the partitions' copies the scripts price from
@@ -66,7 +71,18 @@ async def _send(writes: list[Write]) -> None:
                                                f"{reply.code.name} {dict(reply.fields)}")
 
 
-def _agents(engine: Engine, data: Recovery, today_ms: int) -> list[Write]:
+async def _parents(store: LedgerStore) -> dict[str, str]:
+    """Each sub-agent's parent, from its creation event (reclaim checks it)."""
+    out: dict[str, str] = {}
+    for agent, raw in await store.query(schema.AGENT_PARENTS, []):
+        parent = orjson.loads(raw).get("parent") if raw else None
+        if isinstance(parent, str) and parent:
+            out[str(agent)] = parent
+    return out
+
+
+def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, str]
+            ) -> list[Write]:
     held: dict[str, int] = defaultdict(int)
     holds_by_agent: dict[str, list[OpenHold]] = defaultdict(list)
     for h in data.open_holds:
@@ -82,6 +98,8 @@ def _agents(engine: Engine, data: Recovery, today_ms: int) -> list[Write]:
                   if is_limit_field(f)}
         if any(is_wall_field(f) for f in fields):
             fields["x"] = "1"  # the scripts read the walls only while this is set
+        if name in parents:
+            fields["parent"] = parents[name]
         out.append(_bind(calls.restore_agent, name, data.balances.get(name, 0), held[name],
                          bool(frozen), created_ms or 0, fields))
         out += [_bind(calls.restore_hold, h.agent, h.hold_id, h.tool, h.category, h.amount,

@@ -188,3 +188,7 @@ IDEMPOTENT_SINCE = """SELECT agent, idempotency_key, idempotency_hash, entry_id,
 def position(stream_ms: int, stream_seq: int) -> str:
     """A stream position that sorts as text: zero-padded ms and sequence."""
     return f"{stream_ms:020d}-{stream_seq:020d}"
+
+# The parent of each sub-agent: its creation event ('agent') names it (in data).
+AGENT_PARENTS = """SELECT agent, data FROM ledger_entries
+    WHERE kind = 'agent' AND CAST(data AS TEXT) LIKE '%"parent"%'"""

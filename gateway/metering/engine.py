@@ -16,6 +16,7 @@ import logging
 from gateway.metering.agents import Agents
 from gateway.metering.catalog import Catalog
 from gateway.metering.charges import Charges
+from gateway.metering.children import Children
 from gateway.metering.errors import maps_store_errors
 from gateway.metering.holds import HOLD_TTL_S_DEFAULT as HOLD_TTL_S_DEFAULT
 from gateway.metering.holds import Holds
@@ -47,11 +48,14 @@ class Engine:
         self.holds = Holds(self.calls, settings.amount_max_micros, self.catalog.category_of)
         self.tasks = Tasks(conn, self.calls, settings.amount_max_micros, self.agents.clock_ms)
         self.refunds = Refunds(self.calls, settings.amount_max_micros)
+        self.children = Children(conn, self.calls, settings)
         self._tasks: list[asyncio.Task[None]] = []
         self.charge = self.charges.charge
         self.hold, self.capture = self.holds.hold, self.holds.capture
         self.release, self.expire_holds = self.holds.release, self.holds.expire_holds
         self.refund, self.debit = self.refunds.refund, self.refunds.debit
+        self.create_child, self.reclaim = self.children.create_child, self.children.reclaim
+        self.parent_of = self.children.parent_of
         a = self.agents
         self.create_agent, self.fund, self.freeze = a.create_agent, a.fund, a.freeze
         self.set_limits, self.add_key, self.has_key = a.set_limits, a.add_key, a.has_key

@@ -27,6 +27,13 @@ async def agent_and_window(conn: Connection, partitions: int, agent: str
     return pairs(fields), pairs(window)
 
 
+async def parent_of(conn: Connection, partitions: int, agent: str) -> tuple[bool, str | None]:
+    """(whether the agent exists, its parent's name or None for a top-level agent)."""
+    k = keys.agent_keys(agent, partitions)
+    bal, parent = await conn.call_or_raise(b"HMGET", k.agent_hash, b"bal", b"parent")
+    return bal is not None, None if parent is None else _text(parent)
+
+
 async def exists(conn: Connection, partitions: int, agent: str) -> bool:
     k = keys.agent_keys(agent, partitions)
     return bool(await conn.call_or_raise(b"EXISTS", k.agent_hash))

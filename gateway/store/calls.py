@@ -122,6 +122,22 @@ class DebitReply:
 
 
 @dataclass(frozen=True)
+class ChildReply:
+    balance: int  # the parent's, after
+    child_balance: int
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class ReclaimReply:
+    balance: int  # the child's, after
+    flags: int
+    entry_id: str
+    amount: int
+    replayed: bool
+
+
+@dataclass(frozen=True)
 class ChargeRef:
     """What refund.lua needs to know of the refunded charge (read from the ledger)."""
 
@@ -205,7 +221,8 @@ REPLY_CLASSES: dict[str, type] = {
     "key_revoke": Done, "tool_set": VersionReply, "tool_delete": VersionReply,
     "tool_copy": CopyReply, "auth_fail": AuthFailReply, "restore": RestoreReply,
     "agent_scan": ScanReply, "task_open": TaskOpenReply, "task_close": TaskCloseReply,
-    "refund": RefundReply, "debit": DebitReply,
+    "refund": RefundReply, "debit": DebitReply, "child_create": ChildReply,
+    "reclaim": ReclaimReply,
 }
 # Replies whose header lists one group of fields repeated: the class of one group.
 REPEATED_CLASSES: dict[str, type] = {"agent_scan": ScannedAgent}
@@ -394,6 +411,38 @@ class ScriptCalls:
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("debit", code, r)
         return DebitReply(int(r[1]), int(r[2]), _text(r[3]), code == Code.REPLAY)
+
+    async def child_create(  # noqa: PLR0913 - one parameter per ARGV the script takes
+            self, parent: str, child: str, entry_ids: tuple[str, str, str, str],
+            amount_micros: int, amount_max_micros: int, low_balance_micros: int,
+            key: tuple[str, str], limits_text: str, limit_pairs: Sequence[str]
+            ) -> ChildReply | Refused:
+        """Create ``child`` funded with ``amount_micros`` from ``parent`` (same partition:
+        the caller checked); ``key`` is (key id, key hash) of its first key."""
+        p, c = self.agent_keys(parent), self.agent_keys(child)
+        key_id, key_hash = key
+        code, r = await self._run(
+            "child_create", [p.agent_hash, c.agent_hash, c.keys, c.api_key_lookup(key_hash),
+                             p.events, p.agents_index, p.webhooks],
+            [parent, child, *entry_ids, str(amount_micros), str(amount_max_micros),
+             str(low_balance_micros), key_id, key_hash, limits_text, *limit_pairs])
+        if code != Code.OK:
+            return self._refused("child_create", code, r)
+        return ChildReply(int(r[1]), int(r[2]), int(r[3]))
+
+    async def reclaim(  # noqa: PLR0913 - one parameter per ARGV the script takes
+            self, child: str, parent: str, entry_ids: tuple[str, str],
+            amount_micros: int | None, amount_max_micros: int, balance_max_micros: int,
+            idem: Idempotency | None) -> ReclaimReply | Refused:
+        c, p = self.agent_keys(child), self.agent_keys(parent)
+        record, body_hash, key = self._idem(c, idem)
+        code, r = await self._run(
+            "reclaim", [c.agent_hash, p.agent_hash, c.events, record],
+            [child, parent, *entry_ids, _amount(amount_micros), str(amount_max_micros),
+             str(balance_max_micros), body_hash, key])
+        if code not in (Code.OK, Code.REPLAY):
+            return self._refused("reclaim", code, r)
+        return ReclaimReply(int(r[1]), int(r[2]), _text(r[3]), int(r[4]), code == Code.REPLAY)
 
     # ---- agents and keys --------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class Code(IntEnum):
     TASK_IDS_SHORT = 45
     # 60 and up: refunds, debits and delegation.
     REFUND_EXCEEDS = 60
+    NOT_A_CHILD = 61
 
 
 class Flag(IntEnum):

@@ -21,6 +21,7 @@ SCRIPT_NAMES = (
     "charge", "hold", "capture", "release", "expire_holds", "fund", "create_agent",
     "set_limits", "freeze", "key_add", "key_revoke", "tool_set", "tool_delete", "auth_fail",
     "tool_copy", "agent_scan", "restore", "task_open", "task_close", "refund", "debit",
+    "child_create", "reclaim",
 )
 # One line of a header's Returns: "--   code NAME = N: {N, field, field (note), ...} ...".
 _SHAPE_RE = re.compile(r"^--\s+code (\w+) = (\d+): \{\d+((?:, [^,}]+)*)\}", re.M)
