@@ -166,5 +166,5 @@ class Children:
 def _wrong_partition(child: str, partition: int, partitions: int) -> InvalidRequest:
     suggestion = partition_name(child, partition, partitions)
     hint = f"; {suggestion!r} does" if suggestion else ""
-    return InvalidRequest("name", f"must hash to its parent's partition (a child lives "
-                                  f"beside its parent){hint}")
+    return InvalidRequest("name", f"must hash to the partition of its parent (a child "
+                                  f"lives beside its parent){hint}")
