@@ -9,7 +9,7 @@ import pytest
 
 from gateway.metering.children import partition_name
 from gateway.store import keys
-from tests.script_helpers import AGENT, AMAX, MICROS_MAX, P, Lua, key_hash
+from tests.script_helpers import AGENT, AMAX, MICROS_MAX, Lua, P, key_hash
 
 OK, REPLAY, NOT_FOUND, FROZEN, CONFLICT = 0, 1, 10, 11, 12
 INSUFFICIENT, EXISTS, OVERFLOW, BAD, NOT_A_CHILD = 17, 21, 22, 30, 61
