@@ -23,6 +23,8 @@ import httpx
 import pytest
 
 from gateway.api.app import served_routes
+from gateway.metering.children import partition_name
+from gateway.store.keys import partition_of
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import new_agent, seed_tools, unique
 from tests.servers import redis_server
@@ -31,10 +33,21 @@ CALLERS = ("none", "garbage", "revoked", "agent_a", "agent_b", "admin")
 ERROR_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
 CHARGE = {"tool": "web_search"}
 PUBLIC = (200, 200, 200, 200, 200, 200)
+PARTITIONS = 16  # the gateway's default IOU_PARTITIONS
 
 
 def _new_agent_body() -> dict[str, Any]:
     return {"name": unique("matrix-new")}
+
+
+# B's name, once the world exists: a child of B needs a name in B's partition.
+_B_NAME: list[str] = []
+
+
+def _child_body() -> dict[str, Any]:
+    parent = _B_NAME[0]
+    name = partition_name(unique("matrix-kid"), partition_of(parent, PARTITIONS), PARTITIONS)
+    return {"name": name, "amount": "0.01"}
 
 
 # (method, path, body (or a function making one), expected status per caller in the order
@@ -64,6 +77,10 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
      (401, 401, 401, 403, 403, 200)),
     ("POST", "/v1/charges/{charge_id}/refund", {"amount": "0.001"},
      (401, 401, 401, 403, 403, 200)),
+    # B (or the admin) funds a child of B; reclaim is for a parent's key: B has none (404 to
+    # the admin, 403 to any agent key)
+    ("POST", "/v1/agents/{agent}/children", _child_body, (401, 401, 401, 403, 201, 201)),
+    ("POST", "/v1/agents/{agent}/reclaim", None, (401, 401, 401, 403, 403, 404)),
     ("GET", "/v1/agents/{agent}/limits", None, (401, 401, 401, 403, 403, 200)),
     ("PATCH", "/v1/agents/{agent}/limits", {"per_call": "5"},
      (401, 401, 401, 403, 403, 200)),
@@ -148,6 +165,7 @@ def world() -> Iterator[World]:
         seed_tools(gw)
         a, a_key = new_agent(gw, "10", "matrix-a")
         b, b_key = new_agent(gw, "10", "matrix-b")
+        _B_NAME[:] = [b]
         with gw.admin() as admin:
             assert admin.put("/v1/tools/matrix_proxy", json={
                 "price": "0.05", "category": "tool",

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
@@ -42,10 +44,21 @@ def test_refund_a_charge_partly_then_whole(gateway: Gateway) -> None:
         assert rest.status_code == 200 and rest.json()["amount"] == "0.7"
         assert error_of(admin.post(url, json={})) == "invalid_request"
         assert balance(gateway, key) == "10"
-        ledger = admin.get(f"/v1/agents/{name}/ledger", params={"kind": "refund"}).json()
+        ledger = ledger_when(admin, name, "refund", 2)
         assert [(e["amount"], e["ref"], e["reason"]) for e in ledger["entries"]] == [
             ("0.7", charge["charge_id"], None), ("0.3", charge["charge_id"], "bad answer")]
         assert agent_spent_today(admin, name) == "0"
+
+
+def ledger_when(admin: httpx.Client, name: str, kind: str, count: int) -> dict[str, Any]:
+    """The agent's ledger page of ``kind`` once it has ``count`` rows (the writer's lag)."""
+    deadline = time.monotonic() + 30
+    while True:
+        page: dict[str, Any] = admin.get(f"/v1/agents/{name}/ledger",
+                                         params={"kind": kind}).json()
+        if len(page["entries"]) >= count or time.monotonic() > deadline:
+            return page
+        time.sleep(0.1)
 
 
 def agent_spent_today(admin: httpx.Client, name: str) -> str:
@@ -107,7 +120,7 @@ def test_debit(gateway: Gateway) -> None:
         assert admin.post(url, json={"reason": "x"}).json()["field"] == "amount"
         assert error_of(admin.post("/v1/agents/nobody-here/debit",
                                    json={"amount": "1", "reason": "x"})) == "not_found"
-        ledger = admin.get(f"/v1/agents/{name}/ledger", params={"kind": "debit"}).json()
+        ledger = ledger_when(admin, name, "debit", 1)
         assert [(e["amount"], e["reason"]) for e in ledger["entries"]] == [
             ("0.4", "duplicate grant")]
     with gateway.agent(key) as agent:

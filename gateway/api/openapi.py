@@ -236,6 +236,11 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
             "amount": nullable(positive), "reason": nullable(REASON)}), False),
         ("POST", "/v1/agents/{agent}/debit"): (_closed({"amount": positive, "reason": REASON},
                                                        ("amount", "reason")), True),
+        ("POST", "/v1/agents/{agent}/children"): (_closed({
+            "name": NAME, "amount": positive, "limits": nullable(limits)},
+            ("name", "amount")), True),
+        ("POST", "/v1/agents/{agent}/reclaim"): (_closed({"amount": nullable(positive)}),
+                                                 False),
         ("POST", "/v1/agents/{agent}/freeze"): (EMPTY_BODY, False),
         ("POST", "/v1/agents/{agent}/unfreeze"): (EMPTY_BODY, False),
         ("POST", "/v1/agents/{agent}/keys"): (EMPTY_BODY, False),
@@ -352,6 +357,12 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
     ("POST", "/v1/agents/{agent}/debit"): (200, _answer({
         "agent": NAME, "amount": AMOUNT_OUT, "balance": AMOUNT_OUT,
         "entry_id": {"type": "string"}})),
+    ("POST", "/v1/agents/{agent}/children"): (201, _answer({
+        "agent": NAME, "parent": NAME, **KEY_SHOWN, "balance": AMOUNT_OUT,
+        "parent_balance": AMOUNT_OUT}, ("agent", "parent", "key_id", "api_key", "balance"))),
+    ("POST", "/v1/agents/{agent}/reclaim"): (200, _answer({
+        "agent": NAME, "parent": NAME, "amount": AMOUNT_OUT, "balance": AMOUNT_OUT,
+        "entry_id": nullable({"type": "string"})})),
     ("POST", "/v1/charges/{charge_id}/refund"): (200, _answer({
         "refund_id": {"type": "string"}, "charge_id": {"type": "string"}, "agent": NAME,
         "amount": AMOUNT_OUT, "balance": AMOUNT_OUT})),
@@ -421,6 +432,10 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("POST", "/v1/agents/{agent}/debit", "Take tokens back (never below the available "
      "balance: 402)", "admin"),
     ("POST", "/v1/charges/{charge_id}/refund", "Refund a charge, partly or whole", "admin"),
+    ("POST", "/v1/agents/{agent}/children", "Create a sub-agent funded from the agent's "
+     "balance (its key is shown once)", "admin|agent"),
+    ("POST", "/v1/agents/{agent}/reclaim", "Move what a sub-agent has left back to its "
+     "parent", "admin|agent"),
     ("GET", "/v1/agents/{agent}/limits", "The agent's limits", "admin"),
     ("PATCH", "/v1/agents/{agent}/limits", "Merge limits; null removes one", "admin"),
     ("POST", "/v1/agents/{agent}/freeze", "Freeze: paid calls are refused", "admin"),
@@ -588,6 +603,19 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "answered a moment ago is found once the ledger writer has written it (the route "
         "waits for it). Unknown charge: 404. "
         "Ledger kind refund, with ref (the charge) and reason."),
+    ("POST", "/v1/agents/{agent}/children"): (
+        "The agent's own key or the admin. amount moves from the agent's balance to the "
+        "child's in one atomic step (never pooled); a parent without it is 402 "
+        "balance_insufficient and nothing is created; a frozen parent is 423. The child "
+        "lives in its parent's partition: a name that does not hash there is 422 (field "
+        "name) with a name that does. The child inherits every cap of its parent and may "
+        "only tighten them (422 naming the limit otherwise); low_balance and webhook_url "
+        "are its own. Ledger kinds transfer_out (the parent) and transfer_in (the child), "
+        "ref naming the other." + _KEY_SHOWN_ONCE),
+    ("POST", "/v1/agents/{agent}/reclaim"): (
+        "{agent} is the child: the parent's key or the admin. Moves amount (default: all "
+        "the child has available; held money stays) back to the parent. Another agent's "
+        "key is 403; an agent without a parent is 404."),
     ("POST", "/v1/agents/{agent}/debit"): (
         "Takes amount back from the available balance (held money is not touched): more "
         "than it is 402 balance_insufficient. Ledger kind debit, with reason."),
@@ -672,6 +700,9 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/agents/{agent}/fund"): {"amount": "20"},
     ("POST", "/v1/charges/{charge_id}/refund"): {"amount": "0.05", "reason": "bad answer"},
     ("POST", "/v1/agents/{agent}/debit"): {"amount": "5", "reason": "duplicate grant"},
+    ("POST", "/v1/agents/{agent}/children"): {"name": "research-agent-3", "amount": "2",
+                                             "limits": {"daily": "1"}},
+    ("POST", "/v1/agents/{agent}/reclaim"): {"amount": "0.5"},
     ("PATCH", "/v1/agents/{agent}/limits"): {
         "per_call": "1", "daily": "5", "low_balance": "1",
         "categories": {"llm": {"per_call": "0.05", "daily": "2"}}},

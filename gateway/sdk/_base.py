@@ -23,11 +23,13 @@ from gateway.sdk.models import (
     AgentSummary,
     Capture,
     Charge,
+    Child,
     Debit,
     HoldInfo,
     Invoked,
     LedgerEntry,
     Money,
+    Reclaim,
     Refund,
     Release,
     Status,
@@ -236,6 +238,18 @@ class BaseClient:
     def _tasks_list_call(self, agent: str, limit: int) -> Call[list[Task]]:
         return Call("GET", f"/v1/agents/{agent}/tasks", None, {},
                     lambda a: [Task.from_answer(t) for t in a["tasks"]], {"limit": str(limit)})
+
+    def _child_call(self, parent: str, name: str, amount: Money,
+                    limits: Mapping[str, Any] | None, key: str | None) -> Call[Child]:
+        body: dict[str, Any] = {"name": name, "amount": to_amount(amount)}
+        if limits is not None:
+            body["limits"] = dict(limits)
+        return paid_call(f"/v1/agents/{parent}/children", body, Child.from_answer, key)
+
+    def _reclaim_call(self, child: str, amount: Money | None,
+                      key: str | None) -> Call[Reclaim]:
+        body = {} if amount is None else {"amount": to_amount(amount)}
+        return paid_call(f"/v1/agents/{child}/reclaim", body, Reclaim.from_answer, key)
 
     def _status_call(self) -> Call[Status]:
         return Call("GET", "/v1/balance", None, {}, Status.from_answer)

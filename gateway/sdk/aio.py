@@ -27,11 +27,13 @@ from gateway.sdk.models import (
     AgentSummary,
     Capture,
     Charge,
+    Child,
     Debit,
     HoldInfo,
     Invoked,
     LedgerEntry,
     Money,
+    Reclaim,
     Refund,
     Release,
     Status,
@@ -130,6 +132,18 @@ class AsyncClient(BaseClient):
                     idempotency_key: str | None = None) -> Debit:
         """Take ``amount`` back from ``agent``'s available balance (402 beyond it)."""
         return await self._run(self._debit_call(agent, amount, reason, idempotency_key))
+
+    async def create_child(self, parent: str, name: str, amount: Money, *,
+                           limits: Mapping[str, Any] | None = None,
+                           idempotency_key: str | None = None) -> Child:
+        """A sub-agent of ``parent`` funded with ``amount`` from its balance."""
+        return await self._run(self._child_call(parent, name, amount, limits,
+                                                idempotency_key))
+
+    async def reclaim(self, child: str, amount: Money | None = None, *,
+                      idempotency_key: str | None = None) -> Reclaim:
+        """Move ``amount`` (default: all it has available) from ``child`` to its parent."""
+        return await self._run(self._reclaim_call(child, amount, idempotency_key))
 
     async def agents(self, *, page_size: int = PAGE_SIZE_DEFAULT) -> AsyncIterator[AgentSummary]:
         cursor: str | None = None

@@ -26,11 +26,13 @@ from gateway.sdk.models import (
     AgentSummary,
     Capture,
     Charge,
+    Child,
     Debit,
     HoldInfo,
     Invoked,
     LedgerEntry,
     Money,
+    Reclaim,
     Refund,
     Release,
     Status,
@@ -142,6 +144,18 @@ class Client(BaseClient):
               idempotency_key: str | None = None) -> Debit:
         """Take ``amount`` back from ``agent``'s available balance (402 beyond it)."""
         return self._run(self._debit_call(agent, amount, reason, idempotency_key))
+
+    def create_child(self, parent: str, name: str, amount: Money, *,
+                     limits: Mapping[str, Any] | None = None,
+                     idempotency_key: str | None = None) -> Child:
+        """A sub-agent of ``parent`` funded with ``amount`` from its balance (the parent's
+        own key or the admin); ``name`` must hash to the parent's partition."""
+        return self._run(self._child_call(parent, name, amount, limits, idempotency_key))
+
+    def reclaim(self, child: str, amount: Money | None = None, *,
+                idempotency_key: str | None = None) -> Reclaim:
+        """Move ``amount`` (default: all it has available) from ``child`` to its parent."""
+        return self._run(self._reclaim_call(child, amount, idempotency_key))
 
     def agents(self, *, page_size: int = PAGE_SIZE_DEFAULT) -> Iterator[AgentSummary]:
         cursor: str | None = None

@@ -199,6 +199,40 @@ class Debit:
 
 
 @dataclass(frozen=True, slots=True)
+class Child:
+    """A sub-agent funded by ``parent``: its key (shown once; None on a replayed creation)
+    and ``balance``, the amount moved to it."""
+
+    agent: str
+    parent: str
+    api_key: str | None
+    key_id: str
+    balance: Decimal
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_answer(cls, a: dict[str, Any]) -> Child:
+        return cls(a["agent"], a["parent"], a.get("api_key"), a["key_id"],
+                   _money(a["balance"]), a)
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaim:
+    """``amount`` moved from sub-agent ``agent`` back to ``parent``; ``balance``: the
+    child's after."""
+
+    agent: str
+    parent: str
+    amount: Decimal
+    balance: Decimal
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_answer(cls, a: dict[str, Any]) -> Reclaim:
+        return cls(a["agent"], a["parent"], _money(a["amount"]), _money(a["balance"]), a)
+
+
+@dataclass(frozen=True, slots=True)
 class Invoked:
     """The upstream's answer to ``invoke``; ``charge_id`` and ``balance`` are set when the
     call was charged (an upstream 2xx), ``None`` when the hold was released."""
