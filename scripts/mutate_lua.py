@@ -64,6 +64,7 @@ MONEY_TESTS = (
     # Scripts of their own, tested at script level in a second or two: first, so that their
     # mutants die before the slower files run.
     "tests/test_script_refund.py",
+    "tests/test_script_children.py",
     "tests/test_script_gaps.py",
     "tests/test_script_args.py",
     "tests/test_script_events.py",
