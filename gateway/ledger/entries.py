@@ -82,9 +82,7 @@ def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
     if kind in MONEY_KINDS:
         if amount is None or not g("agent"):
             raise PoisonedEntry(f"{kind} without amount or agent")
-        # The task a call counted against (refunds give back to it) rides in `data`.
-        task = g("task")
-        data = orjson.dumps({"task": task}).decode() if task else None
+        data = None
     elif kind in CONFIG_KINDS:
         rest = {k: v for k, v in _fields(raw).items() if k not in COLUMNS}
         data = orjson.dumps(rest).decode() if rest else None

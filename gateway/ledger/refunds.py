@@ -14,9 +14,6 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import orjson
 
 from gateway.ledger import schema
 from gateway.ledger.store import LedgerStore
@@ -38,20 +35,9 @@ async def charge_ref(store: LedgerStore, charge_id: str) -> ChargeRef | None:
     rows = await store.query(schema.CHARGE_FOR_REFUND, [charge_id])
     if not rows:
         return None
-    agent, tool, category, cost, at_ms, refunded, data = rows[0]
-    task = _task_of(data)
+    agent, tool, category, cost, at_ms, refunded, task = rows[0]
     return ChargeRef(charge_id, str(agent), str(tool), str(category), int(cost), int(at_ms),
-                     int(refunded), task)
-
-
-def _task_of(data: Any) -> str | None:
-    """The task a charge counted against, from its row's data (JSON text, or a JSONB value
-    PostgreSQL hands back as text)."""
-    if not data:
-        return None
-    parsed = orjson.loads(data) if isinstance(data, (str, bytes)) else data
-    task = parsed.get("task") if isinstance(parsed, dict) else None
-    return task if isinstance(task, str) else None
+                     int(refunded), str(task) if task else None)
 
 
 async def wait_for_charge(store: LedgerStore, charge_id: str, backlog: Backlog | None,

@@ -177,7 +177,7 @@ SPENT_SINCE = """SELECT agent, category, SUM(amount) FROM (
 # with what its refunds already gave back.
 CHARGE_FOR_REFUND = """SELECT c.agent, c.tool, c.category, c.amount, c.at_ms,
         (SELECT COALESCE(SUM(r.amount), 0) FROM ledger_entries r
-         WHERE r.kind = 'refund' AND r.ref = c.entry_id), c.data
+         WHERE r.kind = 'refund' AND r.ref = c.entry_id), c.task
     FROM ledger_entries c WHERE c.entry_id = ? AND c.kind IN ('charge', 'capture')"""
 
 IDEMPOTENT_SINCE = """SELECT agent, idempotency_key, idempotency_hash, entry_id, kind, amount,
