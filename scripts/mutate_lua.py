@@ -73,6 +73,7 @@ MONEY_TESTS = (
     "tests/test_script_auth.py",
     "tests/test_script_restore.py",
     "tests/test_script_walls.py",
+    "tests/test_script_walls_mutants.py",
     "tests/test_script_tasks.py",
     "tests/test_script_agent_scan.py",
     "tests/test_scripts.py",
@@ -152,56 +153,50 @@ _OPS = ("...", "..", "==", "~=", "<=", ">=", "+", "-", "*", "/", "%", "^", "#", 
         "(", ")", "{", "}", "[", "]", ";", ":", ",", ".")
 
 
+def _token_end(src: str, i: int, line: int) -> tuple[int, str]:
+    """The end offset and kind of the token that starts at ``src[i]`` (not a space)."""
+    c, n = src[i], len(src)
+    if src.startswith("--", i):
+        m = _LONG_BRACKET.match(src, i + 2)
+        if m:
+            return src.index("]" + m.group(1) + "]", m.end()) + len(m.group(1)) + 2, "comment"
+        j = src.find("\n", i)
+        return (n if j < 0 else j), "comment"
+    if c in "'\"":
+        j = i + 1
+        while src[j] != c:
+            j += 2 if src[j] == "\\" else 1
+        return j + 1, "string"
+    long_string = _LONG_BRACKET.match(src, i) if c == "[" else None
+    if long_string:
+        close = "]" + long_string.group(1) + "]"
+        return src.index(close, long_string.end()) + len(close), "string"
+    number = _NUMBER.match(src, i) if c.isdigit() or c == "." else None
+    if number:
+        return number.end(), "number"
+    if c.isalpha() or c == "_":
+        m = _NAME.match(src, i)
+        assert m is not None
+        return m.end(), "name"
+    op = next((o for o in _OPS if src.startswith(o, i)), None)
+    if op is None:
+        raise ValueError(f"line {line}: unexpected {c!r}")
+    return i + len(op), "op"
+
+
 def tokenize(src: str) -> list[Token]:
     """Lua 5.1 tokens with offsets; comments kept (kind 'comment') so lines can be cut."""
     out: list[Token] = []
     i, line, n = 0, 1, len(src)
     while i < n:
         c = src[i]
-        if c == "\n":
-            line += 1
+        if c in " \t\r\n":
+            line += c == "\n"
             i += 1
             continue
-        if c in " \t\r":
-            i += 1
-            continue
-        start, start_line = i, line
-        if src.startswith("--", i):
-            m = _LONG_BRACKET.match(src, i + 2)
-            if m:
-                close = "]" + m.group(1) + "]"
-                j = src.index(close, m.end()) + len(close)
-            else:
-                j = src.find("\n", i)
-                j = n if j < 0 else j
-            kind = "comment"
-        elif c in "'\"":
-            j = i + 1
-            while src[j] != c:
-                j += 2 if src[j] == "\\" else 1
-            j += 1
-            kind = "string"
-        elif c == "[" and _LONG_BRACKET.match(src, i):
-            m = _LONG_BRACKET.match(src, i)
-            assert m is not None
-            close = "]" + m.group(1) + "]"
-            j = src.index(close, m.end()) + len(close)
-            kind = "string"
-        elif c.isdigit() or (c == "." and i + 1 < n and src[i + 1].isdigit()):
-            m = _NUMBER.match(src, i)
-            assert m is not None
-            j, kind = m.end(), "number"
-        elif c.isalpha() or c == "_":
-            m = _NAME.match(src, i)
-            assert m is not None
-            j, kind = m.end(), "name"
-        else:
-            op = next((o for o in _OPS if src.startswith(o, i)), None)
-            if op is None:
-                raise ValueError(f"line {line}: unexpected {c!r}")
-            j, kind = i + len(op), "op"
-        text = src[start:j]
-        out.append(Token(kind, text, start, j, start_line))
+        j, kind = _token_end(src, i, line)
+        text = src[i:j]
+        out.append(Token(kind, text, i, j, line))
         line += text.count("\n")
         i = j
     return out
@@ -660,13 +655,16 @@ def report(outcomes: Sequence[Outcome], stale: Sequence[str], seconds: float) ->
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lua-dir", default=LUA_DIR_DEFAULT,
                         help="the scripts' folder, relative to the repository root")
     parser.add_argument("--sample", type=int, default=0, help="run N random mutants only")
     parser.add_argument("--skip-walls", action="store_true",
-                        help="leave out the walls' mutants (their own run: --only)")
+                        help="leave out the walls' mutants (_lib.lua's walls section and its "
+                             "callers)")
+    parser.add_argument("--walls", action="store_true",
+                        help="only the walls' mutants (_lib.lua's walls section and its callers)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the sample")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S_DEFAULT,
@@ -675,30 +673,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="regex on the mutant's name")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--json", default="", help="write every outcome to this file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    lua_dir = ROOT / args.lua_dir
-    mutants = all_mutants(lua_dir)
-    equivalents = read_equivalents(ROOT / args.equivalents)
-    keys = {m.key for m in mutants}
-    stale = sorted(k for k in equivalents if k not in keys)
+
+def choose(args: argparse.Namespace, mutants: list[Mutant], lua_dir: Path) -> list[Mutant]:
+    """The mutants --only, --skip-walls and --walls keep."""
     if args.only:
         mutants = [m for m in mutants if re.search(args.only, m.key)]
     if args.skip_walls:
         mutants = [m for m in mutants if not is_walls(m, lua_dir)]
-    if args.list:
-        for m in mutants:
-            mark = "  [equivalent]" if m.key in equivalents else ""
-            print(f"{m.area:<12} line {m.line:<4} {m.key}{mark}")
-        print(f"{len(mutants)} mutants")
-        return 0
-    if args.sample:
-        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-        print(f"sample of {args.sample} mutants, seed {seed}", flush=True)
-        candidates = [m for m in mutants if m.key not in equivalents]
-        mutants = random.Random(seed).sample(candidates, min(args.sample, len(candidates)))
+    if args.walls:
+        mutants = [m for m in mutants if is_walls(m, lua_dir)]
+    return mutants
 
-    started = time.monotonic()
+
+def sample(mutants: list[Mutant], equivalents: dict[str, str], size: int,
+           seed: int | None) -> list[Mutant]:
+    """A seeded random sample of the non-equivalent mutants (the seed printed to replay it)."""
+    seed = seed if seed is not None else random.SystemRandom().randrange(10**6)
+    print(f"sample of {size} mutants, seed {seed}", flush=True)
+    candidates = [m for m in mutants if m.key not in equivalents]
+    return random.Random(seed).sample(candidates, min(size, len(candidates)))
+
+
+def triage(mutants: Sequence[Mutant], equivalents: dict[str, str],
+           lua_dir: Path) -> tuple[list[Outcome], list[Mutant]]:
+    """(the equivalent and unloadable outcomes, the mutants to run)."""
     outcomes: list[Outcome] = []
     to_run: list[Mutant] = []
     with redis_for_loading() as conn:
@@ -709,18 +709,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcomes.append(Outcome(m, "unloadable"))
             else:
                 to_run.append(m)
-    print(f"{len(mutants)} mutants: {len(to_run)} to run, {len(outcomes)} equivalent or "
-          f"unloadable; jobs {args.jobs}, timeout {args.timeout:.0f} s", flush=True)
+    return outcomes, to_run
 
+
+def run_all(args: argparse.Namespace, to_run: Sequence[Mutant]) -> list[Outcome] | None:
+    """Every mutant's outcome, or None when the unmutated tree fails its money tests."""
     # A TERM (CI's timeout, a kill by pid) still stops the fork servers and removes the copies.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workers = Workers(args.jobs, args.lua_dir, args.timeout)
+    outcomes: list[Outcome] = []
     try:
         result, seconds, detail = workers.check()
         print(f"baseline (no mutant): {result} in {seconds:.1f} s; canary caught", flush=True)
         if result != "passed":
             print(f"the money tests fail without any mutant: {detail}")
-            return 2
+            return None
         with ThreadPoolExecutor(args.jobs) as pool:
             for n, outcome in enumerate(pool.map(workers.run, to_run), start=1):
                 outcomes.append(outcome)
@@ -728,7 +731,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{outcome.mutant.key}", flush=True)
     finally:
         workers.close()
+    return outcomes
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    lua_dir = ROOT / args.lua_dir
+    mutants = all_mutants(lua_dir)
+    equivalents = read_equivalents(ROOT / args.equivalents)
+    keys = {m.key for m in mutants}
+    stale = sorted(k for k in equivalents if k not in keys)
+    mutants = choose(args, mutants, lua_dir)
+    if args.list:
+        for m in mutants:
+            mark = "  [equivalent]" if m.key in equivalents else ""
+            print(f"{m.area:<12} line {m.line:<4} {m.key}{mark}")
+        print(f"{len(mutants)} mutants")
+        return 0
+    if args.sample:
+        mutants = sample(mutants, equivalents, args.sample, args.seed)
+
+    started = time.monotonic()
+    outcomes, to_run = triage(mutants, equivalents, lua_dir)
+    print(f"{len(mutants)} mutants: {len(to_run)} to run, {len(outcomes)} equivalent or "
+          f"unloadable; jobs {args.jobs}, timeout {args.timeout:.0f} s", flush=True)
+    ran = run_all(args, to_run)
+    if ran is None:
+        return 2
+    outcomes += ran
     print(report(outcomes, stale, time.monotonic() - started))
     if args.json:
         Path(args.json).write_text(json.dumps(
