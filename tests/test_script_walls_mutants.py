@@ -67,12 +67,13 @@ def test_counters_are_named_by_minute_hour_day_iso_week_and_month(clocked_lua: L
     calls = {f"{kind}{n}{sfx}": "1" for sfx in ("", ":tool", "/v_tool")
              for kind, n in (("N", ms // MIN_MS), ("O", ms // HOUR_MS), ("D", day))}
     assert lua.hash(lua.k().walls) == {**spent, **calls}
-    assert lua.hold(300, "h1")[0] == 0  # llm
-    walls = lua.hash(lua.k().walls)
-    for sfx in ("", ":llm"):
-        assert walls["h" + sfx] == "300"
-        assert walls[f"w{week}{sfx}"] == "300"
-        assert walls[f"m{month}{sfx}"] == "300"
+    assert lua.hold(300, "h1")[0] == 0  # llm: held, and one more call
+    held = {f"{kind}{sfx}": "300" for sfx in ("", ":llm")
+            for kind in ("h", f"w{week}", f"m{month}")}
+    calls = {f: str(int(n) + 1) if f[-4:] != "tool" else n for f, n in calls.items()}
+    calls |= {f"{kind}{n}{sfx}": "1" for sfx in (":llm", "/v_llm")
+              for kind, n in (("N", ms // MIN_MS), ("O", ms // HOUR_MS), ("D", day))}
+    assert lua.hash(lua.k().walls) == {**spent, **calls, **held}
     hold = lua.hash(lua.k().hold("h1"))
     assert (hold["xw"], hold["wk"], hold["mo"]) == ("1", str(week), str(month))
 
@@ -165,3 +166,89 @@ def test_a_counter_of_an_unknown_kind_is_stale(clocked_lua: Lua) -> None:
     assert lua.charge(40)[0] == 0
     walls = lua.hash(lua.k().walls)
     assert not set(walls) & foreign
+
+
+def test_one_stale_counter_is_deleted(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "nd", "100")
+    lua.r.hset(lua.k().walls, "D1", "7")  # a day of 1970
+    assert lua.charge(10)[0] == 0
+    assert "D1" not in lua.hash(lua.k().walls)
+
+
+# ---- holds across the walls' periods --------------------------------------------------------
+
+def test_hold_released_in_the_next_month_leaves_that_month_alone(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "mo", "100000", "c:llm:mo", "100000")
+    lua.shift_to(at(2027, 3, 31, 23, 59, 30))  # a Wednesday: the week goes on
+    assert lua.hold(60_000, "h1", ttl_ms=60_000)[0] == 0
+    lua.shift_to(at(2027, 4, 1, 0, 0, 10))
+    assert lua.release("h1")[0] == 0
+    april = f"m{2027 * 12 + 4 - 1}"
+    walls = lua.hash(lua.k().walls)
+    assert april not in walls and april + ":llm" not in walls
+    assert lua.charge(100_000, cat="llm")[0] == 0  # April spent nothing, held nothing
+    assert lua.charge(1, cat="llm")[:4] == [WINDOW, "monthly", 100_000, 100_000]
+
+
+def test_capture_that_creates_the_walls_hash_gives_it_its_expiry(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    lua.create(grant=100_000_000)
+    assert lua.hold(80_000, "h1")[0] == 0  # before the walls: the hold is not in them
+    lua.set_limits("hr", "100000")
+    assert not lua.r.exists(lua.k().walls)
+    assert lua.capture(50_000, "h1")[0] == 0
+    assert lua.hash(lua.k().walls)["H" + str(lua.now_ms() // MIN_MS)] == "50000"
+    assert 34 * DAY_MS < lua.r.pttl(lua.k().walls) <= 35 * DAY_MS
+
+
+# ---- the spend windows' edges -------------------------------------------------------------
+
+def test_free_call_passes_a_spend_window_already_over_its_cap(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "100000", "wk", "100000", "mo", "100000")
+    assert lua.charge(90_000)[0] == 0
+    lua.set_limits("hr", "50000", "wk", "50000", "mo", "50000")  # lowered below the spending
+    assert lua.charge(None, tool="free")[0] == 0
+    assert lua.charge(1)[:4] == [WINDOW, "hourly", 50_000, 90_000]
+
+
+def test_hour_retry_when_a_leaving_minute_makes_exactly_room(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    t0 = (lua.now_ms() // HOUR_MS + 1) * HOUR_MS
+    walled(lua, "hr", "100")
+    for minute, cost in ((0, 30), (5, 30)):
+        lua.shift_to(t0 + minute * MIN_MS)
+        assert lua.charge(cost)[0] == 0
+    lua.shift_to(t0 + 30 * MIN_MS)
+    assert lua.charge(70)[4] == 30 * 60  # 30 + 70 = 100 fits once minute 0 leaves
+    assert lua.charge(100)[4] == 35 * 60
+    assert lua.charge(101)[4] == 3600  # never fits: what the open holds stand for
+
+
+# ---- retries at a whole second ------------------------------------------------------------
+
+# The scripts read the clock in ms; a retry is the time left rounded up to a whole second, so
+# when the time left is a whole number of seconds it is exactly that. The scripts' clock runs
+# on between shift_to and the call (a fraction of a ms, sometimes less than one): a refusal
+# read in that same millisecond is a whole second from the end; some of ATTEMPTS calls are.
+ATTEMPTS = 30
+
+
+def test_retries_are_exact_at_whole_seconds(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "100", "dl", "100000")
+    t0 = (lua.now_ms() // DAY_MS + 1) * DAY_MS + 10 * HOUR_MS  # 10:00:00
+    lua.shift_to(t0)
+    assert lua.charge(100)[0] == 0
+    for n in range(ATTEMPTS):
+        lua.shift_to(t0 + (n + 1) * 1000)
+        reply = lua.charge(1)
+        assert reply[:2] == [WINDOW, "hourly"] and reply[4] == 3600 - (n + 1), n
+    lua.set_limits("hr", "")
+    assert lua.charge(99_900)[0] == 0
+    for n in range(ATTEMPTS):
+        lua.shift_to(t0 + (n + 100) * 1000)
+        reply = lua.charge(1)
+        assert reply[:4] == [15, 100_000, 100_000, 14 * 3600 - (n + 100)], n
