@@ -9,6 +9,9 @@ arguments. The faults:
   SIGKILL now and then (PROBABILITY per batch, default 0.1) just before it commits
   a batch, or just after the commit and before the XACK, to prove that no crash point
   loses or doubles rows;
+- ``mid_seal``: a ledger writer kills itself now and then (PROBABILITY per stream of a
+  sealing pass) inside the transaction that chains the ledger's rows (gateway/ledger/chain.py),
+  after the links of earlier streams were written and before the commit;
 - ``batch_item``: in ``iou serve`` (one worker: uvicorn runs it in this process), a batch
   item whose metadata is ``{"iou_fault": "raise"}`` raises after its charge (the worst
   moment), the first time only (a replayed item answers normally).
@@ -47,6 +50,19 @@ def _writer_crashes(probability: float, before_commit: bool) -> None:
     LedgerWriter._write = write  # type: ignore[method-assign,assignment]
 
 
+def _seal_crashes(probability: float) -> None:
+    from gateway.ledger import chain
+
+    plan = chain.plan_seal
+
+    def plan_then_crash(*args: Any) -> Any:
+        planned = plan(*args)
+        _crash_sometimes(probability)  # inside the sealing transaction, not yet committed
+        return planned
+
+    chain.plan_seal = plan_then_crash  # type: ignore[assignment]
+
+
 def _batch_item_raises(probability: float) -> None:
     from gateway.api import agent
 
@@ -65,6 +81,7 @@ def _batch_item_raises(probability: float) -> None:
 FAULTS: dict[str, Callable[[float], None]] = {
     "after_read": lambda p: _writer_crashes(p, before_commit=True),
     "after_commit": lambda p: _writer_crashes(p, before_commit=False),
+    "mid_seal": _seal_crashes,
     "batch_item": _batch_item_raises,  # every marked item, the first time
 }
 

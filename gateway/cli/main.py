@@ -255,6 +255,35 @@ def _print_reconcile(checked: int, rows: list[dict[str, str | None]]) -> None:
 
 
 @main.command()
+@json_option
+@click.pass_obj
+def verify(opts: Options) -> None:
+    """Recompute the ledger's hash chains; name the first row changed, removed or inserted
+    (exit 1), and print each partition's head hash to publish elsewhere."""
+    from gateway.ledger.service import run_verify
+
+    reports = asyncio.run(run_verify(_settings()))
+    intact = all(r.problem is None for r in reports)
+    opts.emit({"intact": intact, "chains": [r.as_json() for r in reports]},
+              lambda: _print_verify(reports, intact))
+    if not intact:
+        sys.exit(1)
+
+
+def _print_verify(reports: list[Any], intact: bool) -> None:
+    for r in reports:
+        click.echo(f"{r.stream}  head {r.head.hash}  {r.checked} rows"
+                   + (f", {r.unsealed} not sealed yet" if r.unsealed else ""))
+    for r in reports:
+        if r.problem is not None:
+            click.echo(f"ALTERED {r.stream}: entry {r.problem.entry_id} {r.problem.kind}: "
+                       f"{r.problem.detail}")
+    rows = sum(r.checked for r in reports)
+    click.echo(f"ledger intact: {rows} rows in {len(reports)} chains" if intact
+               else "ledger altered")
+
+
+@main.command()
 @click.option("--force", is_flag=True, help="Overwrite agents already in Redis.")
 @json_option
 @click.pass_obj

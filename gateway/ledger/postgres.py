@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from gateway.ledger import schema
+from gateway.ledger import chain, schema
 from gateway.ledger.entries import LedgerEntry
 from gateway.ledger.store import (
     ENTRY_COLUMNS,
@@ -114,6 +114,12 @@ class PostgresStore:
         value = await self._with(lambda conn: conn.fetchval(f"SELECT COUNT(*) FROM {table}"))
         return int(value)
 
+    async def seal(self, floors: dict[str, tuple[int, int]]) -> tuple[int, bool]:
+        return await self._with(lambda conn: _seal(conn, floors))
+
+    async def verify_chains(self) -> list[chain.ChainReport]:
+        return await self._with(_verify_chains)
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -186,3 +192,49 @@ async def _recovery(conn: asyncpg.Connection, since_ms: int, idempotent_since_ms
                                                idempotent_since_ms)]
     partitions = int(meta["partitions"]) if "partitions" in meta else None
     return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)
+
+
+SEAL_SQL = dollar(chain.seal_query("::text"))
+CHAIN_SQL = dollar(chain.chain_query("::text"))
+SEAL_LOCK = 7306158  # pg_advisory_xact_lock key: one sealing pass at a time
+VERIFY_PREFETCH = 5000
+# One statement for a whole pass's links.
+UPDATE_LINKS = """UPDATE ledger_entries e SET prev_hash = u.prev_hash, hash = u.hash
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS u(entry_id, prev_hash, hash)
+    WHERE e.entry_id = u.entry_id"""
+
+
+async def _seal(conn: asyncpg.Connection, floors: dict[str, tuple[int, int]]
+                ) -> tuple[int, bool]:
+    sealed_total, more = 0, False
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", SEAL_LOCK)
+        for stream, floor in floors.items():
+            head = chain.head_of(stream, await conn.fetchrow(dollar(chain.SELECT_HEAD), stream))
+            rows = [tuple(r) for r in await conn.fetch(SEAL_SQL, stream, *head.position,
+                                                       *floor, chain.SEAL_ROWS_MAX)]
+            sealed = chain.plan_seal(head, rows)
+            if sealed is None or not sealed.links:
+                continue
+            prevs, digests, ids = (list(column) for column in zip(*sealed.links, strict=True))
+            await conn.execute(UPDATE_LINKS, ids, prevs, digests)
+            await conn.execute(dollar(chain.UPSERT_HEAD), *chain.head_params(sealed.head))
+            sealed_total += len(sealed.links)
+            more = more or len(rows) == chain.SEAL_ROWS_MAX
+    return sealed_total, more
+
+
+async def _verify_chains(conn: asyncpg.Connection) -> list[chain.ChainReport]:
+    reports: list[chain.ChainReport] = []
+    # One snapshot for every chain, whatever the writers commit meanwhile.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        heads = {r[0]: chain.head_of(r[0], r) for r in await conn.fetch(chain.SELECT_HEADS)}
+        for stream in sorted(r[0] for r in await conn.fetch(chain.STREAMS)):
+            report = chain.ChainReport(stream, heads.get(stream, chain.Head(stream)))
+            async for row in conn.cursor(CHAIN_SQL, stream, prefetch=VERIFY_PREFETCH):
+                report.feed(tuple(row))
+                if report.problem is not None:
+                    break
+            report.finish()
+            reports.append(report)
+    return reports

@@ -97,6 +97,21 @@ MIGRATIONS: list[list[str]] = [
         # counted against (NULL for calls naming none).
         "ALTER TABLE ledger_entries ADD COLUMN task TEXT",
     ],
+    [
+        # The verifiable ledger (gateway/ledger/chain.py): each row's link in its stream's
+        # hash chain, set by the sealing pass; rows already here are chained from the
+        # genesis hash by the first pass. The index serves the pass and `iou verify`.
+        "ALTER TABLE ledger_entries ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE ledger_entries ADD COLUMN hash TEXT",
+        "CREATE INDEX ledger_stream_position ON ledger_entries (stream, stream_ms, stream_seq)",
+        """CREATE TABLE ledger_chain_heads (
+            stream TEXT PRIMARY KEY,
+            stream_ms BIGINT NOT NULL,
+            stream_seq BIGINT NOT NULL,
+            entry_id TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            rows BIGINT NOT NULL)""",
+    ],
 ]
 
 INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms, kind,

@@ -9,6 +9,7 @@ import signal
 
 from gateway.config import Settings
 from gateway.ledger import identity
+from gateway.ledger.chain import ChainReport
 from gateway.ledger.factory import open_store
 from gateway.ledger.identity import StoreGuard, StoreState
 from gateway.ledger.reconcile import Drift, reconcile
@@ -138,3 +139,13 @@ async def settle_store(settings: Settings) -> StoreState:
     finally:
         await store.close()
         await runtime.close()
+
+
+async def run_verify(settings: Settings) -> list[ChainReport]:
+    """Recompute every hash chain of the ledger (read-only but for a pending migration)."""
+    store = open_store(settings)
+    try:
+        await store.migrate()
+        return await store.verify_chains()
+    finally:
+        await store.close()

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.ledger import schema
+from gateway.ledger import chain, schema
 from gateway.ledger.entries import LedgerEntry
 from gateway.ledger.store import (
     OpenHold,
@@ -111,6 +111,12 @@ class SqliteStore:
         row = await self._run(lambda db: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone())
         return int(row[0])
 
+    async def seal(self, floors: dict[str, tuple[int, int]]) -> tuple[int, bool]:
+        return await self._run(lambda db: _seal(db, floors))
+
+    async def verify_chains(self) -> list[chain.ChainReport]:
+        return await self._run(_verify_chains)
+
     async def close(self) -> None:
         def shut(db: sqlite3.Connection) -> None:
             db.close()
@@ -188,3 +194,43 @@ def _recovery(db: sqlite3.Connection, since_ms: int, idempotent_since_ms: int) -
     idem = db.execute(schema.IDEMPOTENT_SINCE, (idempotent_since_ms,)).fetchall()
     partitions = int(meta["partitions"]) if "partitions" in meta else None
     return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)
+
+
+SEAL_SQL = chain.seal_query(key="rowid")  # by rowid: no probe of the entry_id index
+CHAIN_SQL = chain.chain_query()
+
+
+def _seal(db: sqlite3.Connection, floors: dict[str, tuple[int, int]]) -> tuple[int, bool]:
+    # BEGIN IMMEDIATE: one sealer at a time, and the head is read under the write lock.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        sealed_total, more = 0, False
+        for stream, floor in floors.items():
+            head = chain.head_of(stream, db.execute(chain.SELECT_HEAD, (stream,)).fetchone())
+            rows = db.execute(SEAL_SQL, (stream, *head.position, *floor,
+                                         chain.SEAL_ROWS_MAX)).fetchall()
+            sealed = chain.plan_seal(head, rows)
+            if sealed is None or not sealed.links:
+                continue
+            db.executemany("UPDATE ledger_entries SET prev_hash = ?, hash = ? WHERE rowid = ?",
+                           sealed.links)
+            db.execute(chain.UPSERT_HEAD, chain.head_params(sealed.head))
+            sealed_total += len(sealed.links)
+            more = more or len(rows) == chain.SEAL_ROWS_MAX
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return sealed_total, more
+
+
+def _verify_chains(db: sqlite3.Connection) -> list[chain.ChainReport]:
+    # One read transaction: in WAL mode a snapshot, whatever the writers commit meanwhile.
+    db.execute("BEGIN")
+    try:
+        heads = {row[0]: chain.head_of(row[0], row) for row in db.execute(chain.SELECT_HEADS)}
+        streams = sorted(row[0] for row in db.execute(chain.STREAMS))
+        return [chain.verify_stream(heads.get(s, chain.Head(s)), db.execute(CHAIN_SQL, (s,)))
+                for s in streams]
+    finally:
+        db.execute("COMMIT")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from gateway.ledger import schema
 from gateway.ledger.entries import MONEY_KINDS, LedgerEntry
+
+if TYPE_CHECKING:
+    from gateway.ledger.chain import ChainReport
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -80,6 +83,16 @@ class LedgerStore(Protocol):
         ...
 
     async def count(self, table: str = "ledger_entries") -> int: ...
+
+    async def seal(self, floors: dict[str, tuple[int, int]]) -> tuple[int, bool]:
+        """Chain each stream's rows below its floor (stream label -> position) in one
+        transaction (gateway/ledger/chain.py); returns (rows sealed, whether a stream has
+        more to seal than one pass takes)."""
+        ...
+
+    async def verify_chains(self) -> list[ChainReport]:
+        """Recompute every stream's chain inside one read snapshot."""
+        ...
 
     async def close(self) -> None: ...
 

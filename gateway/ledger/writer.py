@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from gateway.ledger import chain
 from gateway.ledger.entries import LedgerEntry, PoisonedEntry, parse_entry
 from gateway.ledger.store import LedgerStore, StoreUnavailable, config_statements
 from gateway.metering.errors import GatewayError
@@ -53,6 +54,9 @@ TRIM_EVERY_S = 1.0
 FAILURES_MAX = 5
 RETRY_WAIT_S = 1.0
 PIPELINE_BATCHES_MAX = 20
+# Sealing passes per trim (each chains up to chain.SEAL_ROWS_MAX rows per stream); the rest
+# of a very long unsealed ledger (one migrated with millions of rows) waits for the next trim.
+SEAL_PASSES_MAX = 50
 # iou:stats field: stream entries settled (committed or dead-lettered) by all writers, for
 # /metrics (iou_ledger_written_total): the writers run in processes Prometheus does not scrape.
 
@@ -78,6 +82,7 @@ class WriterStats:
     duplicates: int = 0
     dead_letters: int = 0
     batches: int = 0
+    sealed: int = 0
 
 
 class LedgerWriter:
@@ -313,8 +318,25 @@ class LedgerWriter:
         self._failures[entry_id] = -1  # acknowledged with the rest of the batch
 
     async def trim(self) -> None:
-        """XTRIM MINID below the oldest entry the group has not acknowledged."""
+        """XTRIM MINID below the oldest entry the group has not acknowledged, then seal the
+        ledger's hash chains below the same floors."""
+        floors: dict[str, tuple[int, int]] = {}
         for stream in self._streams:
             floor = await streams.unacknowledged_floor(self._conn, stream, GROUP)
             if floor is not None:
                 await streams.trim_below(self._conn, stream, floor)
+                floors[stream_label(stream)] = chain.parse_floor(floor)
+        await self.seal(floors)
+
+    async def seal(self, floors: dict[str, tuple[int, int]]) -> int:
+        """Chain the committed rows below each stream's floor (read from Redis before this
+        call: every entry below a floor is acknowledged, so committed or dead-lettered, and
+        no row can still arrive before it). See gateway/ledger/chain.py."""
+        total = 0
+        for _ in range(SEAL_PASSES_MAX):
+            sealed, more = await self._store.seal(floors)
+            total += sealed
+            if not more:
+                break
+        self.stats.sealed += total
+        return total
