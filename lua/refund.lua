@@ -12,7 +12,8 @@
 -- hour, ISO week and month counters of the agent and the category (never below zero; no
 -- counter is created). Call counts stay: the call happened. A charge made under a task
 -- (ARGV[15]) gives the amount back to the task's spent (and its tool's and category's) while
--- the task is open; a closed or expired task keeps the summary it closed with.
+-- the task is open; a closed or expired task keeps the summary it closed with. The refund
+-- event carries the task.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
@@ -127,8 +128,8 @@ end
 local flags = low_flags(KEYS[1], bal, uint(a[3], MICROS_MAX), a[4])
 local amount_text = istr(amount)
 idem_store(KEYS[3], ARGV[12], bal, flags, ARGV[2], amount_text)
-redis.call('XADD', KEYS[4], '*', 'id', ARGV[2], 'at', istr(ms), 'kind', 'refund',
-  'agent', ARGV[1], 'tool', ARGV[10], 'category', cat, 'amount', amount_text,
+redis.call('XADD', KEYS[4], '*', unpack(task_event({ 'id', ARGV[2], 'at', istr(ms),
+  'kind', 'refund', 'agent', ARGV[1], 'tool', ARGV[10], 'category', cat, 'amount', amount_text,
   'balance_after', istr(bal), 'ref', ARGV[3], 'reason', ARGV[14], 'idem', ARGV[13],
-  'ih', ARGV[12])
+  'ih', ARGV[12] }, ARGV[15] ~= '' and ARGV[15] or nil)))
 return { C.OK, bal, flags, ARGV[2], amount }

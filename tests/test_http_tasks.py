@@ -187,3 +187,23 @@ def test_ledger_rows_carry_the_task(gateway: Gateway) -> None:
     tasks = sorted((e["kind"], e["task"] or "") for e in entries)
     assert tasks == [("capture", tid), ("charge", ""), ("charge", tid), ("grant", ""),
                      ("hold", tid)]
+
+
+def test_refund_gives_back_to_the_task(gateway: Gateway) -> None:
+    _, key = new_agent(gateway, "10", "tasks")
+    with gateway.agent(key) as agent:
+        tid = str(open_task(agent, {"budget": "0.1"})["task_id"])
+        charged = agent.post("/v1/charge", json={"tool": "web_search", "task": tid}).json()
+        assert agent.post("/v1/charge", json={"tool": "web_search", "task": tid}
+                          ).status_code == 200
+        assert agent.post("/v1/charge", json={"tool": "web_search", "task": tid}
+                          ).status_code == 403
+    with gateway.admin() as admin:
+        refunded = admin.post(f"/v1/charges/{charged['charge_id']}/refund",
+                              json={"amount": "0.05", "reason": "bad answer"})
+        assert refunded.status_code == 200, refunded.text
+    with gateway.agent(key) as agent:
+        shown = agent.get(f"/v1/tasks/{tid}").json()
+        assert (shown["spent"], shown["spent_by_tool"]) == ("0.05", {"web_search": "0.05"})
+        assert agent.post("/v1/charge", json={"tool": "web_search", "task": tid}
+                          ).status_code == 200

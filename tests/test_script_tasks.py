@@ -466,3 +466,69 @@ def test_close_releases_an_expired_task_and_low_balance_rearms(clocked_lua: Lua)
     assert close(lua) == [0, 1]
     assert lua.agent()["lowf"] == "0"
     assert lua.bal() == 100_000
+
+
+# ---- refunds give back to the task -----------------------------------------------------------
+
+def refund_task(lua: Lua, cost: int, amount: int, task_id: str, cat: str = "tool",
+                charge_id: str = "c1") -> list[Any]:
+    from tests.test_script_refund import refund_args
+
+    return lua.run("refund", *refund_args(lua, cost, amount, charge_id=charge_id, cat=cat,
+                                          task=task_id))
+
+
+def test_refund_gives_back_to_an_open_task(lua: Lua) -> None:
+    lua.create()
+    open_task(lua, T1, 100_000)
+    assert charge(lua, 60_000, cat="web")[0] == 0
+    assert charge(lua, 40_000, cat="web")[0] == 0
+    assert charge(lua, 1, cat="web")[0] == TASK_BUDGET
+    assert refund_task(lua, 60_000, 25_000, T1, cat="web")[0] == 0
+    t = task(lua)
+    assert (t["spent"], t["st:v_web"], t["sc:web"], t["calls"]) == ("75000", "75000", "75000",
+                                                                     "2")
+    assert lua.events()[-1]["task"] == T1
+    assert charge(lua, 25_000, cat="web")[0] == 0
+    assert charge(lua, 1, cat="web")[0] == TASK_BUDGET
+
+
+def test_refund_of_a_closed_task_leaves_its_summary(lua: Lua) -> None:
+    lua.create()
+    open_task(lua, T1, 100_000)
+    assert charge(lua, 60_000)[0] == 0
+    assert close(lua) == [0, 0]
+    before = task(lua)
+    assert refund_task(lua, 60_000, 60_000, T1)[0] == 0
+    assert task(lua) == before
+    assert lua.events()[-1]["task"] == T1
+
+
+def test_refund_without_task_or_of_a_gone_task(lua: Lua) -> None:
+    lua.create()
+    assert charge(lua, 60_000, task="")[0] == 0
+    assert refund_task(lua, 60_000, 10_000, "")[0] == 0
+    assert "task" not in lua.events()[-1]
+    assert refund_task(lua, 60_000, 10_000, T2, charge_id="c2")[0] == 0  # expired: gone
+    assert not lua.r.exists(lua.k().task(T2))
+    assert lua.run("refund", *_bad_task_refund(lua)) == [BAD, 15]
+
+
+def _bad_task_refund(lua: Lua) -> tuple[list[str], list[str]]:
+    from tests.test_script_refund import refund_args
+
+    return refund_args(lua, 60_000, 1, charge_id="c3", task="a b")
+
+
+def test_tool_and_category_counters_are_apart(lua: Lua) -> None:
+    """A tool's max_calls counts that tool's calls only, not its category's."""
+    lua.create()
+    open_task(lua, T1, 1_000_000, "fx_tool", "1", "tool", "3")
+    assert charge(lua, 10, cat="tool")[0] == 0  # v_tool, category tool
+    assert charge(lua, 10, cat="tool")[0] == 0
+    assert charge(lua, None, tool="fx_tool")[0] == 0  # fx_tool's first call
+    assert charge(lua, 10, cat="tool") == [TASK_CALLS, "tool", 3]
+    assert charge(lua, None, tool="fx_tool") == [TASK_CALLS, "fx_tool", 1]
+    t = task(lua)
+    assert (t["nt:v_tool"], t["nt:fx_tool"], t["nc:tool"]) == ("2", "1", "3")
+    assert (t["st:v_tool"], t["st:fx_tool"], t["sc:tool"]) == ("20", "50000", "50020")
