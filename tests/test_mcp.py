@@ -22,7 +22,10 @@ import redis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.gateway_proc import ADMIN_TOKEN, Gateway
+from gateway.config import load_settings
+from gateway.metering.engine import Engine
+from gateway.store.resp import RedisConnection, parse_redis_url
+from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import new_agent
 from tests.servers import free_port
 
@@ -322,35 +325,59 @@ async def test_a_tool_without_a_catalog_entry_is_never_forwarded(mcp_gateway: Ga
     assert agent_state(mcp_gateway, name)["balance"] == "1"
 
 
+async def test_a_call_naming_a_task_counts_in_it(mcp_gateway: Gateway,
+                                                gateway_redis: tuple[str, Any],
+                                                upstream: str) -> None:
+    """Tasks apply to MCP calls: the hold script's walls are the same as invoke's."""
+    name, key = new_agent(mcp_gateway, "1")
+    settings = load_settings({"IOU_REDIS_URL": gateway_redis[0]})
+    engine = Engine(RedisConnection(parse_redis_url(gateway_redis[0])), settings)
+    await engine.start(background=False)
+    try:
+        task = (await engine.open_task(name, 100_000)).task_id  # a budget of 0.1
+    finally:
+        await engine.stop()
+        engine.conn.close()
+    before = executed(upstream).get("echo", 0)
+    async with agent_client(mcp_gateway, key) as client:
+        first = await client.call_tool("up.echo", {}, meta=_meta(task=task))
+        over = await client.call_tool("up.echo", {}, meta=_meta(task=task))
+        stranger = await client.call_tool("up.echo", {}, meta=_meta(task="task_" + "0" * 32))
+    assert not first.is_error
+    assert error_of(over)["limit"] == "task_budget"
+    assert error_of(stranger)["error"] == "not_found"
+    assert executed(upstream)["echo"] == before + 1
+    assert agent_state(mcp_gateway, name)["balance"] == "0.93"
+
+
 # -- agents apart -----------------------------------------------------------------------------
 
 
-def _initialize(gw: Gateway, key: str) -> str:
-    """A handshake-era session opened with ``key``; its id."""
-    answer = httpx.post(gw.url + "/mcp", headers={
-        "authorization": f"Bearer {key}", "accept": "application/json, text/event-stream"},
-        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}})
-    assert answer.status_code == 200, answer.text
-    return answer.headers["mcp-session-id"]
+def _post(gw: Gateway, key: str, message: dict[str, Any], **headers: str) -> httpx.Response:
+    return httpx.post(gw.url + "/mcp", json=message, headers={
+        "authorization": f"Bearer {key}", "accept": "application/json, text/event-stream",
+        **headers})
 
 
-def test_another_agents_key_cannot_use_a_session(mcp_gateway: Gateway, upstream: str) -> None:
+def test_each_request_acts_for_its_own_key_whatever_session_it_names(
+        mcp_gateway: Gateway, upstream: str) -> None:
+    """No sessions to share: the endpoint is stateless, every request is its key's."""
     a_name, a_key = new_agent(mcp_gateway, "1")
     b_name, b_key = new_agent(mcp_gateway, "1")
-    session = _initialize(mcp_gateway, a_key)
+    opened = _post(mcp_gateway, a_key, {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}})
+    assert opened.status_code == 200 and "mcp-session-id" not in opened.headers
     call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": "up.echo", "arguments": {}}}
-    before = executed(upstream).get("echo", 0)
-    answer = httpx.post(mcp_gateway.url + "/mcp", json=call, headers={
-        "authorization": f"Bearer {b_key}", "mcp-session-id": session,
-        "mcp-protocol-version": "2025-11-25",
-        "accept": "application/json, text/event-stream"})
-    assert answer.status_code == 404  # as if the session did not exist
-    assert executed(upstream).get("echo", 0) == before
+    answer = _post(mcp_gateway, b_key, call, **{"mcp-session-id": "a-session-of-a",
+                                                "mcp-protocol-version": "2025-11-25"})
+    assert answer.json()["result"]["_meta"]["iou/balance"] == "0.93"
     assert agent_state(mcp_gateway, a_name)["balance"] == "1"
-    assert agent_state(mcp_gateway, b_name)["balance"] == "1"
+    assert agent_state(mcp_gateway, b_name)["balance"] == "0.93"
+    stream = httpx.get(mcp_gateway.url + "/mcp", headers={"authorization": f"Bearer {a_key}"})
+    assert stream.status_code == 405 and stream.headers["allow"] == "POST"
 
 
 async def test_each_agent_is_charged_for_its_own_calls(mcp_gateway: Gateway) -> None:
@@ -390,6 +417,22 @@ async def test_exactly_as_many_calls_as_the_balance_pays_for_reach_the_upstream(
     state = agent_state(mcp_gateway, name)
     assert (state["balance"], state["held"]) == ("0.02", "0")
     assert len({r.meta["iou/charge_id"] for r in ok if r.meta}) == 14
+
+
+async def test_any_worker_answers_any_request(gateway_redis: tuple[str, Any],
+                                              mcp_gateway: Gateway) -> None:
+    """Two workers behind one port, a client with many connections: a handshake-era
+    session kept in one worker would be unknown to the other (it was: 'Session not
+    found')."""
+    name, key = new_agent(mcp_gateway, "10")
+    results: list[types.CallToolResult] = []
+    with running_gateway(gateway_redis[0], workers=2) as two:
+        for mode in (*MODES, "legacy"):  # a new client each time: its connections land
+            async with agent_client(two, key, mode) as client:  # on either worker
+                results += await asyncio.gather(*(client.call_tool("up.echo", {})
+                                                  for _ in range(20)))
+    assert [r.is_error for r in results] == [False] * 60
+    assert agent_state(mcp_gateway, name)["balance"] == "5.8"
 
 
 # -- the stdio bridge ---------------------------------------------------------------------------

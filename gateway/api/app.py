@@ -91,9 +91,10 @@ ROUTES = [
     Route("/openapi.json", ops.openapi, methods=["GET"]),
     Route("/dashboard", ops.dashboard, methods=["GET"]),
 ]
-# The MCP endpoint (streamable HTTP: POST, GET and DELETE of JSON-RPC messages) is a protocol
-# of its own, described in docs/api.md rather than in the OpenAPI document (not in ROUTES).
-MCP_ROUTE = Route("/mcp", McpEndpoint(), methods=["GET", "POST", "DELETE"])
+# The MCP endpoint (streamable HTTP, stateless: JSON-RPC messages POSTed, answered in JSON)
+# is a protocol of its own, described in docs/api.md rather than in the OpenAPI document (not
+# in ROUTES). No GET stream (the gateway sends no message of its own) and no session to DELETE.
+MCP_ROUTE = Route("/mcp", McpEndpoint(), methods=["POST"])
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 
 

@@ -68,18 +68,20 @@ class Metering:
 
 @dataclass(frozen=True)
 class _Target:
-    """A call's tool, resolved: catalog entry, server, upstream tool name."""
+    """A call's tool, resolved: catalog entry, server, upstream tool name; and the task the
+    call counts in (``_meta`` ``iou/task``), if any."""
 
     tool: Tool
     server: registry.McpServer
     upstream_tool: str
+    task: str | None = None
 
 
 async def call_tool(m: Metering, agent: str, name: str, arguments: dict[str, Any],
                     meta: dict[str, Any] | None) -> types.CallToolResult:
     """The agent's call of ``<server>.<tool>``, metered; refusals are error results."""
     try:
-        target = await _resolve(m, name)
+        target = await _resolve(m, name, _task_of(meta))
         upstream = target.server.upstream(m.settings)  # credentials open before any hold
         max_cost = _max_cost(target.tool, meta, m.settings.amount_max_micros)
         return await _metered(m, agent, target, upstream, arguments, max_cost)
@@ -87,14 +89,23 @@ async def call_tool(m: Metering, agent: str, name: str, arguments: dict[str, Any
         return refusal_result(exc)
 
 
-async def _resolve(m: Metering, name: str) -> _Target:
+def _task_of(meta: dict[str, Any] | None) -> str | None:
+    """The task a call names in its request ``_meta`` (``iou/task``), as invoke's X-IOU-Task
+    header: the engine refuses an unknown or another agent's task (404)."""
+    task = (meta or {}).get(META_PREFIX + "task")
+    if task is not None and not isinstance(task, str):
+        raise InvalidRequest("_meta.iou/task", "must be a task id")
+    return task
+
+
+async def _resolve(m: Metering, name: str, task: str | None) -> _Target:
     server_name, _, tool_name = name.partition(".")
     entry = await _catalog_entry(m.engine, name)
     server = await registry.find(m.conn, server_name) if tool_name else None
     if entry is None or server is None or server.tool(tool_name) is None:
         raise NotFound(f"No tool named {name} is offered (it needs an MCP server that lists "
                        "it and a catalog entry of that name); nothing was called.")
-    return _Target(entry, server, tool_name)
+    return _Target(entry, server, tool_name, task)
 
 
 async def _catalog_entry(engine: Engine, name: str) -> Tool | None:
@@ -131,7 +142,7 @@ async def _metered(m: Metering, agent: str, target: _Target, upstream: Upstream,
     try:
         if max_cost == 0:
             raise NothingToHold()
-        hold = await m.engine.hold(agent, target.tool.name, max_cost, ttl_s)
+        hold = await m.engine.hold(agent, target.tool.name, max_cost, ttl_s, task=target.task)
     except BalanceInsufficient as exc:
         m.spawn(m.on_depleted(agent, exc))
         raise
@@ -171,7 +182,7 @@ async def _free(m: Metering, agent: str, target: _Target, upstream: Upstream,
         return _with_meta(result, {"balance": format_amount(state.balance_micros),
                                    "cost": "0"})
     with anyio.CancelScope(shield=True):
-        charged = await m.engine.charge(agent, target.tool.name)
+        charged = await m.engine.charge(agent, target.tool.name, task=target.task)
     return _with_meta(result, {"charge_id": charged.charge_id, "cost": "0",
                                "balance": format_amount(charged.balance_micros),
                                "warnings": list(charged.warnings)})

@@ -3,10 +3,14 @@ manager), one per worker.
 
 Every HTTP request to ``/mcp`` is authenticated with the agent key (a Bearer token) before
 the SDK sees it: a missing, unknown or revoked key is the contract's JSON 401, whatever
-the request. The request then carries its agent (the handlers meter for it) and the
-SDK's session owner (the agent and the key's hash): a session opened with one key answers
-404 to any other key, so sessions are per agent key, and a revoked key stops working
-within the auth cache's second even on a session it opened.
+the request. The request then carries its agent, and the handlers meter for it.
+
+The endpoint is stateless (the SDK's stateless mode for the initialize-handshake protocol;
+the 2026-07-28 protocol has no sessions anyway): no ``Mcp-Session-Id``, each request stands
+alone on its own key. So any worker answers any request (a session kept in one worker's
+memory would be unknown to the others behind the same port), and no request can act for
+another key's agent, whatever it names. The gateway sends no message of its own, so JSON
+answers (no SSE) and no GET stream.
 
 ``tools/list`` offers ``<server>.<tool>`` for each tool a registered server listed that
 has a catalog entry of that name, with ``_meta`` ``iou/price``, ``iou/category`` and
@@ -20,8 +24,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import mcp_types as types
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -34,7 +36,6 @@ from gateway.api.responses import error_response
 from gateway.metering.errors import GatewayError, unavailable
 from gateway.metering.models import Tool
 from gateway.metering.money import format_amount
-from gateway.store import keys
 from gateway.store.errors import StoreUnavailable
 
 from . import calls, registry
@@ -45,10 +46,6 @@ log = logging.getLogger("iou.mcp")
 
 AGENT_SCOPE_KEY = "iou.agent"  # the ASGI scope entry naming the authenticated agent
 SERVER_NAME = "iou-gateway"
-# Sessions idle this long are closed (the SDK's default is 30 minutes); an agent's client
-# opens a new one. Bounded in number too: past it, a new session is 503.
-SESSION_IDLE_S = 600.0
-SESSIONS_MAX = 10_000
 INTERNAL_ERROR = -32603
 
 
@@ -63,8 +60,8 @@ class McpFront:
         self.server: Server[Any] = Server(SERVER_NAME, on_list_tools=self._list_tools,
                                           on_call_tool=self._call_tool)
         self.manager = StreamableHTTPSessionManager(
-            self.server, json_response=True, session_idle_timeout=SESSION_IDLE_S,
-            max_sessions=SESSIONS_MAX, max_request_body_size=ctx.settings.body_bytes_max)
+            self.server, json_response=True, stateless=True,
+            max_request_body_size=ctx.settings.body_bytes_max)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[McpFront]:
@@ -90,9 +87,6 @@ class McpFront:
         except StoreUnavailable as exc:
             await error_response(unavailable(exc))(scope, receive, send)
             return
-        digest = keys.api_key_hash(_bearer_token(request))
-        token = AccessToken(token=digest, client_id=agent, scopes=[], subject=digest)
-        scope["user"] = AuthenticatedUser(token)
         scope[AGENT_SCOPE_KEY] = agent
         await self.manager.handle_request(scope, receive, send)
 
@@ -120,11 +114,6 @@ class McpFront:
                                          dict(params.arguments or {}), meta)
         except StoreUnavailable as exc:
             return refusal_result(unavailable(exc))
-
-
-def _bearer_token(request: Request) -> str:
-    _, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip()
 
 
 def _agent_of(ctx: ServerRequestContext[Any, Any]) -> str:
