@@ -34,6 +34,7 @@ PRICES = {"up.echo": ("0.07", "fixed"), "up.measure": ("0.1", "variable"),
           "up.fail": ("0.05", "fixed"), "up.boom": ("0.05", "fixed"),
           "up.slow": ("0.05", "fixed"), "up.free": ("0", "fixed")}
 MODES = ("auto", "legacy")  # the 2026-07-28 protocol, and the initialize handshake's
+TIMEOUT_S = 6  # the module gateway's IOU_UPSTREAM_TIMEOUT_S
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,16 @@ def upstream() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def mcp_gateway(gateway: Gateway, upstream: str) -> Gateway:
-    """The module's gateway with the upstream registered as ``up`` and its tools priced."""
+def mcp_gateway(gateway_redis: tuple[str, Any], upstream: str) -> Iterator[Gateway]:
+    """The module's gateway with the upstream registered as ``up`` and its tools priced.
+    The upstream timeout is short for the timeout test, yet long enough for 200 concurrent
+    calls on a loaded machine."""
+    with running_gateway(gateway_redis[0], IOU_UPSTREAM_TIMEOUT_S=str(TIMEOUT_S)) as gateway:
+        _register(gateway, upstream)
+        yield gateway
+
+
+def _register(gateway: Gateway, upstream: str) -> None:
     with gateway.admin() as admin:
         for name, (price, pricing) in PRICES.items():
             body = {"price": price, "category": "tool", "pricing": pricing}
@@ -68,7 +77,6 @@ def mcp_gateway(gateway: Gateway, upstream: str) -> Gateway:
         answer = admin.put("/v1/mcp/servers/up", json={
             "url": upstream + "/mcp", "headers": {"x-upstream-secret": SECRET}})
         assert answer.status_code == 200, answer.text
-    return gateway
 
 
 def executed(upstream: str) -> dict[str, int]:
@@ -260,7 +268,8 @@ async def test_a_free_tool_is_charged_zero_and_in_the_ledger(mcp_gateway: Gatewa
         result = await client.call_tool("up.free", {})
     assert not result.is_error and result.meta is not None
     assert result.meta["iou/cost"] == "0"
-    assert ledger_kinds(mcp_gateway, name, 1) == [("charge", "up.free", "0")]
+    assert ledger_kinds(mcp_gateway, name, 2) == [("grant", None, "0"),
+                                                  ("charge", "up.free", "0")]
 
 
 # -- refusals, failures -----------------------------------------------------------------------
@@ -293,7 +302,7 @@ async def test_a_refusal_is_an_error_result_and_never_reaches_the_upstream(
 
 @pytest.mark.parametrize(("tool", "arguments", "code"), [
     ("up.fail", {}, None), ("up.boom", {}, "upstream_unavailable"),
-    ("up.slow", {"seconds": 4}, "upstream_timeout")])
+    ("up.slow", {"seconds": TIMEOUT_S + 3}, "upstream_timeout")])
 async def test_an_upstream_error_or_timeout_releases_the_hold(
         mcp_gateway: Gateway, upstream: str, tool: str, arguments: dict[str, Any],
         code: str | None) -> None:
@@ -383,11 +392,13 @@ def test_each_request_acts_for_its_own_key_whatever_session_it_names(
 async def test_each_agent_is_charged_for_its_own_calls(mcp_gateway: Gateway) -> None:
     agents = [new_agent(mcp_gateway, "1") for _ in range(4)]
 
-    async def calls(key: str, count: int) -> None:
+    async def calls(key: str, count: int) -> list[types.CallToolResult]:
         async with agent_client(mcp_gateway, key) as client:
-            await asyncio.gather(*(client.call_tool("up.echo", {}) for _ in range(count)))
+            return list(await asyncio.gather(*(client.call_tool("up.echo", {})
+                                               for _ in range(count))))
 
-    await asyncio.gather(*(calls(key, i + 1) for i, (_, key) in enumerate(agents)))
+    results = await asyncio.gather(*(calls(key, i + 1) for i, (_, key) in enumerate(agents)))
+    assert [r.content for batch in results for r in batch if r.is_error] == []
     balances = [agent_state(mcp_gateway, name)["balance"] for name, _ in agents]
     assert balances == ["0.93", "0.86", "0.79", "0.72"]
 
