@@ -447,7 +447,8 @@ local function task_refusal(t, ms, cost, tool, cat)
   if ms >= t.exp then return { C.TASK_CLOSED, 'expired' } end
   if t.mt and t.nt + 1 > t.mt then return { C.LIMIT_TASK_CALLS, tool, t.mt } end
   if t.mc and t.nc + 1 > t.mc then return { C.LIMIT_TASK_CALLS, cat, t.mc } end
-  if cost > 0 and t.spent + t.held + cost > t.budget then
+  -- A free call fits always: spent + held never exceed the budget.
+  if t.spent + t.held + cost > t.budget then
     return { C.LIMIT_TASK_BUDGET, t.budget, t.spent + t.held }
   end
   return nil

@@ -3,7 +3,10 @@ on charges, batch items and holds, the X-IOU-Task header on invoke, and the refu
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
+from decimal import Decimal
 
 import httpx
 
@@ -207,3 +210,40 @@ def test_refund_gives_back_to_the_task(gateway: Gateway) -> None:
         assert (shown["spent"], shown["spent_by_tool"]) == ("0.05", {"web_search": "0.05"})
         assert agent.post("/v1/charge", json={"tool": "web_search", "task": tid}
                           ).status_code == 200
+
+
+def test_exactly_14_of_400_mixed_over_http(gateway: Gateway) -> None:
+    """Task budget 1.00; 100 charges, 100 holds and 20 batches of 10 items of 0.07, all at
+    once over HTTP: exactly 14 calls pass, the rest are task_budget refusals."""
+    _, key = new_agent(gateway, "100", "tasks")
+    with gateway.admin() as admin:
+        assert admin.put("/v1/tools/task_race", json={"price": "0.07", "category": "tool"}
+                         ).status_code == 200
+    with gateway.agent(key) as agent:
+        tid = str(open_task(agent, {"budget": "1"})["task_id"])
+    call = {"tool": "task_race", "task": tid}
+
+    async def race() -> list[str]:
+        headers = {"authorization": f"Bearer {key}"}
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=gateway.url, headers=headers, timeout=60,
+                                     limits=limits) as client:
+            requests = [client.post("/v1/charge", json=call) for _ in range(100)]
+            requests += [client.post("/v1/holds", json=call) for _ in range(100)]
+            requests += [client.post("/v1/charges", json={"charges": [call] * 10})
+                         for _ in range(20)]
+            answers = await asyncio.gather(*requests)
+        outcomes = []
+        for answer in answers:
+            body = answer.json()
+            for item in body.get("results", [body]):
+                outcomes.append(item.get("limit") or item.get("error") or "ok")
+        return outcomes
+
+    outcomes = Counter(asyncio.run(race()))
+    assert outcomes == {"ok": 14, "task_budget": 386}
+    with gateway.agent(key) as agent:
+        shown = agent.get(f"/v1/tasks/{tid}").json()
+        assert shown["calls"] == 14
+        assert Decimal(shown["spent"]) + Decimal(shown["held"]) == Decimal("0.98")
+        assert Decimal(agent.get("/v1/balance").json()["balance"]) == Decimal("99.02")

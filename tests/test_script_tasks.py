@@ -532,3 +532,18 @@ def test_tool_and_category_counters_are_apart(lua: Lua) -> None:
     t = task(lua)
     assert (t["nt:v_tool"], t["nt:fx_tool"], t["nc:tool"]) == ("2", "1", "3")
     assert (t["st:v_tool"], t["st:fx_tool"], t["sc:tool"]) == ("20", "50000", "50020")
+
+
+def test_one_micro_counts_everywhere(lua: Lua) -> None:
+    lua.create()
+    open_task(lua, T1, 100)
+    assert charge(lua, 1)[0] == 0
+    assert hold(lua, 1, "hold1")[0] == 0
+    assert hold(lua, 2, "hold2")[0] == 0
+    t = task(lua)
+    assert (t["spent"], t["st:v_tool"], t["sc:tool"], t["held"], t["o:hold1"]) == (
+        "1", "1", "1", "3", "1")
+    assert lua.capture(1, "hold2")[0] == 0
+    t = task(lua)
+    assert (t["spent"], t["st:v_llm"], t["sc:llm"], t["held"]) == ("2", "1", "1", "1")
+    assert "o:hold2" not in t
