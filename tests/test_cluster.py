@@ -65,6 +65,13 @@ from tests.test_scripts import (  # noqa: F401
     test_low_balance_crossing_reported_once,
     test_one_micro_short,
 )
+from tests.test_tasks import (  # noqa: F401
+    test_close_releases_many_holds,
+    test_max_calls_exact_under_concurrency,
+    test_open_charge_show_close,
+    test_task_budget_exact_with_holds_and_charges_mixed,
+    test_task_budget_exactly_14_of_400,
+)
 
 
 @pytest.fixture(scope="module")
