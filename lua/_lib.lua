@@ -15,9 +15,10 @@ local C = {
   BAD_ARGUMENT = 30, LIMIT_WINDOW = 31, LIMIT_CALLS = 32, LIMIT_TOOL_PER_CALL = 33,
   TASK_NOT_FOUND = 40, TASK_CLOSED = 41, LIMIT_TASK_BUDGET = 42, LIMIT_TASK_CALLS = 43,
   LIMIT_TASK_REQUIRED = 44, TASK_IDS_SHORT = 45,
+  LOOP_DETECTED = 50,
   REFUND_EXCEEDS = 60, NOT_A_CHILD = 61,
 }
-local F = { LOW_BALANCE = 1, DAILY_NEAR = 2, LOW_CROSSED = 4 }
+local F = { LOW_BALANCE = 1, DAILY_NEAR = 2, LOW_CROSSED = 4, HOURLY_NEAR = 8, WEEKLY_NEAR = 16, MONTHLY_NEAR = 32, CALLS_NEAR = 64 }
 
 local MICROS_MAX = 9007199254740991 -- 2^53 - 1: the largest exact Lua integer
 local DAY_MS = 86400000
@@ -369,6 +370,29 @@ local function walls_refusal(caps, st, p, cost, cat, tool)
   return calls_refusal(caps, st, p, cat, tool) or spend_refusal(caps, st, p, cost, cat, {})
 end
 
+-- The walls' warning bits after a call that passed: spent or held over 80 % of a rolling-hour,
+-- weekly or monthly cap (the agent's or the call's category's, this call's `cost` counted),
+-- and CALLS_NEAR over 80 % of a call cap (agent, category or tool, this call counted), so
+-- the warning comes on the calls that still pass, before calls start to fail.
+local NEAR_BITS = { hr = F.HOURLY_NEAR, wk = F.WEEKLY_NEAR, mo = F.MONTHLY_NEAR }
+local function walls_near(caps, st, cost)
+  local flags = 0
+  for _, w in ipairs({ 'hr', 'wk', 'mo' }) do
+    local cap, ccap = caps[w], caps['c' .. w]
+    if (cap and ((st.used[w .. 'a'] or 0) + cost) * 5 > cap * 4)
+        or (ccap and ((st.used[w .. 'c'] or 0) + cost) * 5 > ccap * 4) then
+      flags = flags + NEAR_BITS[w]
+    end
+  end
+  for _, w in ipairs({ 'nm', 'nh', 'nd' }) do
+    for _, s in ipairs({ 'a', 'c', 't' }) do
+      local cap = caps[s == 'a' and w or s .. w]
+      if cap and ((st.used[w .. s] or 0) + 1) * 5 > cap * 4 then return flags + F.CALLS_NEAR end
+    end
+  end
+  return flags
+end
+
 -- One call's writes to the walls hash, in one HSET of the values walls_read returned (exact:
 -- nothing else runs in between): `spent` and `held` micros in the hour, week and month of
 -- the agent and the category, one call in the agent's, category's and tool's counters.
@@ -532,4 +556,70 @@ local function outbox_low(outbox_key, flags, webhook_url, agent, bal, low, entry
       'agent', agent, 'balance', istr(bal), 'threshold', istr(low), 'at', istr(ms),
       'url', webhook_url)
   end
+end
+
+-- ---- Loop breaker: the same tool with the same arguments more than `repeats` times within
+-- `window_s` is refused (and with action freeze, the agent is frozen). The agent hash's field
+-- 'lp' = '<repeats>/<window_s>/<r|f>' comes with the agent's other fields (an agent without
+-- it pays nothing more); only then is the call's list read: iou:{pNN}:loop:<agent>:<digest>
+-- (the digest of tool and arguments, made by the gateway), the times in ms of the last
+-- `repeats` accepted calls, newest first, expiring `window_s` after the last one.
+local LOOP_REPEATS_MAX = 1000
+local LOOP_WINDOW_S_MAX = 86400
+
+-- The loop setting of field 'lp' as {repeats, window_ms, freeze}, or nil when unset (or not
+-- one that set_limits.lua writes).
+local function loop_setting(lp)
+  if not lp then return nil end
+  local r, w, act = string.match(lp, '^(%d+)/(%d+)/([rf])$')
+  local repeats, window_s = uint(r, LOOP_REPEATS_MAX), uint(w, LOOP_WINDOW_S_MAX)
+  if not repeats or not window_s or repeats == 0 or window_s == 0 then return nil end
+  return { repeats = repeats, window_s = window_s, window_ms = window_s * 1000,
+    freeze = act == 'f' }
+end
+
+-- The loop state of one call: its setting, and the time of the `repeats`-th newest accepted
+-- call (nil when there were fewer); nil when the agent has no loop setting.
+local function loop_read(lp, key)
+  local loop = loop_setting(lp)
+  if not loop then return nil end
+  loop.key = key
+  loop.oldest = tonumber(redis.call('LINDEX', key, loop.repeats - 1))
+  return loop
+end
+
+-- nil when one more call fits, else the refusal: `repeats` calls already in the window
+-- (ms - window, ms]; Retry-After is when the oldest of them leaves it.
+local function loop_refusal(loop, ms, tool)
+  if not loop or not loop.oldest or loop.oldest <= ms - loop.window_ms then return nil end
+  return { C.LOOP_DETECTED, tool, loop.repeats, loop.window_s,
+    math.floor((loop.oldest + loop.window_ms - ms + 999) / 1000), loop.freeze and 1 or 0 }
+end
+
+-- Action freeze: the refusal freezes the agent (unless it is already frozen), as an event
+-- with the entry id the refused call was given, and queues webhook agent.loop_detected when
+-- the agent has a webhook URL. `who`: {agent, entry_id, bal, frozen, wh} as the script read
+-- them.
+local function loop_freeze(keys, loop, refusal, who, ms)
+  if not loop.freeze or who.frozen == '1' then return refusal end
+  local at, repeats, window_s = istr(ms), istr(loop.repeats), istr(loop.window_s)
+  redis.call('HSET', keys.agent, 'frozen', '1')
+  redis.call('XADD', keys.events, '*', 'id', who.entry_id, 'at', at, 'kind', 'freeze',
+    'agent', who.agent, 'tool', refusal[2], 'reason', 'loop_detected', 'repeats', repeats,
+    'window_s', window_s)
+  if who.wh then
+    redis.call('XADD', keys.outbox, '*', 'event_id', who.entry_id .. ':agent.loop_detected',
+      'event', 'agent.loop_detected', 'agent', who.agent, 'balance', who.bal, 'at', at,
+      'tool', refusal[2], 'repeats', repeats, 'window_s', window_s, 'url', who.wh)
+  end
+  return refusal
+end
+
+-- An accepted call: its time goes in front of the list, which keeps the last `repeats`.
+local function loop_write(loop, ms)
+  if not loop then return end
+  if redis.call('LPUSH', loop.key, istr(ms)) > loop.repeats then
+    redis.call('LTRIM', loop.key, 0, loop.repeats - 1)
+  end
+  redis.call('PEXPIRE', loop.key, loop.window_ms)
 end

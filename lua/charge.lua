@@ -2,12 +2,14 @@
 -- The price, category and pricing come from the partition's copy of the catalog, read here
 -- in the same step as the charge, so a price change applies to every call after the PUT.
 -- Order: arguments, tool, agent, idempotency (replay/conflict), pricing, free tool, frozen,
--- per-call cap, category per-call cap, daily cap, category daily cap, then the walls beyond
+-- the loop breaker when the agent sets one ('lp': free calls meet it too), per-call cap, category per-call cap, daily cap, category daily cap, then the walls beyond
 -- the balance when the agent sets any (x = '1': the tool's per-call cap, call caps, which
 -- free calls meet too, the rolling-hour, weekly and monthly windows), the task (named by
 -- ARGV[9]: unknown, closed or expired, max_calls, budget; or require_task for a paid call
 -- naming none), balance; then, and only then, the writes: decrement, window counters,
--- walls counters, task counters, low-balance flag, idempotency record, ledger event.
+-- walls counters (and their near-limit warning bits), task counters, the loop list,
+-- low-balance flag, idempotency record, ledger event. A loop refusal with action freeze
+-- writes the freeze (agent hash, event, webhook agent.loop_detected) and nothing else.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
@@ -16,6 +18,9 @@
 -- KEYS[6] catalog copy          iou:{pNN}:tools
 -- KEYS[7] walls hash            iou:{pNN}:walls:<agent> (read and written only when x = '1')
 -- KEYS[8] task hash             iou:{pNN}:task:<agent>:<task_id> (read when ARGV[9] is set)
+-- KEYS[9] loop list             iou:{pNN}:loop:<agent>:<digest of tool and arguments> (read
+--                               and written only when the agent has 'lp'; callers written
+--                               before the loop breaker pass none)
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7, minted by the gateway; becomes the charge id)
 -- ARGV[3] tool name
@@ -46,6 +51,7 @@
 --   code LIMIT_TASK_CALLS = 43: {43, name, max} the task's max_calls of the tool or category
 --   code LIMIT_TASK_BUDGET = 42: {42, max, spent}
 --   code LIMIT_TASK_REQUIRED = 44: {44} a paid call without a task under require_task
+--   code LOOP_DETECTED = 50: {50, tool, repeats, window_s, retry_after_s, frozen (1 or 0)}
 --   code BALANCE_INSUFFICIENT = 17: {17, balance, cost}
 --   code BAD_ARGUMENT = 30: {30, argv_index}
 
@@ -68,7 +74,7 @@ local tool = tool_read(KEYS[6], ARGV[3])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt', 'lp')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[3], ARGV[6])
 if replay then
@@ -98,8 +104,16 @@ if a[10] == '1' then
     ARGV[3]) }
 end
 
+if cost > 0 and a[2] == '1' then return { C.FROZEN } end
+local loop = loop_read(a[12], KEYS[9])
+if loop then
+  local refusal = loop_refusal(loop, ms, ARGV[3])
+  if refusal then
+    return loop_freeze({ agent = KEYS[1], events = KEYS[4], outbox = KEYS[5] }, loop, refusal,
+      { agent = ARGV[1], entry_id = ARGV[2], bal = a[1], frozen = a[2], wh = a[9] }, ms)
+  end
+end
 if cost > 0 then
-  if a[2] == '1' then return { C.FROZEN } end
   local refusal = per_call_refusal(pc, cpc, cost) or daily_refusal(dl, cdl, win, cost, ms)
   if refusal then
     refusal[#refusal + 1] = cat
@@ -132,8 +146,12 @@ if cost > 0 then
 elseif low and bal < low then
   flags = F.LOW_BALANCE
 end
-if walls then walls_write(KEYS[7], walls.st, walls.p, cat, ARGV[3], cost, 0) end
+if walls then
+  walls_write(KEYS[7], walls.st, walls.p, cat, ARGV[3], cost, 0)
+  flags = flags + walls_near(walls.caps, walls.st, cost)
+end
 if task then task_count(KEYS[8], task, ARGV[3], cat, cost, 0, '') end
+loop_write(loop, ms)
 local cost_text = istr(cost)
 idem_store(KEYS[3], ARGV[6], bal, flags, ARGV[2], cost_text)
 local event = { 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',

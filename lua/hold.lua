@@ -2,7 +2,7 @@
 -- at once. The amount comes from the partition's copy of the catalog: a fixed-price tool
 -- holds exactly its price (a max_cost below it is refused, one above it holds the price);
 -- a variable tool holds max_cost (default: its catalog price). Same checks as charge.lua
--- against that amount (per-call caps, daily caps counting what is spent and held today,
+-- against that amount (the loop breaker when the agent sets one, per-call caps, daily caps counting what is spent and held today,
 -- balance), then the writes: balance and held, today's held counters, the hold record
 -- (fx marks a fixed price, which its capture must charge), the expiry index, the
 -- idempotency record, the ledger event. A hold naming a task (ARGV[12]) is checked against
@@ -17,6 +17,8 @@
 -- KEYS[8] catalog copy          iou:{pNN}:tools
 -- KEYS[9] walls hash            iou:{pNN}:walls:<agent> (read and written only when x = '1')
 -- KEYS[10] task hash            iou:{pNN}:task:<agent>:<task_id> (read when ARGV[12] is set)
+-- KEYS[11] loop list            iou:{pNN}:loop:<agent>:<digest of tool and arguments> (read
+--                               and written only when the agent has 'lp')
 -- ARGV[1] agent name
 -- ARGV[2] entry id (UUIDv7) of the hold event
 -- ARGV[3] hold id
@@ -45,6 +47,7 @@
 --   code LIMIT_TOOL_PER_CALL = 33: {33, max, cost, category, tool}
 --   code LIMIT_CALLS = 32: {32, limit, scope, max, retry_after_s, category, tool}
 --   code LIMIT_WINDOW = 31: {31, limit, max, spent, retry_after_s, category}
+--   code LOOP_DETECTED = 50: {50, tool, repeats, window_s, retry_after_s, frozen (1 or 0)}
 --   code TASK_NOT_FOUND = 40: {40} no such task of this agent
 --   code TASK_CLOSED = 41: {41, state} the task is closed or expired
 --   code LIMIT_TASK_CALLS = 43: {43, name, max} the task's max_calls of the tool or category
@@ -77,7 +80,7 @@ local tool = tool_read(KEYS[8], ARGV[4])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt', 'lp')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[5], ARGV[9])
 if replay then
@@ -110,7 +113,13 @@ local win = window_read(KEYS[2], day, cat)
 local pc, dl, low, cpc, cdl = uint(a[3], MICROS_MAX), uint(a[4], MICROS_MAX),
   uint(a[5], MICROS_MAX), uint(a[7], MICROS_MAX), uint(a[8], MICROS_MAX)
 if a[2] == '1' then return { C.FROZEN } end
-local refusal = per_call_refusal(pc, cpc, amount) or daily_refusal(dl, cdl, win, amount, ms)
+local loop = loop_read(a[12], KEYS[11])
+local refusal = loop_refusal(loop, ms, ARGV[4])
+if refusal then
+  return loop_freeze({ agent = KEYS[1], events = KEYS[6], outbox = KEYS[7] }, loop, refusal,
+    { agent = ARGV[1], entry_id = ARGV[2], bal = a[1], frozen = a[2], wh = a[9] }, ms)
+end
+refusal = per_call_refusal(pc, cpc, amount) or daily_refusal(dl, cdl, win, amount, ms)
 if refusal then
   refusal[#refusal + 1] = cat
   return refusal
@@ -154,8 +163,10 @@ if task then
   task_count(KEYS[10], task, ARGV[4], cat, 0, amount, ARGV[3])
   redis.call('HSET', KEYS[3], 'task', task_id)
 end
+loop_write(loop, ms)
 local flags = low_flags(KEYS[1], bal, low, a[6])
   + near_flag(dl, cdl, win[2] + win[3] + amount, win[4] + win[5] + amount)
+if walls then flags = flags + walls_near(walls.caps, walls.st, amount) end
 outbox_low(KEYS[7], flags, a[9], ARGV[1], bal, low, ARGV[2], ms)
 idem_store(KEYS[5], ARGV[9], bal, flags, ARGV[3], istr(expires))
 local event = { 'id', ARGV[2], 'at', istr(ms), 'kind', 'hold',

@@ -1,7 +1,8 @@
 -- set_limits.lua: merge a patch into an agent's limits; an empty value removes a limit.
 -- Fields: pc (per call), dl (daily), hr (rolling hour), wk (ISO week), mo (month), nm / nh /
 -- nd (calls a minute / hour / day), low (low-balance threshold), wh (webhook URL), rt
--- (require_task: '1'; charge.lua and hold.lua read it with the agent's fields); the caps
+-- (require_task: '1'; charge.lua and hold.lua read it with the agent's fields), lp (the
+-- loop breaker: '<repeats>/<window_s>/<r|f>', r refuses, f also freezes); the caps
 -- again per category as c:<category>:<cap>, and per tool as t:<tool>:pc|nm|nh|nd. Every
 -- field is checked before the first write. The agent's x flag is kept '1' exactly while a
 -- wall beyond per-call and daily caps is set (charge/hold/capture read walls only then).
@@ -53,6 +54,7 @@ local function field_ok(f, v)
     return v == '' or (#v <= 2048 and string.match(v, '^https?://[!-~]+$') ~= nil)
   end
   if f == 'low' then return v == '' or uint(v, amount_max) ~= nil end
+  if f == 'lp' then return v == '' or loop_setting(v) ~= nil end
   local kind = cap_kind(f)
   if not kind then return false end
   if v == '' then return true end
@@ -87,7 +89,7 @@ local fields = redis.call('HGETALL', KEYS[1])
 local walls = false
 for i = 1, #fields, 2 do
   local f = fields[i]
-  if f == 'low' or f == 'wh' or f == 'rt' or cap_kind(f) then
+  if f == 'low' or f == 'wh' or f == 'rt' or f == 'lp' or cap_kind(f) then
     event[#event + 1] = 'l.' .. f
     event[#event + 1] = fields[i + 1]
   end

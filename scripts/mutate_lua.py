@@ -75,6 +75,8 @@ MONEY_TESTS = (
     "tests/test_script_walls.py",
     "tests/test_script_walls_mutants.py",
     "tests/test_script_tasks.py",
+    "tests/test_script_loops.py",
+    "tests/test_script_near.py",
     "tests/test_script_agent_scan.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",
@@ -86,6 +88,7 @@ MONEY_TESTS = (
     "tests/test_stateful.py",
     "tests/test_walls.py",
     "tests/test_tasks.py",
+    "tests/test_loops.py",
 )
 PYTEST_SELECT = ("-m", "not slow", "-k", "not fakeredis and not test_http_")
 
@@ -117,6 +120,8 @@ AREA_BY_FUNCTION = {
     "idem_lookup": "idempotency", "idem_store": "idempotency", "hold_read": "hold",
     "hold_close": "hold", "field_ok": "args", "tool_read": "prices",
     "next_catalog_version": "admin",
+    "loop_setting": "loop", "loop_read": "loop", "loop_refusal": "loop",
+    "loop_freeze": "loop", "loop_write": "loop", "walls_near": "warnings",
 }
 AREA_BY_CODE = (
     (re.compile(r"BAD_ARGUMENT|^local \w+ = (uint|name|token)\(ARGV"), "args"),

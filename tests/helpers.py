@@ -55,6 +55,8 @@ async def _content(engine: Engine, name: bytes) -> Any:
         return await conn.call_or_raise(b"ZRANGE", name, 0, -1, b"WITHSCORES")
     if kind == "set":
         return sorted(await conn.call_or_raise(b"SMEMBERS", name))
+    if kind == "list":
+        return await conn.call_or_raise(b"LRANGE", name, 0, -1)
     return await conn.call_or_raise(b"GET", name)
 
 

@@ -128,6 +128,8 @@ class Lua:
                 content = self.r.zrange(name, 0, -1, withscores=True)
             elif kind == "set":
                 content = sorted(self.r.smembers(name))
+            elif kind == "list":
+                content = self.r.lrange(name, 0, -1)
             else:
                 content = self.r.get(name)
             out[name] = (kind, content, self.r.pttl(name) > 0)
@@ -163,13 +165,14 @@ class Lua:
 
     def charge_args(  # noqa: PLR0913 - one argument per script input
             self, cost: int | None, agent: str = AGENT, cat: str = "tool",
-                    idem: str = "", ih: str = "", meta: str = "", tool: str = ""
-                    ) -> tuple[list[str], list[str]]:
+                    idem: str = "", ih: str = "", meta: str = "", tool: str = "",
+                    loop: str | None = None) -> tuple[list[str], list[str]]:
         """A charge of ``cost`` on the variable tool of ``cat`` (or on ``tool``; None = no
-        cost, as for a fixed-price tool)."""
+        cost, as for a fixed-price tool); ``loop`` names its loop list (its arguments),
+        after no task's key (without it, the keys end at the walls', as before tasks)."""
         k = self.k(agent)
         return ([k.agent_hash, k.window, self.idem_key(agent, idem), k.events, k.webhooks,
-                 k.tools, k.walls],
+                 k.tools, k.walls, *self._loop_keys(k, loop)],
                 [agent, self.eid(), tool or f"v_{cat}", "" if cost is None else str(cost),
                  str(AMAX), ih, idem, meta])
 
@@ -181,13 +184,19 @@ class Lua:
     def hold_args(  # noqa: PLR0913 - one argument per script input
             self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,
                   cat: str = "llm", ttl_ms: int = 60_000, idem: str = "", ih: str = "",
-                  meta: str = "", tool: str = "") -> tuple[list[str], list[str]]:
+                  meta: str = "", tool: str = "", loop: str | None = None
+                  ) -> tuple[list[str], list[str]]:
         k = self.k(agent)
         return ([k.agent_hash, k.window, k.hold(hold_id), k.holds, self.idem_key(agent, idem),
-                 k.events, k.webhooks, k.tools, k.walls],
+                 k.events, k.webhooks, k.tools, k.walls, *self._loop_keys(k, loop)],
                 [agent, self.eid(), hold_id, tool or f"v_{cat}",
                  "" if amount is None else str(amount), str(AMAX), str(ttl_ms),
                  str(TTL_MAX_MS), ih, idem, meta])
+
+    @staticmethod
+    def _loop_keys(k: keys.AgentKeys, loop: str | None) -> list[str]:
+        """The task key (none named) and the loop list of ``loop``, or nothing."""
+        return [] if loop is None else [k.task("-"), k.loop(loop)]
 
     def hold(  # noqa: PLR0913 - one argument per script input
             self, amount: int | None, hold_id: str = "hold1", agent: str = AGENT,

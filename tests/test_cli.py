@@ -144,6 +144,12 @@ def test_demo_then_ledger_csv(embedded_gateway: Gateway) -> None:
     assert any("low balance" in line for line in lines)
     refused = [line for line in lines if line.startswith("✗ web_browse refused")]
     assert refused and "balance_insufficient" in refused[0]
+    stops = [line for line in lines if line.startswith("✗ call")]
+    assert len(stops) == 2
+    assert stops[0].startswith("✗ call 11 refused: limit_exceeded calls_per_day (max 10")
+    assert stops[0].endswith("with 8.8 IOU still in the balance")
+    assert stops[1].startswith("✗ call 4 refused: loop_detected")
+    assert sum("near the call cap" in line for line in lines) == 2
     agent = lines[0].split()[1]
     assert api(gw, "GET", f"/v1/agents/{agent}")["balance"] == "0.11"
     exported = iou(gw, "ledger", "--agent", agent, "--limit", "1000", "--csv")
@@ -267,6 +273,22 @@ def test_demo_and_reconcile_json(embedded_gateway: Gateway) -> None:
                                   "cost": "0.05", "balance": "8.25", "warnings": []}
     assert result["balance"] == result["calls"][-1]["balance"] == "0.11"
     assert [e["kind"] for e in result["ledger"]][:1] == ["charge"]
+    # The runaway monitor: its call cap stops it at call 11, its balance healthy.
+    monitor = result["monitor"]
+    assert monitor["refused_at"] == 11 and len(monitor["calls"]) == 10
+    assert monitor["refusal"] | {"message": "", "retry_after_s": 0} == {
+        "error": "limit_exceeded", "message": "", "limit": "calls_per_day", "scope": "tool",
+        "tool": "web_browse", "category": "tool", "max": 10, "retry_after_s": 0}
+    assert monitor["balance"] == "8.8"  # 10 - 10 x 0.12
+    assert [c["warnings"] for c in monitor["calls"]][-3:] == [[], ["calls_near"],
+                                                              ["calls_near"]]
+    assert api(gw, "GET", f"/v1/agents/{monitor['agent']}")["balance"] == "8.8"
+    # The loop: the 4th identical search is refused by the loop breaker.
+    loop = result["loop"]
+    assert loop["refused_at"] == 4 and loop["balance"] == "9.85"
+    assert loop["refusal"] | {"message": "", "retry_after_s": 0} == {
+        "error": "loop_detected", "message": "", "tool": "web_search", "repeats": 3,
+        "window_s": 60, "retry_after_s": 0}
     reconciled = json.loads(iou(gw, "reconcile", "--json").stdout)
     assert reconciled["clean"] is True and reconciled["drift"] == []
     assert reconciled["checked"] >= 1
@@ -441,6 +463,24 @@ def test_limits_walls_flags(embedded_gateway: Gateway) -> None:
     assert "hourly" not in removed
     bad = iou(gw, "limits", "--agent", name, "--tool", "web_browse:daily=1")
     assert bad.returncode == 2 and "CAP" in bad.stderr
+
+
+def test_limits_loop_flag(embedded_gateway: Gateway) -> None:
+    gw = embedded_gateway
+    name = make_agent(gw)
+    done = iou(gw, "--json", "limits", "--agent", name, "--loop", "5/60s")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["loop"] == {"repeats": 5, "window_s": 60, "action": "refuse"}
+    frozen = json.loads(iou(gw, "--json", "limits", "--agent", name, "--loop",
+                            "3/90s:freeze").stdout)
+    assert frozen["loop"] == {"repeats": 3, "window_s": 90, "action": "freeze"}
+    assert "3 calls / 90 s, freeze" in iou(gw, "limits", "--agent", name).stdout
+    assert "loop" not in json.loads(iou(gw, "--json", "limits", "--agent", name, "--loop",
+                                        "none").stdout)
+    bad = iou(gw, "limits", "--agent", name, "--loop", "5 per minute")
+    assert bad.returncode == 2 and "--loop" in bad.stderr
+    out_of_range = iou(gw, "limits", "--agent", name, "--loop", "0/60s")
+    assert out_of_range.returncode != 0 and "loop.repeats" in out_of_range.stderr
 
 
 def test_a_port_in_use_is_one_clear_line_before_anything_claims_success(

@@ -17,6 +17,7 @@ from gateway.api.requests import ChargeRequest, charge_request, task_field
 from gateway.api.responses import iso_ms, json_response
 from gateway.metering.engine import HOLD_TTL_S_DEFAULT
 from gateway.metering.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
+from gateway.metering.inputs import check_fingerprint
 from gateway.metering.limits import HOLD_TTL_S_MAX
 from gateway.metering.models import ChargeResult
 from gateway.metering.money import format_amount as fmt
@@ -59,7 +60,8 @@ async def charge_one(ctx: Context, agent: str, request: ChargeRequest) -> Charge
     try:
         result = await ctx.engine.charge(agent, tool, request.cost_micros,
                                          request.idempotency_key, request.metadata,
-                                         request.part, request.task)
+                                         request.part, request.task,
+                                         fingerprint=request.fingerprint)
     except GatewayError as exc:
         _count(_outcome(exc), _refused_category(ctx, exc, tool))
         if isinstance(exc, BalanceInsufficient):
@@ -138,7 +140,7 @@ def _item_failed(keyed: bool) -> dict[str, Any]:
 async def post_hold(ctx: Context, request: Request) -> Response:
     agent = await ctx.auth.agent(request)
     fields = Fields(await read_json(request, ctx.settings.body_bytes_max),
-                    ("tool", "max_cost", "ttl_s", "metadata", "task"))
+                    ("tool", "max_cost", "ttl_s", "metadata", "task", "fingerprint"))
     tool = fields.name("tool")
     assert tool is not None
     max_cost = fields.amount("max_cost", False, max_micros=ctx.settings.amount_max_micros)
@@ -146,7 +148,8 @@ async def post_hold(ctx: Context, request: Request) -> Response:
     try:
         hold = await ctx.engine.hold(agent, tool, max_cost, ttl_s,
                                      idempotency.idempotency_key(request), fields.metadata(),
-                                     task_field(fields))
+                                     task_field(fields),
+                                     fingerprint=check_fingerprint(fields.body.get("fingerprint")))
     except BalanceInsufficient as exc:
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise

@@ -12,12 +12,20 @@ from typing import Any
 
 from gateway.api.body import Fields, parse_amount_field
 from gateway.metering.errors import InvalidRequest
-from gateway.metering.limits import CALL_CAPS, CALLS_MAX, check_name
+from gateway.metering.limits import (
+    CALL_CAPS,
+    CALLS_MAX,
+    LOOP_ACTIONS,
+    LOOP_REPEATS_MAX,
+    LOOP_WINDOW_S_MAX,
+    check_name,
+)
+from gateway.metering.models import LoopLimit
 
-Changes = dict[str, int | str | None]
+Changes = dict[str, int | str | LoopLimit | None]
 SPEND = ("per_call", "daily", "hourly", "weekly", "monthly")
 TOP_FIELDS = (*SPEND, "calls", "categories", "tools", "low_balance", "webhook_url",
-              "require_task")
+              "require_task", "loop")
 
 
 def limit_changes(body: dict[str, Any], amount_max: int) -> Changes:
@@ -34,11 +42,33 @@ def limit_changes(body: dict[str, Any], amount_max: int) -> Changes:
         if body["require_task"] is not None and not isinstance(body["require_task"], bool):
             raise InvalidRequest("require_task", "must be true, false or null")
         changes["require_task"] = bool(body["require_task"])
+    if "loop" in body:
+        changes["loop"] = _loop(body["loop"])
     for group, spend in (("categories", SPEND), ("tools", ("per_call",))):
         for name, caps in (fields.obj(group) or {}).items():
             check_name(f"{group}.{name}", name)
             changes.update(_scoped(f"{group}.{name}.", caps, spend, amount_max))
     return changes
+
+
+def _loop(value: Any) -> LoopLimit | None:
+    """The loop breaker ``{"repeats", "window_s", "action"?}`` (action defaults to refuse);
+    ``null`` removes it."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("loop", "must be an object or null")
+    fields = Fields(value, ("repeats", "window_s", "action"), "loop.")
+    for name in ("repeats", "window_s"):
+        if value.get(name) is None:
+            raise InvalidRequest("loop." + name, "is required")
+    repeats = fields.integer("repeats", 1, LOOP_REPEATS_MAX, 0)
+    window_s = fields.integer("window_s", 1, LOOP_WINDOW_S_MAX, 0)
+    action = value.get("action")
+    action = "refuse" if action is None else action
+    if not isinstance(action, str) or action not in LOOP_ACTIONS:
+        raise InvalidRequest("loop.action", "must be refuse or freeze")
+    return LoopLimit(repeats, window_s, action)
 
 
 def _spend(body: dict[str, Any], names: tuple[str, ...], prefix: str, amount_max: int

@@ -172,6 +172,19 @@ METADATA: Schema = {"anyOf": [{"$ref": "#/components/schemas/JsonObject"}, {"typ
                     "description": METADATA_DESCRIPTION}
 
 
+FINGERPRINT: Schema = {
+    "type": ["string", "null"], "maxLength": 128,
+    "description": "the call's arguments for the loop breaker (default: its metadata)"}
+LOOP_IN: Schema = {
+    "type": "object", "additionalProperties": False, "required": ["repeats", "window_s"],
+    "properties": {"repeats": {"type": "integer", "minimum": 1, "maximum": 1000},
+                   "window_s": {"type": "integer", "minimum": 1, "maximum": 86400},
+                   "action": {"enum": ["refuse", "freeze", None],
+                              "description": "refuse (the default) or freeze"}},
+    "description": "the loop breaker: the same tool with the same arguments more than "
+                   "repeats times within window_s is refused (429 loop_detected)"}
+
+
 def _closed(properties: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:
     """An object body that refuses unknown fields (the server answers 422 for them)."""
     schema: Schema = {"type": "object", "additionalProperties": False, "properties": properties}
@@ -191,12 +204,13 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
     positive = amount_schema(max_micros, allow_zero=False)
     zero_ok = amount_schema(max_micros, allow_zero=True)
     charge_fields = {"tool": NAME, "cost": nullable(zero_ok), "metadata": METADATA,
-                     "task": nullable(TASK_ID)}
+                     "task": nullable(TASK_ID), "fingerprint": FINGERPRINT}
     caps = nullable(positive)
     category_caps = nullable(_closed({"per_call": caps, "daily": caps}))
     limits = _closed({
         "per_call": caps, "daily": caps, "low_balance": nullable(zero_ok),
         "webhook_url": nullable(URL), "require_task": nullable({"type": "boolean"}),
+        "loop": nullable(LOOP_IN),
         "categories": nullable({"type": "object", "propertyNames": NAME,
                                 "additionalProperties": category_caps})})
     upstream_headers = nullable({
@@ -213,7 +227,8 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
         ("POST", "/v1/holds"): (_closed({
             "tool": NAME, "max_cost": caps,
             "ttl_s": nullable({"type": "integer", "minimum": 1, "maximum": 3600}),
-            "metadata": METADATA, "task": nullable(TASK_ID)}, ("tool",)), True),
+            "metadata": METADATA, "task": nullable(TASK_ID),
+            "fingerprint": FINGERPRINT}, ("tool",)), True),
         ("POST", "/v1/tasks"): (_closed({
             "budget": positive,
             "name": nullable({"type": "string", "pattern": "^[ -~]{1,128}$"}),
@@ -265,14 +280,17 @@ def _answer(properties: dict[str, Schema], required: tuple[str, ...] | None = No
 
 
 WARNINGS: Schema = {"type": "array", "items": {"type": "string"},
-                    "description": "low_balance, daily_near"}
+                    "description": "low_balance, daily_near, hourly_near, weekly_near, "
+                                   "monthly_near, calls_near"}
 LIMITS_OUT = _answer({
     "per_call": nullable(AMOUNT_OUT), "daily": nullable(AMOUNT_OUT),
     "categories": {"type": "object", "additionalProperties": _answer(
         {"per_call": AMOUNT_OUT, "daily": AMOUNT_OUT}, ())},
     "low_balance": nullable(AMOUNT_OUT), "webhook_url": nullable({"type": "string"}),
-    "require_task": {"type": "boolean"}}, ("per_call", "daily", "categories", "low_balance",
-                                           "webhook_url"))
+    "require_task": {"type": "boolean"},
+    "loop": _answer({"repeats": {"type": "integer"}, "window_s": {"type": "integer"},
+                     "action": {"enum": ["refuse", "freeze"]}})},
+    ("per_call", "daily", "categories", "low_balance", "webhook_url"))
 COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer"}}
 TASK_OUT = _answer({
     "task_id": TASK_ID, "name": nullable({"type": "string"}), "budget": AMOUNT_OUT,
@@ -652,8 +670,8 @@ def _success(method: str, path: str) -> dict[str, Any]:
 def _errors(method: str, path: str) -> dict[str, Any]:
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     answers: dict[str, Any] = {
-        "429": {"description": "a window cap or too many failed authentications; come back "
-                               "after Retry-After seconds",
+        "429": {"description": "a window cap, the loop breaker (loop_detected) or too many "
+                               "failed authentications; come back after Retry-After seconds",
                 "headers": {"Retry-After": {"required": True,
                                             "schema": {"type": "integer", "minimum": 0}}},
                 "content": error},

@@ -10,6 +10,7 @@ from gateway.metering.models import (
     CategoryLimits,
     ChargeResult,
     Limits,
+    LoopLimit,
     Tool,
 )
 from gateway.metering.models import state_warnings as warnings_of_state
@@ -42,6 +43,12 @@ def _category(c: CategoryLimits) -> dict[str, Any]:
     return caps
 
 
+def _loop(loop: LoopLimit | None) -> dict[str, Any] | None:
+    if loop is None:
+        return None
+    return {"repeats": loop.repeats, "window_s": loop.window_s, "action": loop.action}
+
+
 def limits_payload(limits: Limits) -> dict[str, Any]:
     tools: dict[str, Any] = {}
     for name, t in limits.tools.items():
@@ -53,7 +60,8 @@ def limits_payload(limits: Limits) -> dict[str, Any]:
     walls: dict[str, Any] = {k: v for k, v in (
         ("hourly", _opt(limits.hourly_micros)), ("weekly", _opt(limits.weekly_micros)),
         ("monthly", _opt(limits.monthly_micros)), ("calls", _calls(limits.calls)),
-        ("tools", tools), ("require_task", limits.require_task)) if v}
+        ("tools", tools), ("require_task", limits.require_task), ("loop", _loop(limits.loop)))
+        if v}
     return {
         "per_call": _opt(limits.per_call_micros),
         "daily": _opt(limits.daily_micros),

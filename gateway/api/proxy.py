@@ -148,8 +148,10 @@ async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | N
     try:
         if max_cost == 0:
             raise NothingToHold()
+        # The loop breaker compares invokes by their body (the arguments sent upstream).
         hold = await ctx.engine.hold(agent, call.tool_name, max_cost,
-                                     ctx.settings.upstream_timeout_s + HOLD_MARGIN_S, task=task)
+                                     ctx.settings.upstream_timeout_s + HOLD_MARGIN_S, task=task,
+                                     body=call.raw)
     except BalanceInsufficient as exc:
         ctx.spawn(queue_depleted(ctx.engine, agent, exc))
         raise
@@ -194,7 +196,7 @@ async def _invoke_free(call: _Call, tool: Tool, credentials: dict[str, str], tas
         PROXY_CALLS.labels("released").inc()
         state = await ctx.engine.agent_state(call.agent)
         return _answer(upstream, None, state.balance_micros)
-    charged = await ctx.engine.charge(call.agent, tool.name, task=task)
+    charged = await ctx.engine.charge(call.agent, tool.name, task=task, body=call.raw)
     PROXY_CALLS.labels("captured").inc()
     return _answer(upstream, charged.charge_id, charged.balance_micros)
 

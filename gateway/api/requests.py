@@ -11,12 +11,13 @@ from typing import Any
 
 from gateway.api.body import Fields
 from gateway.metering.errors import InvalidRequest
+from gateway.metering.inputs import check_fingerprint
 
 # The one pattern of an Idempotency-Key (header, or a batch item's field): 1 to 128
 # printable ASCII characters.
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}", re.ASCII)
 IDEMPOTENCY_KEY_CHARS_MAX = 128
-CHARGE_FIELDS = ("tool", "cost", "metadata", "task")
+CHARGE_FIELDS = ("tool", "cost", "metadata", "task", "fingerprint")
 TASK_ID_CHARS_MAX = 64
 BATCH_ITEM_FIELDS = (*CHARGE_FIELDS, "idempotency_key")
 
@@ -42,6 +43,7 @@ class ChargeRequest:
     part: str | None = None
     index: int | None = None  # the item's position in a batch
     task: str | None = None  # the task the call counts against
+    fingerprint: str | None = None  # the call's arguments for the loop breaker
 
 
 def charge_request(body: dict[str, Any], amount_max_micros: int, key: str | None,
@@ -57,8 +59,9 @@ def charge_request(body: dict[str, Any], amount_max_micros: int, key: str | None
     if index is not None and fields.has("idempotency_key"):
         own = fields.text("idempotency_key", IDEMPOTENCY_KEY_CHARS_MAX)
         key, part = idempotency_key(own, prefix + "idempotency_key"), None
+    fingerprint = check_fingerprint(body.get("fingerprint"), prefix + "fingerprint")
     return ChargeRequest(tool, cost, fields.metadata(), key, part if key is not None else None,
-                         index, task_field(fields))
+                         index, task_field(fields), fingerprint)
 
 
 def task_field(fields: Fields) -> str | None:

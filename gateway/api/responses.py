@@ -36,6 +36,7 @@ HTTP_STATUS: dict[type[GatewayError], int] = {
     errors.AgentFrozen: 423,
     errors.WindowLimitExceeded: 429,
     errors.RateLimited: 429,
+    errors.LoopDetected: 429,
     errors.UpstreamUnavailable: 502,
     errors.Unavailable: 503,
     errors.UpstreamTimeout: 504,

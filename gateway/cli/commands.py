@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -350,6 +351,10 @@ def debit(opts: Options, agent_name: str, amount: str, reason: str,
 @click.option("--category-limit", "category_limits", multiple=True, metavar="CAT:CAP=X",
               help="A category's cap: per_call, daily, hourly, weekly, monthly or "
                    "calls_per_minute|hour|day (repeatable), e.g. llm:hourly=0.5.")
+@click.option("--loop", "loop", default=None, metavar="N/Ws[:freeze]",
+              help="Loop breaker: the same tool with the same arguments more than N times "
+                   "in W seconds is refused (:freeze also freezes the agent), e.g. 5/60s; "
+                   "none removes it.")
 @click.option("--low-balance", default=None, help="Warn below this balance.")
 @click.option("--webhook", default=None, help="URL for balance webhooks.")
 @json_option
@@ -361,7 +366,7 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
         category_caps: tuple[str, ...], hourly: str | None, weekly: str | None,
         monthly: str | None, calls_per_minute: str | None, calls_per_hour: str | None,
         calls_per_day: str | None, tool_caps: tuple[str, ...],
-        category_limits: tuple[str, ...], low_balance: str | None,
+        category_limits: tuple[str, ...], loop: str | None, low_balance: str | None,
         webhook: str | None) -> None:
     """Set caps (none given: show them). "none" removes a cap."""
     name = opts.agent_name(agent)
@@ -378,6 +383,8 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
         patch["calls"] = calls
     _scoped_patch(patch, "tools", tool_caps)
     _scoped_patch(patch, "categories", category_limits)
+    if loop is not None:
+        patch["loop"] = _loop(loop)
     client = opts.client()
     result = (client.request("PATCH", f"/v1/agents/{name}/limits", patch) if patch
               else client.request("GET", f"/v1/agents/{name}/limits"))
@@ -395,6 +402,20 @@ def _count(value: str) -> int | None:
     if not value.isdigit() or len(value) > 10:
         raise click.UsageError(f"a call cap is a whole number of calls, not {value!r}")
     return int(value)
+
+
+LOOP_SPEC_RE = re.compile(r"([0-9]{1,4})/([0-9]{1,5})s?(?::(refuse|freeze))?", re.ASCII)
+
+
+def _loop(spec: str) -> dict[str, Any] | None:
+    """--loop N/Ws[:freeze|:refuse] as the limits object's loop; "none" removes it (the
+    gateway checks the bounds)."""
+    if spec.lower() == "none":
+        return None
+    m = LOOP_SPEC_RE.fullmatch(spec)
+    if m is None:
+        raise click.UsageError(f"--loop takes N/Ws or N/Ws:freeze (e.g. 5/60s), not {spec!r}")
+    return {"repeats": int(m[1]), "window_s": int(m[2]), "action": m[3] or "refuse"}
 
 
 def _scoped_patch(patch: dict[str, Any], group: str, specs: tuple[str, ...]) -> None:
@@ -452,6 +473,10 @@ def _limits_table(name: str, lim: dict[str, Any]) -> Table:
         table.add_row(field, lim.get(field) or "-")
     for field, value in _flat(lim.get("calls", {}), "calls."):
         table.add_row(field, value)
+    loop = lim.get("loop")
+    if loop:
+        table.add_row("loop", f"{loop['repeats']} calls / {loop['window_s']} s, "
+                              f"{loop['action']}")
     for group in ("categories", "tools"):
         for field, value in _flat(lim.get(group, {}), ""):
             table.add_row(field, value)

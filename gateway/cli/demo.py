@@ -1,5 +1,7 @@
 """`iou demo`: the seed scenario, written as the agent's own code on the SDK and played
-against a running gateway; every figure printed comes from the gateway's answers."""
+against a running gateway; every figure printed comes from the gateway's answers. After it,
+two runaway agents with a healthy balance: a monitor stopped by its call cap, and a loop
+stopped by the loop breaker."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from gateway.sdk import BalanceInsufficient, Client
+from gateway.sdk import BalanceInsufficient, Client, LimitExceeded, LoopDetected
 
 DEMO_TOOLS = (("web_search", "0.05", "tool", "fixed"), ("web_browse", "0.12", "tool", "fixed"),
               ("llm_summarize", "0.08", "llm", "variable"), ("email_send", "0.02", "tool",
@@ -16,7 +18,13 @@ GRANT = "8.3"
 SUMMARY_MAX = "0.5"  # held for the summary, whose cost is known once it is written
 SUMMARY_COST = "0.08"
 SPEND_DOWN_CALLS_MAX = 1000
+RUNAWAY_GRANT = "10"
+MONITOR_URLS = tuple(f"https://status.example.com/check/{n}" for n in range(1, 11))
+MONITOR_CALLS_PER_DAY = 10  # the seed's monitor: configured to check 10 URLs
+LOOP = {"repeats": 3, "window_s": 60}
+RUNAWAY_CALLS_MAX = 10_000  # "through a simple loop error, check 10,000"
 Echo = Callable[[str], None]
+WARNING_WORDS = {"low_balance": "low balance", "calls_near": "near the call cap"}
 
 
 class Calls:
@@ -32,7 +40,7 @@ class Calls:
         self.played.append({"tool": tool, "arg": arg, "cost": cost, "balance": balance,
                             "warnings": warnings})
         if shown:
-            warn = "  ⚠ low balance" if "low_balance" in warnings else ""
+            warn = "".join(f"  ⚠ {WARNING_WORDS[w]}" for w in warnings if w in WARNING_WORDS)
             self.echo(f'→ {tool}("{arg}")  -{cost}  [{balance} IOU remaining]{warn}')
 
 
@@ -51,7 +59,65 @@ def run_demo(admin: Client, echo: Echo) -> dict[str, Any]:
     ledger = _print_ledger(admin, agent, echo)
     state = admin.request("GET", f"/v1/agents/{agent}")
     return {"agent": agent, "grant": created["balance"], "calls": calls.played,
-            "refusal": refusal, "ledger": ledger, "balance": state["balance"]}
+            "refusal": refusal, "ledger": ledger, "balance": state["balance"],
+            "monitor": _looping_monitor(admin, echo), "loop": _looping_agent(admin, echo)}
+
+
+def _runaway(admin: Client, prefix: str, limits: dict[str, Any]) -> tuple[str, str]:
+    """A fresh agent with a healthy balance and ``limits``: (name, api key)."""
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    created = admin.request("POST", "/v1/agents", {"name": name, "grant": RUNAWAY_GRANT})
+    admin.request("PATCH", f"/v1/agents/{name}/limits", limits)
+    return name, created["api_key"]
+
+
+def _looping_monitor(admin: Client, echo: Echo) -> dict[str, Any]:
+    """A monitor meant to check 10 URLs a day, whose loop never ends: its call cap
+    ``tools.web_browse.calls.per_day = 10`` stops it at call 11, balance still healthy."""
+    name, key = _runaway(admin, "monitor", {"tools": {"web_browse": {
+        "calls": {"per_day": MONITOR_CALLS_PER_DAY}}}})
+    echo("")
+    echo(f"agent {name} ({RUNAWAY_GRANT} IOU) monitors {len(MONITOR_URLS)} URLs, capped at "
+         f"tools.web_browse.calls.per_day = {MONITOR_CALLS_PER_DAY}; a bug makes it loop:")
+    calls = Calls(echo)
+    with Client(admin.url, key) as monitor:
+        for i in range(RUNAWAY_CALLS_MAX):
+            url = MONITOR_URLS[i % len(MONITOR_URLS)]
+            try:
+                page = monitor.charge("web_browse", metadata={"url": url})
+            except LimitExceeded as capped:
+                balance = monitor.status().balance
+                echo(f"✗ call {i + 1} refused: {capped.code} {capped.limit} (max "
+                     f"{capped.max}, retry after {capped.retry_after_s} s) with {balance} IOU "
+                     "still in the balance")
+                return {"agent": name, "calls": calls.played, "refused_at": i + 1,
+                        "refusal": dict(capped.body), "balance": str(balance)}
+            calls.add("web_browse", url, page)
+    raise RuntimeError("the call cap never stopped the monitor; is the gateway metering?")
+
+
+def _looping_agent(admin: Client, echo: Echo) -> dict[str, Any]:
+    """An agent stuck repeating one search: the loop breaker (the same tool with the same
+    arguments more than 3 times in 60 s) refuses the 4th, whatever the balance."""
+    name, key = _runaway(admin, "looper", {"loop": LOOP})
+    query = "competitor pricing update"
+    echo("")
+    echo(f"agent {name} ({RUNAWAY_GRANT} IOU) with loop {LOOP['repeats']}/"
+         f"{LOOP['window_s']}s repeats one search:")
+    calls = Calls(echo)
+    with Client(admin.url, key) as looper:
+        for i in range(RUNAWAY_CALLS_MAX):
+            try:
+                found = looper.charge("web_search", metadata={"query": query})
+            except LoopDetected as loop:
+                balance = looper.status().balance
+                echo(f"✗ call {i + 1} refused: {loop.code} (the same {loop.tool} call more "
+                     f"than {loop.repeats} times in {loop.window_s} s; retry after "
+                     f"{loop.retry_after_s} s) with {balance} IOU still in the balance")
+                return {"agent": name, "calls": calls.played, "refused_at": i + 1,
+                        "refusal": dict(loop.body), "balance": str(balance)}
+            calls.add("web_search", query, found)
+    raise RuntimeError("the loop breaker never stopped the agent; is the gateway metering?")
 
 
 def _agent(iou: Client, calls: Calls) -> dict[str, Any]:

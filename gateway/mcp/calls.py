@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 import mcp_types as types
+import orjson
 from mcp.shared.exceptions import MCPError
 
 from gateway.metering.engine import Engine
@@ -142,7 +143,9 @@ async def _metered(m: Metering, agent: str, target: _Target, upstream: Upstream,
     try:
         if max_cost == 0:
             raise NothingToHold()
-        hold = await m.engine.hold(agent, target.tool.name, max_cost, ttl_s, task=target.task)
+        # The loop breaker compares calls by their arguments (keys sorted), as invoke's body.
+        hold = await m.engine.hold(agent, target.tool.name, max_cost, ttl_s, task=target.task,
+                                   body=_arguments_bytes(arguments))
     except BalanceInsufficient as exc:
         m.spawn(m.on_depleted(agent, exc))
         raise
@@ -157,6 +160,10 @@ async def _metered(m: Metering, agent: str, target: _Target, upstream: Upstream,
     with anyio.CancelScope(shield=True):
         settled = await _settle(m, agent, hold, result)
     return settled
+
+
+def _arguments_bytes(arguments: dict[str, Any]) -> bytes:
+    return orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)
 
 
 async def _settle(m: Metering, agent: str, hold: HoldResult, result: types.CallToolResult
@@ -182,7 +189,8 @@ async def _free(m: Metering, agent: str, target: _Target, upstream: Upstream,
         return _with_meta(result, {"balance": format_amount(state.balance_micros),
                                    "cost": "0"})
     with anyio.CancelScope(shield=True):
-        charged = await m.engine.charge(agent, target.tool.name, task=target.task)
+        charged = await m.engine.charge(agent, target.tool.name, task=target.task,
+                                        body=_arguments_bytes(arguments))
     return _with_meta(result, {"charge_id": charged.charge_id, "cost": "0",
                                "balance": format_amount(charged.balance_micros),
                                "warnings": list(charged.warnings)})

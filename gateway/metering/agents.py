@@ -13,7 +13,14 @@ from gateway.metering import ids, money
 from gateway.metering.errors import InvalidRequest, NotFound, maps_store_errors
 from gateway.metering.inputs import check_idempotency_key, idempotency, metadata_text
 from gateway.metering.limits import check_name, limit_pair, limits_of
-from gateway.metering.models import AgentCreated, AgentState, DomainSettings, FundResult, Limits
+from gateway.metering.models import (
+    AgentCreated,
+    AgentState,
+    DomainSettings,
+    FundResult,
+    Limits,
+    LoopLimit,
+)
 from gateway.metering.refusals import refusal
 from gateway.store import agents as stored
 from gateway.store import meta
@@ -87,9 +94,10 @@ class Agents:
         return reply.frozen
 
     @maps_store_errors
-    async def set_limits(self, agent: str, changes: Mapping[str, int | str | None]) -> Limits:
+    async def set_limits(self, agent: str,
+                         changes: Mapping[str, int | str | LoopLimit | None]) -> Limits:
         """Merge limit changes; keys are per_call, daily, hourly, weekly, monthly,
-        calls.per_minute|per_hour|per_day, low_balance, webhook_url, the same caps under
+        calls.per_minute|per_hour|per_day, low_balance, webhook_url, loop, the same caps under
         categories.<name>., and per_call and calls.* under tools.<name>.; None removes a
         limit."""
         check_name("agent", agent)

@@ -8,9 +8,12 @@ from typing import Any
 from gateway.metering import ids
 from gateway.metering.errors import unavailable
 from gateway.metering.inputs import (
+    check_fingerprint,
     derived_key,
+    fp,
     given_amount,
     idempotency,
+    loop_digest,
     metadata_text,
     task_ref,
 )
@@ -33,14 +36,16 @@ class Charges:
     async def charge(  # noqa: PLR0913 - the API's optional inputs, each named
             self, agent: str, tool: str, cost_micros: int | None = None,
             idempotency_key: str | None = None, metadata: Mapping[str, Any] | None = None,
-            idempotency_part: str | None = None, task: str | None = None) -> ChargeResult:
+            idempotency_part: str | None = None, task: str | None = None,
+            fingerprint: str | None = None, body: bytes | None = None) -> ChargeResult:
         """Charge one call of ``tool``: the catalog price, or ``cost_micros`` for variable
         tools. The script reads the price, category and pricing from the agent's partition's
         copy of the catalog, so a price change applies to every call after its PUT. Raises
         the contract's refusal; on success the balance is already lower.
         ``idempotency_part`` (e.g. a batch item's index) derives the key of one part of a
         keyed request, see ``derived_key``. ``task`` names one of the agent's tasks the call
-        counts against."""
+        counts against. ``fingerprint`` names the call's arguments for the loop breaker
+        (default: its metadata, else an invoke's ``body``)."""
         check_name("agent", agent)
         check_name("tool", tool)
         key = derived_key(idempotency_key, idempotency_part)
@@ -50,10 +55,11 @@ class Charges:
         # The task is part of what a key binds (only when named: older keys keep their hash).
         inputs = ("charge", tool, cost_micros, meta) if task_id is None else (
             "charge", tool, cost_micros, meta, task_id)
+        digest = loop_digest(tool, check_fingerprint(fingerprint), metadata, body)
         try:  # inline, not maps_store_errors: the hot path spares the extra coroutine
             reply = await self._calls.charge(
                 agent, ids.uuid7(), tool, given, self._amount_max_micros,
-                idempotency(key, *inputs), meta, task_id)
+                idempotency(key, *inputs, *fp(fingerprint)), meta, task_id, digest)
         except StoreUnavailable as exc:
             raise unavailable(exc) from exc
         if isinstance(reply, Refused):

@@ -24,8 +24,14 @@ import orjson
 from gateway.metering import ids, money
 from gateway.metering.errors import Forbidden, InvalidRequest, NotFound, maps_store_errors
 from gateway.metering.inputs import check_idempotency_key, given_amount, idempotency
-from gateway.metering.limits import check_name, is_limit_field, is_wall_field, limit_pair
-from gateway.metering.models import DomainSettings
+from gateway.metering.limits import (
+    check_name,
+    is_limit_field,
+    is_wall_field,
+    limit_pair,
+    loop_of,
+)
+from gateway.metering.models import DomainSettings, LoopLimit
 from gateway.metering.refusals import refusal
 from gateway.store import agents as stored
 from gateway.store import keys
@@ -68,8 +74,8 @@ def partition_name(wanted: str, partition: int, partitions: int) -> str | None:
     return None
 
 
-def child_limit_fields(parent: Mapping[str, str], changes: Mapping[str, int | str | None]
-                       ) -> dict[str, str]:
+def child_limit_fields(parent: Mapping[str, str],
+                       changes: Mapping[str, int | str | LoopLimit | None]) -> dict[str, str]:
     """The child's limit fields: every cap of the parent, then the child's changes, each
     only tighter (422 naming the limit otherwise); ``x`` when a wall is set."""
     fields = {f: v for f, v in parent.items() if is_limit_field(f) and f not in OWN_FIELDS}
@@ -81,6 +87,12 @@ def child_limit_fields(parent: Mapping[str, str], changes: Mapping[str, int | st
         elif field == "rt":
             if inherited == "1" and text != "1":
                 raise InvalidRequest(name, "is the parent's: a child cannot lift it")
+            fields[field] = text
+        elif field == "lp":
+            if inherited is not None and not _loop_tighter(text, inherited):
+                raise InvalidRequest(name, "must be at least the parent's loop breaker (as "
+                                           "few repeats, as long a window, freeze if it "
+                                           "freezes): a child's limits are only tighter")
             fields[field] = text
         elif inherited is not None and (text == "" or int(text) > int(inherited)):
             limit = money.format_amount(int(inherited)) if field[-2:] not in (
@@ -95,6 +107,17 @@ def child_limit_fields(parent: Mapping[str, str], changes: Mapping[str, int | st
     return out
 
 
+def _loop_tighter(child: str, parent: str) -> bool:
+    """Whether the loop breaker ``child`` (an ``lp`` field, '' for none) refuses at least
+    every call that ``parent`` refuses."""
+    mine, theirs = loop_of(child), loop_of(parent)
+    if theirs is None:
+        return True
+    return mine is not None and mine.repeats <= theirs.repeats and (
+        mine.window_s >= theirs.window_s) and (
+        mine.action == "freeze" or theirs.action == "refuse")
+
+
 class Children:
     def __init__(self, conn: Connection, calls: ScriptCalls, settings: DomainSettings) -> None:
         self._conn = conn
@@ -104,7 +127,7 @@ class Children:
     @maps_store_errors
     async def create_child(
             self, parent: str, child: str, amount_micros: int,
-            changes: Mapping[str, int | str | None] | None = None,
+            changes: Mapping[str, int | str | LoopLimit | None] | None = None,
             key_id: str | None = None) -> ChildCreated:
         """Create ``child`` with ``amount_micros`` moved from ``parent``'s balance and
         limits only tighter than the parent's (``changes``: as set_limits takes them)."""

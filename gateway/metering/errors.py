@@ -82,6 +82,13 @@ class WindowLimitExceeded(LimitExceeded):
     pass
 
 
+class LoopDetected(GatewayError):
+    """The loop breaker: the same tool with the same arguments more than ``repeats`` times
+    within ``window_s`` (details ``tool``, ``repeats``, ``window_s``, ``retry_after_s``)."""
+
+    code = "loop_detected"
+
+
 class AgentFrozen(GatewayError):
     code = "agent_frozen"
 

@@ -12,11 +12,14 @@ from typing import Any
 from gateway.metering import ids, money
 from gateway.metering.errors import GatewayError, InvalidRequest, maps_store_errors
 from gateway.metering.inputs import (
+    check_fingerprint,
     check_idempotency_key,
     derived_key,
+    fp,
     given_amount,
     hold_ref,
     idempotency,
+    loop_digest,
     metadata_text,
     task_ref,
 )
@@ -46,11 +49,14 @@ class Holds:
     async def hold(  # noqa: PLR0913 - the API's optional inputs, each named
             self, agent: str, tool: str, max_cost_micros: int | None = None,
             ttl_s: int = HOLD_TTL_S_DEFAULT, idempotency_key: str | None = None,
-            metadata: Mapping[str, Any] | None = None, task: str | None = None) -> HoldResult:
+            metadata: Mapping[str, Any] | None = None, task: str | None = None,
+            fingerprint: str | None = None, body: bytes | None = None) -> HoldResult:
         """Hold for ``ttl_s``: a fixed-price tool holds exactly its price (a
         ``max_cost_micros`` below it is refused, one above it holds the price); a variable
         tool holds ``max_cost_micros``, by default its catalog price. ``task`` names one of
-        the agent's tasks: the hold counts in it until captured or released."""
+        the agent's tasks: the hold counts in it until captured or released. The loop
+        breaker compares the call's ``fingerprint``, else its metadata, else (invoke) its
+        ``body``."""
         check_name("agent", agent)
         check_name("tool", tool)
         check_idempotency_key(idempotency_key)
@@ -61,10 +67,11 @@ class Holds:
         task_id = task_ref(task)
         inputs = ("hold", tool, max_cost_micros, ttl_s, meta) if task_id is None else (
             "hold", tool, max_cost_micros, ttl_s, meta, task_id)
+        digest = loop_digest(tool, check_fingerprint(fingerprint), metadata, body)
         reply = await self._calls.hold(
             agent, ids.uuid7(), ids.hold_id(), tool, given, self._amount_max_micros,
             ttl_s * 1000, HOLD_TTL_S_MAX * 1000,
-            idempotency(idempotency_key, *inputs), meta, task_id)
+            idempotency(idempotency_key, *inputs, *fp(fingerprint)), meta, task_id, digest)
         if isinstance(reply, Refused):
             raise refusal(reply, agent=agent, tool=tool, op="hold", task=task_id or "",
                           **self._category_of(tool))

@@ -15,6 +15,7 @@ from gateway.metering.errors import InvalidRequest, NotFound
 from gateway.store.calls import Idempotency
 
 IDEMPOTENCY_KEY_CHARS_MAX = 128
+FINGERPRINT_CHARS_MAX = 128
 METADATA_BYTES_MAX = 2048
 HOLD_ID_RE = re.compile(r"hold_[0-9a-f]{32}", re.ASCII)
 TASK_ID_RE = re.compile(r"task_[0-9a-f]{32}", re.ASCII)
@@ -73,6 +74,38 @@ def metadata_text(metadata: Mapping[str, Any] | None) -> str:
     if len(text.encode()) > METADATA_BYTES_MAX:
         raise InvalidRequest("metadata", f"must be at most {METADATA_BYTES_MAX} bytes")
     return text
+
+
+def check_fingerprint(fingerprint: Any, field: str = "fingerprint") -> str | None:
+    """A call's ``fingerprint`` (its arguments for the loop breaker): any string of at most
+    128 characters, or None."""
+    if fingerprint is not None and (not isinstance(fingerprint, str)
+                                    or len(fingerprint) > FINGERPRINT_CHARS_MAX):
+        raise InvalidRequest(field, f"must be a string of at most {FINGERPRINT_CHARS_MAX} "
+                                    "characters")
+    return fingerprint
+
+
+def fp(fingerprint: str | None) -> tuple[str, ...]:
+    """A fingerprint among a call's idempotency inputs: nothing when absent, so the hash of
+    a call without one is what it was before fingerprints existed."""
+    return () if fingerprint is None else ("fingerprint", fingerprint)
+
+
+def loop_digest(tool: str, fingerprint: str | None, metadata: Mapping[str, Any] | None,
+                body: bytes | None = None) -> str:
+    """What the loop breaker compares: the tool and the call's arguments, which are its
+    ``fingerprint`` when given, else its metadata (canonical JSON: keys sorted), else the
+    invoke's ``body``; hashed here to 32 hex characters, so the script's key stays short
+    whatever the arguments. A tag byte keeps a fingerprint from equalling a metadata text."""
+    h = hashlib.blake2b(tool.encode(), digest_size=16)
+    if fingerprint is not None:
+        h.update(b"\0f" + fingerprint.encode("utf-8", "surrogatepass"))
+    elif metadata is not None:
+        h.update(b"\0m" + orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS))
+    elif body is not None:
+        h.update(b"\0b" + body)
+    return h.hexdigest()
 
 
 def given_amount(field: str, micros: int | None, low: int, amount_max_micros: int

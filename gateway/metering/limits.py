@@ -4,7 +4,8 @@ Field names in the agent hash (lua/set_limits.lua checks them again): ``pc`` per
 ``dl`` daily, ``hr`` rolling hour, ``wk`` ISO week, ``mo`` calendar month, ``nm`` / ``nh`` /
 ``nd`` calls a minute / hour / day; a category's as ``c:<category>:<cap>``; a tool's per-call
 and call caps as ``t:<tool>:pc|nm|nh|nd``; ``low`` and ``wh`` for the low-balance threshold
-and the webhook URL; ``rt`` = "1" for require_task (paid calls must name a task).
+and the webhook URL; ``rt`` = "1" for require_task (paid calls must name a task); ``lp`` the
+loop breaker as ``<repeats>/<window_s>/<r|f>``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 
 from gateway.metering import money
 from gateway.metering.errors import InvalidRequest
-from gateway.metering.models import CallCaps, CategoryLimits, Limits, ToolLimits
+from gateway.metering.models import CallCaps, CategoryLimits, Limits, LoopLimit, ToolLimits
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}", re.ASCII)
 HOLD_TTL_S_MAX = 3600  # the longest hold a caller may ask for
@@ -24,6 +25,12 @@ SPEND_CAPS = {"per_call": "pc", "daily": "dl", "hourly": "hr", "weekly": "wk", "
 # Call caps (counts) under "calls".
 CALL_CAPS = {"per_minute": "nm", "per_hour": "nh", "per_day": "nd"}
 CALLS_MAX = 1_000_000_000
+# The loop breaker's bounds (lua/_lib.lua LOOP_REPEATS_MAX, LOOP_WINDOW_S_MAX): a loop list
+# keeps at most this many times, for at most a day.
+LOOP_REPEATS_MAX = 1000
+LOOP_WINDOW_S_MAX = 86_400
+LOOP_ACTIONS = {"refuse": "r", "freeze": "f"}
+LOOP_RE = re.compile(r"([0-9]{1,16})/([0-9]{1,16})/([rf])", re.ASCII)
 # Every cap field of the agent hash (the agent's own; with a c:/t: prefix for the others).
 CAP_FIELDS = frozenset(SPEND_CAPS.values()) | frozenset(CALL_CAPS.values())
 
@@ -36,7 +43,7 @@ def check_name(field: str, value: str) -> str:
 
 def is_limit_field(field: str) -> bool:
     """Whether an agent-hash field holds a limit (the ledger's limits events carry these)."""
-    if field in CAP_FIELDS or field in ("low", "wh", "rt"):
+    if field in CAP_FIELDS or field in ("low", "wh", "rt", "lp"):
         return True
     parts = field.split(":")
     return len(parts) == 3 and parts[0] in ("c", "t") and parts[2] in CAP_FIELDS
@@ -44,7 +51,7 @@ def is_limit_field(field: str) -> bool:
 
 def is_wall_field(field: str) -> bool:
     """A cap beyond per-call and daily caps: while one is set, the agent's x flag is '1'."""
-    return is_limit_field(field) and field not in ("low", "wh", "rt") and (
+    return is_limit_field(field) and field not in ("low", "wh", "rt", "lp") and (
         field.startswith("t:") or field[-2:] not in ("pc", "dl"))
 
 
@@ -72,7 +79,31 @@ def limits_of(a: Mapping[str, str]) -> Limits:
         hourly_micros=own.get("hr"), weekly_micros=own.get("wk"), monthly_micros=own.get("mo"),
         calls=_calls(own),
         tools={t: ToolLimits(v.get("pc"), _calls(v)) for t, v in sorted(scoped["t"].items())},
-        require_task=a.get("rt") == "1")
+        require_task=a.get("rt") == "1", loop=loop_of(a.get("lp")))
+
+
+def loop_of(field: str | None) -> LoopLimit | None:
+    """The loop breaker of an agent-hash ``lp`` field (None when unset, or out of the bounds
+    the scripts read: lua/_lib.lua loop_setting)."""
+    m = LOOP_RE.fullmatch(field or "")
+    if (m is None or not 1 <= int(m[1]) <= LOOP_REPEATS_MAX
+            or not 1 <= int(m[2]) <= LOOP_WINDOW_S_MAX):
+        return None
+    action = "freeze" if m[3] == "f" else "refuse"
+    return LoopLimit(int(m[1]), int(m[2]), action)
+
+
+def loop_field(loop: LoopLimit) -> str:
+    """The ``lp`` field of a loop breaker, after checking its bounds."""
+    if not money.is_whole(loop.repeats, 1, LOOP_REPEATS_MAX):
+        raise InvalidRequest("loop.repeats", f"must be a whole number from 1 to "
+                                             f"{LOOP_REPEATS_MAX}")
+    if not money.is_whole(loop.window_s, 1, LOOP_WINDOW_S_MAX):
+        raise InvalidRequest("loop.window_s", f"must be a whole number of seconds from 1 to "
+                                              f"{LOOP_WINDOW_S_MAX}")
+    if loop.action not in LOOP_ACTIONS:
+        raise InvalidRequest("loop.action", "must be refuse or freeze")
+    return f"{loop.repeats}/{loop.window_s}/{LOOP_ACTIONS[loop.action]}"
 
 
 def _cap_field(name: str) -> str:
@@ -103,8 +134,14 @@ def _scoped_field(group: str, entity: str, which: str) -> str:
     return f"{group[0]}:{entity}:{which}"
 
 
-def limit_pair(name: str, value: int | str | None) -> tuple[str, str]:
+def limit_pair(name: str, value: int | str | LoopLimit | None) -> tuple[str, str]:
     """The agent-hash field and value of one limit change ('' removes the field)."""
+    if name == "loop":
+        if value is not None and not isinstance(value, LoopLimit):
+            raise InvalidRequest("loop", "must be an object or null")
+        return ("lp", "" if value is None else loop_field(value))
+    if isinstance(value, LoopLimit):
+        raise InvalidRequest(name, "is not the loop breaker")
     if name == "webhook_url":
         # The script's rule: at most 2048 characters in all, whichever the scheme.
         if value is not None and (not isinstance(value, str) or len(value) > 2048

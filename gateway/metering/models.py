@@ -42,14 +42,15 @@ class DomainSettings(SecretSettings, Protocol):
     def test_clock(self) -> bool: ...
 
 
+# Each warning bit a script returns and its name in answers, in the answers' order.
+WARNING_NAMES = ((Flag.LOW_BALANCE, "low_balance"), (Flag.DAILY_NEAR, "daily_near"),
+                 (Flag.HOURLY_NEAR, "hourly_near"), (Flag.WEEKLY_NEAR, "weekly_near"),
+                 (Flag.MONTHLY_NEAR, "monthly_near"), (Flag.CALLS_NEAR, "calls_near"))
+
+
 def warnings_of(flags: int) -> tuple[str, ...]:
     """The contract's warning names for the warning bits a script returned."""
-    names = []
-    if flags & Flag.LOW_BALANCE:
-        names.append("low_balance")
-    if flags & Flag.DAILY_NEAR:
-        names.append("daily_near")
-    return tuple(names)
+    return tuple(name for bit, name in WARNING_NAMES if flags & bit)
 
 
 def state_warnings(balance_micros: int, low_balance_micros: int | None,
@@ -156,6 +157,16 @@ class ToolLimits:
 
 
 @dataclass(frozen=True)
+class LoopLimit:
+    """The loop breaker: the same tool with the same arguments more than ``repeats`` times
+    within ``window_s`` is refused; ``action`` "freeze" also freezes the agent."""
+
+    repeats: int
+    window_s: int
+    action: str  # "refuse" or "freeze"
+
+
+@dataclass(frozen=True)
 class Limits:
     per_call_micros: int | None = None
     daily_micros: int | None = None
@@ -169,6 +180,7 @@ class Limits:
     tools: dict[str, ToolLimits] = field(default_factory=dict)
     # Paid calls (charges, holds) must name an open task.
     require_task: bool = False
+    loop: LoopLimit | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from gateway.metering.errors import (
     HoldClosed,
     IdempotencyConflict,
     InvalidRequest,
+    LoopDetected,
     NotFound,
     PerCallLimitExceeded,
     TaskClosed,
@@ -73,6 +74,8 @@ def refusal(  # noqa: C901, PLR0912 - one flat branch per refusal code reads bes
         return _tool_per_call_refusal(reply)
     if code in TASK_CODES:
         return _task_refusal(code, reply, context)
+    if code == Code.LOOP_DETECTED:
+        return _loop_refusal(reply)
     if code == Code.AGENT_EXISTS:
         return AgentExists(f"An agent named {agent} already exists.")
     if code == Code.BALANCE_OVERFLOW:
@@ -191,3 +194,12 @@ def _task_refusal(code: Code, reply: Refused, context: Mapping[str, str]) -> Gat
     spent = money.format_amount(reply.integer("spent"))
     return TaskLimitExceeded(f"Task {task}'s budget of {budget} is reached ({spent} spent or "
                              "held).", limit="task_budget", task=task, max=budget, spent=spent)
+def _loop_refusal(reply: Refused) -> GatewayError:
+    """The loop breaker (LOOP_DETECTED); with action freeze the script also froze the agent."""
+    tool, repeats, window_s = reply.text("tool"), reply.integer("repeats"), reply.integer(
+        "window_s")
+    frozen = " The agent is now frozen." if reply.integer("frozen") else ""
+    return LoopDetected(
+        f"{tool} was called with the same arguments more than {repeats} times within "
+        f"{window_s} s.{frozen}", tool=tool, repeats=repeats, window_s=window_s,
+        retry_after_s=reply.integer("retry_after_s"))

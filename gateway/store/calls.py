@@ -272,12 +272,14 @@ class ScriptCalls:
     async def charge(  # noqa: PLR0913 - one parameter per ARGV the script takes
             self, agent: str, entry_id: str, tool: str, cost_micros: int | None,
             amount_max_micros: int, idem: Idempotency | None, metadata: str,
-            task_id: str | None = None) -> ChargeReply | Refused:
+            task_id: str | None = None, loop_digest: str = "") -> ChargeReply | Refused:
+        """``loop_digest``: the call's tool and arguments (metering/inputs.py loop_digest)
+        for the loop breaker; the script reads its list only for agents with a loop limit."""
         k = self.agent_keys(agent)
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
             "charge", [k.agent_hash, k.window, record, k.events, k.webhooks, k.tools, k.walls,
-                       k.task(task_id or NO_TASK)],
+                       k.task(task_id or NO_TASK), k.loop(loop_digest)],
             [agent, entry_id, tool, _amount(cost_micros), str(amount_max_micros), body_hash,
              key, metadata, task_id or ""])
         if code not in (Code.OK, Code.REPLAY):
@@ -289,12 +291,13 @@ class ScriptCalls:
             self, agent: str, entry_id: str, hold_id: str, tool: str,
             max_cost_micros: int | None, amount_max_micros: int, ttl_ms: int,
             ttl_max_ms: int, idem: Idempotency | None, metadata: str,
-            task_id: str | None = None) -> HoldReply | Refused:
+            task_id: str | None = None, loop_digest: str = "") -> HoldReply | Refused:
         k = self.agent_keys(agent)
         record, body_hash, key = self._idem(k, idem)
         code, r = await self._run(
             "hold", [k.agent_hash, k.window, k.hold(hold_id), k.holds, record, k.events,
-                     k.webhooks, k.tools, k.walls, k.task(task_id or NO_TASK)],
+                     k.webhooks, k.tools, k.walls, k.task(task_id or NO_TASK),
+                     k.loop(loop_digest)],
             [agent, entry_id, hold_id, tool, _amount(max_cost_micros), str(amount_max_micros),
              str(ttl_ms), str(ttl_max_ms), body_hash, key, metadata, task_id or ""])
         if code not in (Code.OK, Code.REPLAY):

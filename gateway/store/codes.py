@@ -41,6 +41,8 @@ class Code(IntEnum):
     LIMIT_TASK_CALLS = 43
     LIMIT_TASK_REQUIRED = 44
     TASK_IDS_SHORT = 45
+    # 50: the loop breaker.
+    LOOP_DETECTED = 50
     # 60 and up: refunds, debits and delegation.
     REFUND_EXCEEDS = 60
     NOT_A_CHILD = 61
@@ -53,3 +55,9 @@ class Flag(IntEnum):
     DAILY_NEAR = 2
     # Set on exactly the one call whose write took the balance below the threshold.
     LOW_CROSSED = 4
+    # Over 80 % of a rolling-hour, weekly or monthly cap, or of a call cap (lua/_lib.lua
+    # walls_near), this call counted.
+    HOURLY_NEAR = 8
+    WEEKLY_NEAR = 16
+    MONTHLY_NEAR = 32
+    CALLS_NEAR = 64

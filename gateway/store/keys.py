@@ -13,6 +13,9 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
   envelope): budget, spent, held, calls, exp, state, counters by tool and category, open holds
   (task_open.lua, charge.lua, hold.lua, task_close.lua; see _lib.lua's tasks section)
 - ``iou:{pNN}:tasks:<agent>``          zset  8 d      the agent's task ids by creation ms (listing)
+- ``iou:{pNN}:loop:<agent>:<digest>`` list  the loop's window   times (ms) of the last
+  accepted calls of one tool with the same arguments (only for agents with a ``loop`` limit;
+  the digest is gateway/metering/inputs.py loop_digest's)
 - ``iou:{pNN}:idem:<agent>:<sha>``     string 24 h    first answer of an idempotent call
 - ``iou:{pNN}:refunded:<charge_id>``  string 30 d after the last refund: micros refunded of
   one charge, in its agent's slot (refund.lua; absent: the ledger's sum is the start)
@@ -175,6 +178,10 @@ class AgentKeys:
 
     def api_key_lookup(self, key_hash: str) -> str:
         return self.prefix + "apikey:" + key_hash
+
+    def loop(self, digest: str) -> str:
+        """The loop breaker's list of one tool and arguments (a 32-hex digest of both)."""
+        return f"{self.prefix}loop:{self.agent}:{digest}"
 
     def depleted(self) -> str:
         return f"{self.prefix}depleted:{self.agent}"

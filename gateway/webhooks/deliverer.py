@@ -186,6 +186,9 @@ class WebhookDeliverer:
                                 "at_ms": int(fields["at"])}
         if fields.get("threshold"):
             body["threshold"] = format_amount(int(fields["threshold"]))
+        if fields.get("tool"):  # agent.loop_detected: which call repeated, and the setting
+            body.update(tool=fields["tool"], repeats=int(fields["repeats"]),
+                        window_s=int(fields["window_s"]))
         return body
 
     async def _post(self, url: str, body: bytes) -> bool:
