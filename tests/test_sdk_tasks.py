@@ -83,3 +83,15 @@ def test_cli_tasks(gateway: Gateway) -> None:
     assert other.returncode == 1 and "not_found" in other.stderr
     bad = iou(gateway, "tasks", "open", "--budget", "1", "--max-calls", "web", "--key", key)
     assert bad.returncode != 0 and "NAME=N" in bad.stderr
+
+
+def test_demo_ends_with_a_commerce_task(gateway: Gateway) -> None:
+    demo = iou(gateway, "--token", ADMIN_TOKEN, "demo", "--json")
+    assert demo.returncode == 0, demo.stderr
+    task = json.loads(demo.stdout)["task"]
+    assert task["refusal"]["error"] == "limit_exceeded"
+    assert (task["refusal"]["limit"], task["refusal"]["max"]) == ("task_calls", 1)
+    assert (task["spent"], task["calls"]) == ("1.5", 1)
+    shown = iou(gateway, "--token", ADMIN_TOKEN, "demo")
+    assert any(line.startswith("✗ buy_item refused: limit_exceeded (task_calls")
+               for line in shown.stdout.splitlines()), shown.stdout

@@ -1,7 +1,7 @@
 """`iou demo`: the seed scenario, written as the agent's own code on the SDK and played
 against a running gateway; every figure printed comes from the gateway's answers. After it,
 two runaway agents with a healthy balance: a monitor stopped by its call cap, and a loop
-stopped by the loop breaker."""
+stopped by the loop breaker; then a commerce task stopped at its second purchase."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ MONITOR_URLS = tuple(f"https://status.example.com/check/{n}" for n in range(1, 1
 MONITOR_CALLS_PER_DAY = 10  # the seed's monitor: configured to check 10 URLs
 LOOP = {"repeats": 3, "window_s": 60}
 RUNAWAY_CALLS_MAX = 10_000  # "through a simple loop error, check 10,000"
+# The commerce task: an agent told to buy one item, its task capped at one commerce call.
+SHOP_TOOL = ("buy_item", "1.5", "commerce", "fixed")
+SHOP_GRANT = "10"
+SHOP_BUDGET = "5"
 Echo = Callable[[str], None]
 WARNING_WORDS = {"low_balance": "low balance", "calls_near": "near the call cap"}
 
@@ -60,7 +64,8 @@ def run_demo(admin: Client, echo: Echo) -> dict[str, Any]:
     state = admin.request("GET", f"/v1/agents/{agent}")
     return {"agent": agent, "grant": created["balance"], "calls": calls.played,
             "refusal": refusal, "ledger": ledger, "balance": state["balance"],
-            "monitor": _looping_monitor(admin, echo), "loop": _looping_agent(admin, echo)}
+            "monitor": _looping_monitor(admin, echo), "loop": _looping_agent(admin, echo),
+            "task": _commerce_task(admin, echo)}
 
 
 def _runaway(admin: Client, prefix: str, limits: dict[str, Any]) -> tuple[str, str]:
@@ -118,6 +123,34 @@ def _looping_agent(admin: Client, echo: Echo) -> dict[str, Any]:
                         "refusal": dict(loop.body), "balance": str(balance)}
             calls.add("web_search", query, found)
     raise RuntimeError("the loop breaker never stopped the agent; is the gateway metering?")
+
+
+def _commerce_task(admin: Client, echo: Echo) -> dict[str, Any]:
+    """An agent told to buy one item works inside a task allowing one commerce call: the
+    second purchase is refused by the task while the balance could still pay for it."""
+    name, price, category, pricing = SHOP_TOOL
+    admin.request("PUT", f"/v1/tools/{name}",
+                  {"price": price, "category": category, "pricing": pricing})
+    agent = f"demo-shop-{secrets.token_hex(3)}"
+    created = admin.request("POST", "/v1/agents", {"name": agent, "grant": SHOP_GRANT})
+    with Client(admin.url, created["api_key"]) as iou:
+        task = iou.tasks.open(SHOP_BUDGET, name="buy one item", max_calls={category: 1})
+        echo("")
+        echo(f"agent {agent} opens task {task.task_id}: budget {task.budget} IOU, at most 1 "
+             f"{category} call")
+        bought = iou.charge(name, task=task.task_id)
+        echo(f'→ {name}("the item")  -{bought.cost}  [{bought.balance} IOU remaining]')
+        try:
+            iou.charge(name, task=task.task_id)
+            raise RuntimeError("the task never refused the second purchase")
+        except LimitExceeded as capped:
+            echo(f"✗ {name} refused: {capped.code} ({capped.body.get('limit')}, max "
+                 f"{capped.body.get('max')}) with {bought.balance} IOU still in the balance")
+            refusal = dict(capped.body)
+        summary = iou.tasks.close(task.task_id)
+    echo(f"task closed: spent {summary.spent} IOU in {summary.calls} call")
+    return {"agent": agent, "task_id": task.task_id, "refusal": refusal,
+            "spent": str(summary.spent), "calls": summary.calls}
 
 
 def _agent(iou: Client, calls: Calls) -> dict[str, Any]:
