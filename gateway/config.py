@@ -3,8 +3,11 @@ every variable, and sets the one that ``iou serve`` hands down to its workers.""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +76,10 @@ class Settings:
     metrics_dir: Path | None = None
     # IOU_LOG_FORMAT: "text" (default) or "json" (one JSON object per log line).
     log_format: str = "text"
+    # IOU_RECEIPT_KEY: Ed25519 private keys (base64url 32-byte seeds, comma-separated) that
+    # sign receipts; the first signs, the others only stay in the JWKS so receipts signed
+    # before a rotation still verify. Empty: <IOU_DATA_DIR>/receipt_key, generated at start.
+    receipt_keys: tuple[str, ...] = ()
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -116,6 +123,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         connections_max=_int(env, "IOU_CONNECTIONS_MAX", 1000, 8, 1_000_000),
         metrics_dir=Path(env[METRICS_DIR_VARIABLE]) if env.get(METRICS_DIR_VARIABLE) else None,
         log_format=_choice(env, "IOU_LOG_FORMAT", ("text", "json")) or "text",
+        receipt_keys=receipt_seeds(env.get("IOU_RECEIPT_KEY") or "", "IOU_RECEIPT_KEY"),
     )
     return settings
 
@@ -224,3 +232,20 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         except ValueError:
             raise ConfigError(f"{name}={raw!r}: {item!r} is not an address or network") from None
     return tuple(networks)
+
+
+RECEIPT_SEED_BYTES = 32  # an Ed25519 private key (RFC 8032 seed)
+
+
+def receipt_seeds(raw: str, name: str) -> tuple[str, ...]:
+    """Base64url Ed25519 seeds separated by commas or whitespace (the first signs)."""
+    seeds = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
+    for seed in seeds:
+        try:
+            decoded = base64.urlsafe_b64decode(seed + "=" * (-len(seed) % 4))
+        except (ValueError, binascii.Error):
+            decoded = b""
+        if len(decoded) != RECEIPT_SEED_BYTES:
+            raise ConfigError(f"{name}: each key must be {RECEIPT_SEED_BYTES} random bytes in "
+                              "base64url (43 characters)")
+    return seeds

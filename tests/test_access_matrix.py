@@ -36,6 +36,17 @@ PUBLIC = (200, 200, 200, 200, 200, 200)
 PARTITIONS = 16  # the gateway's default IOU_PARTITIONS
 
 
+LEDGER_WAIT_S = 20
+
+
+def _in_the_ledger(agent: httpx.Client, charge_id: str) -> None:
+    """Wait (bounded) until the ledger writer has the charge."""
+    deadline = time.monotonic() + LEDGER_WAIT_S
+    while agent.get(f"/v1/receipts/{charge_id}").status_code == 404:
+        assert time.monotonic() < deadline, "the charge never reached the ledger"
+        time.sleep(0.1)
+
+
 def _new_agent_body() -> dict[str, Any]:
     return {"name": unique("matrix-new")}
 
@@ -63,6 +74,9 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("POST", "/v1/holds/{hold_id}/release", None, (401, 401, 401, 404, 200, 403)),
     ("GET", "/v1/balance", None, (401, 401, 401, 200, 200, 403)),
     ("POST", "/v1/tools/{tool}/invoke", {"q": 1}, (401, 401, 401, 200, 200, 403)),
+    # receipts: the keys are public; a charge's receipt is its agent's (or the admin's)
+    ("GET", "/v1/receipts/keys", None, PUBLIC),
+    ("GET", "/v1/receipts/{charge_id}", None, (401, 401, 401, 403, 200, 200)),
     # tasks: each agent opens its own; A on B's task: 404, as for holds
     ("POST", "/v1/tasks", {"budget": "1"}, (401, 401, 401, 201, 201, 403)),
     ("GET", "/v1/tasks/{task_id}", None, (401, 401, 401, 404, 200, 403)),
@@ -176,6 +190,7 @@ def world() -> Iterator[World]:
         with gw.agent(b_key) as agent_b:
             charge_id = agent_b.post("/v1/charge", json=CHARGE).json()["charge_id"]
             task_id = agent_b.post("/v1/tasks", json={"budget": "1"}).json()["task_id"]
+            _in_the_ledger(agent_b, charge_id)  # GET /v1/receipts/{charge_id} reads it there
         tokens: dict[str, str | None] = {
             "none": None, "garbage": "not-a-token", "revoked": revoked["api_key"],
             "agent_a": a_key, "agent_b": b_key, "admin": ADMIN_TOKEN}

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import idempotency
+from gateway.api import idempotency, receipts
 from gateway.api.body import Fields, json_from_raw, read_body, read_json
 from gateway.api.context import Context, endpoint
 from gateway.api.payloads import charge_payload, limits_payload, state_warnings
@@ -19,9 +19,10 @@ from gateway.metering.engine import HOLD_TTL_S_DEFAULT
 from gateway.metering.errors import BalanceInsufficient, GatewayError, InvalidRequest, Unavailable
 from gateway.metering.inputs import check_fingerprint
 from gateway.metering.limits import HOLD_TTL_S_MAX
-from gateway.metering.models import ChargeResult
+from gateway.metering.models import CaptureResult, ChargeResult
 from gateway.metering.money import format_amount as fmt
 from gateway.observability import CHARGES
+from gateway.store import agents as stored_agents
 from gateway.webhooks.deliverer import queue_depleted
 
 log = logging.getLogger("iou.api")
@@ -71,6 +72,12 @@ async def charge_one(ctx: Context, agent: str, request: ChargeRequest) -> Charge
     return result
 
 
+def charge_receipt(ctx: Context, result: ChargeResult, task: str | None) -> str | None:
+    return receipts.signed(ctx, charge_id=result.charge_id, agent=result.agent,
+                           tool=result.tool, cost_micros=result.cost_micros,
+                           balance_after_micros=result.balance_micros, task=task)
+
+
 @endpoint
 async def post_charges(ctx: Context, request: Request) -> Response:
     """Up to 1,000 charges in one request and one Redis round trip; results in order.
@@ -90,9 +97,10 @@ async def post_charges(ctx: Context, request: Request) -> Response:
     # A malformed item refuses the whole request before anything is charged (as any
     # malformed body is); only what depends on the store is an item's own refusal.
     charges = [_item_request(ctx, item, i, key) for i, item in enumerate(items)]
+    with_receipts = receipts.asked(request.headers)
     binding = None if key is None else await idempotency.bind(
         ctx.engine, "agent:" + agent, key, idempotency.request_digest(request, raw))
-    answers = await asyncio.gather(*(_batch_item(ctx, agent, charge, key)
+    answers = await asyncio.gather(*(_batch_item(ctx, agent, charge, key, with_receipts)
                                      for charge in charges))
     if binding is not None and all(r is None for _, r in answers):
         await binding.unbind()  # every item refused: nothing written, nothing to keep
@@ -110,15 +118,18 @@ def _item_request(ctx: Context, item: Any, index: int, key: str | None) -> Charg
     return charge_request(item, ctx.settings.amount_max_micros, key, index)
 
 
-async def _batch_item(ctx: Context, agent: str, charge: ChargeRequest, key: str | None
-                      ) -> tuple[dict[str, Any], bool | None]:
+async def _batch_item(ctx: Context, agent: str, charge: ChargeRequest, key: str | None,
+                      with_receipt: bool = False) -> tuple[dict[str, Any], bool | None]:
     """One item's result or error object, and whether it was replayed (None: refused).
 
     Nothing an item does fails the batch: an unexpected exception becomes this item's
     error object (and a log line), since the other items may have been charged."""
     try:
         result = await charge_one(ctx, agent, charge)
-        return charge_payload(result), result.replayed
+        payload = charge_payload(result)
+        if with_receipt:
+            payload["receipt"] = charge_receipt(ctx, result, charge.task)
+        return payload, result.replayed
     except GatewayError as exc:
         return exc.to_dict(), None
     except Exception:
@@ -167,12 +178,39 @@ async def post_capture(ctx: Context, request: Request) -> Response:
     # Optional: a fixed-price hold captures its price (the script refuses any other cost).
     cost = fields.amount("cost", False, allow_zero=True,
                          max_micros=ctx.settings.amount_max_micros)
-    result = await ctx.engine.capture(agent, request.path_params["hold_id"], cost,
+    hold_id = request.path_params["hold_id"]
+    # What the receipt names is read before the capture deletes the hold (only when asked).
+    held = await _held_for_receipt(ctx, agent, hold_id) if receipts.asked(
+        request.headers) else None
+    result = await ctx.engine.capture(agent, hold_id, cost,
                                       idempotency.idempotency_key(request), fields.metadata())
-    return json_response(200, {"charge_id": result.charge_id, "cost": fmt(result.cost_micros),
-                               "released": fmt(result.released_micros),
-                               "balance": fmt(result.balance_micros),
-                               "warnings": list(result.warnings)})
+    body: dict[str, Any] = {"charge_id": result.charge_id, "cost": fmt(result.cost_micros),
+                            "released": fmt(result.released_micros),
+                            "balance": fmt(result.balance_micros),
+                            "warnings": list(result.warnings)}
+    if held is not None:
+        body["receipt"] = await _capture_receipt(ctx, agent, held, result)
+    return json_response(200, body)
+
+
+async def _held_for_receipt(ctx: Context, agent: str, hold_id: str
+                            ) -> tuple[str, str | None] | None:
+    """(tool, task) of the open hold; ("", None) when it is gone (a replayed capture)."""
+    found = await stored_agents.hold_tool_and_task(ctx.engine.conn, ctx.engine.partitions,
+                                                   agent, hold_id)
+    return ("", None) if found is None else found
+
+
+async def _capture_receipt(ctx: Context, agent: str, held: tuple[str, str | None],
+                           result: CaptureResult) -> str | None:
+    tool, task = held
+    if not tool:  # a replay: the hold is gone; the ledger has the capture (or will soon:
+        # until then the answer's receipt is null and GET /v1/receipts/{charge_id} signs it)
+        entry = await ctx.ledger.entry(result.charge_id)
+        return None if entry is None else receipts.from_entry(ctx, entry)
+    return receipts.signed(ctx, charge_id=result.charge_id, agent=agent, tool=tool,
+                           cost_micros=result.cost_micros,
+                           balance_after_micros=result.balance_micros, task=task)
 
 
 @endpoint

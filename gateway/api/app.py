@@ -25,6 +25,7 @@ from gateway.api import (
     money_routes,
     ops,
     proxy,
+    receipts,
     summary,
     tasks,
     usage,
@@ -42,6 +43,7 @@ from gateway.ledger.lag import ledger_backlog
 from gateway.mcp import admin_routes as mcp_admin
 from gateway.mcp.server import McpEndpoint, McpFront
 from gateway.metering.secrets_store import check_at_start, ensure_secret
+from gateway.receipts import load_signer
 from gateway.runtime import open_runtime
 from gateway.webhooks.deliverer import WebhookDeliverer
 
@@ -58,6 +60,8 @@ ROUTES = [
     Route("/v1/tasks/{task_id}/close", tasks.close_task, methods=["POST"]),
     Route("/v1/agents/{agent}/tasks", tasks.list_agent_tasks, methods=["GET"]),
     Route("/v1/tools/{tool}/invoke", proxy.invoke, methods=["POST"]),
+    Route("/v1/receipts/keys", receipts.get_keys, methods=["GET"]),
+    Route("/v1/receipts/{charge_id}", receipts.get_receipt, methods=["GET"]),
     Route("/v1/agents", admin.create_agent, methods=["POST"]),
     Route("/v1/agents", admin.list_agents, methods=["GET"]),
     Route("/v1/summary", summary.get_summary, methods=["GET"]),
@@ -155,7 +159,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     auth = GuardedAuthenticator(guard, engine, admin_token, FailureLimits.of(settings),
                                 settings.trusted_proxies)
     app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s,
-                            guard=guard)
+                            guard=guard, receipts=load_signer(settings))
     app.state.mcp = McpFront(app.state.ctx)
     mcp_running = app.state.mcp.running()
     await mcp_running.__aenter__()

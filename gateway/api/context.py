@@ -19,6 +19,7 @@ from gateway.ledger.store import LedgerStore
 from gateway.logs import AGENT
 from gateway.metering.engine import Engine
 from gateway.metering.errors import GatewayError, unavailable
+from gateway.receipts import ReceiptSigner
 from gateway.store.errors import StoreUnavailable
 from gateway.webhooks.deliverer import WebhookDeliverer
 
@@ -36,6 +37,8 @@ class Context:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     # Whether Redis is the store the ledger describes (None: not checked, e.g. in tests).
     guard: StoreGuard | None = None
+    # Signs receipts (gateway/receipts/); None: no receipts (a bare test context).
+    receipts: ReceiptSigner | None = None
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` off the request's path, keeping a reference until it ends."""

@@ -17,7 +17,8 @@ import orjson
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.agent import charge_one
+from gateway.api import receipts
+from gateway.api.agent import charge_one, charge_receipt
 from gateway.api.auth import Authenticator
 from gateway.api.body import configure_json_limits, json_body, read_asgi_body
 from gateway.api.context import Context
@@ -82,12 +83,16 @@ async def _charge(ctx: Context, scope: Scope, headers: dict[str, str], receive: 
         body = json_body(headers.get("content-type", ""), raw)
         key = idempotency_key(headers.get("idempotency-key"))
         charge = charge_request(body, ctx.settings.amount_max_micros, key)
+        with_receipt = receipts.asked(headers)
         result = await charge_one(ctx, agent, charge)
     except GatewayError as exc:
         return error_body(exc)
     except StoreUnavailable as exc:  # one that reached here unmapped: still the 503
         return error_body(unavailable(exc))
-    return 200, orjson.dumps(charge_payload(result)), []
+    payload = charge_payload(result)
+    if with_receipt:
+        payload["receipt"] = charge_receipt(ctx, result, charge.task)
+    return 200, orjson.dumps(payload), []
 
 
 def _headers(scope: Scope) -> dict[str, str]:

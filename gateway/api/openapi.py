@@ -324,8 +324,17 @@ USAGE_OUT = _answer({
     "totals": {"type": "array", "items": _answer(
         {"calls": {"type": "integer"}, "amount": AMOUNT_OUT})},
     "total": _answer({"calls": {"type": "integer"}, "amount": AMOUNT_OUT})})
+RECEIPT: Schema = {"type": "string", "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+                   "description": "a JWS (compact, alg EdDSA) over {charge_id, agent, tool, "
+                                  "cost, balance_after, at, task}; check it against "
+                                  "GET /v1/receipts/keys"}
 CHARGE_OUT = _answer({"charge_id": {"type": "string"}, "tool": NAME, "category": NAME,
-                      "cost": AMOUNT_OUT, "balance": AMOUNT_OUT, "warnings": WARNINGS})
+                      "cost": AMOUNT_OUT, "balance": AMOUNT_OUT, "warnings": WARNINGS,
+                      "receipt": RECEIPT},
+                     ("charge_id", "tool", "category", "cost", "balance", "warnings"))
+JWKS_OUT = _answer({"keys": {"type": "array", "items": _answer({
+    "kty": {"const": "OKP"}, "crv": {"const": "Ed25519"}, "x": {"type": "string"},
+    "kid": {"type": "string"}, "alg": {"const": "EdDSA"}, "use": {"const": "sig"}})}})
 ERROR: Schema = {
     "type": "object", "required": ["error", "message"],
     "properties": {"error": {"type": "string"}, "message": {"type": "string"},
@@ -350,7 +359,11 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
         "balance": AMOUNT_OUT, "warnings": WARNINGS})),
     ("POST", "/v1/holds/{hold_id}/capture"): (200, _answer({
         "charge_id": {"type": "string"}, "cost": AMOUNT_OUT, "released": AMOUNT_OUT,
-        "balance": AMOUNT_OUT, "warnings": WARNINGS})),
+        "balance": AMOUNT_OUT, "warnings": WARNINGS, "receipt": nullable(RECEIPT)},
+        ("charge_id", "cost", "released", "balance", "warnings"))),
+    ("GET", "/v1/receipts/keys"): (200, JWKS_OUT),
+    ("GET", "/v1/receipts/{charge_id}"): (200, _answer({"charge_id": {"type": "string"},
+                                                        "receipt": RECEIPT})),
     ("POST", "/v1/holds/{hold_id}/release"): (200, _answer({"released": AMOUNT_OUT,
                                                             "balance": AMOUNT_OUT})),
     ("POST", "/v1/tasks"): (201, TASK_OUT),
@@ -443,6 +456,9 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("GET", "/v1/agents/{agent}/tasks", "The agent's recent tasks, newest first (limit)",
      "admin|agent"),
     ("POST", "/v1/tools/{tool}/invoke", "Call a tool's upstream through the gateway", "agent"),
+    ("GET", "/v1/receipts/keys", "The public keys that check receipts (JWKS)", "none"),
+    ("GET", "/v1/receipts/{charge_id}", "A signed receipt for a charge or capture of the "
+     "ledger", "admin|agent"),
     ("POST", "/v1/agents", "Create an agent (grant defaults to IOU_SIGNUP_GRANT)", "admin"),
     ("GET", "/v1/agents", "List agents (limit, cursor)", "admin"),
     ("GET", "/v1/agents/{agent}", "One agent with its limits", "admin"),
@@ -535,6 +551,13 @@ _KEY_SHOWN_ONCE = (
     "with `\"api_key\": null` and an `api_key_note`; make a new key with POST "
     "/v1/agents/{agent}/keys. A retry after a crash never creates a second one.")
 DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("GET", "/v1/receipts/{charge_id}"):
+        "Signs a receipt for a charge or capture from the ledger (the agent's own key or "
+        "the admin): the same claims as the receipt its answer carried. A charge reaches "
+        "the ledger within about a second; before that it is 404.",
+    ("GET", "/v1/receipts/keys"):
+        "Every key that signed receipts (a rotated-out key stays listed, so its receipts "
+        "still verify); no authentication, cacheable.",
     ("POST", "/v1/charge"):
         "The catalog price is what a call costs: cost is accepted only for tools priced "
         "variable (422 invalid_request, field cost, otherwise). A price or category change "
@@ -683,6 +706,10 @@ def _errors(method: str, path: str) -> dict[str, Any]:
     return answers
 
 
+RECEIPT_ON_REQUEST = {("POST", "/v1/charge"), ("POST", "/v1/charges"),
+                      ("POST", "/v1/holds/{hold_id}/capture")}
+
+
 def _parameters(method: str, path: str, max_micros: int) -> list[dict[str, Any]]:
     parameters: list[dict[str, Any]] = [
         {"name": p.strip("{}"), "in": "path", "required": True,
@@ -694,6 +721,11 @@ def _parameters(method: str, path: str, max_micros: int) -> list[dict[str, Any]]
     if method == "POST":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": IDEMPOTENCY_KEY_HEADER})
+    if (method, path) in RECEIPT_ON_REQUEST:
+        parameters.append({"name": "X-IOU-Receipt", "in": "header", "required": False,
+                           "description": "true: the answer carries a signed receipt of "
+                                          "each charge (signing costs CPU: only when asked)",
+                           "schema": {"enum": ["true", "false"]}})
     if path == "/v1/tools/{tool}/invoke":
         parameters.append({"name": "X-IOU-Task", "in": "header", "required": False,
                            "description": "a task of the caller's that the call counts "

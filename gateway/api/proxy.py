@@ -21,7 +21,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import idempotency
+from gateway.api import idempotency, receipts
 from gateway.api.body import parse_amount_field, read_body
 from gateway.api.context import Context, endpoint
 from gateway.api.requests import TASK_ID_CHARS_MAX
@@ -47,6 +47,9 @@ CONNECT_TIMEOUT_S = 5.0
 HOLD_MARGIN_S = 30
 FORWARDED_HEADERS = ("content-type", "accept", "user-agent")
 RETURNED_HEADERS = ("content-type", "cache-control")
+# The receipt: sent upstream over the hold that pays for the call, and on the answer over
+# the capture (gateway/receipts/).
+RECEIPT_HEADER = "x-iou-receipt"
 
 
 def client(upstream_timeout_s: int) -> httpx.AsyncClient:
@@ -99,7 +102,7 @@ async def _invoke_once(call: _Call, key: str) -> Response:
             raise IdempotencyConflict("A request with this Idempotency-Key is still "
                                       "running; retry in a moment.")
         if "hold" in earlier.meta:
-            return await _settle(ctx, agent, key, binding, earlier)
+            return await _settle(ctx, agent, key, binding, earlier, call)
         return idempotency.replay(earlier)
     try:
         response = await _invoke(call, binding, key)
@@ -112,7 +115,7 @@ async def _invoke_once(call: _Call, key: str) -> Response:
 
 
 async def _settle(ctx: Context, agent: str, key: str, binding: idempotency.Binding,
-                  earlier: idempotency.Record) -> Response:
+                  earlier: idempotency.Record, call: _Call) -> Response:
     """Finish an invoke whose upstream answered 2xx but whose capture may not have run."""
     assert earlier.meta is not None
     headers = dict(earlier.meta["x"])
@@ -121,6 +124,12 @@ async def _settle(ctx: Context, agent: str, key: str, binding: idempotency.Bindi
                                             key, idempotency_part="invoke")
         headers["x-iou-charge-id"] = captured.charge_id
         headers["x-iou-balance"] = format_amount(captured.balance_micros)
+        receipt = receipts.signed(ctx, charge_id=captured.charge_id, agent=agent,
+                                  tool=call.tool_name, cost_micros=captured.cost_micros,
+                                  balance_after_micros=captured.balance_micros,
+                                  task=_task(call.request))
+        if receipt is not None:
+            headers[RECEIPT_HEADER] = receipt
     except (HoldClosed, NotFound):
         pass  # the hold expired before anyone captured it: that call was not charged
     response = Response(earlier.body, status_code=int(earlier.meta["s"]), headers=headers)
@@ -160,8 +169,13 @@ async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | N
         if binding is not None and answer.status_code < 400:
             await binding.store(answer)  # charged 0: running it again would cost nothing
         return answer
+    # The tool provider's proof that this call is paid for: the hold, signed (for a
+    # fixed-price tool its amount is the price the capture will charge).
+    paid = receipts.signed(ctx, charge_id=hold.hold_id, agent=agent, tool=tool.name,
+                           cost_micros=hold.amount_micros,
+                           balance_after_micros=hold.balance_micros, task=task)
     try:
-        upstream = await _forward(call, tool, credentials)
+        upstream = await _forward(call, tool, credentials, paid)
     except BaseException:
         await ctx.engine.release(agent, hold.hold_id)
         raise
@@ -179,7 +193,10 @@ async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | N
     captured = await ctx.engine.capture(agent, hold.hold_id, cost, key,
                                         idempotency_part=None if key is None else "invoke")
     PROXY_CALLS.labels("captured").inc()
-    answer = _answer(upstream, captured.charge_id, captured.balance_micros)
+    receipt = receipts.signed(ctx, charge_id=captured.charge_id, agent=agent, tool=tool.name,
+                              cost_micros=captured.cost_micros,
+                              balance_after_micros=captured.balance_micros, task=task)
+    answer = _answer(upstream, captured.charge_id, captured.balance_micros, receipt)
     if binding is not None:
         await binding.store(answer)
     return answer
@@ -198,7 +215,10 @@ async def _invoke_free(call: _Call, tool: Tool, credentials: dict[str, str], tas
         return _answer(upstream, None, state.balance_micros)
     charged = await ctx.engine.charge(call.agent, tool.name, task=task, body=call.raw)
     PROXY_CALLS.labels("captured").inc()
-    return _answer(upstream, charged.charge_id, charged.balance_micros)
+    receipt = receipts.signed(ctx, charge_id=charged.charge_id, agent=call.agent,
+                              tool=tool.name, cost_micros=charged.cost_micros,
+                              balance_after_micros=charged.balance_micros, task=task)
+    return _answer(upstream, charged.charge_id, charged.balance_micros, receipt)
 
 
 async def _tool(ctx: Context, name: str) -> Tool:
@@ -241,10 +261,13 @@ def _max_cost(request: Request, tool: Tool, amount_max: int) -> int | None:
     return parse_amount_field("X-IOU-Max-Cost", header, False, amount_max)
 
 
-async def _forward(call: _Call, tool: Tool, credentials: dict[str, str]) -> httpx.Response:
+async def _forward(call: _Call, tool: Tool, credentials: dict[str, str],
+                   receipt: str | None = None) -> httpx.Response:
     request = call.request
     headers = {h: v for h in FORWARDED_HEADERS if (v := request.headers.get(h)) is not None}
     headers.update(credentials)
+    if receipt is not None:
+        headers[RECEIPT_HEADER] = receipt
     assert tool.upstream is not None
     try:
         return await call.ctx.http.post(_upstream_url(tool.upstream, request),
@@ -277,10 +300,13 @@ def _actual_cost(upstream: httpx.Response, max_cost: int) -> int:
     return min(cost, max_cost)
 
 
-def _answer(upstream: httpx.Response, charge_id: str | None, balance: int) -> Response:
+def _answer(upstream: httpx.Response, charge_id: str | None, balance: int,
+            receipt: str | None = None) -> Response:
     headers: dict[str, Any] = {h: v for h in RETURNED_HEADERS
                                if (v := upstream.headers.get(h)) is not None}
     headers["x-iou-balance"] = format_amount(balance)
     if charge_id is not None:
         headers["x-iou-charge-id"] = charge_id
+    if receipt is not None:
+        headers[RECEIPT_HEADER] = receipt
     return Response(upstream.content, status_code=upstream.status_code, headers=headers)

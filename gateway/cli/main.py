@@ -254,6 +254,35 @@ def _print_reconcile(checked: int, rows: list[dict[str, str | None]]) -> None:
                else f"reconciled {checked} agents: clean")
 
 
+@main.group()
+def receipt() -> None:
+    """Payment receipts signed by the gateway."""
+
+
+@receipt.command("verify")
+@click.argument("token")
+@json_option
+@click.pass_obj
+def receipt_verify(opts: Options, token: str) -> None:
+    """Check TOKEN against the public keys of the gateway at --url / IOU_URL (exit 1 when
+    the signature is bad or a claim was altered)."""
+    from gateway.sdk import Client, IOUError, ReceiptInvalid
+
+    with Client(opts.url) as client:  # /v1/receipts/keys takes no token
+        try:
+            claims = client.verify_receipt(token)
+        except ReceiptInvalid as exc:
+            fail("receipt_invalid", f"The receipt does not verify: {exc}.")
+            return
+        except IOUError as exc:
+            fail(exc.code, exc.message)
+            return
+    opts.emit({"valid": True, "claims": claims}, lambda: click.echo(
+        f"valid receipt: {claims['agent']} paid {claims['cost']} for {claims['tool']} "
+        f"(charge {claims['charge_id']}, balance after {claims['balance_after']}, "
+        f"at {claims['at']}" + (f", task {claims['task']})" if claims.get("task") else ")")))
+
+
 @main.command()
 @json_option
 @click.pass_obj

@@ -114,6 +114,11 @@ class PostgresStore:
         value = await self._with(lambda conn: conn.fetchval(f"SELECT COUNT(*) FROM {table}"))
         return int(value)
 
+    async def entry(self, entry_id: str) -> LedgerEntry | None:
+        row = await self._with(lambda conn: conn.fetchrow(
+            f"SELECT {ENTRY_SELECT} FROM ledger_entries WHERE entry_id = $1", entry_id))
+        return None if row is None else row_to_entry(tuple(row))
+
     async def seal(self, floors: dict[str, tuple[int, int]]) -> tuple[int, bool]:
         return await self._with(lambda conn: _seal(conn, floors))
 
@@ -194,6 +199,9 @@ async def _recovery(conn: asyncpg.Connection, since_ms: int, idempotent_since_ms
     return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)
 
 
+# The entry columns with the JSON ones as text, as the rows are read everywhere.
+ENTRY_SELECT = ", ".join(c + "::text" if c in chain.JSON_COLUMNS else c
+                         for c in chain.CHAIN_COLUMNS)
 SEAL_SQL = dollar(chain.seal_query("::text"))
 CHAIN_SQL = dollar(chain.chain_query("::text"))
 SEAL_LOCK = 7306158  # pg_advisory_xact_lock key: one sealing pass at a time

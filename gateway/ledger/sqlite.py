@@ -19,6 +19,7 @@ import orjson
 from gateway.ledger import chain, schema
 from gateway.ledger.entries import LedgerEntry
 from gateway.ledger.store import (
+    ENTRY_COLUMNS,
     OpenHold,
     Recovery,
     StoreUnavailable,
@@ -110,6 +111,12 @@ class SqliteStore:
         assert table in ("ledger_entries", "dead_letters", "agents", "tools", "agent_keys")
         row = await self._run(lambda db: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone())
         return int(row[0])
+
+    async def entry(self, entry_id: str) -> LedgerEntry | None:
+        row = await self._run(lambda db: db.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE entry_id = ?",
+            (entry_id,)).fetchone())
+        return None if row is None else row_to_entry(row)
 
     async def seal(self, floors: dict[str, tuple[int, int]]) -> tuple[int, bool]:
         return await self._run(lambda db: _seal(db, floors))

@@ -84,6 +84,10 @@ class LedgerStore(Protocol):
 
     async def count(self, table: str = "ledger_entries") -> int: ...
 
+    async def entry(self, entry_id: str) -> LedgerEntry | None:
+        """One row by its entry id (a charge's charge_id), None when it is not (yet) there."""
+        ...
+
     async def seal(self, floors: dict[str, tuple[int, int]]) -> tuple[int, bool]:
         """Chain each stream's rows below its floor (stream label -> position) in one
         transaction (gateway/ledger/chain.py); returns (rows sealed, whether a stream has

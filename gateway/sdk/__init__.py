@@ -61,6 +61,7 @@ from gateway.sdk.models import (
     Status,
     Task,
 )
+from gateway.sdk.receipts import ReceiptInvalid
 
 __all__ = [
     "ERROR_CLASSES",
@@ -98,6 +99,7 @@ __all__ = [
     "NotFound",
     "PendingHold",
     "RateLimited",
+    "ReceiptInvalid",
     "Reclaim",
     "Refund",
     "Release",

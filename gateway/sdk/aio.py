@@ -39,6 +39,7 @@ from gateway.sdk.models import (
     Status,
     Task,
 )
+from gateway.sdk.receipts import ReceiptInvalid, verify_receipt
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,6 +59,7 @@ class AsyncClient(BaseClient):
                               max_keepalive_connections=CONNECTIONS_MAX)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._base_headers(),
                                        timeout=timeout_s, limits=limits)
+        self._receipt_jwks: dict[str, Any] | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -160,6 +162,21 @@ class AsyncClient(BaseClient):
                       idempotency_key: str | None = None) -> Any:
         return await self._run(self._request_call(method, path, body, params, headers,
                                                   idempotency_key))
+
+    # -- receipts ------------------------------------------------------------------------
+
+    async def receipt_keys(self, *, refresh: bool = False) -> dict[str, Any]:
+        """The gateway's public receipt keys (JWKS), fetched once and kept."""
+        if refresh or self._receipt_jwks is None:
+            self._receipt_jwks = await self.request("GET", "/v1/receipts/keys")
+        return self._receipt_jwks
+
+    async def verify_receipt(self, token: str) -> dict[str, Any]:
+        """As Client.verify_receipt."""
+        try:
+            return verify_receipt(token, await self.receipt_keys())
+        except ReceiptInvalid:
+            return verify_receipt(token, await self.receipt_keys(refresh=True))
 
     # -- metered tools -------------------------------------------------------------------
 

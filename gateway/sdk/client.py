@@ -38,6 +38,7 @@ from gateway.sdk.models import (
     Status,
     Task,
 )
+from gateway.sdk.receipts import ReceiptInvalid, verify_receipt
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,6 +67,7 @@ class Client(BaseClient):
                               max_keepalive_connections=CONNECTIONS_MAX)
         self._http = httpx.Client(base_url=self.url, headers=self._base_headers(),
                                   timeout=timeout_s, limits=limits)
+        self._receipt_jwks: dict[str, Any] | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -172,6 +174,23 @@ class Client(BaseClient):
         carries an Idempotency-Key like every paid call."""
         return self._run(self._request_call(method, path, body, params, headers,
                                             idempotency_key))
+
+    # -- receipts ------------------------------------------------------------------------
+
+    def receipt_keys(self, *, refresh: bool = False) -> dict[str, Any]:
+        """The gateway's public receipt keys (JWKS), fetched once and kept."""
+        if refresh or self._receipt_jwks is None:
+            self._receipt_jwks = self.request("GET", "/v1/receipts/keys")
+        return self._receipt_jwks
+
+    def verify_receipt(self, token: str) -> dict[str, Any]:
+        """The claims of a receipt signed by this gateway (``cost`` and ``balance_after`` as
+        decimal strings); raises ReceiptInvalid when it was altered or is not the gateway's.
+        A key id not yet seen fetches the keys again (a rotation)."""
+        try:
+            return verify_receipt(token, self.receipt_keys())
+        except ReceiptInvalid:
+            return verify_receipt(token, self.receipt_keys(refresh=True))
 
     # -- metered tools -------------------------------------------------------------------
 

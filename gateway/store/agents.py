@@ -34,6 +34,17 @@ async def parent_of(conn: Connection, partitions: int, agent: str) -> tuple[bool
     return bal is not None, None if parent is None else _text(parent)
 
 
+async def hold_tool_and_task(conn: Connection, partitions: int, agent: str, hold_id: str
+                             ) -> tuple[str, str | None] | None:
+    """(tool, task or None) of an open hold of ``agent``; None when there is no such hold."""
+    k = keys.agent_keys(agent, partitions)
+    owner, tool, task = await conn.call_or_raise(b"HMGET", k.hold(hold_id), b"agent", b"tool",
+                                                 b"task")
+    if owner is None or _text(owner) != agent or tool is None:
+        return None
+    return _text(tool), None if task is None else _text(task)
+
+
 async def exists(conn: Connection, partitions: int, agent: str) -> bool:
     k = keys.agent_keys(agent, partitions)
     return bool(await conn.call_or_raise(b"EXISTS", k.agent_hash))
