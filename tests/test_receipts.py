@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from gateway.config import ConfigError, load_settings
+from gateway.metering.engine import Engine
 from gateway.metering.ids import uuid7
 from gateway.receipts import (
     ReceiptInvalid,
@@ -31,7 +32,9 @@ from gateway.receipts import (
 )
 from gateway.sdk import Client
 from tests.gateway_proc import Gateway
+from tests.helpers import T, setup_catalog
 from tests.http_helpers import error_of, new_agent, unique, upstream_server
+from tests.ledger_helpers import store_for, writer_for
 
 SEED_A = base64.urlsafe_b64encode(b"a" * 32).rstrip(b"=").decode()
 SEED_B = base64.urlsafe_b64encode(b"b" * 32).rstrip(b"=").decode()
@@ -274,3 +277,29 @@ def test_iou_receipt_verify(gateway: Gateway) -> None:
     assert as_json["valid"] is True and as_json["claims"]["cost"] == "0.05"
     bad = iou("receipt", "verify", with_claims(token, cost="0.01"))
     assert bad.returncode == 1 and "does not verify" in bad.stderr
+
+
+async def test_both_ledgers_sign_a_charge_from_its_row(real_engine: Engine, ledger_url: str
+                                                       ) -> None:
+    """What GET /v1/receipts/{charge_id} reads: one row by id, in SQLite and PostgreSQL."""
+    from gateway.api.context import Context
+    from gateway.api.receipts import from_entry
+
+    await setup_catalog(real_engine)
+    await real_engine.create_agent("signed", grant_micros=5 * T)
+    charged = await real_engine.charge("signed", "web_search", metadata={"q": "ü"})
+    store = store_for(ledger_url)
+    try:
+        await writer_for(real_engine, store).drain()
+        entry = await store.entry(charged.charge_id)
+        assert entry is not None and entry.kind == "charge" and entry.agent == "signed"
+        assert await store.entry(uuid7()) is None
+        signer = ReceiptSigner([SEED_A])
+        ctx = Context(real_engine, load_settings({}), None, None, None, store,  # type: ignore[arg-type]
+                      receipts=signer)
+        claims = verify_receipt(from_entry(ctx, entry), signer.jwks())
+        assert (claims["charge_id"], claims["cost"], claims["tool"]) == (
+            charged.charge_id, "0.05", "web_search")
+        assert claims["balance_after"] == "4.95"
+    finally:
+        await store.close()
