@@ -62,14 +62,17 @@ async def open_task(ctx: Context, request: Request) -> Response:
     raw = await read_body(request, ctx.settings.body_bytes_max)
     key = idempotency.idempotency_key(request)
 
-    async def run(_binding: idempotency.Binding | None) -> Response:
+    async def run(binding: idempotency.Binding | None) -> Response:
         fields = Fields(json_from_raw(request, raw), OPEN_FIELDS)
         budget = fields.amount("budget", True, max_micros=ctx.settings.amount_max_micros)
         assert budget is not None
         name = fields.text("name", TASK_NAME_CHARS_MAX) if fields.has("name") else None
         ttl_s = fields.integer("ttl_s", 1, TASK_TTL_S_MAX, TASK_TTL_S_DEFAULT)
+        # A keyed request's task id comes from its key, so concurrent retries (the
+        # binding does not exclude them) find one task instead of opening one each.
+        task_id = None if binding is None else "task_" + binding.token[:32]
         task = await ctx.engine.open_task(agent, budget, name, ttl_s,
-                                          _max_calls(fields))
+                                          _max_calls(fields), task_id)
         return json_response(201, task_payload(task))
 
     return await idempotency.once(ctx.engine, "agent:" + agent, key,

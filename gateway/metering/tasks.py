@@ -83,9 +83,12 @@ class Tasks:
     @maps_store_errors
     async def open_task(self, agent: str, budget_micros: int, name: str | None = None,
                         ttl_s: int = TASK_TTL_S_DEFAULT,
-                        max_calls: Mapping[str, int] | None = None) -> TaskState:
+                        max_calls: Mapping[str, int] | None = None,
+                        task_id: str | None = None) -> TaskState:
         """Open a task of ``agent`` with ``budget_micros``, for ``ttl_s`` seconds, with
-        optional ``max_calls`` per tool or category name."""
+        optional ``max_calls`` per tool or category name. ``task_id``: the id a keyed
+        request derived from its key; a task already under it is that request's own earlier
+        (or concurrent) run, answered as it stands instead of opening a second one."""
         check_name("agent", agent)
         if not money.is_whole(budget_micros, 1, self._amount_max_micros):
             raise InvalidRequest("budget", "must be an amount above 0 and at most "
@@ -106,10 +109,14 @@ class Tasks:
             if not money.is_whole(count, 1, CALLS_MAX):
                 raise InvalidRequest(f"max_calls.{what}", f"must be a whole number of calls "
                                                           f"from 1 to {CALLS_MAX}")
-        task_id = ids.task_id()
+        derived = task_id is not None
+        task_id = task_id if task_id is not None else ids.task_id()
         reply = await self._calls.task_open(agent, task_id, budget_micros,
                                             self._amount_max_micros, ttl_s * 1000,
                                             TASK_TTL_S_MAX * 1000, name or "", caps)
+        if (derived and isinstance(reply, Refused) and reply.code == Code.BAD_ARGUMENT
+                and int(reply.fields.get("argv_index", 0)) == 2):
+            return await self.task(agent, task_id)  # the script refuses an existing id
         if isinstance(reply, Refused):
             raise refusal(reply, agent=agent)
         return TaskState(task_id, agent, name, budget_micros, 0, 0, 0, reply.created_ms,
