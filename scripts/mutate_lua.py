@@ -338,11 +338,24 @@ def mutants_of(path: Path) -> list[Mutant]:
 
 
 def walls_lines(lua_dir: Path) -> range:
-    """The lines of _lib.lua's walls section (from its heading to hold_close, exclusive)."""
+    """The lines of _lib.lua's walls section: from its heading to the next section's heading
+    (``-- ---- ...``) or to hold_close, exclusive."""
     lines = (lua_dir / "_lib.lua").read_text().splitlines()
     first = next(i for i, t in enumerate(lines, 1) if "---- Walls beyond the balance" in t)
-    last = next(i for i, t in enumerate(lines, 1) if t.startswith("local function hold_close"))
+    last = next(i for i, t in enumerate(lines, 1)
+                if i > first and (t.startswith(("-- ----", "local function hold_close"))))
     return range(first, last)
+
+
+def in_lines(m: Mutant, spans: Sequence[str]) -> bool:
+    """Whether the mutant is on one of ``spans``: ``<file>:<first>-<last>`` (line numbers,
+    inclusive), e.g. ``_lib.lua:425-508``."""
+    for span in spans:
+        file, _, numbers = span.rpartition(":")
+        first, _, last = numbers.partition("-")
+        if m.file == file and int(first) <= m.line <= int(last or first):
+            return True
+    return False
 
 
 def is_walls(m: Mutant, lua_dir: Path) -> bool:
@@ -670,6 +683,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "callers)")
     parser.add_argument("--walls", action="store_true",
                         help="only the walls' mutants (_lib.lua's walls section and its callers)")
+    parser.add_argument("--lines", action="append", default=[],
+                        help="only the mutants on these lines: <file>:<first>-<last> "
+                             "(repeatable; line numbers of today's scripts)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the sample")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S_DEFAULT,
@@ -682,13 +698,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def choose(args: argparse.Namespace, mutants: list[Mutant], lua_dir: Path) -> list[Mutant]:
-    """The mutants --only, --skip-walls and --walls keep."""
+    """The mutants --only, --skip-walls, --walls and --lines keep."""
     if args.only:
         mutants = [m for m in mutants if re.search(args.only, m.key)]
     if args.skip_walls:
         mutants = [m for m in mutants if not is_walls(m, lua_dir)]
     if args.walls:
         mutants = [m for m in mutants if is_walls(m, lua_dir)]
+    if args.lines:
+        mutants = [m for m in mutants if in_lines(m, args.lines)]
     return mutants
 
 
