@@ -94,6 +94,32 @@ def test_money_test_files_exist() -> None:
     assert missing == []
 
 
+def test_lines_and_first_narrow_and_order_a_run(tmp_path: Path) -> None:
+    m = runner()
+    path = tmp_path / "x.lua"
+    path.write_text(SNIPPET)
+    mutants = m.mutants_of(path)
+    on_4 = [mut for mut in mutants if m.in_lines(mut, ["x.lua:4"])]
+    assert {mut.code for mut in on_4} == {"if a < b and b ~= 0 then"}
+    spans = ["x.lua:4-5", "y.lua:1-99"]
+    assert {mut.line for mut in mutants if m.in_lines(mut, spans)} == {4, 5}
+    (tmp_path / "tests").mkdir()
+    for f in m.MONEY_TESTS:
+        (tmp_path / f).write_text("")
+    files = [a for a in m.pytest_args(tmp_path, ["tests/test_walls.py"]) if a.endswith(".py")]
+    assert files[0] == "tests/test_walls.py" and sorted(files) == sorted(m.MONEY_TESTS)
+
+
+def test_walls_section_stops_at_the_next_section() -> None:
+    m = runner()
+    lua_dir = ROOT / m.LUA_DIR_DEFAULT
+    lines = (lua_dir / "_lib.lua").read_text().splitlines()
+    walls = m.walls_lines(lua_dir)
+    assert "---- Walls beyond the balance" in lines[walls.start - 1]
+    assert lines[walls.stop - 1].startswith(("-- ----", "local function hold_close"))
+    assert not any(t.startswith("-- ----") for t in lines[walls.start:walls.stop - 1])
+
+
 @pytest.mark.slow
 def test_random_sample_of_mutants_is_killed() -> None:
     """A seeded random sample (IOU_MUTATION_SEED to replay one) of the non-equivalent mutants:
