@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "scripts" / "mutate_lua.py"
-SAMPLE_SIZE = 120
+SAMPLE_SIZE = 100
 SAMPLE_BUDGET_S = 840  # the CI job's budget for the sample (~10 minutes on 2 idle cores)
 
 
