@@ -20,7 +20,7 @@ from gateway.api.limits_body import limit_changes
 from gateway.api.responses import json_response
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.refunds import wait_for_charge
-from gateway.metering.errors import AgentExists, Forbidden, NotFound
+from gateway.metering.errors import AgentExists, Forbidden, InvalidRequest, NotFound
 from gateway.metering.money import format_amount as fmt
 from gateway.metering.refunds import REASON_CHARS_MAX
 
@@ -83,6 +83,10 @@ async def create_child(ctx: Context, request: Request) -> Response:
         limits = fields.obj("limits")
         assert name is not None and amount is not None
         changes = limit_changes(limits, ctx.settings.amount_max_micros) if limits else None
+        if changes and changes.get("webhook_url") is not None and not caller.is_admin:
+            # The gateway POSTs to it: only the admin, who is trusted with URLs, sets one;
+            # an agent key would otherwise aim the gateway at any address it reaches.
+            raise InvalidRequest("webhook_url", "is set by the admin only")
         key_id = None if binding is None else _derived_key_id(binding)
         try:
             made = await ctx.engine.create_child(parent, name, amount, changes, key_id)

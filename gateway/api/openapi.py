@@ -651,7 +651,8 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         "lives in its parent's partition: a name that does not hash there is 422 (field "
         "name) with a name that does. The child inherits every cap of its parent and may "
         "only tighten them (422 naming the limit otherwise); low_balance and webhook_url "
-        "are its own. Ledger kinds transfer_out (the parent) and transfer_in (the child), "
+        "are its own (webhook_url set by the admin only: from an agent key it is 422). "
+        "Ledger kinds transfer_out (the parent) and transfer_in (the child), "
         "ref naming the other." + _KEY_SHOWN_ONCE),
     ("POST", "/v1/agents/{agent}/reclaim"): (
         "{agent} is the child: the parent's key or the admin. Moves amount (default: all "
