@@ -67,6 +67,7 @@ MONEY_TESTS = (
     # Scripts of their own, tested at script level in a second or two: first, so that their
     # mutants die before the slower files run.
     "tests/test_script_refund.py",
+    "tests/test_script_tasks.py",
     "tests/test_script_children.py",
     "tests/test_script_gaps.py",
     "tests/test_script_args.py",
@@ -78,7 +79,6 @@ MONEY_TESTS = (
     "tests/test_script_walls.py",
     "tests/test_script_walls_mutants.py",
     "tests/test_script_expiry_edges.py",
-    "tests/test_script_tasks.py",
     "tests/test_script_loops.py",
     "tests/test_script_near.py",
     "tests/test_script_agent_scan.py",
