@@ -283,8 +283,9 @@ class Fields:
 
     def text(self, name: str, length_max: int, required: bool = False) -> str | None:
         value = self._get(name, required)
-        if value is None:
+        if value is None and not required:
             return None
+        # A required text given as null is no text: the same 422 as any other non-string.
         if not isinstance(value, str) or not value or len(value) > length_max:
             raise InvalidRequest(self.prefix + name, f"must be a string of 1 to {length_max} "
                                  "characters")
