@@ -40,6 +40,7 @@ from gateway.metering.errors import (
 from gateway.metering.models import HoldResult, Tool
 from gateway.metering.money import AmountError, format_amount, parse_amount
 from gateway.metering.refusals import NothingToHold
+from gateway.receipts import ReceiptSigner, sign_receipt
 from gateway.store.connections import Connection
 
 from . import registry
@@ -65,6 +66,9 @@ class Metering:
     settings: Any  # gateway.config.Settings (secrets, amount max, upstream timeout)
     spawn: Callable[[Awaitable[Any]], None]
     on_depleted: Callable[[str, GatewayError], Awaitable[None]]
+    # Signs the receipt each paid answer carries in _meta (None: no receipts, as a bare
+    # test context).
+    receipts: ReceiptSigner | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ async def _metered(m: Metering, agent: str, target: _Target, upstream: Upstream,
             await m.engine.release(agent, hold.hold_id)
         raise
     with anyio.CancelScope(shield=True):
-        settled = await _settle(m, agent, hold, result)
+        settled = await _settle(m, agent, target, hold, result)
     return settled
 
 
@@ -166,8 +170,8 @@ def _arguments_bytes(arguments: dict[str, Any]) -> bytes:
     return orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)
 
 
-async def _settle(m: Metering, agent: str, hold: HoldResult, result: types.CallToolResult
-                  ) -> types.CallToolResult:
+async def _settle(m: Metering, agent: str, target: _Target, hold: HoldResult,
+                  result: types.CallToolResult) -> types.CallToolResult:
     if result.is_error:
         released = await m.engine.release(agent, hold.hold_id)
         return _with_meta(result, {"balance": format_amount(released.balance_micros),
@@ -177,7 +181,9 @@ async def _settle(m: Metering, agent: str, hold: HoldResult, result: types.CallT
     return _with_meta(result, {"charge_id": captured.charge_id,
                                "cost": format_amount(captured.cost_micros),
                                "balance": format_amount(captured.balance_micros),
-                               "warnings": list(captured.warnings)})
+                               "warnings": list(captured.warnings),
+                               **_receipt(m, agent, target, captured.charge_id,
+                                          captured.cost_micros, captured.balance_micros)})
 
 
 async def _free(m: Metering, agent: str, target: _Target, upstream: Upstream,
@@ -193,7 +199,21 @@ async def _free(m: Metering, agent: str, target: _Target, upstream: Upstream,
                                         body=_arguments_bytes(arguments))
     return _with_meta(result, {"charge_id": charged.charge_id, "cost": "0",
                                "balance": format_amount(charged.balance_micros),
-                               "warnings": list(charged.warnings)})
+                               "warnings": list(charged.warnings),
+                               **_receipt(m, agent, target, charged.charge_id, 0,
+                                          charged.balance_micros)})
+
+
+def _receipt(m: Metering, agent: str, target: _Target, charge_id: str,
+             cost_micros: int, balance_after_micros: int) -> dict[str, str]:
+    """``{"receipt": <JWS>}`` for a paid answer's ``_meta``, as invoke answers with one
+    (empty without a signer)."""
+    if m.receipts is None:
+        return {}
+    return {"receipt": sign_receipt(m.receipts, charge_id=charge_id, agent=agent,
+                                    tool=target.tool.name, cost_micros=cost_micros,
+                                    balance_after_micros=balance_after_micros,
+                                    task=target.task)}
 
 
 async def _forward(m: Metering, target: _Target, upstream: Upstream,

@@ -56,7 +56,7 @@ class McpFront:
         self.ctx = ctx
         self.pool = UpstreamPool(float(ctx.settings.upstream_timeout_s))
         self.metering = Metering(ctx.engine, ctx.engine.conn, self.pool, ctx.settings,
-                                 ctx.spawn, self._on_depleted)
+                                 ctx.spawn, self._on_depleted, ctx.receipts)
         self.server: Server[Any] = Server(SERVER_NAME, on_list_tools=self._list_tools,
                                           on_call_tool=self._call_tool)
         self.manager = StreamableHTTPSessionManager(
