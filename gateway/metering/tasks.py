@@ -29,6 +29,10 @@ TASKS_LISTED_MAX = 1000
 CLOSE_FIRST_IDS = 4  # entry ids minted for a close; the script asks for more when it needs
 
 
+# How long a keyed request's twin can be: an Idempotency-Key's life (24 h).
+KEYED_TWIN_MS = 86_400_000
+
+
 @dataclass(frozen=True)
 class TaskState:
     """One task as stored, with its state at the scripts' clock."""
@@ -116,7 +120,12 @@ class Tasks:
                                             TASK_TTL_S_MAX * 1000, name or "", caps)
         if (derived and isinstance(reply, Refused) and reply.code == Code.BAD_ARGUMENT
                 and int(reply.fields.get("argv_index", 0)) == 2):
-            return await self.task(agent, task_id)  # the script refuses an existing id
+            # The script refuses an existing id: the request's own twin, unless it is older
+            # than an Idempotency-Key lives (the key reused later is a new request).
+            earlier = await self.task(agent, task_id)
+            if earlier.created_ms >= await self._now_ms() - KEYED_TWIN_MS:
+                return earlier
+            return await self.open_task(agent, budget_micros, name, ttl_s, max_calls)
         if isinstance(reply, Refused):
             raise refusal(reply, agent=agent)
         return TaskState(task_id, agent, name, budget_micros, 0, 0, 0, reply.created_ms,
