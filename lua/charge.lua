@@ -106,12 +106,10 @@ end
 
 if cost > 0 and a[2] == '1' then return { C.FROZEN } end
 local loop = loop_read(a[12], KEYS[9])
-if loop then
-  local refusal = loop_refusal(loop, ms, ARGV[3])
-  if refusal then
-    return loop_freeze({ agent = KEYS[1], events = KEYS[4], outbox = KEYS[5] }, loop, refusal,
-      { agent = ARGV[1], entry_id = ARGV[2], bal = a[1], frozen = a[2], wh = a[9] }, ms)
-  end
+local looped = loop_refusal(loop, ms, ARGV[3])
+if looped then
+  return loop_freeze({ agent = KEYS[1], events = KEYS[4], outbox = KEYS[5] }, loop, looped,
+    { agent = ARGV[1], entry_id = ARGV[2], bal = a[1], frozen = a[2], wh = a[9] }, ms)
 end
 if cost > 0 then
   local refusal = per_call_refusal(pc, cpc, cost) or daily_refusal(dl, cdl, win, cost, ms)

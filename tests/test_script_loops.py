@@ -268,6 +268,18 @@ def test_freeze_action_freezes_in_the_same_script(lua: Lua) -> None:
     assert len(lua.events(lua.k().webhooks)) == 1
 
 
+def test_hold_freeze_queues_the_webhook(lua: Lua) -> None:
+    looping(lua, "1/60/f", "wh", "http://127.0.0.1:9/hook")
+    assert hold(lua, "hold1")[0] == 0
+    args = lua.hold_args(5000, "hold2", loop="d1")
+    reply = lua.run("hold", *args)
+    assert reply[0] == LOOP and reply[5] == 1
+    hooks = lua.events(lua.k().webhooks)
+    assert [(h["event"], h["event_id"], h["tool"]) for h in hooks] == [
+        ("agent.loop_detected", args[1][1] + ":agent.loop_detected", "v_llm")]
+    assert lua.events()[-1]["kind"] == "freeze"
+
+
 def test_freeze_without_webhook_queues_none(lua: Lua) -> None:
     looping(lua, "1/60/f")
     assert hold(lua, "hold1")[0] == 0
@@ -287,3 +299,26 @@ def test_refuse_action_never_freezes(lua: Lua) -> None:
     assert lua.agent().get("frozen", "0") == "0"
     assert lua.events()[-1]["kind"] == "charge"
     assert not lua.r.exists(lua.k().webhooks)
+
+
+# ---- mutants ----------------------------------------------------------------------------------
+
+def test_a_frozen_agent_is_refused_from_the_first_micro(lua: Lua) -> None:
+    looping(lua, "5/60/r")
+    lua.r.hset(lua.k().agent_hash, "frozen", "1")
+    assert charge(lua, 1)[0] == FROZEN
+    assert charge(lua, 0, tool="v_tool")[0] == 0  # a zero cost is no paid call
+
+
+def test_retry_is_exact_at_whole_seconds(clocked_lua: Lua) -> None:
+    """Retry-After is the time left rounded up to a whole second: exactly n s when n s are
+    left. The clock runs on a little between shift_to and the call; a later call only leaves
+    less than a whole second, which rounds up to the same answer."""
+    lua = clocked_lua
+    looping(lua, "1/60/r")
+    lua.shift_to(T0)
+    assert charge(lua)[0] == 0
+    (stamp,) = loop_times(lua)
+    for n in range(1, 31):
+        lua.shift_to(stamp + n * 1000)
+        assert charge(lua)[:5] == [LOOP, "v_tool", 1, 60, 60 - n], n

@@ -52,6 +52,12 @@ def test_call_cap_near(lua: Lua, field: str) -> None:
         assert lua.charge(1000, cat="llm")[2] == 0  # another category and tool
 
 
+def test_call_cap_of_two_warns_on_the_second_call_only(lua: Lua) -> None:
+    walled(lua, "t:v_tool:nd", "2")
+    assert lua.charge(1000)[2] == 0  # 1 of 2 calls: 50 %, no counter yet
+    assert lua.charge(1000)[2] == CALLS
+
+
 def test_free_calls_and_bits_together(lua: Lua) -> None:
     walled(lua, "nd", "5", "hr", "10", "wk", "10", "mo", "10", "low", "1000")
     for _ in range(4):
