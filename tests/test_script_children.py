@@ -147,7 +147,7 @@ def test_refusals_write_nothing(lua: Lua) -> None:
     (1, "Bad"), (2, "Bad"), (2, AGENT), (3, ""), (4, ""), (5, "a b"), (6, ""), (7, "0"),
     (7, "-1"), (7, str(AMAX + 1)), (8, "x"), (9, "-1"), (9, str(AMAX + 1)), (10, ""),
     (11, "ab"), (11, "G" * 64), (13, "Pc"), (13, "p" * 81), (13, "1pc"), (14, ""),
-    (14, "a b")])
+    (14, "a b"), (3, "e" * 65), (6, "e" * 65), (10, "k" * 65), (14, "v" * 2049)])
 def test_child_create_bad_arguments(lua: Lua, index: int, value: str) -> None:
     lua.create(grant=1_000_000)
     k, args = create_args(lua, 10, pairs=("pc", "5"))
@@ -155,6 +155,19 @@ def test_child_create_bad_arguments(lua: Lua, index: int, value: str) -> None:
     before = lua.snapshot()
     assert lua.run("child_create", k, args) == [BAD, index]
     assert lua.snapshot() == before
+
+
+def test_the_longest_ids_and_values(lua: Lua) -> None:
+    lua.create(grant=1_000_000)
+    k, args = create_args(lua, 10, kid(2), pairs=("p" * 80, "v" * 2048))
+    for i in (2, 3, 4, 5, 9):
+        args[i] = f"{i}" * 64
+    assert lua.run("child_create", k, args)[0] == OK
+    assert lua.agent(kid(2))["p" * 80] == "v" * 2048
+    child = kid(2)
+    k, args = reclaim_args(lua, child, 1, idem="k1", ih="h" * 64)
+    args[2], args[3] = "a" * 64, "b" * 64
+    assert lua.run("reclaim", k, args)[0] == OK
 
 
 def test_child_create_counts_its_pairs(lua: Lua) -> None:
@@ -248,12 +261,12 @@ def test_reclaim_refusals_write_nothing(lua: Lua) -> None:
 
 @pytest.mark.parametrize("index,value", [
     (1, "Bad"), (2, "Bad"), (3, ""), (4, "a b"), (5, "0"), (5, "x"), (5, str(AMAX + 1)),
-    (6, "-1"), (7, "x"), (8, "a b")])
+    (6, "-1"), (7, "x"), (8, "a b"), (3, "e" * 65), (4, "e" * 65), (8, "h" * 65)])
 def test_reclaim_bad_arguments(lua: Lua, index: int, value: str) -> None:
     lua.create(grant=1_000_000)
     child = kid()
     create(lua, 400_000, child)
-    k, args = reclaim_args(lua, child, 10)
+    k, args = reclaim_args(lua, child, 10, idem="k1", ih="h1")
     args[index - 1] = value
     before = lua.snapshot()
     assert lua.run("reclaim", k, args) == [BAD, index]

@@ -257,14 +257,23 @@ def test_refund_refusals_write_nothing(lua: Lua) -> None:
     (1, "Bad"), (2, ""), (3, ""), (3, "a b"), (4, "0"), (4, "-1"), (4, "nan"),
     (4, str(AMAX + 1)), (5, "100001"), (5, "x"), (6, "0"), (6, "1.5"), (6, str(AMAX + 1)),
     (7, "x"), (8, "1e9"), (9, ""), (9, "-5"), (10, "Tool"), (11, ""), (12, "a b"),
-    (14, "r" * 1025), (15, "a b")])
+    (14, "r" * 1025), (15, "a b"), (2, "e" * 65), (3, "c" * 65), (12, "h" * 65),
+    (15, "t" * 65)])
 def test_refund_bad_arguments(lua: Lua, index: int, value: str) -> None:
     lua.create(grant=1_000_000)
-    k, args = refund_args(lua, 100_000, 10_000)
+    k, args = refund_args(lua, 100_000, 10_000, idem="k1", ih="h1", task="t1")
     args[index - 1] = value
     before = lua.snapshot()
     assert lua.run("refund", k, args) == [BAD, index]
     assert lua.snapshot() == before
+
+
+def test_refund_takes_the_longest_ids(lua: Lua) -> None:
+    lua.create(grant=1_000_000)
+    k, args = refund_args(lua, 100_000, 10_000, charge_id="c" * 64, idem="k1", ih="h" * 64,
+                          task="t" * 64)
+    args[1] = "e" * 64
+    assert lua.run("refund", k, args)[0] == OK
 
 
 def test_refund_takes_the_longest_reason(lua: Lua) -> None:
@@ -331,6 +340,13 @@ def test_debit_is_idempotent(lua: Lua) -> None:
     assert lua.bal() == 900_000
 
 
+def test_debit_takes_the_longest_ids(lua: Lua) -> None:
+    lua.create(grant=1_000_000)
+    k, args = debit_args(lua, 10, idem="k1", ih="h" * 64)
+    args[1] = "e" * 64
+    assert lua.run("debit", k, args)[0] == OK
+
+
 def test_debit_of_an_unknown_agent(lua: Lua) -> None:
     before = lua.snapshot()
     assert debit(lua, 1) == [NOT_FOUND]
@@ -339,10 +355,10 @@ def test_debit_of_an_unknown_agent(lua: Lua) -> None:
 
 @pytest.mark.parametrize("index,value", [
     (1, "A"), (2, ""), (3, "0"), (3, "x"), (3, str(AMAX + 1)), (4, "-1"), (5, "a b"),
-    (7, ""), (7, "r" * 1025)])
+    (7, ""), (7, "r" * 1025), (2, "e" * 65), (5, "h" * 65)])
 def test_debit_bad_arguments(lua: Lua, index: int, value: str) -> None:
     lua.create(grant=1_000_000)
-    k, args = debit_args(lua, 10)
+    k, args = debit_args(lua, 10, idem="k1", ih="h1")
     args[index - 1] = value
     before = lua.snapshot()
     assert lua.run("debit", k, args) == [BAD, index]
