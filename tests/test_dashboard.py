@@ -190,3 +190,23 @@ def test_create_agent_keys_usage_and_sorting(browser: Browser, gateway: Gateway)
     page.screenshot(path=ARTIFACTS / "usage-1280.png", full_page=True)
     assert errors == [] and foreign == []
     page.close()
+
+
+def test_refund_button_on_a_ledger_row(browser: Browser, gateway: Gateway) -> None:
+    name, key = new_agent(gateway, "5", "dash-refund")
+    httpx.post(gateway.url + "/v1/charge", json={"tool": "llm_summarize", "cost": "0.5"},
+               headers={"authorization": f"Bearer {key}"}).raise_for_status()
+    page, errors, foreign = open_page(browser, gateway, 1280, 800)
+    sign_in(page)
+    page.goto(gateway.url + f"/dashboard/#/agent/{name}")
+    row = page.locator("#ledger tbody tr", has_text="llm_summarize").first
+    expect(row).to_be_visible(timeout=15000)  # through the ledger writer
+    answers = iter(["0.2", "wrong summary"])
+    page.on("dialog", lambda d: d.accept(next(answers)))
+    row.locator("button.refund").click()
+    expect(page.locator("[role=status]")).to_have_text("Refunded 0.2: balance 4.7")
+    expect(page.locator("#balance")).to_have_text("4.7")
+    refunded = page.locator("#ledger tbody tr", has_text="refund").first
+    expect(refunded).to_contain_text("wrong summary", timeout=15000)
+    expect(refunded.locator("button.refund")).to_have_count(0)  # a refund row has none
+    assert errors == [] and foreign == []

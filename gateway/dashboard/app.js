@@ -198,7 +198,7 @@ function agentView(view, name) {
   const charts = h("div", { class: "grid2" });
   const ledgerBody = h("tbody");
   let entries = [], cursor = null;
-  const kind = h("select", { "aria-label": "Kind filter" }, ...["", "charge", "fund", "grant", "hold", "capture", "release", "expire"].map((k) => h("option", { value: k }, k || "all kinds")));
+  const kind = h("select", { "aria-label": "Kind filter" }, ...["", "charge", "fund", "grant", "hold", "capture", "release", "expire", "refund", "debit", "transfer_out", "transfer_in"].map((k) => h("option", { value: k }, k || "all kinds")));
   const tool = h("input", { placeholder: "tool", "aria-label": "Tool filter", size: 12 });
   const more = h("button", { type: "button", class: "secondary", onclick: () => loadLedger(false) }, "Older entries");
 
@@ -267,7 +267,7 @@ function agentView(view, name) {
         h("button", { type: "button", class: "secondary", onclick: () => loadLedger(true) }, "Apply"),
         h("button", { type: "button", class: "secondary", id: "csv", onclick: exportCsv }, "Export CSV")),
       h("div", { class: "table-wrap" }, h("table", { id: "ledger" }, h("thead", {}, h("tr", {},
-        ...["At", "Kind", "Tool", "Category", "Amount", "Balance after"].map((t) => h("th", {}, t)))), ledgerBody)),
+        ...["At", "Kind", "Tool", "Category", "Amount", "Balance after", "Note", ""].map((t) => h("th", {}, t)))), ledgerBody)),
       more));
 
   let limitsLoaded = false;
@@ -301,7 +301,23 @@ function agentView(view, name) {
     more.hidden = !cursor;
     ledgerBody.replaceChildren(...entries.map((e) => h("tr", { "data-entry": e.entry_id },
       h("td", {}, e.at), h("td", {}, e.kind), h("td", {}, e.tool || ""), h("td", {}, e.category || ""),
-      h("td", {}, e.amount), h("td", {}, e.balance_after || ""))));
+      h("td", {}, e.amount), h("td", {}, e.balance_after || ""),
+      h("td", {}, [e.ref, e.reason].filter(Boolean).join(" · ")),
+      h("td", {}, (e.kind === "charge" || e.kind === "capture") && e.amount !== "0"
+        ? h("button", { type: "button", class: "secondary refund", onclick: act(() => refundRow(e)) }, "Refund")
+        : ""))));
+  }
+
+  // A refund of one charge row: the amount asked for (empty: what is left), then a reason.
+  async function refundRow(e) {
+    const amount = window.prompt(`Refund how much of ${e.amount} (empty: all that is left)?`, "");
+    if (amount === null) return;
+    const reason = window.prompt("Reason (optional)", "") || undefined;
+    const body = amount.trim() ? { amount: amount.trim(), reason } : { reason };
+    const r = await api("POST", `/v1/charges/${encodeURIComponent(e.entry_id)}/refund`, body);
+    say(`Refunded ${r.amount}: balance ${r.balance}`);
+    await refresh();
+    await loadLedger(true);
   }
 
   function exportCsv() {
