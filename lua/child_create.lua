@@ -11,6 +11,7 @@
 -- KEYS[5] events stream         iou:{pNN}:events
 -- KEYS[6] agent names           iou:{pNN}:agents
 -- KEYS[7] webhook outbox        iou:{pNN}:webhooks (the parent's balance.low on a crossing)
+-- KEYS[8] parent's children     iou:{pNN}:children:<parent> (set of names, for listing)
 -- ARGV[1] parent name
 -- ARGV[2] child name
 -- ARGV[3] entry id (UUIDv7) of the child's 'agent' event
@@ -88,6 +89,7 @@ if low > 0 then
   limits[#limits + 1] = ARGV[9]
 end
 redis.call('ZADD', KEYS[6], 0, ARGV[2])
+redis.call('SADD', KEYS[8], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[10], ARGV[11])
 redis.call('HSET', KEYS[4], 'agent', ARGV[2], 'key_id', ARGV[10], 'created', at)
 redis.call('XADD', KEYS[5], '*', 'id', ARGV[3], 'at', at, 'kind', 'agent', 'agent', ARGV[2],

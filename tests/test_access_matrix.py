@@ -94,6 +94,7 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     # B (or the admin) funds a child of B; reclaim is for a parent's key: B has none (404 to
     # the admin, 403 to any agent key)
     ("POST", "/v1/agents/{agent}/children", _child_body, (401, 401, 401, 403, 201, 201)),
+    ("GET", "/v1/agents/{agent}/children", None, (401, 401, 401, 403, 200, 200)),
     ("POST", "/v1/agents/{agent}/reclaim", None, (401, 401, 401, 403, 403, 404)),
     ("GET", "/v1/agents/{agent}/limits", None, (401, 401, 401, 403, 403, 200)),
     ("PATCH", "/v1/agents/{agent}/limits", {"per_call": "5"},

@@ -173,6 +173,8 @@ async def test_ledger_reconcile_and_recover_keep_the_family(
         assert await engine.agent_state(name) == state, name
     assert await engine.parent_of(child) == "fam-led"
     assert await engine.parent_of("fam-led") is None
+    assert await engine.children_of("fam-led") == [child]
+    assert (await engine.agent_state(child)).parent == "fam-led"
     done = await engine.reclaim(child, "fam-led")
     assert done.amount_micros == 2 * T - 550_000
     assert made.key_id

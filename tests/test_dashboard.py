@@ -210,3 +210,27 @@ def test_refund_button_on_a_ledger_row(browser: Browser, gateway: Gateway) -> No
     expect(refunded).to_contain_text("wrong summary", timeout=15000)
     expect(refunded.locator("button.refund")).to_have_count(0)  # a refund row has none
     assert errors == [] and foreign == []
+
+
+def test_the_family_as_a_tree(browser: Browser, gateway: Gateway) -> None:
+    from gateway.metering.children import partition_name
+    from gateway.store.keys import partition_of
+
+    parent, _ = new_agent(gateway, "5", "dash-fam")
+    kid = partition_name(unique("dash-kid"), partition_of(parent, 16), 16)
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    httpx.post(gateway.url + f"/v1/agents/{parent}/children", json={"name": kid, "amount": "2"},
+               headers=headers).raise_for_status()
+    page, errors, foreign = open_page(browser, gateway, 1280, 800)
+    sign_in(page)
+    page.goto(gateway.url + f"/dashboard/#/agent/{parent}")
+    child = page.locator(f"#family li[data-child='{kid}']")
+    expect(child).to_contain_text("2")
+    expect(page.locator("#balance")).to_have_text("3")
+    child.locator("button.reclaim").click()
+    expect(page.locator("[role=status]")).to_have_text(f"Reclaimed 2 from {kid}")
+    expect(page.locator("#balance")).to_have_text("5")
+    page.click(f"#family a[href='#/agent/{kid}']")
+    expect(page.locator("#family .tree > li > a")).to_have_text(parent)  # the parent above
+    page.screenshot(path=ARTIFACTS / "family-1280.png", full_page=True)
+    assert errors == [] and foreign == []

@@ -79,6 +79,12 @@ def test_the_admin_creates_and_reclaims(gateway: Gateway) -> None:
         assert done.status_code == 200 and done.json()["amount"] == "2"
         top = admin.post(f"/v1/agents/{parent}/reclaim")
         assert top.status_code == 404 and error_of(top) == "not_found"
+        family = admin.get(f"/v1/agents/{parent}/children").json()
+        assert family["parent"] is None
+        assert [(c["agent"], c["balance"]) for c in family["children"]] == [(kid, "0")]
+        assert admin.get(f"/v1/agents/{kid}").json()["parent"] == parent
+        assert admin.get(f"/v1/agents/{kid}/children").json() == {
+            "agent": kid, "parent": parent, "children": []}
 
 
 def test_refusals(gateway: Gateway) -> None:

@@ -30,7 +30,7 @@ def create_args(  # noqa: PLR0913 - one argument per script input
     p, c = lua.k(parent), lua.k(child)
     kh = key_hash(n)
     return ([p.agent_hash, c.agent_hash, c.keys, c.api_key_lookup(kh), p.events,
-             p.agents_index, p.webhooks],
+             p.agents_index, p.webhooks, p.children()],
             [parent, child, lua.eid(), lua.eid(), lua.eid(), lua.eid(), str(amount), str(AMAX),
              str(low), f"key{n}", kh, limits, *pairs])
 
@@ -69,6 +69,7 @@ def test_a_child_is_created_with_money_moved_from_its_parent(lua: Lua) -> None:
     assert lua.r.hget(lua.k(child).keys, "key500") == key_hash(500)
     assert lua.hash(lua.k(child).api_key_lookup(key_hash(500)))["agent"] == child
     assert lua.r.zscore(lua.k().agents_index, child) == 0
+    assert lua.r.smembers(lua.k().children()) == {child}
     events = lua.events()[-4:]
     assert [e["kind"] for e in events] == ["agent", "limits", "transfer_out", "transfer_in"]
     assert events[0]["parent"] == AGENT and events[0]["agent"] == child

@@ -69,6 +69,7 @@ ROUTES = [
     Route("/v1/agents/{agent}/fund", admin.fund_agent, methods=["POST"]),
     Route("/v1/agents/{agent}/debit", money_routes.debit_agent, methods=["POST"]),
     Route("/v1/agents/{agent}/children", money_routes.create_child, methods=["POST"]),
+    Route("/v1/agents/{agent}/children", money_routes.list_children, methods=["GET"]),
     Route("/v1/agents/{agent}/reclaim", money_routes.reclaim_child, methods=["POST"]),
     Route("/v1/charges/{charge_id}/refund", money_routes.refund_charge, methods=["POST"]),
     Route("/v1/agents/{agent}/limits", admin.get_limits, methods=["GET"]),

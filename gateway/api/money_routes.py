@@ -6,6 +6,7 @@ POST /v1/agents/{agent}/children creates a sub-agent funded from the agent's bal
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -17,12 +18,15 @@ from gateway.api.body import Fields, read_body, read_json
 from gateway.api.body import json_from_raw as parse_raw
 from gateway.api.context import Context, endpoint
 from gateway.api.limits_body import limit_changes
+from gateway.api.payloads import agent_summary
 from gateway.api.responses import json_response
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.refunds import wait_for_charge
 from gateway.metering.errors import AgentExists, Forbidden, InvalidRequest, NotFound
 from gateway.metering.money import format_amount as fmt
 from gateway.metering.refunds import REASON_CHARS_MAX
+
+CHILDREN_LISTED_MAX = 1000
 
 
 @endpoint
@@ -127,3 +131,15 @@ async def reclaim_child(ctx: Context, request: Request) -> Response:
                                "amount": fmt(done.amount_micros),
                                "balance": fmt(done.balance_micros),
                                "entry_id": done.entry_id or None})
+
+
+@endpoint
+async def list_children(ctx: Context, request: Request) -> Response:
+    agent = request.path_params["agent"]
+    await ctx.auth.admin_or_agent(request, agent)
+    state = await ctx.engine.agent_state(_agent(request))
+    names = await ctx.engine.children_of(agent, CHILDREN_LISTED_MAX)
+    states = await asyncio.gather(*(ctx.engine.agent_state(n) for n in names),
+                                  return_exceptions=True)
+    return json_response(200, {"agent": agent, "parent": state.parent, "children": [
+        agent_summary(s) for s in states if not isinstance(s, BaseException)]})

@@ -382,6 +382,7 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
         "next_cursor": nullable(NAME)})),
     ("GET", "/v1/agents/{agent}"): (200, _answer({
         **AGENT_SUMMARY, "limits": LIMITS_OUT, "created_at": TIME_OUT, "warnings": WARNINGS,
+        "parent": nullable(NAME),
         "spent_today_by_category": {"type": "object", "additionalProperties": AMOUNT_OUT}})),
     ("POST", "/v1/agents/{agent}/fund"): (200, _answer({
         "agent": NAME, "balance": AMOUNT_OUT, "entry_id": {"type": "string"}})),
@@ -391,6 +392,9 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
     ("POST", "/v1/agents/{agent}/children"): (201, _answer({
         "agent": NAME, "parent": NAME, **KEY_SHOWN, "balance": AMOUNT_OUT,
         "parent_balance": AMOUNT_OUT}, ("agent", "parent", "key_id", "api_key", "balance"))),
+    ("GET", "/v1/agents/{agent}/children"): (200, _answer({
+        "agent": NAME, "parent": nullable(NAME),
+        "children": {"type": "array", "items": _answer(AGENT_SUMMARY)}})),
     ("POST", "/v1/agents/{agent}/reclaim"): (200, _answer({
         "agent": NAME, "parent": NAME, "amount": AMOUNT_OUT, "balance": AMOUNT_OUT,
         "entry_id": nullable({"type": "string"})})),
@@ -468,6 +472,8 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("POST", "/v1/charges/{charge_id}/refund", "Refund a charge, partly or whole", "admin"),
     ("POST", "/v1/agents/{agent}/children", "Create a sub-agent funded from the agent's "
      "balance (its key is shown once)", "admin|agent"),
+    ("GET", "/v1/agents/{agent}/children", "The agent's parent and sub-agents (at most "
+     "1,000)", "admin|agent"),
     ("POST", "/v1/agents/{agent}/reclaim", "Move what a sub-agent has left back to its "
      "parent", "admin|agent"),
     ("GET", "/v1/agents/{agent}/limits", "The agent's limits", "admin"),

@@ -88,7 +88,8 @@ def agent_detail(state: AgentState, created_at: str) -> dict[str, Any]:
     return {**agent_summary(state), "limits": limits_payload(state.limits),
             "created_at": created_at, "warnings": state_warnings(state),
             "spent_today_by_category": {c: fmt(v) for c, v in
-                                        state.spent_today_by_category.items()}}
+                                        state.spent_today_by_category.items()},
+            "parent": state.parent}
 
 
 def tool_payload(tool: Tool) -> dict[str, Any]:

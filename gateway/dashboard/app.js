@@ -229,6 +229,21 @@ function agentView(view, name) {
       h("td", {}, h("code", {}, k.key_id)), h("td", {}, k.created_at || ""), h("td", {}, k.last_used_at || "never"))));
   }
   const usage = usageCard(name);
+  // The family as a tree: the parent (if any) above this agent, its sub-agents below, each a
+  // link; a sub-agent's Reclaim moves what it has left back to this agent.
+  const family = h("div", { id: "family" });
+  async function loadFamily() {
+    const f = await api("GET", `/v1/agents/${encodeURIComponent(name)}/children`);
+    const link = (n) => h("a", { href: `#/agent/${encodeURIComponent(n)}` }, n);
+    const kids = f.children.map((c) => h("li", { "data-child": c.agent }, link(c.agent), ` ${c.balance} `,
+      h("button", { type: "button", class: "secondary reclaim", onclick: act(async () => {
+        const r = await api("POST", `/v1/agents/${encodeURIComponent(c.agent)}/reclaim`);
+        say(`Reclaimed ${r.amount} from ${c.agent}`); await refresh(); await loadFamily();
+      }) }, "Reclaim")));
+    const self = h("li", {}, h("b", {}, name), kids.length ? h("ul", {}, ...kids) : null);
+    family.replaceChildren(f.parent ? h("ul", { class: "tree" }, h("li", {}, link(f.parent), h("ul", {}, self)))
+      : h("ul", { class: "tree" }, self));
+  }
 
   const fields = {};
   const limitInput = (key, label) => (fields[key] = h("input", { name: key, "aria-label": label, size: 10 }),
@@ -262,6 +277,7 @@ function agentView(view, name) {
       h("div", { class: "table-wrap" }, h("table", { id: "keys" }, h("thead", {}, h("tr", {},
         ...["Key id", "Created", "Last used"].map((t) => h("th", {}, t)))), keysBody))),
     h("div", { class: "card" }, h("h2", {}, "Limits"), limitsForm),
+    h("div", { class: "card" }, h("h2", {}, "Family"), family),
     h("div", { class: "card" }, h("h2", {}, "Ledger"),
       h("div", { class: "row" }, h("label", {}, "Kind", kind), h("label", {}, "Tool", tool),
         h("button", { type: "button", class: "secondary", onclick: () => loadLedger(true) }, "Apply"),
@@ -338,6 +354,7 @@ function agentView(view, name) {
   };
   const usageTick = () => { if (!document.hidden) usage.load().catch((e) => say(e.message, true)); };
   tick(); usageTick(); loadKeys().catch((e) => say(e.message, true));
+  loadFamily().catch((e) => say(e.message, true));
   timer = setInterval(tick, REFRESH_MS);
   extraTimers.push(setInterval(usageTick, usage.every));
 }

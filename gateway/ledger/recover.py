@@ -53,7 +53,7 @@ async def recover(engine: Engine, store: LedgerStore, force: bool = False) -> Re
     parents = await _parents(store)
     # Agents before their idempotency records: a record's warning bit reads the agent.
     await _send(_agents(engine, data, today_ms, parents) + _keys(engine, data)
-                + _tools(engine, data))
+                + _tools(engine, data) + _children(engine, parents))
     await _send(_idempotency(engine, data))
     await engine.refresh_catalog()
     await engine.sync_tool_copies(force=True)  # the partitions' copies the scripts price from
@@ -123,6 +123,11 @@ def _window(spent: dict[str, int], holds: list[OpenHold], today_ms: int) -> dict
             fields["h"] += h.amount
             fields["h:" + h.category] += h.amount
     return fields
+
+
+def _children(engine: Engine, parents: dict[str, str]) -> list[Write]:
+    return [_bind(recovery.restore_child, engine.conn, engine.partitions, parent, child)
+            for child, parent in parents.items()]
 
 
 def _keys(engine: Engine, data: Recovery) -> list[Write]:

@@ -162,7 +162,8 @@ class Agents:
         by_category = {f[2:]: int(v) for f, v in w.items() if f.startswith("s:")} if fresh else {}
         return AgentState(agent, int(a["bal"]), int(a.get("held", "0")),
                           int(w.get("s", "0")) if fresh else 0, by_category,
-                          a.get("frozen") == "1", limits_of(a), int(a.get("created", "0")))
+                          a.get("frozen") == "1", limits_of(a), int(a.get("created", "0")),
+                          a.get("parent"))
 
     @maps_store_errors
     async def agent_names(self, limit: int, after: str | None = None) -> list[str]:

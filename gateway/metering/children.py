@@ -167,6 +167,12 @@ class Children:
         return parent
 
     @maps_store_errors
+    async def children_of(self, agent: str, limit: int = 1000) -> list[str]:
+        """The names of the agent's sub-agents (at most ``limit``), sorted."""
+        check_name("agent", agent)
+        return await stored.children(self._conn, self._calls.partitions, agent, limit)
+
+    @maps_store_errors
     async def reclaim(self, child: str, parent: str, amount_micros: int | None = None,
                       idempotency_key: str | None = None) -> Reclaimed:
         """Move ``amount_micros`` (default: all the child has available) back to ``parent``,

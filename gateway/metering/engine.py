@@ -55,7 +55,7 @@ class Engine:
         self.release, self.expire_holds = self.holds.release, self.holds.expire_holds
         self.refund, self.debit = self.refunds.refund, self.refunds.debit
         self.create_child, self.reclaim = self.children.create_child, self.children.reclaim
-        self.parent_of = self.children.parent_of
+        self.parent_of, self.children_of = self.children.parent_of, self.children.children_of
         a = self.agents
         self.create_agent, self.fund, self.freeze = a.create_agent, a.fund, a.freeze
         self.set_limits, self.add_key, self.has_key = a.set_limits, a.add_key, a.has_key

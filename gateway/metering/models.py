@@ -193,6 +193,7 @@ class AgentState:
     frozen: bool
     limits: Limits
     created_at_ms: int
+    parent: str | None = None  # a sub-agent's parent
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,13 @@ async def hold_tool_and_task(conn: Connection, partitions: int, agent: str, hold
     return _text(tool), None if task is None else _text(task)
 
 
+async def children(conn: Connection, partitions: int, agent: str, limit: int) -> list[str]:
+    """Up to ``limit`` names of the agent's sub-agents, sorted."""
+    k = keys.agent_keys(agent, partitions)
+    found = await conn.call_or_raise(b"SMEMBERS", k.children())
+    return sorted(_text(n) for n in found)[:limit]
+
+
 async def exists(conn: Connection, partitions: int, agent: str) -> bool:
     k = keys.agent_keys(agent, partitions)
     return bool(await conn.call_or_raise(b"EXISTS", k.agent_hash))

@@ -426,7 +426,7 @@ class ScriptCalls:
         key_id, key_hash = key
         code, r = await self._run(
             "child_create", [p.agent_hash, c.agent_hash, c.keys, c.api_key_lookup(key_hash),
-                             p.events, p.agents_index, p.webhooks],
+                             p.events, p.agents_index, p.webhooks, p.children()],
             [parent, child, *entry_ids, str(amount_micros), str(amount_max_micros),
              str(low_balance_micros), key_id, key_hash, limits_text, *limit_pairs])
         if code != Code.OK:

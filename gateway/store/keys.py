@@ -17,6 +17,7 @@ hash tag ``{pNN}`` so that one script touches one cluster slot. Layout (type, TT
   accepted calls of one tool with the same arguments (only for agents with a ``loop`` limit;
   the digest is gateway/metering/inputs.py loop_digest's)
 - ``iou:{pNN}:idem:<agent>:<sha>``     string 24 h    first answer of an idempotent call
+- ``iou:{pNN}:children:<agent>``     set   no TTL   the agent's sub-agents (child_create.lua)
 - ``iou:{pNN}:refunded:<charge_id>``  string 30 d after the last refund: micros refunded of
   one charge, in its agent's slot (refund.lua; absent: the ledger's sum is the start)
 - ``iou:{pNN}:hold:<hold_id>``         hash  24 h after closing   one hold
@@ -171,6 +172,10 @@ class AgentKeys:
     def tasks(self) -> str:
         """The agent's task ids, scored by creation ms."""
         return f"{self.prefix}tasks:{self.agent}"
+
+    def children(self) -> str:
+        """The names of the agent's sub-agents (they share its partition)."""
+        return f"{self.prefix}children:{self.agent}"
 
     def refunded(self, charge_id: str) -> str:
         """What was refunded of one of the agent's charges (refund.lua)."""

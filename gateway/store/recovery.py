@@ -15,3 +15,8 @@ async def restore_key(conn: Connection, partitions: int, agent: str, key_id: str
     await conn.call_or_raise(b"HSET", k.keys, key_id, key_hash)
     await conn.call_or_raise(b"HSET", keys.api_key_lookup(key_hash, partitions), b"agent",
                              agent, b"key_id", key_id)
+
+
+async def restore_child(conn: Connection, partitions: int, parent: str, child: str) -> None:
+    """The parent's listing of one sub-agent (child_create.lua writes it)."""
+    await conn.call_or_raise(b"SADD", keys.agent_keys(parent, partitions).children(), child)
