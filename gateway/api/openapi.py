@@ -757,7 +757,7 @@ EXAMPLES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/agents/{agent}/fund"): {"amount": "20"},
     ("POST", "/v1/charges/{charge_id}/refund"): {"amount": "0.05", "reason": "bad answer"},
     ("POST", "/v1/agents/{agent}/debit"): {"amount": "5", "reason": "duplicate grant"},
-    ("POST", "/v1/agents/{agent}/children"): {"name": "research-agent-3", "amount": "2",
+    ("POST", "/v1/agents/{agent}/children"): {"name": "research-agent-32", "amount": "2",
                                              "limits": {"daily": "1"}},
     ("POST", "/v1/agents/{agent}/reclaim"): {"amount": "0.5"},
     ("PATCH", "/v1/agents/{agent}/limits"): {
