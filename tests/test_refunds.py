@@ -11,7 +11,7 @@ import pytest
 from gateway.ledger.entries import LedgerEntry
 from gateway.ledger.reconcile import reconcile
 from gateway.ledger.recover import recover
-from gateway.ledger.refunds import charge_ref, wait_for_charge
+from gateway.ledger.refunds import charge_ref, minted_ms, wait_for_charge
 from gateway.ledger.store import LedgerStore
 from gateway.ledger.usage import HOUR_MS, usage
 from gateway.metering import errors
@@ -179,24 +179,33 @@ async def test_waiting_for_a_charge_the_writer_has_not_written(real_engine: Engi
     await setup_catalog(real_engine)
     await real_engine.create_agent("refund-wait", grant_micros=T)
     result = await real_engine.charge("refund-wait", "web_search")
+    minted = minted_ms(result.charge_id)
+    assert abs(minted - await real_engine.clock_ms()) < 5000
     writer = writer_for(real_engine, store)
-    pending = [1]
+    oldest: list[int | None] = [minted - 10]  # the charge's own event still waits
 
-    async def backlog() -> int:
-        return pending[0]
+    async def backlog() -> int | None:
+        return oldest[0]
 
     assert await wait_for_charge(store, result.charge_id, backlog, wait_s=0.2) is None
 
     async def write_soon() -> None:
         await asyncio.sleep(0.2)
         await writer.drain()
-        pending[0] = 0
+        oldest[0] = None
 
     task = asyncio.create_task(write_soon())
     found = await wait_for_charge(store, result.charge_id, backlog, wait_s=10)
     await task
     assert found is not None and found.cost_micros == 50_000
     assert await wait_for_charge(store, "not-an-id", backlog) is None
+    # Only newer events wait: an unknown id of that age is missing for good, at once.
+    unknown = result.charge_id[:-1] + ("0" if result.charge_id[-1] != "0" else "1")
+    assert minted_ms(unknown) == minted
+    oldest[0] = minted + 60_000
+    started = asyncio.get_running_loop().time()
+    assert await wait_for_charge(store, unknown, backlog, wait_s=10) is None
+    assert asyncio.get_running_loop().time() - started < 5
 
 
 def entry(kind: str, agent: str, at_ms: int, paid: tuple[str, str, int], seq: int,

@@ -64,13 +64,15 @@ async def debit_agent(ctx: Context, request: Request) -> Response:
                                "entry_id": result.entry_id})
 
 
-def _backlog(ctx: Context) -> Callable[[], Awaitable[int]]:
-    """How many events wait for the ledger writer (a refund of a charge not yet written waits
-    for them)."""
-    async def pending() -> int:
-        return (await ledger_backlog(ctx.engine.conn, ctx.engine.partitions))[1]
+def _backlog(ctx: Context) -> Callable[[], Awaitable[int | None]]:
+    """When the oldest event not yet in the ledger was written (Redis ms; None when none
+    waits): a refund of a charge not yet written waits for it."""
+    async def oldest_ms() -> int | None:
+        (lag_s, waiting), now_ms = await asyncio.gather(
+            ledger_backlog(ctx.engine.conn, ctx.engine.partitions), ctx.engine.clock_ms())
+        return None if waiting == 0 else now_ms - int(lag_s * 1000)
 
-    return pending
+    return oldest_ms
 
 
 @endpoint
