@@ -116,19 +116,22 @@ def test_free_tool_with_upstream_is_forwarded_and_in_the_ledger(gateway: Gateway
     assert entries[0]["entry_id"] == charge_id
 
 
-def test_free_tool_upstream_failure_is_passed_back_and_not_charged(gateway: Gateway,
-                                                                   upstream: str) -> None:
+def test_free_tool_upstream_failure_is_passed_back_and_counted_at_zero(gateway: Gateway,
+                                                                       upstream: str) -> None:
+    """A free call is charged 0 before it is forwarded (call caps, the loop breaker and
+    tasks count it, and must stop it before the upstream): a failed one still counts, and
+    costs nothing."""
     tool = _tool(gateway, upstream + "/fail", "0")
     name, key = new_agent(gateway, "1")
     with gateway.agent(key) as agent:
         failed = agent.post(f"/v1/tools/{tool}/invoke", json={})
         assert failed.status_code == 500 and failed.json() == {"oops": True}
-        assert "x-iou-charge-id" not in failed.headers
+        charge_id = failed.headers["x-iou-charge-id"]
         assert failed.headers["x-iou-balance"] == "1"
-        # A marker charge after it: once it is in the ledger, so would the failed call be.
-        assert agent.post("/v1/charge", json={"tool": "calc"}).status_code == 200
-    assert [e["kind"] for e in _ledger(gateway, name, 2)] == ["charge", "grant"]
-    assert _ledger(gateway, name, 2)[0]["tool"] == "calc"
+    entries = _ledger(gateway, name, 2)
+    assert [(e["kind"], e["tool"], e["amount"]) for e in entries] == [
+        ("charge", tool, "0"), ("grant", None, "1")]
+    assert entries[0]["entry_id"] == charge_id
 
 
 def test_free_tool_refuses_a_max_cost_header(gateway: Gateway, upstream: str) -> None:

@@ -272,6 +272,23 @@ async def test_a_free_tool_is_charged_zero_and_in_the_ledger(mcp_gateway: Gatewa
                                                   ("charge", "up.free", "0")]
 
 
+async def test_a_call_cap_stops_a_free_tool_before_the_upstream(mcp_gateway: Gateway,
+                                                                upstream: str) -> None:
+    """Free calls count in call caps (and the loop breaker, and tasks): the call over the cap
+    is refused before the upstream runs it (a free call was forwarded first, counted after)."""
+    name, key = new_agent(mcp_gateway, "0")
+    with mcp_gateway.admin() as admin:
+        assert admin.patch(f"/v1/agents/{name}/limits", json={
+            "tools": {"up.free": {"calls": {"per_day": 1}}}}).status_code == 200
+    async with agent_client(mcp_gateway, key) as client:
+        first = await client.call_tool("up.free", {})
+        before = executed(upstream).get("free", 0)
+        capped = await client.call_tool("up.free", {})
+    assert not first.is_error
+    assert error_of(capped)["limit"] == "calls_per_day"
+    assert executed(upstream).get("free", 0) == before
+
+
 # -- refusals, failures -----------------------------------------------------------------------
 
 

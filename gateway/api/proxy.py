@@ -3,8 +3,10 @@
 The hold is taken before the upstream sees the request, so an agent can never spend
 more than its balance through the proxy; 2xx captures (the catalog price, or for variable
 tools the upstream's ``X-IOU-Cost`` if it is a valid amount up to the hold, else the
-hold), anything else or a timeout releases. A free tool (fixed price 0) holds nothing: a
-2xx is charged 0 (free calls are in the ledger too), anything else leaves no trace.
+hold), anything else or a timeout releases. A free tool (fixed price 0) holds nothing: the
+call is charged 0 before it is forwarded (free calls are in the ledger too), so that call
+caps, the loop breaker and tasks, which count free calls, stop it before the upstream does
+any work; the call counts whatever the upstream answers.
 The request's query string goes to the upstream after the upstream URL's own.
 The price is the scripts': a fixed-price hold holds the price as the hold script reads it
 and its capture names no cost, so this worker's catalog (which only says where the
@@ -205,15 +207,15 @@ async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | N
 async def _invoke_free(call: _Call, tool: Tool, credentials: dict[str, str], task: str | None
                        ) -> Response:
     """A free tool: nothing to hold; the agent reaches it only through the gateway, which
-    alone has its credentials. Charged 0 after a 2xx, as POST /v1/charge would (counted in
-    the task named by X-IOU-Task, if any)."""
+    alone has its credentials. Charged 0 first, as POST /v1/charge would (counted in the
+    task named by X-IOU-Task, if any): a refusal (a call cap, the loop breaker, a closed
+    task) never reaches the upstream."""
     ctx = call.ctx
+    charged = await ctx.engine.charge(call.agent, tool.name, task=task, body=call.raw)
     upstream = await _forward(call, tool, credentials)
     if not 200 <= upstream.status_code < 300:
         PROXY_CALLS.labels("released").inc()
-        state = await ctx.engine.agent_state(call.agent)
-        return _answer(upstream, None, state.balance_micros)
-    charged = await ctx.engine.charge(call.agent, tool.name, task=task, body=call.raw)
+        return _answer(upstream, charged.charge_id, charged.balance_micros)
     PROXY_CALLS.labels("captured").inc()
     receipt = receipts.signed(ctx, charge_id=charged.charge_id, agent=call.agent,
                               tool=tool.name, cost_micros=charged.cost_micros,

@@ -6,8 +6,9 @@ the hold is taken before the upstream sees the call; the upstream's success capt
 catalog price, or for a variable tool the cost the upstream reports in its result's
 ``_meta`` as ``iou/cost``, capped at the hold; a missing or malformed cost is the hold);
 an upstream error result, a JSON-RPC error, a broken connection or a timeout releases. A
-free tool (fixed price 0) holds nothing and a success is charged 0 (free calls are in the
-ledger too). A tool without a catalog entry, or of an unknown server, never reaches an
+free tool (fixed price 0) holds nothing and is charged 0 before it is forwarded (free calls
+are in the ledger too, and call caps, the loop breaker and tasks count them, so they must stop
+one before the upstream does any work); it counts whatever the upstream answers. A tool without a catalog entry, or of an unknown server, never reaches an
 upstream.
 
 A refusal, by the gateway or because the upstream failed, is a tool result with
@@ -188,15 +189,12 @@ async def _settle(m: Metering, agent: str, target: _Target, hold: HoldResult,
 
 async def _free(m: Metering, agent: str, target: _Target, upstream: Upstream,
                 arguments: dict[str, Any]) -> types.CallToolResult:
-    """A free tool: nothing to hold; a success is charged 0, as POST /v1/charge would."""
-    result = await _forward(m, target, upstream, arguments)
-    if result.is_error:
-        state = await m.engine.agent_state(agent)
-        return _with_meta(result, {"balance": format_amount(state.balance_micros),
-                                   "cost": "0"})
+    """A free tool: nothing to hold; charged 0 first, as POST /v1/charge would, so that a
+    refusal (a call cap, the loop breaker, a closed task) never reaches the upstream."""
     with anyio.CancelScope(shield=True):
         charged = await m.engine.charge(agent, target.tool.name, task=target.task,
                                         body=_arguments_bytes(arguments))
+    result = await _forward(m, target, upstream, arguments)
     return _with_meta(result, {"charge_id": charged.charge_id, "cost": "0",
                                "balance": format_amount(charged.balance_micros),
                                "warnings": list(charged.warnings),
