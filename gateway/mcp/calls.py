@@ -8,8 +8,8 @@ catalog price, or for a variable tool the cost the upstream reports in its resul
 an upstream error result, a JSON-RPC error, a broken connection or a timeout releases. A
 free tool (fixed price 0) holds nothing and is charged 0 before it is forwarded (free calls
 are in the ledger too, and call caps, the loop breaker and tasks count them, so they must stop
-one before the upstream does any work); it counts whatever the upstream answers. A tool without a catalog entry, or of an unknown server, never reaches an
-upstream.
+one before the upstream does any work); it counts whatever the upstream answers. A tool
+without a catalog entry, or of an unknown server, never reaches an upstream.
 
 A refusal, by the gateway or because the upstream failed, is a tool result with
 ``isError: true`` whose structured content is the contract's error object and whose text
