@@ -106,6 +106,7 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("GET", "/v1/agents/{agent}/keys", None, (401, 401, 401, 403, 200, 200)),
     ("DELETE", "/v1/agents/{agent}/keys/{key_id}", None, (401, 401, 401, 403, 403, 204)),
     ("GET", "/v1/agents/{agent}/ledger", None, (401, 401, 401, 403, 403, 200)),
+    ("GET", "/v1/ledger/heads", None, (401, 401, 401, 403, 403, 200)),
     # B may read its own usage; A may not; every agent's usage and the summary are admin's
     ("GET", "/v1/agents/{agent}/usage", None, (401, 401, 401, 403, 200, 200)),
     ("GET", "/v1/usage", None, (401, 401, 401, 403, 403, 200)),

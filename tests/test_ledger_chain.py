@@ -23,7 +23,9 @@ from gateway.ledger import chain, schema
 from gateway.ledger.postgres import dollar
 from gateway.ledger.store import LedgerStore
 from gateway.metering.engine import Engine
+from tests.gateway_proc import Gateway
 from tests.helpers import T, setup_catalog
+from tests.http_helpers import new_agent
 from tests.ledger_helpers import store_for, writer_for
 
 COLUMNS = chain.CHAIN_COLUMNS
@@ -115,6 +117,30 @@ async def test_every_row_is_chained_in_stream_order(real_engine: Engine, store: 
             prev = row[-1]
         assert report.head.hash == prev and report.head.entry_id == rows[-1][0]
         assert report.head.rows == len(rows)
+
+
+async def test_recorded_heads_are_where_the_chains_end(real_engine: Engine,
+                                                       store: LedgerStore) -> None:
+    await sealed_ledger(real_engine, store, "heads")
+    recomputed = {r.stream: (r.head.hash, r.head.entry_id, r.checked)
+                  for r in await store.verify_chains()}
+    recorded = {h.stream: (h.hash, h.entry_id, h.rows) for h in await store.chain_heads()}
+    assert recorded == recomputed and len(recorded) >= 3
+
+
+def test_the_heads_route_publishes_each_chain_head(gateway: Gateway) -> None:
+    _, key = new_agent(gateway)
+    with gateway.agent(key) as agent, gateway.admin() as admin:
+        charge_id = agent.post("/v1/charge", json={"tool": "web_search"}).json()["charge_id"]
+        deadline = time.monotonic() + WRITER_DEATH_TIMEOUT_S
+        while True:  # sealed within about a second of reaching the ledger
+            heads = admin.get("/v1/ledger/heads").json()["heads"]
+            if any(h["head_entry_id"] == charge_id for h in heads):
+                break
+            assert time.monotonic() < deadline, heads
+            time.sleep(0.2)
+        assert all(len(h["head_hash"]) == 64 and h["rows"] > 0 for h in heads)
+        assert agent.get("/v1/ledger/heads").status_code == 403
 
 
 async def test_changed_row_is_named(real_engine: Engine, store: LedgerStore,

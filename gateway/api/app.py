@@ -80,6 +80,7 @@ ROUTES = [
     Route("/v1/agents/{agent}/keys", agent_keys.list_keys, methods=["GET"]),
     Route("/v1/agents/{agent}/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
     Route("/v1/agents/{agent}/ledger", ledger_routes.get_ledger, methods=["GET"]),
+    Route("/v1/ledger/heads", ledger_routes.get_heads, methods=["GET"]),
     Route("/v1/agents/{agent}/usage", usage.get_agent_usage, methods=["GET"]),
     Route("/v1/usage", usage.get_all_usage, methods=["GET"]),
     Route("/v1/tools/{tool}", admin.put_tool, methods=["PUT"]),

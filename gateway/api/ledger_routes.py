@@ -38,6 +38,17 @@ def entry_payload(e: LedgerEntry) -> dict[str, Any]:
 
 
 @endpoint
+async def get_heads(ctx: Context, request: Request) -> Response:
+    """The head of each stream's hash chain (gateway/ledger/chain.py), to publish elsewhere:
+    `iou verify` recomputes the chains and must end at these hashes."""
+    await ctx.auth.admin(request)
+    heads = await ctx.ledger.chain_heads()
+    return json_response(200, {"heads": [
+        {"stream": h.stream, "head_hash": h.hash, "head_entry_id": h.entry_id, "rows": h.rows}
+        for h in heads]})
+
+
+@endpoint
 async def get_ledger(ctx: Context, request: Request) -> Response:
     await ctx.auth.admin(request)
     agent = _agent(request)

@@ -362,6 +362,9 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
         "balance": AMOUNT_OUT, "warnings": WARNINGS, "receipt": nullable(RECEIPT)},
         ("charge_id", "cost", "released", "balance", "warnings"))),
     ("GET", "/v1/receipts/keys"): (200, JWKS_OUT),
+    ("GET", "/v1/ledger/heads"): (200, _answer({"heads": {"type": "array", "items": _answer({
+        "stream": {"type": "string"}, "head_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "head_entry_id": {"type": "string"}, "rows": {"type": "integer"}})}})),
     ("GET", "/v1/receipts/{charge_id}"): (200, _answer({"charge_id": {"type": "string"},
                                                         "receipt": RECEIPT})),
     ("POST", "/v1/holds/{hold_id}/release"): (200, _answer({"released": AMOUNT_OUT,
@@ -486,6 +489,8 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("DELETE", "/v1/agents/{agent}/keys/{key_id}", "Revoke a key", "admin"),
     ("GET", "/v1/agents/{agent}/ledger", "The ledger, newest first (limit, before, kind, tool)",
      "admin"),
+    ("GET", "/v1/ledger/heads", "The head hash of each partition's ledger chain, to publish "
+     "elsewhere (iou verify recomputes the chains)", "admin"),
     ("GET", "/v1/agents/{agent}/usage",
      "Spending by tool or category per hour or day, from the ledger (by, period, since, "
      "until)", "admin|agent"),

@@ -125,6 +125,11 @@ class PostgresStore:
     async def verify_chains(self) -> list[chain.ChainReport]:
         return await self._with(_verify_chains)
 
+    async def chain_heads(self) -> list[chain.Head]:
+        rows = await self._with(lambda conn: conn.fetch(
+            chain.SELECT_HEADS + " ORDER BY stream"))
+        return [chain.head_of(r[0], tuple(r)) for r in rows]
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()

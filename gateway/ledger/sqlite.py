@@ -124,6 +124,11 @@ class SqliteStore:
     async def verify_chains(self) -> list[chain.ChainReport]:
         return await self._run(_verify_chains)
 
+    async def chain_heads(self) -> list[chain.Head]:
+        rows = await self._run(lambda db: db.execute(
+            chain.SELECT_HEADS + " ORDER BY stream").fetchall())
+        return [chain.head_of(row[0], row) for row in rows]
+
     async def close(self) -> None:
         def shut(db: sqlite3.Connection) -> None:
             db.close()

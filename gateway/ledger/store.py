@@ -11,7 +11,7 @@ from gateway.ledger import schema
 from gateway.ledger.entries import MONEY_KINDS, LedgerEntry
 
 if TYPE_CHECKING:
-    from gateway.ledger.chain import ChainReport
+    from gateway.ledger.chain import ChainReport, Head
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -96,6 +96,10 @@ class LedgerStore(Protocol):
 
     async def verify_chains(self) -> list[ChainReport]:
         """Recompute every stream's chain inside one read snapshot."""
+        ...
+
+    async def chain_heads(self) -> list[Head]:
+        """Each stream's recorded head (last sealed row and its hash), by stream name."""
         ...
 
     async def close(self) -> None: ...
