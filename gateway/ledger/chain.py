@@ -39,7 +39,7 @@ GENESIS = "0" * 64
 CHAIN_COLUMNS: tuple[str, ...] = tuple(c.strip() for c in ENTRY_COLUMNS.split(","))
 JSON_COLUMNS = frozenset({"metadata", "data"})
 # Rows chained per stream in one sealing transaction (a first pass over an old ledger loops).
-SEAL_ROWS_MAX = 20_000
+SEAL_ROWS_MAX = 5_000  # a pass holds the write lock: keep it to a second or two
 # No position precedes this one: the head of a stream nothing was chained in yet.
 START = (-1, -1)
 
