@@ -81,6 +81,7 @@ MONEY_TESTS = (
     "tests/test_script_expiry_edges.py",
     "tests/test_script_loops.py",
     "tests/test_script_near.py",
+    "tests/test_script_loops_mutants.py",
     "tests/test_script_agent_scan.py",
     "tests/test_scripts.py",
     "tests/test_holds.py",

@@ -252,3 +252,18 @@ def test_retries_are_exact_at_whole_seconds(clocked_lua: Lua) -> None:
         lua.shift_to(t0 + (n + 100) * 1000)
         reply = lua.charge(1)
         assert reply[:4] == [15, 100_000, 100_000, 14 * 3600 - (n + 100)], n
+
+
+# ---- near-limit warnings of the call caps ----------------------------------------------------
+
+CALLS_NEAR = 64
+
+
+@pytest.mark.parametrize("field", ["nm", "c:tool:nh", "t:v_tool:nd"])
+def test_calls_near_counts_from_zero_on_the_first_call(lua: Lua, field: str) -> None:
+    """A cap of 2: the first call is at 50 % (no warning; no counter existed before it), the
+    second at 100 % (warned, and it still passes)."""
+    walled(lua, field, "2")
+    assert lua.charge(10)[2] & CALLS_NEAR == 0
+    assert lua.charge(10)[2] & CALLS_NEAR == CALLS_NEAR
+    assert lua.charge(10)[0] == CALLS
