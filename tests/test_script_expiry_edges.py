@@ -1,16 +1,37 @@
 """The very millisecond of an expiry: a hold and a task are closed from their expiry on
-(``ms >= exp``), not a millisecond later. The scripts' clock runs on between ``shift_to``
-and the call, by less than a millisecond on many calls: a call read in that same
-millisecond is exactly at the expiry, and some of ATTEMPTS calls are (the mutation runner's
-``>=`` -> ``>`` mutants of these checks need one such call to be caught)."""
+(``ms >= exp``), not a millisecond later. Each call here runs right behind a one-line script
+that sets the test clock's offset from Redis's own TIME so that the clock reads the expiry,
+both in one pipeline (Redis runs them back to back, microseconds apart): the call reads the
+expiry itself on nearly every attempt, and ATTEMPTS of them make a miss on all negligible
+(the mutation runner's ``>=`` -> ``>`` mutants of these checks need one call at the expiry)."""
 
 from __future__ import annotations
 
-from tests.script_helpers import Lua
-from tests.test_script_tasks import TASK_CLOSED, charge, hold, open_task
+from collections.abc import Sequence
+from typing import Any
 
-ATTEMPTS = 30
+from gateway.store.keys import TEST_CLOCK_KEY
+from tests.script_helpers import AGENT, Lua
+from tests.test_script_tasks import TASK_CLOSED, open_task
+
+ATTEMPTS = 10
 HOLD_CLOSED = 19
+SET_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', tonumber(ARGV[1]) - now))
+"""
+
+
+def run_at(lua: Lua, at_ms: int, name: str, keys: Sequence[str], args: Sequence[str]
+           ) -> list[Any]:
+    """Run script `name` with the scripts' clock set to read `at_ms` just before it."""
+    sha = lua.r.script_load(lua.sources[name])
+    pipe = lua.r.pipeline(transaction=False)
+    pipe.eval(SET_CLOCK, 1, TEST_CLOCK_KEY, str(at_ms))
+    pipe.evalsha(sha, len(keys), *keys, *args)
+    reply: list[Any] = pipe.execute()[1]
+    return reply
 
 
 def test_capture_at_the_holds_expiry_is_refused(clocked_lua: Lua) -> None:
@@ -19,9 +40,9 @@ def test_capture_at_the_holds_expiry_is_refused(clocked_lua: Lua) -> None:
     for n in range(ATTEMPTS):
         reply = lua.hold(1_000, f"h{n}", ttl_ms=1_000)
         assert reply[0] == 0, reply
-        lua.shift_to(reply[4])
         before = lua.snapshot()
-        assert lua.capture(500, f"h{n}") == [HOLD_CLOSED, "expired"], n
+        assert run_at(lua, reply[4], "capture", *lua.capture_args(500, f"h{n}")) == [
+            HOLD_CLOSED, "expired"], n
         assert lua.snapshot() == before
 
 
@@ -31,7 +52,9 @@ def test_task_call_at_the_tasks_expiry_is_refused(clocked_lua: Lua) -> None:
     for n in range(ATTEMPTS):
         task = f"task_{n:032d}"
         _, _, expires = open_task(lua, task, ttl_ms=1_000)
-        lua.shift_to(expires)
-        assert charge(lua, 1, task) == [TASK_CLOSED, "expired"], n
-        lua.shift_to(expires)
-        assert hold(lua, 1, f"h{n}", task) == [TASK_CLOSED, "expired"], n
+        keys, args = lua.charge_args(1)
+        assert run_at(lua, expires, "charge", [*keys, lua.k(AGENT).task(task)],
+                      [*args, task]) == [TASK_CLOSED, "expired"], n
+        keys, args = lua.hold_args(1, f"h{n}")
+        assert run_at(lua, expires, "hold", [*keys, lua.k(AGENT).task(task)],
+                      [*args, task]) == [TASK_CLOSED, "expired"], n
