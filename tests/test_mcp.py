@@ -1,5 +1,6 @@
-"""The gateway as a metering MCP server: a real upstream MCP server (tests/mcp_upstream.py,
-in a subprocess), the official SDK's client as the agent, a real gateway and Redis.
+"""The gateway as a metering MCP server: a real upstream MCP server
+(loadtests/mcp_upstream.py, in a subprocess), the official SDK's client as the agent, a real
+gateway and Redis.
 
 What the upstream executed is read from the upstream itself (``GET /calls``), never from
 the gateway's own account."""
@@ -11,7 +12,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, cast
 
 import httpx
@@ -24,10 +25,11 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import load_settings
 from gateway.metering.engine import Engine
+from gateway.store.keys import TEST_CLOCK_KEY
 from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import new_agent
-from tests.servers import free_port
+from tests.servers import free_port, redis_server
 
 SECRET = "upstream-secret-0123456789"
 PRICES = {"up.echo": ("0.07", "fixed"), "up.measure": ("0.1", "variable"),
@@ -41,7 +43,8 @@ TIMEOUT_S = 6  # the module gateway's IOU_UPSTREAM_TIMEOUT_S
 def upstream() -> Iterator[str]:
     """The upstream MCP server's base URL (its endpoint is /mcp, its counts /calls)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.mcp_upstream", str(port), SECRET])
+    process = subprocess.Popen([sys.executable, "-m", "loadtests.mcp_upstream", str(port),
+                                SECRET])
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -493,3 +496,44 @@ def test_the_bridge_with_a_wrong_key_says_so_and_exits_1(mcp_gateway: Gateway) -
                           capture_output=True, timeout=60, input=b"")
     assert done.returncode == 1
     assert b"unauthorized" in done.stderr and done.stdout == b""
+
+
+# -- a gateway killed mid-call ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_gateway_killed_mid_call_charges_nothing_and_its_hold_expires(
+        upstream: str) -> None:
+    """kill -9 of the gateway while the upstream works: nothing captured the call, the hold
+    is released by expiry (another gateway's sweeper, its test clock moved past the hold's
+    expiry), and the ledger says hold then expire."""
+    with redis_server() as (redis_url, _):
+        with running_gateway(redis_url, writer=False, IOU_TEST_CLOCK="1") as first:
+            _register(first, upstream)
+            name, key = new_agent(first, "1")
+            call = asyncio.create_task(_call_slowly(first, key))
+            await _until(lambda: agent_state(first, name)["held"] == "0.05")
+            first.process.kill()  # SIGKILL, by pid: no shutdown code runs
+            first.process.wait(10)
+            with pytest.raises(BaseException):  # noqa: B017 - whatever the client makes of it
+                await call
+        client = redis.Redis.from_url(redis_url)
+        client.set(TEST_CLOCK_KEY, str(3_600_000))  # an hour on: the hold is past expiry
+        client.close()
+        with running_gateway(redis_url, IOU_TEST_CLOCK="1") as second:
+            await _until(lambda: agent_state(second, name)["held"] == "0")
+            assert agent_state(second, name)["balance"] == "1"
+            assert [k for k, _, _ in ledger_kinds(second, name, 3)] == ["grant", "hold",
+                                                                        "expire"]
+
+
+async def _call_slowly(gw: Gateway, key: str) -> types.CallToolResult:
+    async with agent_client(gw, key) as client:
+        return await client.call_tool("up.slow", {"seconds": 3})
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.1)

@@ -1,5 +1,6 @@
-"""A small upstream MCP server for the tests (the official SDK's low-level server over
-streamable HTTP), run in a subprocess: ``python -m tests.mcp_upstream PORT SECRET``.
+"""A small upstream MCP server for tests/test_mcp.py and loadtests/bench_mcp.py (the official
+SDK's low-level server over streamable HTTP), run in a subprocess:
+``python -m loadtests.mcp_upstream PORT SECRET``.
 
 Every request must carry ``x-upstream-secret: SECRET`` (else 401): only the gateway has it.
 Its tools: ``echo`` (for a fixed price), ``measure`` (variable: reports the cost it is told
