@@ -379,6 +379,22 @@ async def test_a_call_naming_a_task_counts_in_it(mcp_gateway: Gateway,
     assert agent_state(mcp_gateway, name)["balance"] == "0.93"
 
 
+async def test_the_loop_breaker_sees_the_same_arguments(mcp_gateway: Gateway,
+                                                        upstream: str) -> None:
+    name, key = new_agent(mcp_gateway, "1")
+    with mcp_gateway.admin() as admin:
+        assert admin.patch(f"/v1/agents/{name}/limits", json={
+            "loop": {"repeats": 2, "window_s": 60, "action": "refuse"}}).status_code == 200
+    before = executed(upstream).get("echo", 0)
+    async with agent_client(mcp_gateway, key) as client:
+        same = [await client.call_tool("up.echo", {"text": "a", "n": 1}) for _ in range(2)]
+        reordered = await client.call_tool("up.echo", {"n": 1, "text": "a"})
+        other = await client.call_tool("up.echo", {"text": "b", "n": 1})
+    assert [r.is_error for r in same] == [False, False] and not other.is_error
+    assert error_of(reordered)["error"] == "loop_detected"  # the same arguments, reordered
+    assert executed(upstream)["echo"] == before + 3
+
+
 # -- agents apart -----------------------------------------------------------------------------
 
 
