@@ -163,8 +163,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.ctx = Context(engine, settings, auth, http, deliverer, ledger, lag_s,
                             guard=guard, receipts=load_signer(settings))
     app.state.mcp = McpFront(app.state.ctx)
-    mcp_running = app.state.mcp.running()
-    await mcp_running.__aenter__()
+    await app.state.mcp.start()
     delivery = asyncio.create_task(deliverer.run_forever())
     sampling = asyncio.create_task(sample_forever(engine.conn))
     log.info("gateway worker %d started", os.getpid())
@@ -175,7 +174,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         delivery.cancel()
         sampling.cancel()
         await asyncio.gather(delivery, sampling, return_exceptions=True)
-        await mcp_running.__aexit__(None, None, None)
+        await app.state.mcp.stop()
         await guard.stop()
         await http.aclose()
         await ledger.close()

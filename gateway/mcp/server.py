@@ -60,6 +60,8 @@ class McpFront:
                                  ctx.spawn, self._on_depleted, ctx.receipts)
         self.server: Server[Any] = Server(SERVER_NAME, on_list_tools=self._list_tools,
                                           on_call_tool=self._call_tool)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self.manager = StreamableHTTPSessionManager(
             self.server, json_response=True, stateless=True,
             max_request_body_size=ctx.settings.body_bytes_max)
@@ -88,6 +90,30 @@ class McpFront:
             stop.set()
             await runner
             await self.pool.close()
+
+    async def start(self) -> None:
+        """Run the session manager in a task of its own until ``stop``: its anyio task group
+        must be left by the task that entered it, and an app's lifespan may start and stop
+        in two different tasks (an in-process test client does)."""
+        started = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+        async def serve() -> None:
+            async with self.running():
+                started.set()
+                await self._stopping.wait()
+
+        self._task = asyncio.create_task(serve(), name="mcp-front")
+        waiter = asyncio.create_task(started.wait())
+        await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._task.done():
+            self._task.result()  # it failed to start: say why
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
 
     async def _on_depleted(self, agent: str, exc: GatewayError) -> None:
         from gateway.webhooks.deliverer import queue_depleted
