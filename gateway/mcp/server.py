@@ -68,28 +68,11 @@ class McpFront:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[McpFront]:
-        """The session manager runs in a task of its own: its anyio cancel scope must be
-        left in the task that entered it, and whoever drives the app's lifespan (uvicorn,
-        or a test's fixture whose set-up and tear-down run in two tasks) may not be one."""
-        ready, stop = asyncio.Event(), asyncio.Event()
-
-        async def run() -> None:
-            async with self.manager.run():
-                ready.set()
-                await stop.wait()
-
-        runner = asyncio.create_task(run())
-        readying = asyncio.create_task(ready.wait())
-        await asyncio.wait({runner, readying}, return_when=asyncio.FIRST_COMPLETED)
-        readying.cancel()
-        if runner.done():
-            runner.result()  # it failed to start: raise why
-        try:
-            yield self
-        finally:
-            stop.set()
-            await runner
-            await self.pool.close()
+        async with self.manager.run():
+            try:
+                yield self
+            finally:
+                await self.pool.close()
 
     async def start(self) -> None:
         """Run the session manager in a task of its own until ``stop``: its anyio task group
