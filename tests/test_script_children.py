@@ -214,6 +214,25 @@ def test_reclaim_leaves_held_money_with_the_child(lua: Lua) -> None:
     assert lua.agent(child)["held"] == "100000"
 
 
+def test_reclaim_events_carry_their_ids(lua: Lua) -> None:
+    lua.create(grant=1_000_000)
+    child = kid()
+    create(lua, 400_000, child)
+    k, args = reclaim_args(lua, child, 1)
+    assert lua.run("reclaim", k, args)[0] == OK
+    assert [e["id"] for e in lua.events()[-2:]] == [args[2], args[3]]
+
+
+def test_reclaim_flags_of_an_agent_already_low(lua: Lua) -> None:
+    lua.create(grant=1_000_000, low=2_000_000)  # the parent stays below its threshold
+    child = kid()
+    create(lua, 400_000, child, low=500_000)  # the child starts below its own
+    assert lua.agent(child)["lowf"] == "1" and lua.agent()["lowf"] == "1"
+    reply = reclaim(lua, child, 100_000)
+    assert reply[2] == 1  # still low, no new crossing
+    assert lua.agent()["lowf"] == "1"  # the parent is still below its threshold
+
+
 def test_reclaim_rearms_and_sets_low_flags(lua: Lua) -> None:
     lua.create(grant=1_000_000, low=800_000)
     child = kid()
@@ -272,3 +291,11 @@ def test_reclaim_bad_arguments(lua: Lua, index: int, value: str) -> None:
     before = lua.snapshot()
     assert lua.run("reclaim", k, args) == [BAD, index]
     assert lua.snapshot() == before
+
+
+def test_reclaim_checks_the_body_hash_without_a_key(lua: Lua) -> None:
+    lua.create(grant=1_000_000)
+    child = kid()
+    create(lua, 400_000, child)
+    k, args = reclaim_args(lua, child, 10, ih="a b")
+    assert lua.run("reclaim", k, args) == [BAD, 8]
