@@ -363,3 +363,11 @@ def test_debit_bad_arguments(lua: Lua, index: int, value: str) -> None:
     before = lua.snapshot()
     assert lua.run("debit", k, args) == [BAD, index]
     assert lua.snapshot() == before
+
+
+def test_the_body_hash_is_checked_without_a_key(lua: Lua) -> None:
+    lua.create(grant=1_000_000)
+    k, args = refund_args(lua, 100_000, 10, ih="a b")
+    assert lua.run("refund", k, args) == [BAD, 12]
+    k, args = debit_args(lua, 10, ih="a b")
+    assert lua.run("debit", k, args) == [BAD, 5]
