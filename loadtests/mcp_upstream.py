@@ -6,7 +6,9 @@ Every request must carry ``x-upstream-secret: SECRET`` (else 401): only the gate
 Its tools: ``echo`` (for a fixed price), ``measure`` (variable: reports the cost it is told
 to, or nonsense, in ``_meta`` ``iou/cost``), ``fail`` (an error result), ``boom`` (a
 JSON-RPC error), ``slow`` (sleeps ``seconds``), ``free`` and ``unpriced``. ``GET /calls``
-answers how many times each tool ran (the test's view of the upstream, not the gateway's).
+answers how many times each tool ran (the test's view of the upstream, not the gateway's),
+``GET /receipts`` the last ``_meta`` ``iou/receipt`` each tool was called with (the gateway's
+proof of payment).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 CALLS: collections.Counter[str] = collections.Counter()
+RECEIPTS: dict[str, str] = {}
 OBJECT: dict[str, Any] = {"type": "object"}
 TOOLS = [
     types.Tool(name="echo", description="Echoes its text.",
@@ -52,6 +55,9 @@ async def call_tool(ctx: ServerRequestContext[Any, Any],
                     params: types.CallToolRequestParams) -> types.CallToolResult:
     arguments = params.arguments or {}
     CALLS[params.name] += 1
+    receipt = (params.meta or {}).get("iou/receipt")
+    if isinstance(receipt, str):
+        RECEIPTS[params.name] = receipt
     if params.name == "measure":
         return _text("measured", _meta={"iou/cost": arguments.get("cost"),
                                         "iou/charge_id": "forged"})
@@ -68,6 +74,10 @@ async def calls(request: Request) -> Response:
     return JSONResponse(dict(CALLS))
 
 
+async def receipts(request: Request) -> Response:
+    return JSONResponse(RECEIPTS)
+
+
 class RequireSecret:
     """Refuses every request without the secret header (the upstream's credential)."""
 
@@ -76,7 +86,7 @@ class RequireSecret:
         self.secret = secret.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/calls" and (
+        if scope["type"] == "http" and scope["path"] not in ("/calls", "/receipts") and (
                 dict(scope["headers"]).get(b"x-upstream-secret") != self.secret):
             await JSONResponse({"error": "no secret"}, status_code=401)(scope, receive, send)
             return
@@ -87,7 +97,8 @@ def main() -> None:
     port, secret = int(sys.argv[1]), sys.argv[2]
     server: Server[Any] = Server("test-upstream", on_list_tools=list_tools,
                                  on_call_tool=call_tool)
-    app = server.streamable_http_app(custom_starlette_routes=[Route("/calls", calls)],
+    app = server.streamable_http_app(custom_starlette_routes=[Route("/calls", calls),
+                                                              Route("/receipts", receipts)],
                                      host="0.0.0.0")
     uvicorn.run(RequireSecret(app, secret), host="127.0.0.1", port=port, log_level="warning")
 

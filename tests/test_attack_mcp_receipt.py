@@ -26,7 +26,7 @@ MCP_HEADERS = {"accept": "application/json, text/event-stream"}
 @pytest.fixture(scope="module")
 def upstream_url() -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.mcp_upstream", str(port), SECRET],
+    process = subprocess.Popen([sys.executable, "-m", "loadtests.mcp_upstream", str(port), SECRET],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
 

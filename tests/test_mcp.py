@@ -25,6 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import load_settings
 from gateway.metering.engine import Engine
+from gateway.sdk import Client as IouClient
 from gateway.store.keys import TEST_CLOCK_KEY
 from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
@@ -273,6 +274,23 @@ async def test_a_free_tool_is_charged_zero_and_in_the_ledger(mcp_gateway: Gatewa
     assert result.meta["iou/cost"] == "0"
     assert ledger_kinds(mcp_gateway, name, 2) == [("grant", None, "0"),
                                                   ("charge", "up.free", "0")]
+
+
+async def test_the_upstream_gets_the_holds_receipt(mcp_gateway: Gateway, upstream: str
+                                                   ) -> None:
+    """As invoke sends X-IOU-Receipt upstream, a metered MCP call carries the hold's receipt
+    in the forwarded request's _meta: the tool provider can check offline that the call is
+    paid for (the JWKS of the gateway), before it does the work."""
+    name, key = new_agent(mcp_gateway, "1")
+    async with agent_client(mcp_gateway, key) as client:
+        result = await client.call_tool("up.echo", {"text": "paid?"})
+    assert not result.is_error
+    token = httpx.get(upstream + "/receipts").json()["echo"]
+    with IouClient(mcp_gateway.url, key) as iou:
+        claims = iou.verify_receipt(token)
+    assert claims["charge_id"].startswith("hold_"), claims
+    assert (claims["agent"], claims["tool"], claims["cost"]) == (name, "up.echo", "0.07")
+    assert claims["balance_after"] == "0.93"
 
 
 async def test_a_call_cap_stops_a_free_tool_before_the_upstream(mcp_gateway: Gateway,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import mcp_types as types
@@ -156,8 +156,12 @@ async def _metered(m: Metering, agent: str, target: _Target, upstream: Upstream,
         raise
     except NothingToHold:  # free, by this worker's catalog or (just made free) the script's
         return await _free(m, agent, target, upstream, arguments)
+    # The tool provider's proof that this call is paid for, as invoke's X-IOU-Receipt header:
+    # the hold, signed, in the forwarded request's _meta (a pooled MCP session has one set of
+    # headers for every agent's calls, the request's _meta is this call's own).
+    paid = _receipt(m, agent, target, hold.hold_id, hold.amount_micros, hold.balance_micros)
     try:
-        result = await _forward(m, target, upstream, arguments)
+        result = await _forward(m, target, upstream, arguments, paid.get("receipt"))
     except BaseException:
         with anyio.CancelScope(shield=True):
             await m.engine.release(agent, hold.hold_id)
@@ -215,10 +219,13 @@ def _receipt(m: Metering, agent: str, target: _Target, charge_id: str,
 
 
 async def _forward(m: Metering, target: _Target, upstream: Upstream,
-                   arguments: dict[str, Any]) -> types.CallToolResult:
+                   arguments: dict[str, Any], receipt: str | None = None
+                   ) -> types.CallToolResult:
     name = target.tool.name
+    meta = None if receipt is None else cast(types.RequestParamsMeta,
+                                             {META_PREFIX + "receipt": receipt})
     try:
-        return await m.pool.call_tool(upstream, target.upstream_tool, arguments)
+        return await m.pool.call_tool(upstream, target.upstream_tool, arguments, meta)
     except TimeoutError:
         raise UpstreamTimeout(f"The upstream of {name} did not answer in time; nothing was "
                               "charged.") from None
