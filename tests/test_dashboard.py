@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.gateway_proc import ADMIN_TOKEN, Gateway
 from tests.http_helpers import new_agent, unique
+from tests.servers import free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -234,3 +238,58 @@ def test_the_family_as_a_tree(browser: Browser, gateway: Gateway) -> None:
     expect(page.locator("#family .tree > li > a")).to_have_text(parent)  # the parent above
     page.screenshot(path=ARTIFACTS / "family-1280.png", full_page=True)
     assert errors == [] and foreign == []
+
+
+MCP_SECRET = "dashboard-upstream-secret"
+
+
+@pytest.fixture(scope="module")
+def mcp_upstream() -> Iterator[str]:
+    """An upstream MCP server (loadtests/mcp_upstream.py) on a free loopback port."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "loadtests.mcp_upstream", str(port),
+                                MCP_SECRET])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/calls", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "no upstream"
+            time.sleep(0.1)
+        yield url + "/mcp"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_mcp_servers_beside_the_catalog(browser: Browser, gateway: Gateway,
+                                        mcp_upstream: str) -> None:
+    """Register an upstream MCP server from the tools page; its tools are listed, each
+    offered to agents only once the catalog prices its server.tool name."""
+    server = unique("dashmcp").replace("-", "")[:24]
+    page, errors, foreign = open_page(browser, gateway, 1280, 800)
+    sign_in(page)
+    page.click("a[href='#/tools']")
+    page.fill("#add-mcp input[name=server]", server)
+    page.fill("#add-mcp input[name=url]", mcp_upstream)
+    page.fill("#add-mcp input[name=headers]", f'{{"x-upstream-secret": "{MCP_SECRET}"}}')
+    page.click("#add-mcp button[type=submit]")
+    expect(page.locator("[role=status]")).to_have_text(f"Registered {server}: 7 tools")
+    row = page.locator(f"tr[data-mcp-tool='{server}.echo']")
+    expect(row).to_contain_text("Price it")
+    row.locator("button", has_text="Price it").click()
+    expect(page.locator("#add-tool input[name=tool]")).to_have_value(f"{server}.echo")
+    page.fill("#add-tool input[name=price]", "0.07")
+    page.click("#add-tool button[type=submit]")
+    expect(row).to_contain_text("offered at 0.07 (tool)")
+    expect(page.locator(f"tr[data-mcp-tool='{server}.free']")).to_contain_text("Price it")
+    page.screenshot(path=ARTIFACTS / "tools-mcp-1280.png", full_page=True)
+    shown = page.locator("#mcp-servers").inner_text()
+    assert MCP_SECRET not in shown  # headers are never shown again
+    assert errors == [] and foreign == []
+    page.close()
+

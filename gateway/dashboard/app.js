@@ -532,10 +532,39 @@ function toolsView(view) {
       h("td", {}, t.upstream || ""), h("td", {}, h("button", { type: "button", onclick: save }, "Save"), " ",
         h("button", { type: "button", class: "secondary", onclick: remove }, "Delete")));
   }
-  async function load() {
-    const data = await api("GET", "/v1/tools");
-    body.replaceChildren(...data.tools.map(toolRow));
+  // Upstream MCP servers beside the catalog: each upstream tool is offered to agents as
+  // <server>.<tool> only while the catalog prices that name ("Price it" fills the form).
+  const mcpBody = h("tbody");
+  function mcpRows(servers, priced) {
+    return servers.flatMap((srv) => (srv.tools.length ? srv.tools : [null]).map((tool, i) => {
+      const full = tool === null ? "" : `${srv.server}.${tool}`;
+      const entry = priced.get(full);
+      const offer = tool === null ? "no tools" : entry ? `offered at ${entry.price} (${entry.category})`
+        : h("button", { type: "button", class: "secondary", onclick: () => { newName.value = full; newPrice.focus(); } }, "Price it");
+      const remove = async () => { try { await api("DELETE", `/v1/mcp/servers/${encodeURIComponent(srv.server)}`); say(`Removed ${srv.server}`); await load(); } catch (e) { say(e.message, true); } };
+      return h("tr", { "data-mcp-tool": full || srv.server },
+        h("td", {}, i === 0 ? srv.server : ""), h("td", {}, i === 0 ? srv.url : ""),
+        h("td", {}, tool === null ? "" : h("code", {}, full)), h("td", {}, offer),
+        h("td", {}, i === 0 ? h("button", { type: "button", class: "secondary", onclick: remove }, "Remove") : ""));
+    }));
   }
+  async function load() {
+    const [data, mcp] = await Promise.all([api("GET", "/v1/tools"), api("GET", "/v1/mcp/servers")]);
+    body.replaceChildren(...data.tools.map(toolRow));
+    mcpBody.replaceChildren(...mcpRows(mcp.servers, new Map(data.tools.map((t) => [t.tool, t]))));
+  }
+  const srvName = input("server", "", "MCP server name", 10), srvUrl = input("url", "", "MCP server URL", 28);
+  const srvHeaders = input("headers", "", "MCP server headers (JSON)", 24);
+  const mcpForm = h("form", { class: "row", id: "add-mcp", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      const body = { url: srvUrl.value.trim() };
+      if (srvHeaders.value.trim()) body.headers = JSON.parse(srvHeaders.value);
+      const r = await api("PUT", `/v1/mcp/servers/${encodeURIComponent(srvName.value.trim())}`, body);
+      say(`Registered ${r.server}: ${r.tools.length} tools`); srvHeaders.value = ""; await load();
+    } catch (err) { say(err.message, true); }
+  } }, h("label", {}, "Server", srvName), h("label", {}, "URL", srvUrl), h("label", {}, "Headers", srvHeaders),
+    h("button", { type: "submit" }, "Register"));
   const newName = input("tool", "", "New tool name", 12), newPrice = input("price", "", "New tool price", 8);
   const newCat = input("category", "tool", "New tool category", 10);
   const addForm = h("form", { class: "row", id: "add-tool", onsubmit: async (e) => {
@@ -545,7 +574,11 @@ function toolsView(view) {
   } }, h("label", {}, "Tool", newName), h("label", {}, "Price", newPrice), h("label", {}, "Category", newCat), h("button", { type: "submit" }, "Add tool"));
   view.append(h("h1", {}, "Price catalog"), status, h("div", { class: "card" }, addForm),
     h("div", { class: "table-wrap" }, h("table", { id: "tools" }, h("thead", {}, h("tr", {},
-      ...["Tool", "Price per call", "Category", "Pricing", "Upstream", ""].map((t) => h("th", {}, t)))), body)));
+      ...["Tool", "Price per call", "Category", "Pricing", "Upstream", ""].map((t) => h("th", {}, t)))), body)),
+    h("div", { class: "card" }, h("h2", {}, "MCP servers"),
+      h("p", { class: "hint" }, "Agents reach an upstream MCP server's tools at /mcp as server.tool, each only while the catalog prices that name. Headers are stored encrypted and never shown again."),
+      mcpForm, h("div", { class: "table-wrap" }, h("table", { id: "mcp-servers" }, h("thead", {}, h("tr", {},
+        ...["Server", "URL", "Tool", "Offered", ""].map((t) => h("th", {}, t)))), mcpBody))));
   load().catch((e) => say(e.message, true));
 }
 
