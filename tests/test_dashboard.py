@@ -196,6 +196,31 @@ def test_create_agent_keys_usage_and_sorting(browser: Browser, gateway: Gateway)
     page.close()
 
 
+def test_tasks_of_an_agent_with_their_budget_bars(browser: Browser, gateway: Gateway) -> None:
+    name, key = new_agent(gateway, "5", "dash-tasks")
+    agent = {"authorization": f"Bearer {key}"}
+    task = httpx.post(gateway.url + "/v1/tasks", headers=agent,
+                      json={"budget": "1", "name": "research"}).json()["task_id"]
+    httpx.post(gateway.url + "/v1/charge", headers=agent,
+               json={"tool": "llm_summarize", "cost": "0.85", "task": task}).raise_for_status()
+    other = httpx.post(gateway.url + "/v1/tasks", headers=agent, json={"budget": "2"}).json()
+    httpx.post(f"{gateway.url}/v1/tasks/{other['task_id']}/close",
+               headers=agent).raise_for_status()
+    page, errors, foreign = open_page(browser, gateway, 1280, 800)
+    sign_in(page)
+    page.goto(gateway.url + f"/dashboard/#/agent/{name}")
+    row = page.locator(f"#tasks tr[data-task='{task}']")
+    expect(row).to_contain_text("research")
+    expect(row).to_contain_text("0.85 / 1")
+    expect(row.locator("[role=img]")).to_have_attribute("aria-label", "85% of the task's budget")
+    expect(row.locator(".bar .near")).to_have_count(1)  # above 80 %
+    closed = page.locator(f"#tasks tr[data-task='{other['task_id']}']")
+    expect(closed).to_contain_text("closed")
+    page.screenshot(path=ARTIFACTS / "agent-tasks-1280.png", full_page=True)
+    assert errors == [] and foreign == []
+    page.close()
+
+
 def test_refund_button_on_a_ledger_row(browser: Browser, gateway: Gateway) -> None:
     name, key = new_agent(gateway, "5", "dash-refund")
     httpx.post(gateway.url + "/v1/charge", json={"tool": "llm_summarize", "cost": "0.5"},

@@ -93,6 +93,14 @@ function dailyBar(spent, cap) {
     h("span", { class: cls, style: `width:${Math.min(pct, 100)}%` })), ` ${spent} / ${cap}`);
 }
 
+// A bar of `used` of `cap` (decimal strings), in integer math; `what` names it for readers.
+function fillBar(used, cap, what) {
+  const pct = micros(cap) > 0n ? Number((micros(used) * 100n) / micros(cap)) : 100;
+  const cls = pct >= 100 ? "full" : pct > 80 ? "near" : "";
+  return h("span", {}, h("span", { class: "bar", role: "img", "aria-label": `${pct}% of ${what}` },
+    h("span", { class: cls, style: `width:${Math.min(pct, 100)}%` })), ` ${used} / ${cap}`);
+}
+
 function isLow(a) { return a.low_balance !== null && micros(a.balance) < micros(a.low_balance); }
 
 function summaryQuery(s) {
@@ -229,6 +237,17 @@ function agentView(view, name) {
       h("td", {}, h("code", {}, k.key_id)), h("td", {}, k.created_at || ""), h("td", {}, k.last_used_at || "never"))));
   }
   const usage = usageCard(name);
+  // The agent's recent tasks: each budget's spent + held as a bar, its calls and state.
+  const tasksBody = h("tbody");
+  async function loadTasks() {
+    const data = await api("GET", `/v1/agents/${encodeURIComponent(name)}/tasks?limit=20`);
+    tasksBody.replaceChildren(...(data.tasks.length ? data.tasks.map((t) => {
+      const used = tokens(micros(t.spent) + micros(t.held));
+      return h("tr", { "data-task": t.task_id }, h("td", {}, t.name || h("code", {}, t.task_id)),
+        h("td", {}, t.state), h("td", {}, fillBar(used, t.budget, "the task's budget")),
+        h("td", { class: "num" }, String(t.calls)), h("td", {}, t.expires_at));
+    }) : [h("tr", {}, h("td", { colspan: 5, class: "hint" }, "No tasks."))]));
+  }
   // The family as a tree: the parent (if any) above this agent, its sub-agents below, each a
   // link; a sub-agent's Reclaim moves what it has left back to this agent.
   const family = h("div", { id: "family" });
@@ -276,6 +295,9 @@ function agentView(view, name) {
     h("div", { class: "card" }, h("h2", {}, "Keys"), h("p", { class: "hint" }, "Key ids only: a key is shown once, when it is made."),
       h("div", { class: "table-wrap" }, h("table", { id: "keys" }, h("thead", {}, h("tr", {},
         ...["Key id", "Created", "Last used"].map((t) => h("th", {}, t)))), keysBody))),
+    h("div", { class: "card" }, h("h2", {}, "Tasks"),
+      h("div", { class: "table-wrap" }, h("table", { id: "tasks" }, h("thead", {}, h("tr", {},
+        ...["Task", "State", "Spent + held of budget", "Calls", "Expires"].map((t) => h("th", {}, t)))), tasksBody))),
     h("div", { class: "card" }, h("h2", {}, "Limits"), limitsForm),
     h("div", { class: "card" }, h("h2", {}, "Family"), family),
     h("div", { class: "card" }, h("h2", {}, "Ledger"),
@@ -350,7 +372,7 @@ function agentView(view, name) {
 
   const tick = async () => {
     if (document.hidden) return;
-    try { await refresh(); await loadLedger(true); await drawCharts(); } catch (e) { say(e.message, true); }
+    try { await refresh(); await loadLedger(true); await drawCharts(); await loadTasks(); } catch (e) { say(e.message, true); }
   };
   const usageTick = () => { if (!document.hidden) usage.load().catch((e) => say(e.message, true)); };
   tick(); usageTick(); loadKeys().catch((e) => say(e.message, true));
