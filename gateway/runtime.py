@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from urllib.parse import urlsplit
 
 from gateway.config import Settings
@@ -19,6 +24,10 @@ log = logging.getLogger("iou.runtime")
 
 WAIT_RETRY_S = 1.0  # between attempts to reach a Redis that is not up yet
 WAIT_LOG_EVERY_S = 30.0  # one "still waiting" line per this many seconds
+
+
+class StartAbandoned(Exception):
+    """Asked to stop (SIGTERM, SIGINT) while the start-up still waited for Redis."""
 
 
 @dataclass
@@ -73,15 +82,46 @@ async def open_runtime(settings: Settings, background: bool = True,
 
 
 async def _checked(conn: Connection, settings: Settings, wait: bool) -> list[str]:
+    if not wait:
+        return await safety.check_redis(conn, settings.allow_unsafe_redis)
     logged_at: float | None = None
-    while True:
-        try:
-            return await safety.check_redis(conn, settings.allow_unsafe_redis)
-        except StoreUnavailable:
-            if not wait:
-                raise
-        if logged_at is None or time.monotonic() - logged_at >= WAIT_LOG_EVERY_S:
-            logged_at = time.monotonic()
-            log.warning("waiting for Redis at %s (unreachable); trying again every %.0f s",
-                        redis_address(settings), WAIT_RETRY_S)
-        await asyncio.sleep(WAIT_RETRY_S)
+    with _stop_requested() as stop:
+        while True:
+            try:
+                return await safety.check_redis(conn, settings.allow_unsafe_redis)
+            except StoreUnavailable:
+                if stop.is_set():  # asked to stop before Redis ever answered
+                    raise StartAbandoned(f"stopped while waiting for Redis at "
+                                         f"{redis_address(settings)}") from None
+            if logged_at is None or time.monotonic() - logged_at >= WAIT_LOG_EVERY_S:
+                logged_at = time.monotonic()
+                log.warning("waiting for Redis at %s (unreachable); trying again every "
+                            "%.0f s", redis_address(settings), WAIT_RETRY_S)
+            await asyncio.sleep(WAIT_RETRY_S)
+
+
+@contextmanager
+def _stop_requested() -> Iterator[threading.Event]:
+    """Set by SIGTERM or SIGINT while a start-up waits for Redis: uvicorn's own handlers
+    (still called) only mark the server to stop once it runs, so without this a worker
+    waiting in its start-up would outlive every SIGTERM."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {int(s): signal.getsignal(s) for s in signals}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        earlier = previous[signum]
+        if callable(earlier):
+            earlier(signum, frame)
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.gateway_proc import ADMIN_TOKEN, Gateway
 from tests.http_helpers import new_agent, unique
-from tests.servers import free_port
+from tests.mcp_helpers import mcp_upstream
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -269,30 +266,14 @@ MCP_SECRET = "dashboard-upstream-secret"
 
 
 @pytest.fixture(scope="module")
-def mcp_upstream() -> Iterator[str]:
-    """An upstream MCP server (loadtests/mcp_upstream.py) on a free loopback port."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "loadtests.mcp_upstream", str(port),
-                                MCP_SECRET])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/calls", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "no upstream"
-            time.sleep(0.1)
+def mcp_server() -> Iterator[str]:
+    """An upstream MCP server's endpoint URL."""
+    with mcp_upstream(MCP_SECRET) as url:
         yield url + "/mcp"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_mcp_servers_beside_the_catalog(browser: Browser, gateway: Gateway,
-                                        mcp_upstream: str) -> None:
+                                        mcp_server: str) -> None:
     """Register an upstream MCP server from the tools page; its tools are listed, each
     offered to agents only once the catalog prices its server.tool name."""
     server = unique("dashmcp").replace("-", "")[:24]
@@ -300,7 +281,7 @@ def test_mcp_servers_beside_the_catalog(browser: Browser, gateway: Gateway,
     sign_in(page)
     page.click("a[href='#/tools']")
     page.fill("#add-mcp input[name=server]", server)
-    page.fill("#add-mcp input[name=url]", mcp_upstream)
+    page.fill("#add-mcp input[name=url]", mcp_server)
     page.fill("#add-mcp input[name=headers]", f'{{"x-upstream-secret": "{MCP_SECRET}"}}')
     page.click("#add-mcp button[type=submit]")
     expect(page.locator("[role=status]")).to_have_text(f"Registered {server}: 7 tools")

@@ -30,6 +30,7 @@ from gateway.store.keys import TEST_CLOCK_KEY
 from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import new_agent
+from tests.mcp_helpers import mcp_upstream
 from tests.servers import free_port, redis_server
 
 SECRET = "upstream-secret-0123456789"
@@ -43,24 +44,8 @@ TIMEOUT_S = 6  # the module gateway's IOU_UPSTREAM_TIMEOUT_S
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
     """The upstream MCP server's base URL (its endpoint is /mcp, its counts /calls)."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "loadtests.mcp_upstream", str(port),
-                                SECRET])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/calls", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "no upstream"
-            time.sleep(0.1)
+    with mcp_upstream(SECRET) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -108,3 +108,32 @@ def test_serve_waits_for_redis_and_then_charges(tmp_path: Path) -> None:
     log_text = log_path.read_text(errors="replace")
     assert "Traceback" not in log_text, log_text
     assert "restart 1" not in log_text, log_text  # the writer waited instead of dying
+
+
+def test_serve_waiting_for_redis_stops_on_sigterm(tmp_path: Path) -> None:
+    """A start-up waiting for Redis still obeys SIGTERM (docker stop, Ctrl-C): the worker,
+    the writer and `iou serve` exit, instead of waiting for a Redis that never comes."""
+    redis_port, http_port = free_port(), free_port()
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli.main", "serve", "--port", str(http_port)],
+            stdout=log, stderr=subprocess.STDOUT, env=_environ(tmp_path, redis_port))
+    try:
+        _until(lambda: "waiting for Redis at 127.0.0.1:" in log_path.read_text(),
+               "the gateway says it waits for Redis")
+        writer = _child_pids(process.pid)
+        process.terminate()
+        assert process.wait(20) is not None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    _until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in writer),
+           "its ledger writer is gone too", 20)
+
+
+def _child_pids(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+

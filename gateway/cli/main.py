@@ -220,8 +220,13 @@ def writer(consumer: str | None, parent_pid: int | None) -> None:
 
     settings = _settings()
     setup_logging(settings.log_format)
+    from gateway.runtime import StartAbandoned
+
     # uvloop, as in the gateway: the writer's time is mostly socket and loop overhead.
-    uvloop.run(run_writer(settings, consumer, parent_pid))
+    try:
+        uvloop.run(run_writer(settings, consumer, parent_pid))
+    except StartAbandoned as exc:  # stopped before its Redis ever answered: nothing to do
+        log.warning("ledger writer %s", exc)
 
 
 @main.command()
