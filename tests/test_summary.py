@@ -106,6 +106,17 @@ def test_spent_today_and_held_are_sortable(gateway: Gateway) -> None:
     assert summary(gateway, q=prefix, sort="held")["matched"] == 2
 
 
+def test_a_new_agent_shows_at_once(gateway: Gateway) -> None:
+    """Created through this worker, an agent is on the very next page of the table (the
+    table is rebuilt on the next read, not within its refresh age)."""
+    summary(gateway)  # a table exists now
+    name = unique("shown")
+    with gateway.admin() as admin:
+        assert admin.post("/v1/agents", json={"name": name, "grant": "3"}).status_code == 201
+    rows = summary(gateway, q=name)["agents"]
+    assert [(r["agent"], r["balance"]) for r in rows] == [(name, "3")]
+
+
 def test_refusals(gateway: Gateway) -> None:
     _, key = new_agent(gateway, "1", "sumkey")
     bad = [{"limit": "0"}, {"limit": "1001"}, {"limit": "x"}, {"sort": "name"},

@@ -17,6 +17,7 @@ from gateway.api.context import Context, endpoint
 from gateway.api.limits_body import limit_changes
 from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
 from gateway.api.responses import iso_ms, json_response
+from gateway.api.summary import tables_of
 from gateway.metering.errors import AgentExists, InvalidRequest
 from gateway.metering.limits import check_name
 from gateway.metering.money import format_amount as fmt
@@ -65,6 +66,7 @@ async def create_agent(ctx: Context, request: Request) -> Response:
             balance = ctx.settings.signup_grant_micros if grant is None else grant
             return _replayed(201, {"agent": name, "api_key": None, "key_id": key_id,
                                    "balance": fmt(balance), **KEY_SHOWN_ONCE})
+        tables_of(ctx.engine).invalidate()  # this worker's agents table shows it at once
         return json_response(201, {"agent": created.agent, "api_key": created.api_key,
                                    "key_id": created.key_id,
                                    "balance": fmt(created.balance_micros)})

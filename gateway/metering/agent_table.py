@@ -34,6 +34,10 @@ SCAN_PAGE_AGENTS = 250  # agents per agent_scan.lua call: about 2 ms of Redis ti
 SORTS = ("agent", "balance", "held", "spent_today")
 VIEWS_CACHED_MAX = 16  # (sort, filter) views kept per table
 QUICK_BUILD_S = 0.05  # a table this quick to build is rebuilt inline when stale
+# Below this many agents a table is rebuilt every age_min_s whatever its last build took: a
+# few hundred agents cost Redis milliseconds, and on a loaded machine the wall time of a tiny
+# build (scheduling noise) made the age tens of seconds, so a new agent stayed unseen.
+SMALL_TABLE_ROWS = 10_000
 DAY_MS = 86_400_000
 
 
@@ -166,8 +170,9 @@ class AgentTables:
 
     def refresh_age_s(self) -> float:
         """How old a table may get: bounded so that rebuilding stays below ``duty_max``."""
-        build_s = 0.0 if self._table is None else self._table.build_s
-        return min(self.age_max_s, max(self.age_min_s, build_s / self.duty_max))
+        if self._table is None or len(self._table.rows) < SMALL_TABLE_ROWS:
+            return self.age_min_s
+        return min(self.age_max_s, max(self.age_min_s, self._table.build_s / self.duty_max))
 
     def invalidate(self) -> None:
         """Something an operator just did (a new agent) should show on the next read."""
