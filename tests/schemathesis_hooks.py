@@ -7,7 +7,9 @@ only for tools priced variable (and required by them), a hold on a fixed-price t
 at least its price, a capture takes at most what its hold set aside. A schema-valid request
 may break them and is refused, rightly, with 422. So the *positive* requests of a run are
 made to follow them for the seed catalog (tests/http_helpers.py SEED_TOOLS) before they
-are sent; negative requests are sent as generated, and every check stays on.
+are sent; negative requests are sent as generated, and every check stays on. Likewise a
+child agent's name must hash to its parent's partition (the gateway's default 16
+partitions): a positive child creation gets the name the gateway itself would suggest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any
 
 import schemathesis
 
+from gateway.config import PARTITIONS_DEFAULT
+from gateway.metering.children import partition_name
+from gateway.store.keys import partition_of
 from tests.http_helpers import SEED_TOOLS
 
 # What the run's holds set aside, from their answers: hold_id -> (tool, amount).
@@ -54,6 +59,20 @@ def _fit_capture(hold_id: Any, body: dict[str, Any]) -> None:
         body.pop("cost", None)
 
 
+def _fit_child(parent: Any, body: dict[str, Any]) -> None:
+    """A child's name that lands in its parent's partition (a name rule no schema states)."""
+    limits = body.get("limits")
+    if isinstance(limits, dict):
+        limits.pop("webhook_url", None)  # the admin's alone (422 for an agent key)
+    name = body.get("name")
+    if not isinstance(parent, str) or not isinstance(name, str):
+        return
+    fitting = partition_name(name, partition_of(parent, PARTITIONS_DEFAULT),
+                             PARTITIONS_DEFAULT)
+    if fitting is not None:
+        body["name"] = fitting
+
+
 def _is_positive(case: Any) -> bool:
     meta = getattr(case, "meta", None)
     return meta is not None and meta.generation.mode.is_positive
@@ -84,6 +103,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         _fit_hold(case.body)
     elif route == ("POST", "/v1/holds/{hold_id}/capture"):
         _fit_capture((case.path_parameters or {}).get("hold_id"), case.body)
+    elif route == ("POST", "/v1/agents/{agent}/children"):
+        _fit_child((case.path_parameters or {}).get("agent"), case.body)
 
 
 @schemathesis.hook

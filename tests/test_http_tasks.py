@@ -247,3 +247,15 @@ def test_exactly_14_of_400_mixed_over_http(gateway: Gateway) -> None:
         assert shown["calls"] == 14
         assert Decimal(shown["spent"]) + Decimal(shown["held"]) == Decimal("0.98")
         assert Decimal(agent.get("/v1/balance").json()["balance"]) == Decimal("99.02")
+
+
+def test_close_checks_the_idempotency_key(gateway: Gateway) -> None:
+    """Found by schemathesis: close ignored a malformed Idempotency-Key (every POST checks it)."""
+    _, key = new_agent(gateway, "5", "tasks")
+    with gateway.agent(key) as agent:
+        task = agent.post("/v1/tasks", json={"budget": "1"}).json()["task_id"]
+        refused = agent.post(f"/v1/tasks/{task}/close", headers={"idempotency-key": "k" * 129})
+        assert refused.status_code == 422 and refused.json()["field"] == "Idempotency-Key"
+        assert agent.get(f"/v1/tasks/{task}").json()["state"] == "open"  # nothing written
+        assert agent.post(f"/v1/tasks/{task}/close",
+                          headers={"idempotency-key": "close-1"}).status_code == 200

@@ -91,6 +91,8 @@ async def close_task(ctx: Context, request: Request) -> Response:
     """Close the task: its open holds are released; answers its summary (again, for a task
     already closed: closing is idempotent)."""
     agent = await ctx.auth.agent(request)
+    # Closing is idempotent by itself; a key is still checked as on every POST.
+    idempotency.idempotency_key(request)
     Fields(await read_json(request, ctx.settings.body_bytes_max, optional=True), ())
     task, released = await ctx.engine.close_task(agent, request.path_params["task_id"])
     return json_response(200, {**task_payload(task), "holds_released": released})
