@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -85,12 +85,12 @@ async def _checked(conn: Connection, settings: Settings, wait: bool) -> list[str
     if not wait:
         return await safety.check_redis(conn, settings.allow_unsafe_redis)
     logged_at: float | None = None
-    with _stop_requested() as stop:
+    with _stop_requested() as asked_to_stop:
         while True:
             try:
                 return await safety.check_redis(conn, settings.allow_unsafe_redis)
             except StoreUnavailable:
-                if stop.is_set():  # asked to stop before Redis ever answered
+                if asked_to_stop():  # before Redis ever answered
                     raise StartAbandoned(f"stopped while waiting for Redis at "
                                          f"{redis_address(settings)}") from None
             if logged_at is None or time.monotonic() - logged_at >= WAIT_LOG_EVERY_S:
@@ -101,16 +101,19 @@ async def _checked(conn: Connection, settings: Settings, wait: bool) -> list[str
 
 
 @contextmanager
-def _stop_requested() -> Iterator[threading.Event]:
-    """Set by SIGTERM or SIGINT while a start-up waits for Redis: uvicorn's own handlers
-    (still called) only mark the server to stop once it runs, so without this a worker
-    waiting in its start-up would outlive every SIGTERM."""
+def _stop_requested() -> Iterator[Callable[[], bool]]:
+    """Whether SIGTERM or SIGINT asked this process to stop while a start-up waits for Redis:
+    uvicorn's own handlers (still called) only mark the server to stop once it runs, so
+    without this a worker waiting in its start-up would outlive every SIGTERM. A signal that
+    uvicorn's handler took before the wait began (while the app was imported) counts too: the
+    handler found is a server's ``handle_exit``, and that server's ``should_exit`` is set."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield stop
+        yield stop.is_set
         return
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {int(s): signal.getsignal(s) for s in signals}
+    servers = [getattr(h, "__self__", None) for h in previous.values()]
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -118,10 +121,13 @@ def _stop_requested() -> Iterator[threading.Event]:
         if callable(earlier):
             earlier(signum, frame)
 
+    def asked() -> bool:
+        return stop.is_set() or any(getattr(s, "should_exit", False) is True for s in servers)
+
     for s in signals:
         signal.signal(s, handler)
     try:
-        yield stop
+        yield asked
     finally:
         for number, earlier in previous.items():
             signal.signal(number, earlier)

@@ -137,3 +137,28 @@ def _child_pids(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
+
+
+def test_a_signal_taken_before_the_wait_began_stops_it(tmp_path: Path) -> None:
+    """A SIGTERM that uvicorn's handler took while the app was still being imported (before
+    the start-up began to wait for Redis) stops the wait: uvicorn only marks its server to
+    exit and runs the start-up anyway, so a wait that listened for new signals only went on
+    for ever (CI: `iou serve` outlived SIGTERM by more than 20 s)."""
+    import asyncio
+    import signal
+
+    import uvicorn
+
+    from gateway.config import load_settings
+    from gateway.runtime import StartAbandoned, open_runtime
+
+    server = uvicorn.Server(uvicorn.Config(app="gateway.cli.main:serve_app"))
+    before = signal.signal(signal.SIGTERM, server.handle_exit)
+    try:
+        signal.raise_signal(signal.SIGTERM)  # taken by uvicorn, as during the app's import
+        assert server.should_exit
+        settings = load_settings(_environ(tmp_path, free_port()))
+        with pytest.raises(StartAbandoned):
+            asyncio.run(asyncio.wait_for(open_runtime(settings, wait=True), 15))
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -93,15 +93,16 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     writer = None if no_writer else WriterSupervisor(
         [sys.executable, "-m", "gateway.cli.main", "writer", "--consumer", consumer,
          "--parent-pid", str(os.getpid())], redis_url)
-    if writer is not None:
-        writer.start()
-    log.info("IOU gateway on http://%s:%d (%d worker(s)); ledger: %s", host, port, workers,
-             ledger_location(settings))
-    _print_next_steps(host, port)
     # uvicorn shuts down on SIGTERM and then raises the signal again under the handler it
-    # found: make that one exit through `finally`, so the writer and Redis are stopped too.
+    # found: make that one exit through `finally`, so the writer and Redis are stopped too
+    # (set before the writer starts: a SIGTERM in between would orphan it).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
+        if writer is not None:
+            writer.start()
+        log.info("IOU gateway on http://%s:%d (%d worker(s)); ledger: %s", host, port,
+                 workers, ledger_location(settings))
+        _print_next_steps(host, port)
         uvicorn.run("gateway.cli.main:serve_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http=GatewayHttpProtocol, ws="none",
                     access_log=False, log_level="warning",
