@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from decimal import Decimal
 
@@ -259,3 +260,60 @@ def test_close_checks_the_idempotency_key(gateway: Gateway) -> None:
         assert agent.get(f"/v1/tasks/{task}").json()["state"] == "open"  # nothing written
         assert agent.post(f"/v1/tasks/{task}/close",
                           headers={"idempotency-key": "close-1"}).status_code == 200
+
+
+
+def _task_call(path: str, task: str | None) -> tuple[dict[str, object], dict[str, str]]:
+    """The body and headers of a call of ``path`` naming ``task`` (or none): in the body for
+    charge, batch item and hold, as header X-IOU-Task for invoke."""
+    if path.endswith("/invoke"):
+        return {}, ({} if task is None else {"x-iou-task": task})
+    named = {} if task is None else {"task": task}
+    if path == "/v1/charges":
+        return {"charges": [{"tool": "web_search", **named}]}, {}
+    return {"tool": "web_search", **named}, {}
+
+
+def test_a_key_binds_the_task_it_was_used_with(gateway: Gateway) -> None:
+    """The same Idempotency-Key with another task (or none) is another request: 409
+    idempotency_conflict, never the first call's answer replayed (charge, batch, hold,
+    invoke's X-IOU-Task header)."""
+    _, key = new_agent(gateway, "10", "tasks")
+    with ok_upstream() as upstream, gateway.admin() as admin, gateway.agent(key) as agent:
+        assert admin.put("/v1/tools/task_keyed", json={
+            "price": "0.1", "category": "tool", "upstream": upstream}).status_code == 200
+        first = str(open_task(agent, {"budget": "1"})["task_id"])
+        second = str(open_task(agent, {"budget": "1"})["task_id"])
+
+        def sent(path: str, task: str | None, idem: str) -> httpx.Response:
+            body, headers = _task_call(path, task)
+            return agent.post(path, json=body, headers={"idempotency-key": idem, **headers})
+
+        for path in ("/v1/charge", "/v1/charges", "/v1/holds", "/v1/tools/task_keyed/invoke"):
+            for used, other in ((first, second), (first, None), (None, first)):
+                idem = f"bind-{uuid.uuid4().hex}"
+                answered = sent(path, used, idem)
+                assert answered.status_code < 300, (path, answered.text)
+                assert sent(path, used, idem).status_code == answered.status_code, path
+                conflict = sent(path, other, idem)
+                assert conflict.status_code == 409, (path, used, other, conflict.text)
+                assert conflict.json()["error"] == "idempotency_conflict", conflict.text
+        calls = [agent.get(f"/v1/tasks/{t}").json()["calls"] for t in (first, second)]
+        assert calls == [8, 0], calls  # 2 of each of the 4 calls named the first task
+
+
+def test_a_key_binds_an_invokes_ceiling(gateway: Gateway) -> None:
+    """X-IOU-Max-Cost decides what a variable tool's invoke holds: the same key with another
+    ceiling is 409, not the first answer replayed."""
+    _, key = new_agent(gateway, "10", "tasks")
+    with ok_upstream() as upstream, gateway.admin() as admin, gateway.agent(key) as agent:
+        assert admin.put("/v1/tools/ceiling_keyed", json={
+            "price": "0.5", "category": "tool", "pricing": "variable", "upstream": upstream}
+        ).status_code == 200
+        headers = {"idempotency-key": f"ceiling-{uuid.uuid4().hex}", "x-iou-max-cost": "0.2"}
+        path = "/v1/tools/ceiling_keyed/invoke"
+        assert agent.post(path, json={}, headers=headers).status_code == 200
+        assert agent.post(path, json={}, headers=headers).status_code == 200
+        other = agent.post(path, json={}, headers={**headers, "x-iou-max-cost": "0.3"})
+        assert other.status_code == 409 and other.json()["error"] == "idempotency_conflict"
+        assert agent.get("/v1/balance").json()["balance"] == "9.8"  # one call, at its ceiling

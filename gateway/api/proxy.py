@@ -140,12 +140,25 @@ async def _settle(ctx: Context, agent: str, key: str, binding: idempotency.Bindi
     return response
 
 
+# Headers that change what an invoke is charged or counted against: part of what its key
+# binds, as a charge's ``task`` and ``cost`` are part of a charge's.
+BOUND_HEADERS = ("x-iou-task", "x-iou-max-cost")
+
+
 def _digest(request: Request, raw: bytes) -> str:
-    """The idempotency digest: method, path and body, and the query string, which is
-    forwarded too (the same key with another query is another request: 409)."""
+    """The idempotency digest: method, path and body, the query string, which is forwarded
+    too, and the task and ceiling headers (the same key with another query, task or ceiling,
+    or without one it had, is another request: 409). Each part is added only when present,
+    so a key bound before a part was added keeps its digest."""
     digest = idempotency.request_digest(request, raw)
     query: bytes = request.scope.get("query_string", b"")
-    return digest if not query else hashlib.sha256(digest.encode() + b"?" + query).hexdigest()
+    if query:
+        digest = hashlib.sha256(digest.encode() + b"?" + query).hexdigest()
+    for name in BOUND_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            digest = hashlib.sha256(f"{digest}\n{name}: {value}".encode()).hexdigest()
+    return digest
 
 
 async def _invoke(call: _Call, binding: idempotency.Binding | None, key: str | None = None
