@@ -129,8 +129,13 @@ def test_keys_add_and_revoke_within_one_second(gateway: Gateway) -> None:
         assert admin.delete(f"/v1/agents/{name}/keys/{key_id}").status_code == 204
         revoked_at = time.monotonic()
         with gateway.agent(second) as agent:
-            while agent.get("/v1/balance").status_code == 200:
-                assert time.monotonic() - revoked_at < 1.0
+            # A 200 may only answer a request sent within 1 s of the revocation (when it was
+            # answered depends on the machine's load, not on the gateway's cache).
+            while True:
+                sent_at = time.monotonic()
+                if agent.get("/v1/balance").status_code != 200:
+                    break
+                assert sent_at - revoked_at < 1.0
                 time.sleep(0.05)
             gone = agent.get("/v1/balance")
         with gateway.agent("iou_" + "z" * 43) as unknown:
