@@ -5,24 +5,28 @@
 -- KEYS[1] by mode: agent: agent hash iou:{pNN}:agent:<agent>; hold: hold hash
 --         iou:{pNN}:hold:<hold_id>; window: window hash iou:{pNN}:win:<agent>; idem:
 --         idempotency record iou:{pNN}:idem:<agent>:<sha>; tool: catalog entry
---         iou:{tools}:tool:<name>
+--         iou:{tools}:tool:<name>; walls: walls hash iou:{pNN}:walls:<agent>
 -- KEYS[2] by mode: agent: agents index iou:{pNN}:agents; hold: holds index iou:{pNN}:holds;
 --         idem: agent hash (restored first: its low_balance gives the replay's LOW_BALANCE
 --         bit; DAILY_NEAR, a fact of that day's window, is not rebuilt); tool: catalog
---         names iou:{tools}:names; window: none
+--         names iou:{tools}:names; window, walls: none
 -- KEYS[3] tool only: catalog version iou:{tools}:version (the entry gets the next one)
--- ARGV[1] mode: 'agent', 'hold', 'window', 'idem' or 'tool'
+-- ARGV[1] mode: 'agent', 'hold', 'window', 'idem', 'tool' or 'walls'
 -- ARGV[2..] by mode:
 --   agent:  name, balance micros, held micros, frozen '1'/'0', created Unix ms, then limit
 --           field, value pairs as set_limits.lua writes them (pc, dl, low, wh, c:*)
 --   hold:   hold id, agent, tool, category, amount micros, held at Unix ms (the hold counts
---           in that UTC day's window), expires at Unix ms
+--           in that UTC day's window), expires at Unix ms, and when the hold counts in the
+--           agent's walls (hold.lua's xw): the ISO week and the month numbers it was taken in
 --   window: a time of the day Unix ms, then field, micros pairs (s, h, s:<cat>, h:<cat>)
 --   idem:   request body hash, balance after micros, the id the replay answers (entry id,
 --           or a hold's id), the script's extra field micros (cost, amount, released or
 --           expiry: what idem_store kept)
 --   tool:   name, price micros, category, pricing 'fixed'/'variable', upstream URL or '',
 --           sealed upstream headers or ''
+--   walls:  counter, value pairs of the walls hash as _lib.lua names them (H<minute>,
+--           W<week>, M<month>, N<minute>, O<hour>, D<day>, h, w<week>, m<month>, each
+--           optionally ':<category>' or '/<tool>'); the hash is replaced, with its expiry
 -- Returns:
 --   code OK = 0: {0, written} the number of keys written
 --   code BAD_ARGUMENT = 30: {30, argv_index}
@@ -67,9 +71,14 @@ local function restore_hold()
   if not amount then return { C.BAD_ARGUMENT, 6 } end
   if not at then return { C.BAD_ARGUMENT, 7 } end
   if not exp then return { C.BAD_ARGUMENT, 8 } end
+  local counted = #ARGV == 10
+  if counted and not uint(ARGV[9], MICROS_MAX) then return { C.BAD_ARGUMENT, 9 } end
+  if counted and not uint(ARGV[10], MICROS_MAX) then return { C.BAD_ARGUMENT, 10 } end
+  if #ARGV ~= 8 and not counted then return { C.BAD_ARGUMENT, #ARGV } end
   redis.call('HSET', KEYS[1], 'agent', ARGV[3], 'tool', ARGV[4], 'category', ARGV[5],
     'amount', istr(amount), 'day', istr(math.floor(at / DAY_MS)), 'exp', istr(exp),
     'state', 'open')
+  if counted then redis.call('HSET', KEYS[1], 'xw', '1', 'wk', ARGV[9], 'mo', ARGV[10]) end
   redis.call('ZADD', KEYS[2], istr(exp), ARGV[2])
   return { C.OK, 2 }
 end
@@ -106,6 +115,26 @@ local function restore_idem()
   return { C.OK, 1 }
 end
 
+local function restore_walls()
+  if #ARGV < 3 or #ARGV % 2 ~= 1 then return { C.BAD_ARGUMENT, #ARGV } end
+  for i = 2, #ARGV, 2 do
+    local counter = string.match(ARGV[i], '^[HWMNOD]%d+') or string.match(ARGV[i], '^[wm]%d+')
+      or string.match(ARGV[i], '^h')
+    local scope = counter and string.sub(ARGV[i], #counter + 1)
+    if not counter or (scope ~= '' and not (string.match(scope, '^[:/]')
+        and name(string.sub(scope, 2)))) then
+      return { C.BAD_ARGUMENT, i }
+    end
+    if not uint(ARGV[i + 1], MICROS_MAX) then return { C.BAD_ARGUMENT, i + 1 } end
+  end
+  redis.call('DEL', KEYS[1])
+  for i = 2, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('PEXPIRE', KEYS[1], WALLS_TTL_MS)
+  return { C.OK, 1 }
+end
+
 local function restore_tool()
   if not name(ARGV[2]) then return { C.BAD_ARGUMENT, 2 } end
   if not uint(ARGV[3], MICROS_MAX) then return { C.BAD_ARGUMENT, 3 } end
@@ -128,4 +157,5 @@ if mode == 'hold' then return restore_hold() end
 if mode == 'window' then return restore_window() end
 if mode == 'idem' then return restore_idem() end
 if mode == 'tool' then return restore_tool() end
+if mode == 'walls' then return restore_walls() end
 return { C.BAD_ARGUMENT, 1 }

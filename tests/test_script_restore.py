@@ -178,3 +178,41 @@ def test_pairs_must_be_whole(lua: Lua) -> None:
     assert lua.run("restore", key_names, [*args, "h"]) == [30, 5]
     assert lua.run("restore", [lua.k().agent_hash], ["nothing", AGENT]) == [30, 1]
     assert lua.snapshot() == before
+
+
+def walls_call(lua: Lua, *pairs: str) -> tuple[list[str], list[str]]:
+    return [lua.k().walls], ["walls", *pairs]
+
+
+def test_a_hold_counted_in_the_walls_is_marked_as_hold_marks_it(lua: Lua) -> None:
+    key_names, args = hold_call(lua)
+    assert lua.run("restore", key_names, [*args, "2968", "24322"]) == [0, 2]
+    hold = lua.hash(lua.k().hold("hold_x"))
+    assert (hold["xw"], hold["wk"], hold["mo"]) == ("1", "2968", "24322")
+    for index, value in ((9, "x"), (9, ""), (10, "-1"), (10, str(MICROS_MAX + 1))):
+        lua.reset()
+        call = (key_names, [*args, "2968", "24322"])
+        _refused(lua, call, index, value)
+    lua.reset()
+    before = lua.snapshot()
+    assert lua.run("restore", key_names, [*args, "2968"]) == [30, 9]
+    assert lua.snapshot() == before
+
+
+def test_walls_replace_the_stored_hash_and_expire_as_walls_do(lua: Lua) -> None:
+    lua.r.hset(lua.k().walls, mapping={"H1": "5"})
+    counters = ("H29916630", "20000", "W2968:tool", "5", "N29916630/web_browse", "2",
+                "h", "7", "h:llm", "7", "m24322", "3")
+    assert lua.run("restore", *walls_call(lua, *counters)) == [0, 1]
+    assert lua.hash(lua.k().walls) == dict(zip(counters[::2], counters[1::2], strict=True))
+    assert 35 * DAY_MS - 10_000 < lua.r.pttl(lua.k().walls) <= 35 * DAY_MS
+    fields = [("x", True), ("H", True), ("h1", True), ("Hx", True), ("H1:", True),
+              ("H1:A", True), ("H1-web", True), ("w", True), ("D7/web_browse", False),
+              ("O7:l.l-m_1", False), ("h:llm", False), ("M1", False)]
+    _check(lua, walls_call(lua, "H1", "1"), 2, fields)
+    _check(lua, walls_call(lua, "H1", "1", "h", "1"), 4, fields)
+    _check(lua, walls_call(lua, "H1", "1"), 3, [(v, bad) for v, bad in uint_cases(MICROS_MAX)])
+    before = lua.snapshot()
+    assert lua.run("restore", *walls_call(lua)) == [30, 1]
+    assert lua.run("restore", *walls_call(lua, "H1", "1", "h")) == [30, 4]
+    assert lua.snapshot() == before

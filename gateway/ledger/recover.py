@@ -1,5 +1,6 @@
-"""Recover: rebuild an empty Redis from the ledger (balances, holds, today's windows,
-limits, frozen flags, keys, tools and 24 h of idempotency records).
+"""Recover: rebuild an empty Redis from the ledger (balances, holds, today's windows, the
+walls' counters (gateway/ledger/recover_walls.py), limits, frozen flags, keys, tools, children
+and 24 h of idempotency records).
 
 Every record is written by lua/restore.lua (or, for keys, a store operation), so the
 formats, expiries and warning rules the scripts use exist only in the scripts."""
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.ledger import schema
+from gateway.ledger import recover_walls, schema
 from gateway.ledger.store import LedgerStore, OpenHold, Recovery
 from gateway.metering.engine import Engine
 from gateway.metering.errors import InvalidRequest, maps_store_errors
@@ -51,8 +52,9 @@ async def recover(engine: Engine, store: LedgerStore, force: bool = False) -> Re
     today_ms = now_ms - now_ms % DAY_MS
     data = await store.recovery(today_ms, now_ms - IDEMPOTENT_FOR_MS)
     parents = await _parents(store)
+    walls = await _walls(store, data, now_ms)
     # Agents before their idempotency records: a record's warning bit reads the agent.
-    await _send(_agents(engine, data, today_ms, parents) + _keys(engine, data)
+    await _send(_agents(engine, data, today_ms, parents, walls) + _keys(engine, data)
                 + _tools(engine, data) + _children(engine, parents))
     await _send(_idempotency(engine, data))
     await engine.refresh_catalog()
@@ -81,8 +83,23 @@ async def _parents(store: LedgerStore) -> dict[str, str]:
     return out
 
 
-def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, str]
-            ) -> list[Write]:
+async def _walls(store: LedgerStore, data: Recovery, now_ms: int
+                 ) -> dict[str, recover_walls.Walls]:
+    """The walls of each agent whose limits set some, as they stand at ``now_ms``."""
+    since = await recover_walls.walls_since(store)
+    now = recover_walls.periods(now_ms)
+    holds: dict[str, list[OpenHold]] = defaultdict(list)
+    for h in data.open_holds:
+        holds[h.agent].append(h)
+    out: dict[str, recover_walls.Walls] = {}
+    for name, _, _, limits in data.agents:
+        if name in since and any(is_wall_field(f) for f in limits):
+            out[name] = await recover_walls.rebuild(store, name, since[name], now, holds[name])
+    return out
+
+
+def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, str],
+            walls: dict[str, recover_walls.Walls]) -> list[Write]:
     held: dict[str, int] = defaultdict(int)
     holds_by_agent: dict[str, list[OpenHold]] = defaultdict(list)
     for h in data.open_holds:
@@ -102,10 +119,14 @@ def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, st
             fields["parent"] = parents[name]
         out.append(_bind(calls.restore_agent, name, data.balances.get(name, 0), held[name],
                          bool(frozen), created_ms or 0, fields))
+        counted = walls[name].holds if name in walls else {}
         out += [_bind(calls.restore_hold, h.agent, h.hold_id, h.tool, h.category, h.amount,
-                      h.at_ms, h.expires_at_ms) for h in holds_by_agent[name]]
+                      h.at_ms, h.expires_at_ms, counted.get(h.hold_id))
+                for h in holds_by_agent[name]]
         out.append(_bind(calls.restore_window, name, today_ms,
                          _window(spent[name], holds_by_agent[name], today_ms)))
+        if name in walls and walls[name].counters:
+            out.append(_bind(calls.restore_walls, name, walls[name].counters))
     return out
 
 

@@ -576,13 +576,23 @@ class ScriptCalls:
 
     async def restore_hold(  # noqa: PLR0913 - one parameter per ARGV the script takes
             self, agent: str, hold_id: str, tool: str, category: str,
-            amount_micros: int, at_ms: int, expires_at_ms: int
-            ) -> RestoreReply | Refused:
+            amount_micros: int, at_ms: int, expires_at_ms: int,
+            walls_periods: tuple[int, int] | None = None) -> RestoreReply | Refused:
+        """An open hold; ``walls_periods`` (its ISO week and month numbers) when it counts in
+        the agent's walls (restored by ``restore_walls``), so that closing it gives back."""
         k = self.agent_keys(agent)
+        counted = [] if walls_periods is None else [str(walls_periods[0]),
+                                                     str(walls_periods[1])]
         return await self._restore(
             [k.hold(hold_id), k.holds],
             ["hold", hold_id, agent, tool, category, str(amount_micros), str(at_ms),
-             str(expires_at_ms)])
+             str(expires_at_ms), *counted])
+
+    async def restore_walls(self, agent: str, counters: Mapping[str, int]
+                            ) -> RestoreReply | Refused:
+        """The agent's walls hash: counter name -> micros or calls (_lib.lua names them)."""
+        pairs = [item for name, value in counters.items() for item in (name, str(value))]
+        return await self._restore([self.agent_keys(agent).walls], ["walls", *pairs])
 
     async def restore_window(self, agent: str, day_ms: int, micros: Mapping[str, int]
                              ) -> RestoreReply | Refused:
