@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from gateway.cli.commands import Options, fail, json_option, refusals, register
+from gateway.cli.commands import Options, agent_option, fail, json_option, refusals, register
 from gateway.config import ConfigError, Settings, hand_down_metrics_dir, load_settings
 from gateway.ledger.factory import ledger_location
 from gateway.ledger.supervisor import NICENESS, WriterSupervisor
@@ -303,6 +303,40 @@ def verify(opts: Options) -> None:
               lambda: _print_verify(reports, intact))
     if not intact:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--limits", "limits_file", required=True, type=click.Path(path_type=Path),
+              help="Proposed limits: a limits object for every agent, or "
+                   '{"default": {...}, "agents": {"<name>": {...}}}.')
+@agent_option
+@click.option("--since", default=None, help="Replay from this far back (7d, 12h, 30m) or "
+              "from an ISO 8601 date; the default is the whole ledger.")
+@json_option
+@click.pass_obj
+def replay(opts: Options, limits_file: Path, agent: str | None, since: str | None) -> None:
+    """Run the ledger's history again under proposed limits, on a scratch Redis (never the
+    live one), and print per agent what they would have refused, by limit."""
+    import time
+
+    from gateway.cli.replay import load_proposed, print_report
+    from gateway.ledger.replay import ReplayError, parse_since, run_replay
+
+    settings = _settings()
+    try:
+        proposed = load_proposed(limits_file, settings.amount_max_micros)
+        since_ms = None if since is None else parse_since(since, int(time.time() * 1000))
+    except ReplayError as exc:
+        click.echo(f"iou: replay: {exc}", err=True)
+        sys.exit(2)
+    with _store_errors(settings):
+        try:
+            result = asyncio.run(run_replay(settings, proposed, agent or opts.agent,
+                                            since_ms))
+        except ReplayError as exc:
+            fail("replay_failed", str(exc))
+            return
+    opts.emit(result.as_json(), lambda: print_report(result))
 
 
 def _print_verify(reports: list[Any], intact: bool) -> None:

@@ -241,8 +241,9 @@ class ScriptCalls:
     """The scripts of the gateway as typed async calls, bound to one connection."""
 
     def __init__(self, conn: Connection, partitions: int,
-                 test_clock_key: str | None = None) -> None:
-        self.scripts = Scripts(conn, test_clock_key)
+                 test_clock_key: str | None = None, replay_clock_key: str | None = None
+                 ) -> None:
+        self.scripts = Scripts(conn, test_clock_key, replay_clock_key)
         # Settled at start (the store's recorded count wins over the configured one).
         self.partitions = partitions
 

@@ -120,7 +120,16 @@ def _free_port() -> int:
         return port
 
 
-def _server_config(data_dir: Path) -> tuple[list[str], str]:
+def start_scratch(data_dir: Path) -> EmbeddedRedis:
+    """A throwaway server in ``data_dir`` (``iou replay``): never shared, nothing persisted
+    (no AOF, no snapshot), stopped and deleted by its caller."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    found = find_server_binary()
+    return _start_fakeredis() if found is None else _start_binary(data_dir, *found,
+                                                                    durable=False)
+
+
+def _server_config(data_dir: Path, durable: bool = True) -> tuple[list[str], str]:
     sock = data_dir / "redis.sock"
     if len(str(sock)) < UNIX_PATH_MAX:
         listen = ["port 0", f"unixsocket {sock}", "unixsocketperm 700"]
@@ -129,14 +138,16 @@ def _server_config(data_dir: Path) -> tuple[list[str], str]:
         port = _free_port()
         listen = [f"port {port}", "bind 127.0.0.1"]
         url = f"redis://127.0.0.1:{port}/0"
-    lines = [*listen, f"dir {data_dir}", "appendonly yes", "appendfsync always",
+    persistence = ["appendonly yes", "appendfsync always"] if durable else ["appendonly no"]
+    lines = [*listen, f"dir {data_dir}", *persistence,
              "maxmemory-policy noeviction", 'save ""', "daemonize no",
              f"logfile {data_dir / 'redis.log'}", "protected-mode yes"]
     return lines, url
 
 
-def _start_binary(data_dir: Path, binary: str, kind: str) -> EmbeddedRedis:
-    lines, url = _server_config(data_dir)
+def _start_binary(data_dir: Path, binary: str, kind: str, durable: bool = True
+                  ) -> EmbeddedRedis:
+    lines, url = _server_config(data_dir, durable)
     conf = data_dir / "redis.conf"
     conf.write_text("\n".join(lines) + "\n")
     # A session of its own: a Ctrl-C in the terminal reaches `iou serve`, which drains and

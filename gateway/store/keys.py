@@ -59,6 +59,8 @@ STATS = "iou:stats"
 READY_PROBE = "iou:readyz"
 # Where the test clock's offset (ms, may be negative) lives; read only with IOU_TEST_CLOCK.
 TEST_CLOCK_KEY = "iou:test:clock_offset_ms"
+# `iou replay`'s scratch server only: the absolute time (Unix ms) its scripts read as now.
+REPLAY_CLOCK_KEY = "iou:replay:now_ms"
 AGENT_KEYS_CACHED_MAX = 100_000
 TOOLS_TAG = "iou:{tools}:"
 # One hash, one field per upstream MCP server: each change is one atomic HSET/HDEL.

@@ -70,15 +70,26 @@ def _test_clock_line(key: str) -> str:
             f" + tonumber(redis.call('GET', '{key}') or '0') -- clock\n")
 
 
-def load_script(name: str, test_clock_key: str | None = None) -> Script:
+def _replay_clock_line(key: str) -> str:
+    # `iou replay` only, on its scratch server: the clock is the absolute ms stored at the
+    # key, set just before each call to the time the ledger recorded for it.
+    return f"  return tonumber(redis.call('GET', '{key}')) -- clock\n"
+
+
+def load_script(name: str, test_clock_key: str | None = None,
+                replay_clock_key: str | None = None) -> Script:
     """The script's source (``_lib.lua`` first); with ``test_clock_key`` its clock adds the
-    offset in ms stored at that key (tests only)."""
+    offset in ms stored at that key (tests only); with ``replay_clock_key`` its clock is the
+    absolute ms stored at that key (``iou replay``'s scratch server only)."""
     folder = lua_dir()
     lib = (folder / "_lib.lua").read_text()
-    if test_clock_key is not None:
+    clock = (_test_clock_line(test_clock_key) if test_clock_key is not None
+             else _replay_clock_line(replay_clock_key) if replay_clock_key is not None
+             else None)
+    if clock is not None:
         if lib.count(CLOCK_LINE) != 1:
             raise ScriptError("_lib.lua: the clock line moved; update scripts.CLOCK_LINE")
-        lib = lib.replace(CLOCK_LINE, _test_clock_line(test_clock_key))
+        lib = lib.replace(CLOCK_LINE, clock)
     own = (folder / f"{name}.lua").read_text()
     source = lib + "\n" + own
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest(), reply_shapes(own))
@@ -87,9 +98,11 @@ def load_script(name: str, test_clock_key: str | None = None) -> Script:
 class Scripts:
     """All scripts of the gateway, bound to one connection."""
 
-    def __init__(self, conn: Connection, test_clock_key: str | None = None) -> None:
+    def __init__(self, conn: Connection, test_clock_key: str | None = None,
+                 replay_clock_key: str | None = None) -> None:
         self._conn = conn
-        self.by_name = {name: load_script(name, test_clock_key) for name in SCRIPT_NAMES}
+        self.by_name = {name: load_script(name, test_clock_key, replay_clock_key)
+                        for name in SCRIPT_NAMES}
         self.reloads = 0
 
     async def preload(self) -> None:

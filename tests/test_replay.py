@@ -1,0 +1,245 @@
+"""`iou replay`: the ledger's history under proposed limits, on a scratch Redis.
+
+The acceptance test of issue 18: a recorded load (random calls of several agents over
+simulated days, on the test clock) produces a ledger; the same load played live on a fresh
+store with limits L enforced gives a set of refusals; the replay of the first ledger under L
+reports exactly those refusals, per agent and limit, count and amount.
+"""
+
+from __future__ import annotations
+
+import calendar
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.api.limits_body import limit_changes
+from gateway.cli.replay import load_proposed
+from gateway.ledger.replay import (
+    Proposed,
+    ReplayError,
+    ReplayResult,
+    parse_since,
+    replay,
+    warm_start_ms,
+)
+from gateway.ledger.store import LedgerStore
+from gateway.metering.engine import Engine
+from gateway.metering.errors import GatewayError
+from tests.conftest import make_engine
+from tests.helpers import T, setup_catalog, shift_to
+from tests.ledger_helpers import store_for, writer_for
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+AMOUNT_MAX = 1_000_000_000 * T
+PRICES = {"web_search": 50_000, "web_browse": 120_000, "email_send": 20_000, "calc": 0,
+          "buy": 70_000}
+LIMITS: dict[str, Any] = {
+    "per_call": "0.12", "daily": "0.6", "weekly": "1.8",
+    "categories": {"llm": {"daily": "0.25"}, "commerce": {"calls": {"per_day": 1}}},
+    "calls": {"per_hour": 3},
+    "tools": {"email_send": {"calls": {"per_day": 1}}},
+}
+# One agent has its own cap merged over the default (PATCH semantics): a looser day.
+PROPOSED_FILE: dict[str, Any] = {"default": LIMITS, "agents": {"rc": {"daily": "1"}}}
+AGENTS = ("ra", "rb", "rc")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of the recorded load: at ``at_ms``, ``op`` of ``tool`` (cost for variable
+    tools; a hold's max and its capture's cost)."""
+
+    at_ms: int
+    agent: str
+    op: str  # "charge" or "hold"
+    tool: str
+    cost_micros: int | None = None
+    capture_micros: int | None = None
+
+
+def utc_ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
+           second: int = 0) -> int:
+    return calendar.timegm((year, month, day, hour, minute, second)) * 1000
+
+
+def recorded_load(seed: int, start_ms: int, days: int, calls_per_day: int) -> list[Call]:
+    """Random calls of every agent over ``days`` days, in time order, well inside each minute
+    (seconds 5..50) and hour so that a few ms of test-clock drift crosses no window edge."""
+    rng = random.Random(seed)
+    calls = []
+    for day in range(days):
+        for _ in range(calls_per_day):
+            at = (start_ms + day * DAY_MS + rng.randrange(8, 18) * HOUR_MS
+                  + rng.randrange(1, 58) * 60_000 + rng.randrange(5, 50) * 1000)
+            agent = rng.choice(AGENTS)
+            pick = rng.random()
+            if pick < 0.15:
+                cost = rng.randrange(20, 120) * 1000
+                calls.append(Call(at, agent, "hold", "llm_summarize", cost,
+                                  rng.randrange(1, cost // 1000) * 1000))
+            elif pick < 0.4:
+                calls.append(Call(at, agent, "charge", "llm_summarize",
+                                  rng.randrange(10, 150) * 1000))
+            else:
+                calls.append(Call(at, agent, "charge", rng.choice(list(PRICES))))
+    return sorted(calls, key=lambda c: c.at_ms)
+
+
+Refusals = dict[str, dict[str, list[int]]]  # agent -> limit -> [count, micros]
+
+
+def _count(refusals: Refusals, agent: str, error: GatewayError, micros: int) -> None:
+    limit = str(error.details.get("limit") or error.code)
+    tally = refusals.setdefault(agent, {}).setdefault(limit, [0, 0])
+    tally[0] += 1
+    tally[1] += micros
+
+
+async def play(engine: Engine, load: list[Call], proposed: Proposed | None,
+               created_ms: int) -> Refusals:
+    """The load, live, each call at its time; with ``proposed``, its limits enforced.
+    Returns what was refused (a hold: its amount; a capture: its cost, then released)."""
+    await shift_to(engine, created_ms)
+    for agent in AGENTS:
+        await engine.create_agent(agent, grant_micros=100 * T)
+        if proposed is not None:
+            await engine.set_limits(agent, proposed.for_agent(agent))
+    refusals: Refusals = {}
+    for call in load:
+        await shift_to(engine, call.at_ms)
+        if call.op == "charge":
+            try:
+                await engine.charge(call.agent, call.tool, call.cost_micros)
+            except GatewayError as exc:
+                _count(refusals, call.agent, exc, call.cost_micros or PRICES[call.tool])
+            continue
+        try:
+            hold = await engine.hold(call.agent, call.tool, call.cost_micros)
+        except GatewayError as exc:
+            _count(refusals, call.agent, exc, call.cost_micros or 0)
+            continue
+        await shift_to(engine, call.at_ms + 3_000)
+        try:
+            await engine.capture(call.agent, hold.hold_id, call.capture_micros)
+        except GatewayError as exc:
+            _count(refusals, call.agent, exc, call.capture_micros or 0)
+            await engine.release(call.agent, hold.hold_id)
+    return refusals
+
+
+def reported(result: ReplayResult) -> Refusals:
+    return {a.agent: {name: [t.count, t.amount_micros] for name, t in a.by_limit.items()}
+            for a in result.agents if a.refused.count}
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    store = store_for(f"sqlite:///{tmp_path / 'ledger.db'}")
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+async def record(url: str, store: LedgerStore, load: list[Call], created_ms: int) -> None:
+    """Play the load with no limit on a fresh store and write its ledger."""
+    engine = await make_engine(url, IOU_TEST_CLOCK="1")
+    try:
+        await setup_catalog(engine)
+        assert await play(engine, load, None, created_ms) == {}
+        await writer_for(engine, store).drain()
+    finally:
+        await engine.stop()
+        engine.conn.close()
+
+
+async def enforce(url: str, load: list[Call], proposed: Proposed, created_ms: int
+                  ) -> Refusals:
+    """The same load live on a fresh store with the proposed limits enforced."""
+    engine = await make_engine(url, IOU_TEST_CLOCK="1")
+    try:
+        await setup_catalog(engine)
+        return await play(engine, load, proposed, created_ms)
+    finally:
+        await engine.stop()
+        engine.conn.close()
+
+
+async def test_replay_reports_exactly_the_refusals_the_live_store_made(
+        real_redis_url: str, ledger: LedgerStore, tmp_path: Path) -> None:
+    start = utc_ms(2026, 11, 12)  # a Thursday: the load crosses an ISO week
+    load = recorded_load(18, start, days=5, calls_per_day=45)
+    created = start - HOUR_MS
+    await record(real_redis_url, ledger, load, created)
+    path = tmp_path / "proposed.json"
+    path.write_bytes(orjson.dumps(PROPOSED_FILE))
+    proposed = load_proposed(path, AMOUNT_MAX)
+    live = await enforce(real_redis_url, load, proposed, created)
+    # The load is rich enough to mean something: several limits fired, for every agent.
+    assert set(live) == set(AGENTS)
+    assert len({limit for by_limit in live.values() for limit in by_limit}) >= 5, live
+
+    result = await replay(ledger, proposed, scratch_dir=tmp_path)
+
+    assert reported(result) == live
+    assert [a.agent for a in result.agents] == list(AGENTS)
+    assert result.rows >= len(load)
+
+
+async def test_replay_filters_by_agent_and_warms_the_windows_before_since(
+        real_redis_url: str, ledger: LedgerStore, tmp_path: Path) -> None:
+    """--since replays the week before it without limits: the week's spend before `since`
+    fills the weekly window, and only refusals from `since` on count. The grant, a month
+    before, is folded into the starting balance."""
+    monday, thursday = utc_ms(2026, 11, 16, 10), utc_ms(2026, 11, 19, 10)
+    load = [Call(monday + i * 60_000, agent, "charge", "llm_summarize", 100_000)
+            for i in range(12) for agent in ("ra", "rb")]
+    load += [Call(thursday + i * 60_000, agent, "charge", "llm_summarize", 100_000)
+             for i in range(4) for agent in ("ra", "rb")]
+    await record(real_redis_url, ledger, load, utc_ms(2026, 10, 1))
+    weekly = Proposed(limit_changes({"weekly": "1"}, AMOUNT_MAX))
+
+    whole = reported(await replay(ledger, weekly, scratch_dir=tmp_path))
+    assert whole == {a: {"weekly": [6, 600_000]} for a in ("ra", "rb")}
+
+    wednesday = utc_ms(2026, 11, 18)
+    assert warm_start_ms(wednesday) < utc_ms(2026, 11, 1) - DAY_MS + 1
+    since = reported(await replay(ledger, weekly, since_ms=wednesday, scratch_dir=tmp_path))
+    assert since == {a: {"weekly": [4, 400_000]} for a in ("ra", "rb")}
+
+    one = await replay(ledger, weekly, agent="rb", since_ms=wednesday, scratch_dir=tmp_path)
+    assert [a.agent for a in one.agents] == ["rb"]
+    assert reported(one) == {"rb": {"weekly": [4, 400_000]}}
+    # rb's 12 Monday charges (the warm-up) and 4 Thursday ones; its grant, in October, is
+    # before the warm-up and folded into its starting balance (else nothing could pay).
+    assert one.rows == 16
+
+
+def test_since_accepts_durations_and_dates() -> None:
+    now = utc_ms(2026, 11, 29, 12)
+    assert parse_since("7d", now) == now - 7 * DAY_MS
+    assert parse_since("12h", now) == now - 12 * HOUR_MS
+    assert parse_since("2026-11-01", now) == utc_ms(2026, 11, 1)
+    with pytest.raises(ReplayError):
+        parse_since("last week", now)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("not json", "not one JSON object"),
+    ("[1]", "not one JSON object"),
+    ('{"daily": "-1"}', "daily"),
+    ('{"dayly": "1"}', "dayly"),
+    ('{"default": {"daily": "1"}, "agents": {"Bad Name": {}}}', "agents"),
+])
+def test_a_bad_limits_file_is_one_sentence(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "limits.json"
+    path.write_text(text)
+    with pytest.raises(ReplayError) as caught:
+        load_proposed(path, AMOUNT_MAX)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
