@@ -140,8 +140,9 @@ def reported(result: ReplayResult) -> Refusals:
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[LedgerStore]:
-    store = store_for(f"sqlite:///{tmp_path / 'ledger.db'}")
+async def ledger(ledger_url: str) -> AsyncIterator[LedgerStore]:
+    """Both ledgers: SQLite and PostgreSQL."""
+    store = store_for(ledger_url)
     await store.migrate()
     yield store
     await store.close()

@@ -43,8 +43,8 @@ def load_proposed(path: Path, amount_max_micros: int) -> Proposed:
 
 
 def _wrapped(body: dict[str, Any], amount_max_micros: int) -> Proposed:
-    default = body.get("default") or {}
-    agents = body.get("agents") or {}
+    default = body.get("default", {})
+    agents = body.get("agents", {})
     if not isinstance(default, dict):
         raise InvalidRequest("default", "must be a limits object")
     if not isinstance(agents, dict):
