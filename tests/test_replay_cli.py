@@ -37,8 +37,9 @@ def snapshot(url: str) -> dict[bytes, Any]:
                b"set": client.smembers, b"list": lambda k: client.lrange(k, 0, -1),
                b"string": client.get}
     try:
+        names: list[bytes] = sorted(client.keys("*"))  # type: ignore[arg-type]
         return {name: readers[client.type(name)](name)  # type: ignore[index]
-                for name in sorted(client.keys("*"))}  # type: ignore[arg-type]
+                for name in names}
     finally:
         client.close()
 
