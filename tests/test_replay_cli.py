@@ -44,6 +44,20 @@ def snapshot(url: str) -> dict[bytes, Any]:
         client.close()
 
 
+def settled_snapshot(url: str) -> dict[bytes, Any]:
+    """A snapshot once the gateway's own work is done (the writer trims what it committed a
+    little later): two in a row, half a second apart, are equal."""
+    deadline = time.monotonic() + LEDGER_WAIT_S
+    last = snapshot(url)
+    while True:
+        time.sleep(0.5)
+        now = snapshot(url)
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "the gateway's Redis never settled"
+        last = now
+
+
 def spend(gw: Gateway, key: str, charges: int, cost: str) -> None:
     with gw.agent(key) as agent:
         for _ in range(charges):
@@ -80,7 +94,7 @@ def test_replay_beside_a_serving_gateway_leaves_its_redis_untouched(
     wait_for_ledger(gateway, small, 4)
     limits = write(tmp_path / "limits.json", {"default": {"per_call": "0.2"},
                                              "agents": {small: {"daily": "0.1"}}})
-    before = snapshot(redis_url)
+    before = settled_snapshot(redis_url)
 
     done = iou(gateway, redis_url, "replay", "--limits", str(limits), "--json")
 
