@@ -186,5 +186,8 @@ def create_app(settings: Settings | None = None) -> ChargeFastPath:
     static = Mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR, html=True))
     app = Starlette(routes=[*ROUTES, MCP_ROUTE, static], lifespan=_lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    # A trailing slash is an unknown path (JSON 404), not Starlette's redirect: that one had
+    # an empty body and a Location built from the caller's Host header.
+    app.router.redirect_slashes = False
     app.state.settings = settings or load_settings()
     return ChargeFastPath(app)

@@ -299,7 +299,8 @@ class BaseClient:
 
     def _decode(self, response: httpx.Response) -> Any:
         status = response.status_code
-        if status == 204 or (not response.content and status < 400):
+        # A 3xx is no answer of the gateway's: it falls through to BadResponse below.
+        if status == 204 or (not response.content and 200 <= status < 300):
             return None
         try:
             answer = orjson.loads(response.content)
