@@ -131,8 +131,8 @@ def _window_refusal(code: Code, reply: Refused, context: Mapping[str, str]) -> G
         category=category, max=cap, spent=spent, retry_after_s=reply.integer("retry_after_s"))
 
 
-WINDOW_WORDS = {"hourly": "last 60 minutes'", "weekly": "this week's",
-                "monthly": "this month's"}
+WINDOW_WORDS = {"hourly": "The last 60 minutes'", "weekly": "This week's",
+                "monthly": "This month's"}
 
 
 def _spend_window_refusal(reply: Refused) -> GatewayError:
@@ -140,10 +140,13 @@ def _spend_window_refusal(reply: Refused) -> GatewayError:
     limit = reply.text("limit") or ""
     cap = money.format_amount(reply.integer("max"))
     spent = money.format_amount(reply.integer("spent"))
+    category = reply.text("category")
     words = WINDOW_WORDS.get(limit.removeprefix("category_"), limit)
+    # A category's cap names the category: the agent may have caps on several.
+    scope = f" of category {category}" if limit.startswith("category_") else ""
     return WindowLimitExceeded(
-        f"The {words} {limit} cap of {cap} is reached ({spent} spent or held).", limit=limit,
-        category=reply.text("category"), max=cap, spent=spent,
+        f"{words} {limit} cap{scope} of {cap} is reached ({spent} spent or held).",
+        limit=limit, category=category, max=cap, spent=spent,
         retry_after_s=reply.integer("retry_after_s"))
 
 
