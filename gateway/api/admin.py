@@ -18,6 +18,7 @@ from gateway.api.limits_body import limit_changes
 from gateway.api.payloads import agent_detail, agent_summary, limits_payload, tool_payload
 from gateway.api.responses import iso_ms, json_response
 from gateway.api.summary import tables_of
+from gateway.api.walls_usage import walls_payload
 from gateway.metering.errors import AgentExists, InvalidRequest
 from gateway.metering.limits import check_name
 from gateway.metering.money import format_amount as fmt
@@ -112,8 +113,11 @@ async def list_agents(ctx: Context, request: Request) -> Response:
 @endpoint
 async def get_agent(ctx: Context, request: Request) -> Response:
     await ctx.auth.admin(request)
-    state = await ctx.engine.agent_state(_agent(request))
-    return json_response(200, agent_detail(state, iso_ms(state.created_at_ms)))
+    agent = _agent(request)
+    state, used = await asyncio.gather(ctx.engine.agent_state(agent),
+                                       ctx.engine.walls_used(agent))
+    return json_response(200, {**agent_detail(state, iso_ms(state.created_at_ms)),
+                               "walls": walls_payload(state.limits, used)})
 
 
 @endpoint

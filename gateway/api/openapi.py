@@ -300,6 +300,18 @@ TASK_OUT = _answer({
     "max_calls": COUNTS, "spent_by_tool": {"type": "object", "additionalProperties": AMOUNT_OUT},
     "spent_by_category": {"type": "object", "additionalProperties": AMOUNT_OUT},
     "calls_by_tool": COUNTS, "calls_by_category": COUNTS})
+SPEND_USED = _answer({"used": AMOUNT_OUT, "max": AMOUNT_OUT})
+CALLS_USED = _answer({"used": {"type": "integer"}, "max": {"type": "integer"}})
+CALL_WALLS_OUT = _answer({"per_minute": CALLS_USED, "per_hour": CALLS_USED,
+                          "per_day": CALLS_USED}, ())
+SPEND_WALLS_OUT = {"hourly": SPEND_USED, "weekly": SPEND_USED, "monthly": SPEND_USED}
+WALLS_OUT: Schema = {**_answer({
+    **SPEND_WALLS_OUT, "calls": CALL_WALLS_OUT,
+    "categories": {"type": "object", "additionalProperties": _answer(
+        {**SPEND_WALLS_OUT, "calls": CALL_WALLS_OUT}, ())},
+    "tools": {"type": "object", "additionalProperties": _answer({"calls": CALL_WALLS_OUT})}},
+    ()), "description": "Each wall beyond the balance the limits set, with what it holds now "
+                        "(spend walls: spent and held; call walls: calls) and its cap"}
 AGENT_SUMMARY = {"agent": NAME, "balance": AMOUNT_OUT, "held": AMOUNT_OUT,
                  "spent_today": AMOUNT_OUT, "frozen": {"type": "boolean"}}
 KEY_SHOWN = {"key_id": KEY_ID, "api_key": nullable({"type": "string", "pattern": "^iou_"}),
@@ -385,7 +397,7 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
         "next_cursor": nullable(NAME)})),
     ("GET", "/v1/agents/{agent}"): (200, _answer({
         **AGENT_SUMMARY, "limits": LIMITS_OUT, "created_at": TIME_OUT, "warnings": WARNINGS,
-        "parent": nullable(NAME),
+        "parent": nullable(NAME), "walls": WALLS_OUT,
         "spent_today_by_category": {"type": "object", "additionalProperties": AMOUNT_OUT}})),
     ("POST", "/v1/agents/{agent}/fund"): (200, _answer({
         "agent": NAME, "balance": AMOUNT_OUT, "entry_id": {"type": "string"}})),

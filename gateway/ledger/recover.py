@@ -20,6 +20,7 @@ from gateway.ledger.store import LedgerStore, OpenHold, Recovery
 from gateway.metering.engine import Engine
 from gateway.metering.errors import InvalidRequest, maps_store_errors
 from gateway.metering.limits import is_limit_field, is_wall_field
+from gateway.metering.walls import periods
 from gateway.store import recovery
 from gateway.store.calls import Refused
 
@@ -87,7 +88,7 @@ async def _walls(store: LedgerStore, data: Recovery, now_ms: int
                  ) -> dict[str, recover_walls.Walls]:
     """The walls of each agent whose limits set some, as they stand at ``now_ms``."""
     since = await recover_walls.walls_since(store)
-    now = recover_walls.periods(now_ms)
+    now = periods(now_ms)
     holds: dict[str, list[OpenHold]] = defaultdict(list)
     for h in data.open_holds:
         holds[h.agent].append(h)

@@ -17,7 +17,6 @@ them, but the rebuild starts at the last limits event that turned them on.)"""
 
 from __future__ import annotations
 
-import datetime
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -25,13 +24,9 @@ import orjson
 
 from gateway.ledger.store import LedgerStore, OpenHold
 from gateway.metering.limits import is_wall_field
+from gateway.metering.walls import HOUR_MINUTES, MINUTE_MS, Periods, periods
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 MINUTES_A_DAY = 1440
-HOUR_MINUTES = 60
-EPOCH = datetime.date(1970, 1, 1)
 
 # Each agent's limits events in stream order (each carries the whole state, ``l.<field>``).
 LIMITS_EVENTS = """SELECT agent, at_ms, stream_ms, stream_seq, data FROM ledger_entries
@@ -50,28 +45,6 @@ WALL_REFUNDS = """SELECT c.category, c.at_ms / 60000, SUM(r.amount)
         AND c.kind IN ('charge', 'capture')
         AND (c.stream_ms > ? OR (c.stream_ms = ? AND c.stream_seq > ?))
     GROUP BY c.category, c.at_ms / 60000"""
-
-
-@dataclass(frozen=True)
-class Periods:
-    """The periods a time falls in, numbered as lua/_lib.lua's ``periods`` numbers them."""
-
-    minute: int
-    hour: int
-    day: int
-    week: int  # weeks since the Monday before 1970-01-01 (ISO weeks, UTC)
-    week_start_ms: int
-    month: int  # year * 12 + month - 1
-    month_start_ms: int
-
-
-def periods(ms: int) -> Periods:
-    day = ms // DAY_MS
-    week = (day + 3) // 7  # day 0 was a Thursday
-    date = EPOCH + datetime.timedelta(days=day)
-    month_start = (datetime.date(date.year, date.month, 1) - EPOCH).days * DAY_MS
-    return Periods(ms // MINUTE_MS, ms // HOUR_MS, day, week, (week * 7 - 3) * DAY_MS,
-                   date.year * 12 + date.month - 1, month_start)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from gateway.metering import ids, money
+from gateway.metering import ids, money, walls
 from gateway.metering.errors import InvalidRequest, NotFound, maps_store_errors
 from gateway.metering.inputs import check_idempotency_key, idempotency, metadata_text
 from gateway.metering.limits import check_name, limit_pair, limits_of
@@ -164,6 +164,15 @@ class Agents:
                           int(w.get("s", "0")) if fresh else 0, by_category,
                           a.get("frozen") == "1", limits_of(a), int(a.get("created", "0")),
                           a.get("parent"))
+
+    @maps_store_errors
+    async def walls_used(self, agent: str) -> dict[str, int]:
+        """What the agent's walls beyond the balance hold now, by wall and scope (see
+        gateway/metering/walls.py ``usage``): read only, one round trip and the clock."""
+        check_name("agent", agent)
+        counters, now_ms = await asyncio.gather(
+            stored.walls(self._conn, self._partitions, agent), self.clock_ms())
+        return walls.usage(counters, now_ms)
 
     @maps_store_errors
     async def agent_names(self, limit: int, after: str | None = None) -> list[str]:

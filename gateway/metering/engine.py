@@ -61,6 +61,7 @@ class Engine:
         self.set_limits, self.add_key, self.has_key = a.set_limits, a.add_key, a.has_key
         self.revoke_key, self.authenticate = a.revoke_key, a.authenticate
         self.agent_state, self.agent_names, self.clock_ms = a.agent_state, a.agent_names, a.clock_ms
+        self.walls_used = a.walls_used
         t = self.tasks
         self.open_task, self.task, self.close_task = t.open_task, t.task, t.close_task
         self.agent_tasks = t.agent_tasks

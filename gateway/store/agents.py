@@ -27,6 +27,11 @@ async def agent_and_window(conn: Connection, partitions: int, agent: str
     return pairs(fields), pairs(window)
 
 
+async def walls(conn: Connection, partitions: int, agent: str) -> dict[str, str]:
+    """The agent's walls hash as the scripts wrote it (counters by name; empty when none)."""
+    return pairs(await conn.call_or_raise(b"HGETALL", keys.agent_keys(agent, partitions).walls))
+
+
 async def parent_of(conn: Connection, partitions: int, agent: str) -> tuple[bool, str | None]:
     """(whether the agent exists, its parent's name or None for a top-level agent)."""
     k = keys.agent_keys(agent, partitions)
