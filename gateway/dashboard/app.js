@@ -44,6 +44,7 @@ async function api(method, path, body) {
     if (res.status === 401) signOut("That token was refused.");
     const err = new Error(data.message || data.error);
     err.code = data.error;
+    err.field = data.field;
     throw err;
   }
   return data;
@@ -200,6 +201,109 @@ function overview(view) {
 
 // ---- agent page -------------------------------------------------------------------------
 
+// ---- walls beyond the balance: a fill bar per wall the limits set ("walls" of GET
+// /v1/agents/{agent}), each row named by its limit path (data-wall), and the limits form's
+// inputs for them. Spend walls count spent + held; call walls count calls.
+const SPEND_WALLS = [["hourly", "Last 60 minutes"], ["weekly", "This week"], ["monthly", "This month"]];
+const CALL_WALLS = [["per_minute", "Calls this minute", "nm"], ["per_hour", "Calls this hour", "nh"],
+                    ["per_day", "Calls today", "nd"]];
+
+function wallRows(walls, path, scope) {
+  const rows = [];
+  const row = (key, text, used, max, what) => rows.push(h("tr", { "data-wall": path + key },
+    h("th", { scope: "row" }, scope ? `${text} (${scope})` : text),
+    h("td", {}, fillBar(used, max, `the ${scope ? scope.split(" ")[1] + " " : ""}${what} cap`))));
+  for (const [key, text] of SPEND_WALLS) {
+    if (walls[key]) row(key, text, walls[key].used, walls[key].max, key);
+  }
+  for (const [key, text] of CALL_WALLS) {
+    const w = walls.calls && walls.calls[key];
+    if (w) row("calls." + key, text, String(w.used), String(w.max), "calls " + key.replace("_", " "));
+  }
+  return rows;
+}
+
+function wallsTable(walls) {
+  const rows = wallRows(walls, "", "");
+  for (const [cat, w] of Object.entries(walls.categories || {})) rows.push(...wallRows(w, `categories.${cat}.`, `category ${cat}`));
+  for (const [tool, w] of Object.entries(walls.tools || {})) rows.push(...wallRows(w, `tools.${tool}.`, `tool ${tool}`));
+  if (!rows.length) return h("p", { class: "hint" }, "No hourly, weekly, monthly or call caps set.");
+  return h("div", { class: "table-wrap" }, h("table", { id: "walls" }, h("tbody", {}, ...rows)));
+}
+
+// A call count as the limits object takes it: a whole number, or the text as typed (the
+// server refuses it with a message naming the field), or null when empty (removes the cap).
+function count(text) {
+  const v = text.trim();
+  return v === "" ? null : /^[0-9]+$/.test(v) ? Number(v) : v;
+}
+function amount(text) { return text.trim() || null; }
+
+// The inputs of one category or tool row: class <prefix>-<short> (e.g. cat-hr, tool-nd).
+function capInputs(prefix, caps, spend) {
+  const input = (short, label, value) => h("label", {}, label,
+    h("input", { class: `${prefix}-${short}`, value: value === undefined || value === null ? "" : value, size: 6 }));
+  const calls = caps.calls || {};
+  return [...spend.map(([short, key, label]) => input(short, label, caps[key])),
+          ...CALL_WALLS.map(([key, , short]) => input(short, `Calls/${key.slice(4)}`, calls[key]))];
+}
+const CAT_SPEND = [["pc", "per_call", "Per call"], ["dl", "daily", "Daily"], ["hr", "hourly", "Hourly"],
+                   ["wk", "weekly", "Weekly"], ["mo", "monthly", "Monthly"]];
+const TOOL_SPEND = [["pc", "per_call", "Per call"]];
+
+// A row's patch: {key: value} for its spend caps and {calls: {...}}; each input is tagged
+// with the limit path it sets (data-field), so a refusal naming that path can mark it.
+function capPatch(row, prefix, spend, path) {
+  const out = { calls: {} };
+  for (const [short, key] of spend) {
+    const el = row.querySelector(`.${prefix}-${short}`);
+    el.dataset.field = path + key;
+    out[key] = amount(el.value);
+  }
+  for (const [key, , short] of CALL_WALLS) {
+    const el = row.querySelector(`.${prefix}-${short}`);
+    el.dataset.field = `${path}calls.${key}`;
+    out.calls[key] = count(el.value);
+  }
+  return out;
+}
+
+// The agent-level walls of the limits form: hourly/weekly/monthly, call caps, the loop breaker
+// and require_task; fill(limits) shows them, patch() reads them back (empty = removed).
+function wallsInputs() {
+  const input = (key, label, attrs = {}) => h("label", {}, label,
+    h("input", { name: key, "data-field": key.replace("calls_", "calls.").replace("loop_", "loop."), size: 7, ...attrs }));
+  const el = h("div", {},
+    h("div", { class: "row" }, ...SPEND_WALLS.map(([key]) => input(key, key[0].toUpperCase() + key.slice(1))),
+      ...CALL_WALLS.map(([key]) => input("calls_" + key, `Calls/${key.slice(4)}`))),
+    h("div", { class: "row" }, input("loop_repeats", "Loop: repeats"), input("loop_window_s", "within (s)"),
+      h("label", {}, "then", h("select", { name: "loop_action", "data-field": "loop.action" },
+        h("option", { value: "refuse" }, "refuse"), h("option", { value: "freeze" }, "freeze"))),
+      h("label", {}, "Require a task", h("input", { name: "require_task", type: "checkbox", "data-field": "require_task" }))));
+  const get = (key) => el.querySelector(`[name=${key}]`);
+  return {
+    el,
+    fill(limits) {
+      for (const [key] of SPEND_WALLS) get(key).value = limits[key] || "";
+      for (const [key] of CALL_WALLS) get("calls_" + key).value = (limits.calls || {})[key] || "";
+      get("loop_repeats").value = limits.loop ? limits.loop.repeats : "";
+      get("loop_window_s").value = limits.loop ? limits.loop.window_s : "";
+      get("loop_action").value = limits.loop ? limits.loop.action : "refuse";
+      get("require_task").checked = Boolean(limits.require_task);
+    },
+    patch() {
+      const out = { calls: {} };
+      for (const [key] of SPEND_WALLS) out[key] = amount(get(key).value);
+      for (const [key] of CALL_WALLS) out.calls[key] = count(get("calls_" + key).value);
+      const repeats = count(get("loop_repeats").value), windowS = count(get("loop_window_s").value);
+      out.loop = repeats === null && windowS === null ? null
+        : { repeats, window_s: windowS, action: get("loop_action").value };
+      out.require_task = get("require_task").checked ? true : null;
+      return out;
+    },
+  };
+}
+
 function agentView(view, name) {
   const status = h("p", { class: "notice", role: "status" });
   const summary = h("div", { class: "totals" });
@@ -211,7 +315,16 @@ function agentView(view, name) {
   const more = h("button", { type: "button", class: "secondary", onclick: () => loadLedger(false) }, "Older entries");
 
   const say = (text, bad) => { status.textContent = text; status.className = bad ? "error" : "notice"; };
-  const act = (fn) => async (e) => { e.preventDefault(); try { await fn(e); } catch (err) { say(err.message, true); } };
+  const act = (fn) => async (e) => {
+    e.preventDefault();
+    for (const el of view.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+    try { await fn(e); } catch (err) { say(err.field && !err.message.includes(err.field) ? `${err.field}: ${err.message}` : err.message, true); markInvalid(err.field); }
+  };
+  // The input of the limit path a refusal names (data-field), marked and focused.
+  const markInvalid = (field) => {
+    const el = field && [...view.querySelectorAll("[data-field]")].find((i) => i.dataset.field === field);
+    if (el) { el.setAttribute("aria-invalid", "true"); el.focus(); }
+  };
 
   const fundInput = h("input", { name: "amount", placeholder: "20", required: true, "aria-label": "Amount to add" });
   const fundForm = h("form", { class: "row", id: "fund", onsubmit: act(async () => {
@@ -270,28 +383,39 @@ function agentView(view, name) {
   const catRows = h("div");
   const addCat = (cat = "", caps = {}) => catRows.append(h("div", { class: "row cat" },
     h("label", {}, "Category", h("input", { class: "cat-name", value: cat, size: 10 })),
-    h("label", {}, "Per call", h("input", { class: "cat-pc", value: caps.per_call || "", size: 8 })),
-    h("label", {}, "Daily", h("input", { class: "cat-dl", value: caps.daily || "", size: 8 }))));
+    ...capInputs("cat", caps, CAT_SPEND)));
+  const toolRows = h("div");
+  const addTool = (tool = "", caps = {}) => toolRows.append(h("div", { class: "row tool" },
+    h("label", {}, "Tool", h("input", { class: "tool-name", value: tool, size: 12 })),
+    ...capInputs("tool", caps, TOOL_SPEND)));
+  const wallsFields = wallsInputs();
   const limitsForm = h("form", { id: "limits", onsubmit: act(async () => {
     const patch = {};
     for (const key of ["per_call", "daily", "low_balance", "webhook_url"]) patch[key] = fields[key].value.trim() || null;
     patch.categories = {};
     for (const row of catRows.querySelectorAll(".cat")) {
       const cat = row.querySelector(".cat-name").value.trim();
-      if (!cat) continue;
-      patch.categories[cat] = { per_call: row.querySelector(".cat-pc").value.trim() || null,
-                                daily: row.querySelector(".cat-dl").value.trim() || null };
+      if (cat) patch.categories[cat] = capPatch(row, "cat", CAT_SPEND, `categories.${cat}.`);
     }
+    patch.tools = {};
+    for (const row of toolRows.querySelectorAll(".tool")) {
+      const tool = row.querySelector(".tool-name").value.trim();
+      if (tool) patch.tools[tool] = capPatch(row, "tool", TOOL_SPEND, `tools.${tool}.`);
+    }
+    Object.assign(patch, wallsFields.patch());
     await api("PATCH", `/v1/agents/${encodeURIComponent(name)}/limits`, patch);
     say("Limits saved"); await refresh();
   }) }, h("div", { class: "row" }, limitInput("per_call", "Per call"), limitInput("daily", "Daily"),
       limitInput("low_balance", "Low balance"), limitInput("webhook_url", "Webhook URL")),
-    catRows, h("p", { class: "row" }, h("button", { type: "button", class: "secondary", onclick: () => addCat() }, "Add category"),
+    wallsFields.el, catRows, toolRows,
+    h("p", { class: "row" }, h("button", { type: "button", class: "secondary", onclick: () => addCat() }, "Add category"),
+      h("button", { type: "button", class: "secondary", onclick: () => addTool() }, "Add tool"),
       h("button", { type: "submit" }, "Save limits")));
+  const wallsCard = h("div", { class: "card", id: "walls-card" });
 
   view.append(h("p", {}, h("a", { href: "#/" }, "← Agents")), h("h1", {}, name), status, summary,
     h("div", { class: "card" }, fundForm, h("p", { class: "row" }, freezeBtn, keyBtn), keyOut),
-    charts, usage,
+    wallsCard, charts, usage,
     h("div", { class: "card" }, h("h2", {}, "Keys"), h("p", { class: "hint" }, "Key ids only: a key is shown once, when it is made."),
       h("div", { class: "table-wrap" }, h("table", { id: "keys" }, h("thead", {}, h("tr", {},
         ...["Key id", "Created", "Last used"].map((t) => h("th", {}, t)))), keysBody))),
@@ -317,12 +441,16 @@ function agentView(view, name) {
       h("div", {}, "Held", h("b", {}, a.held)),
       h("div", {}, "Spent today", h("b", {}, dailyBar(a.spent_today, a.limits.daily))),
       h("div", {}, "State", h("b", {}, a.frozen ? "frozen" : "active")));
+    wallsCard.replaceChildren(h("h2", {}, "Walls"), wallsTable(a.walls || {}));
     freezeBtn.textContent = a.frozen ? "Unfreeze" : "Freeze";
     freezeBtn.dataset.frozen = String(a.frozen);
     if (!limitsLoaded) {
       for (const key of ["per_call", "daily", "low_balance", "webhook_url"]) fields[key].value = a.limits[key] || "";
       catRows.replaceChildren();
       for (const [cat, caps] of Object.entries(a.limits.categories)) addCat(cat, caps);
+      toolRows.replaceChildren();
+      for (const [tool, caps] of Object.entries(a.limits.tools || {})) addTool(tool, caps);
+      wallsFields.fill(a.limits);
       limitsLoaded = true;
     }
   }
