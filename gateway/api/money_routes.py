@@ -7,6 +7,7 @@ POST /v1/agents/{agent}/children creates a sub-agent funded from the agent's bal
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -65,12 +66,13 @@ async def debit_agent(ctx: Context, request: Request) -> Response:
 
 
 def _backlog(ctx: Context) -> Callable[[], Awaitable[int | None]]:
-    """When the oldest event not yet in the ledger was written (Redis ms; None when none
-    waits): a refund of a charge not yet written waits for it."""
+    """When the oldest event not yet in the ledger was written (None when none waits): a
+    refund of a charge not yet written waits for it. Dated by the wall clock that mints the
+    charge ids it is compared with, never by the scripts' clock, which the test clock
+    (IOU_TEST_CLOCK) moves: a backlog dated days ahead looked newer than every charge."""
     async def oldest_ms() -> int | None:
-        (lag_s, waiting), now_ms = await asyncio.gather(
-            ledger_backlog(ctx.engine.conn, ctx.engine.partitions), ctx.engine.clock_ms())
-        return None if waiting == 0 else now_ms - int(lag_s * 1000)
+        lag_s, waiting = await ledger_backlog(ctx.engine.conn, ctx.engine.partitions)
+        return None if waiting == 0 else time.time_ns() // 1_000_000 - int(lag_s * 1000)
 
     return oldest_ms
 
