@@ -12,6 +12,7 @@ import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -55,6 +56,24 @@ _ONE_STATUS = {e.code: e.statuses[0] for e in SERVER_ERRORS if len(e.statuses) =
 _STATUSES = {e.code: e.statuses for e in SERVER_ERRORS}
 
 Warn = Callable[[str, dict[str, Any]], None]
+
+
+MICRO = Decimal("0.000001")
+
+
+def metered_cost(cost: Callable[[Any], Any], result: Any,
+                 held: Decimal) -> tuple[str, BaseException | None]:
+    """What a metered tool that has run is captured for, and the cost function's error if it
+    raised. The tool ran, so it is paid: the cost function's answer when it is an amount
+    within the hold, else the whole hold (as invoke captures the hold when an upstream
+    reports more than it, or nonsense). Capturing less would release the rest: an answer
+    above the hold, or none, made the capture fail and the tool run for free."""
+    try:
+        asked = Decimal(to_amount(cost(result)))
+    except Exception as exc:
+        return to_amount(held), exc
+    fits = asked.is_finite() and 0 <= asked <= held and asked == asked.quantize(MICRO)
+    return (to_amount(asked) if fits else to_amount(held)), None
 
 
 def new_idempotency_key() -> str:

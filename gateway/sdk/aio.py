@@ -19,6 +19,7 @@ from gateway.sdk._base import (
     RETRYABLE_STATUS,
     BaseClient,
     Call,
+    metered_cost,
     retry_pause_s,
 )
 from gateway.sdk.client import CONNECTIONS_MAX
@@ -198,7 +199,10 @@ class AsyncClient(BaseClient):
                     return await fn(*args, **kwargs)
                 async with self.hold(tool, max, metadata=metadata, task=task) as held:
                     result = await fn(*args, **kwargs)
-                    await held.capture(cost(result))
+                    paid, error = metered_cost(cost, result, held.amount)
+                    await held.capture(paid)
+                if error is not None:
+                    raise error
                 return result
 
             return run

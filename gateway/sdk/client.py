@@ -19,6 +19,7 @@ from gateway.sdk._base import (
     RETRYABLE_STATUS,
     BaseClient,
     Call,
+    metered_cost,
     retry_pause_s,
 )
 from gateway.sdk.errors import IOUError
@@ -218,7 +219,10 @@ class Client(BaseClient):
                 return fn(*args, **kwargs)
             with self.hold(tool, max_cost, metadata=metadata, task=task) as held:
                 result = fn(*args, **kwargs)
-                held.capture(cost(result))
+                paid, error = metered_cost(cost, result, held.amount)
+                held.capture(paid)
+            if error is not None:
+                raise error
             return result
 
         return run
@@ -236,10 +240,13 @@ class Client(BaseClient):
                                            task=task)
             try:
                 result = await fn(*args, **kwargs)
-                await asyncio.to_thread(held.capture, cost(result))
+                paid, error = metered_cost(cost, result, held.amount)
+                await asyncio.to_thread(held.capture, paid)
             finally:
                 if held.captured is None:
                     await asyncio.to_thread(held.close_quietly)
+            if error is not None:
+                raise error
             return result
 
         return run
