@@ -38,6 +38,10 @@ AUTH_FAILURES = Counter("iou_auth_failures_total",
                         "Failed authentications by answer (unauthorized or rate_limited)",
                         ["result"])
 PROXY_CALLS = Counter("iou_proxy_calls_total", "Proxied tool calls by result", ["result"])
+# Calls the agents' shadow limits would have refused (they succeeded), by the limit that would
+# have fired: a bounded set, the `limit` names of the contract's limit_exceeded refusals.
+SHADOW_REFUSALS = Counter("iou_shadow_refusals_total",
+                          "Calls shadow limits would have refused, by limit", ["limit"])
 # Error answers by HTTP status (a bounded set: the contract's statuses). Success is not
 # counted here: the charge path's successes are iou_charges_total, and a success costs nothing.
 HTTP_ERRORS = Counter("iou_http_errors_total", "Error answers by HTTP status", ["status"])
@@ -59,6 +63,17 @@ def count_error(status: int) -> None:
     child = _error_children.get(status)
     if child is None:
         child = _error_children[status] = HTTP_ERRORS.labels(str(status))
+    child.inc()
+
+
+_shadow_children: dict[str, Any] = {}
+
+
+def count_shadow_refusal(limit: str) -> None:
+    """Count one call a shadow limit would have refused (children cached, as count_error's)."""
+    child = _shadow_children.get(limit)
+    if child is None:
+        child = _shadow_children[limit] = SHADOW_REFUSALS.labels(limit)
     child.inc()
 
 

@@ -623,3 +623,67 @@ local function loop_write(loop, ms)
   end
   redis.call('PEXPIRE', loop.key, loop.window_ms)
 end
+
+-- ---- Shadow limits: a second limits object, evaluated on every charge and hold in the same
+-- script as the enforced one, that never refuses. Its caps are the enforced fields prefixed
+-- 's.' in the agent hash ('s.pc', 's.dl', 's.c:<cat>:dl', 's.hr', 's.t:<tool>:nd', 's.rt', ...);
+-- sx = '1' while any is set (set_limits.lua keeps the flag), and only then does a script read
+-- them (one HMGET): an agent without shadow limits pays one more HMGET field, nothing else.
+-- Shadow walls keep x = '1' too, so the counters they are checked against are kept even when
+-- the enforced limits have no such wall. A call the shadow caps would have refused succeeds as
+-- it would have anyway; the limit that would have fired (the `limit` name of the enforced
+-- refusal) goes into the call's event ('shadow') and reply, and into the agent hash's sums:
+-- 'sn:<limit>' calls, 'sa:<limit>' micros.
+local SHADOW_LIMITS = { [C.LIMIT_PER_CALL] = 'per_call',
+  [C.LIMIT_CATEGORY_PER_CALL] = 'category_per_call', [C.LIMIT_DAILY] = 'daily',
+  [C.LIMIT_CATEGORY_DAILY] = 'category_daily', [C.LIMIT_TOOL_PER_CALL] = 'tool_per_call' }
+
+-- The shadow caps that concern one call: per-call and daily caps (the agent's and the
+-- category's), require_task, and the walls under caps_read's short names.
+local function shadow_read(agent_key, cat, tool)
+  local c, t = 'c:' .. cat .. ':', 't:' .. tool .. ':'
+  local names = { 'pc', 'dl', c .. 'pc', c .. 'dl', 'rt', 'hr', 'wk', 'mo', 'nm', 'nh', 'nd',
+    c .. 'hr', c .. 'wk', c .. 'mo', c .. 'nm', c .. 'nh', c .. 'nd', t .. 'nm', t .. 'nh',
+    t .. 'nd', t .. 'pc' }
+  for i, n in ipairs(names) do names[i] = 's.' .. n end
+  local v = redis.call('HMGET', agent_key, unpack(names))
+  local caps = {}
+  for i, short in ipairs(CAP_NAMES) do
+    if v[i + 5] then caps[short] = uint(v[i + 5], MICROS_MAX) end
+  end
+  return { pc = uint(v[1], MICROS_MAX), dl = uint(v[2], MICROS_MAX),
+    cpc = uint(v[3], MICROS_MAX), cdl = uint(v[4], MICROS_MAX), rt = v[5] == '1', caps = caps }
+end
+
+-- The limit the shadow caps `sh` would have refused one call with, or nil: the enforced
+-- checks in their order (per-call, daily, walls when kept, require_task for a paid call
+-- naming no task), on the same counters.
+local function shadow_refusal(sh, win, walls, ms, cost, cat, tool, task_named)
+  if cost > 0 then
+    local r = per_call_refusal(sh.pc, sh.cpc, cost) or daily_refusal(sh.dl, sh.cdl, win, cost, ms)
+    if r then return SHADOW_LIMITS[r[1]] end
+  end
+  if walls then
+    local r = walls_refusal(sh.caps, walls.st, walls.p, cost, cat, tool)
+    if r then return SHADOW_LIMITS[r[1]] or r[2] end
+  end
+  if cost > 0 and sh.rt and not task_named then return 'task_required' end
+  return nil
+end
+
+-- A would-be refusal's sums in the agent hash; '' when there was none (the reply's value).
+local function shadow_count(agent_key, limit, cost)
+  if not limit then return '' end
+  redis.call('HINCRBY', agent_key, 'sn:' .. limit, 1)
+  if cost > 0 then redis.call('HINCRBY', agent_key, 'sa:' .. limit, istr(cost)) end
+  return limit
+end
+
+-- A ledger event's fields, with the would-be refusal's limit when there was one.
+local function shadow_event(event, limit)
+  if limit ~= '' then
+    event[#event + 1] = 'shadow'
+    event[#event + 1] = limit
+  end
+  return event
+end

@@ -10,6 +10,9 @@
 -- walls counters (and their near-limit warning bits), task counters, the loop list,
 -- low-balance flag, idempotency record, ledger event. A loop refusal with action freeze
 -- writes the freeze (agent hash, event, webhook agent.loop_detected) and nothing else.
+-- Shadow limits (sx = '1'): after every enforced check passed, the shadow caps are checked
+-- in the same order on the same counters; a would-be refusal changes nothing of the answer,
+-- it is named in the reply and the event and summed in the agent hash (_lib.lua).
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] idempotency record    iou:{pNN}:idem:<agent>:<sha>  (passed even when unused)
@@ -31,8 +34,10 @@
 -- ARGV[8] metadata JSON text ('' = none), passed to the ledger unchanged
 -- ARGV[9] task id ('' = none)
 -- Returns:
---   code OK = 0: {0, balance, flags, entry_id, cost, category}
---   code REPLAY = 1: {1, balance, flags, entry_id, cost, category} of the first answer
+--   code OK = 0: {0, balance, flags, entry_id, cost, category, shadow}
+--     shadow: the limit the shadow limits would have refused the call with, '' when none
+--   code REPLAY = 1: {1, balance, flags, entry_id, cost, category, shadow} of the first
+--     answer (shadow '': a replay is no new call)
 --   code NOT_FOUND = 10: {10} unknown agent
 --   code TOOL_NOT_FOUND = 25: {25} the tool is not in the catalog
 --   code COST_FIXED = 26: {26, price} a cost was given for a fixed-price tool
@@ -74,11 +79,12 @@ local tool = tool_read(KEYS[6], ARGV[3])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt', 'lp')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt', 'lp', 'sx')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[3], ARGV[6])
 if replay then
   replay[6] = cat
+  replay[7] = ''
   return replay
 end
 
@@ -132,8 +138,14 @@ elseif cost > 0 and a[11] == '1' then
   return { C.LIMIT_TASK_REQUIRED }
 end
 if cost > bal then return { C.BALANCE_INSUFFICIENT, bal, cost } end
+local shadow = nil
+if a[13] == '1' then
+  shadow = shadow_refusal(shadow_read(KEYS[1], cat, ARGV[3]), win, walls, ms, cost, cat,
+    ARGV[3], task ~= nil)
+end
 
 -- Writes only from here on; none of them can fail on valid keys.
+shadow = shadow_count(KEYS[1], shadow, cost)
 local flags = 0
 if cost > 0 then
   bal = incr(KEYS[1], 'bal', -cost)
@@ -155,5 +167,6 @@ idem_store(KEYS[3], ARGV[6], bal, flags, ARGV[2], cost_text)
 local event = { 'id', ARGV[2], 'at', istr(ms), 'kind', 'charge',
   'agent', ARGV[1], 'tool', ARGV[3], 'category', cat, 'amount', cost_text,
   'balance_after', istr(bal), 'idem', ARGV[7], 'ih', ARGV[6], 'meta', ARGV[8] }
-redis.call('XADD', KEYS[4], '*', unpack(task_event(event, task and task_id)))
-return { C.OK, bal, flags, ARGV[2], cost, cat }
+redis.call('XADD', KEYS[4], '*', unpack(shadow_event(task_event(event, task and task_id),
+  shadow)))
+return { C.OK, bal, flags, ARGV[2], cost, cat, shadow }

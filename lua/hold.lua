@@ -7,6 +7,7 @@
 -- (fx marks a fixed price, which its capture must charge), the expiry index, the
 -- idempotency record, the ledger event. A hold naming a task (ARGV[12]) is checked against
 -- it as a charge is (held counts in the task until the hold closes) and recorded in it.
+-- Shadow limits (sx = '1') are checked on the held amount as charge.lua checks them.
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] window hash           iou:{pNN}:win:<agent>
 -- KEYS[3] hold hash             iou:{pNN}:hold:<hold_id>
@@ -32,8 +33,10 @@
 -- ARGV[11] metadata JSON text ('' = none)
 -- ARGV[12] task id ('' = none)
 -- Returns:
---   code OK = 0: {0, balance, flags, hold_id, expires_at_ms, amount, fixed (1 or 0)}
---   code REPLAY = 1: {1, balance, flags, hold_id, expires_at_ms, amount, fixed} of the first
+--   code OK = 0: {0, balance, flags, hold_id, expires_at_ms, amount, fixed (1 or 0), shadow}
+--     shadow: the limit the shadow limits would have refused the hold with, '' when none
+--   code REPLAY = 1: {1, balance, flags, hold_id, expires_at_ms, amount, fixed, shadow} of the
+--     first (shadow '': a replay is no new call)
 --   code NOT_FOUND = 10: {10}
 --   code TOOL_NOT_FOUND = 25: {25}
 --   code HOLD_BELOW_PRICE = 28: {28, price} max_cost below a fixed price
@@ -80,7 +83,7 @@ local tool = tool_read(KEYS[8], ARGV[4])
 if not tool then return { C.TOOL_NOT_FOUND } end
 local cat = tool.category
 local a = redis.call('HMGET', KEYS[1], 'bal', 'frozen', 'pc', 'dl', 'low', 'lowf',
-  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt', 'lp')
+  'c:' .. cat .. ':pc', 'c:' .. cat .. ':dl', 'wh', 'x', 'rt', 'lp', 'sx')
 if not a[1] then return { C.NOT_FOUND } end
 local replay = idem_lookup(KEYS[5], ARGV[9])
 if replay then
@@ -93,6 +96,7 @@ if replay then
     end
     replay[6] = tonumber(first[1]) or (tool.fixed and tool.price) or max_cost or tool.price
     replay[7] = (first[2] or (tool.fixed and '1' or '0')) == '1' and 1 or 0
+    replay[8] = ''
   end
   return replay
 end
@@ -142,8 +146,14 @@ elseif a[11] == '1' then
   return { C.LIMIT_TASK_REQUIRED }
 end
 if amount > bal then return { C.BALANCE_INSUFFICIENT, bal, amount } end
+local shadow = nil
+if a[13] == '1' then
+  shadow = shadow_refusal(shadow_read(KEYS[1], cat, ARGV[4]), win, walls, ms, amount, cat,
+    ARGV[4], task ~= nil)
+end
 
 -- Writes only from here on.
+shadow = shadow_count(KEYS[1], shadow, amount)
 local expires = ms + ttl
 local amount_text, fixed = istr(amount), tool.fixed and 1 or 0
 bal = incr(KEYS[1], 'bal', -amount)
@@ -173,5 +183,6 @@ local event = { 'id', ARGV[2], 'at', istr(ms), 'kind', 'hold',
   'agent', ARGV[1], 'tool', ARGV[4], 'category', cat, 'amount', amount_text,
   'balance_after', istr(bal), 'hold_id', ARGV[3], 'expires_at', istr(expires),
   'idem', ARGV[10], 'ih', ARGV[9], 'meta', ARGV[11] }
-redis.call('XADD', KEYS[6], '*', unpack(task_event(event, task and task_id)))
-return { C.OK, bal, flags, ARGV[3], expires, amount, fixed }
+redis.call('XADD', KEYS[6], '*', unpack(shadow_event(task_event(event, task and task_id),
+  shadow)))
+return { C.OK, bal, flags, ARGV[3], expires, amount, fixed, shadow }

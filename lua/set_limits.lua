@@ -6,6 +6,9 @@
 -- again per category as c:<category>:<cap>, and per tool as t:<tool>:pc|nm|nh|nd. Every
 -- field is checked before the first write. The agent's x flag is kept '1' exactly while a
 -- wall beyond per-call and daily caps is set (charge/hold/capture read walls only then).
+-- Shadow limits (never refusing, _lib.lua) are the same caps and rt prefixed 's.'; the agent's
+-- sx flag is kept '1' exactly while one is set, and a shadow wall keeps x '1' too (its
+-- counters must be kept).
 -- KEYS[1] agent hash            iou:{pNN}:agent:<agent>
 -- KEYS[2] events stream         iou:{pNN}:events
 -- ARGV[1] agent name
@@ -22,7 +25,7 @@ local amount_max = uint(ARGV[3], MICROS_MAX)
 if not amount_max then return { C.BAD_ARGUMENT, 3 } end
 if not name(ARGV[1]) then return { C.BAD_ARGUMENT, 1 } end
 if not token(ARGV[2], 64) then return { C.BAD_ARGUMENT, 2 } end
-if #ARGV % 2 ~= 0 or #ARGV > 4 + 2 * 64 then return { C.BAD_ARGUMENT, #ARGV } end
+if #ARGV % 2 ~= 0 or #ARGV > 4 + 2 * 128 then return { C.BAD_ARGUMENT, #ARGV } end
 
 local AMOUNT_CAPS = { pc = true, dl = true, hr = true, wk = true, mo = true }
 local COUNT_CAPS = { nm = true, nh = true, nd = true }
@@ -48,7 +51,17 @@ local function is_wall(f)
   return kind ~= nil and (string.sub(f, 1, 2) == 't:' or (kind ~= 'pc' and kind ~= 'dl'))
 end
 
+-- The enforced field a shadow field shadows ('s.pc' -> 'pc'), or nil: caps and rt only.
+local function shadowed(f)
+  if string.sub(f, 1, 2) ~= 's.' then return nil end
+  local inner = string.sub(f, 3)
+  if inner == 'rt' or cap_kind(inner) then return inner end
+  return nil
+end
+
 local function field_ok(f, v)
+  local inner = shadowed(f)
+  if inner then f = inner end
   if f == 'rt' then return v == '' or v == '1' end
   if f == 'wh' then
     return v == '' or (#v <= 2048 and string.match(v, '^https?://[!-~]+$') ~= nil)
@@ -86,19 +99,26 @@ redis.call('HSET', KEYS[1], 'lowf', lowf)
 local event = { 'id', ARGV[2], 'at', istr(now_ms()), 'kind', 'limits', 'agent', ARGV[1],
   'patch', ARGV[4] }
 local fields = redis.call('HGETALL', KEYS[1])
-local walls = false
+local walls, shadow = false, false
 for i = 1, #fields, 2 do
   local f = fields[i]
-  if f == 'low' or f == 'wh' or f == 'rt' or f == 'lp' or cap_kind(f) then
+  local inner = shadowed(f)
+  if f == 'low' or f == 'wh' or f == 'rt' or f == 'lp' or cap_kind(f) or inner then
     event[#event + 1] = 'l.' .. f
     event[#event + 1] = fields[i + 1]
   end
-  walls = walls or is_wall(f)
+  walls = walls or is_wall(inner or f)
+  shadow = shadow or inner ~= nil
 end
 if walls then
   redis.call('HSET', KEYS[1], 'x', '1')
 else
   redis.call('HDEL', KEYS[1], 'x')
+end
+if shadow then
+  redis.call('HSET', KEYS[1], 'sx', '1')
+else
+  redis.call('HDEL', KEYS[1], 'sx')
 end
 redis.call('XADD', KEYS[2], '*', unpack(event))
 return { C.OK }

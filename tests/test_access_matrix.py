@@ -109,6 +109,8 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
     ("GET", "/v1/ledger/heads", None, (401, 401, 401, 403, 403, 200)),
     # B may read its own usage; A may not; every agent's usage and the summary are admin's
     ("GET", "/v1/agents/{agent}/usage", None, (401, 401, 401, 403, 200, 200)),
+    # The same for what its shadow limits would have refused
+    ("GET", "/v1/agents/{agent}/shadow", None, (401, 401, 401, 403, 200, 200)),
     ("GET", "/v1/usage", None, (401, 401, 401, 403, 403, 200)),
     ("GET", "/v1/summary", None, (401, 401, 401, 403, 403, 200)),
     ("PUT", "/v1/tools/{tool}", {"price": "0.05", "category": "tool"},

@@ -186,9 +186,10 @@ def test_limit_pair_accepted(lua: Lua, field: str, value: str) -> None:
 
 def test_limit_pair_count(lua: Lua) -> None:
     ready(lua)
-    pairs = [item for i in range(64) for item in (f"c:c{i}:pc", "1")]  # 4 + 128 arguments
+    # 4 + 256 arguments: the enforced limits and as many shadow ones
+    pairs = [item for i in range(128) for item in (f"c:c{i}:pc", "1")]
     assert lua.run("set_limits", *lua.limits_args(*pairs)) == [0]
-    assert lua.run("set_limits", *lua.limits_args(*pairs, "pc", "1")) == [30, 134]
+    assert lua.run("set_limits", *lua.limits_args(*pairs, "pc", "1")) == [30, 262]
     assert lua.run("set_limits", *lua.limits_args("pc")) == [30, 5]
     assert lua.run("set_limits", *lua.limits_args("pc", "1", "dl")) == [30, 7]
     assert lua.run("set_limits", *lua.limits_args()) == [0]

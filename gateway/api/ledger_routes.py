@@ -34,7 +34,9 @@ def entry_payload(e: LedgerEntry) -> dict[str, Any]:
             "metadata": orjson.loads(e.metadata) if e.metadata else None,
             # Refunds: the refunded charge; transfers: the other agent. Refunds and debits:
             # the admin's reason.
-            "ref": e.ref, "reason": e.reason, "task": e.task}
+            "ref": e.ref, "reason": e.reason, "task": e.task,
+            # Charges and holds: the limit the shadow limits would have refused it with.
+            "shadow_refusal": e.shadow_refusal}
 
 
 @endpoint

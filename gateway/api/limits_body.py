@@ -25,12 +25,37 @@ from gateway.metering.models import LoopLimit
 Changes = dict[str, int | str | LoopLimit | None]
 SPEND = ("per_call", "daily", "hourly", "weekly", "monthly")
 TOP_FIELDS = (*SPEND, "calls", "categories", "tools", "low_balance", "webhook_url",
-              "require_task", "loop")
+              "require_task", "loop", "shadow")
+# A shadow limits object holds the caps and require_task: what refuses a call by itself.
+SHADOW_FIELDS = (*SPEND, "calls", "categories", "tools", "require_task")
 
 
 def limit_changes(body: dict[str, Any], amount_max: int) -> Changes:
-    """The engine's flat limit changes (``categories.llm.hourly``, ...) from a limits object."""
-    fields = Fields(body, TOP_FIELDS)
+    """The engine's flat limit changes (``categories.llm.hourly``, ...) from a limits object;
+    its ``shadow`` object's as ``shadow.<name>`` (``"shadow": null`` removes them all)."""
+    changes = _limit_changes(body, amount_max, TOP_FIELDS)
+    if "shadow" in body:
+        changes.update(_shadow(body["shadow"], amount_max))
+    return changes
+
+
+def _shadow(value: Any, amount_max: int) -> Changes:
+    """The changes of a ``shadow`` limits object: validated as the enforced limits are (the
+    same reasons, fields named ``shadow.<field>``); a shadow inside it is refused."""
+    if value is None:
+        return {"shadow": None}
+    if not isinstance(value, dict):
+        raise InvalidRequest("shadow", "must be a limits object or null")
+    try:
+        inner = _limit_changes(value, amount_max, SHADOW_FIELDS)
+    except InvalidRequest as exc:
+        field = str(exc.details.get("field", ""))
+        raise InvalidRequest("shadow." + field, str(exc.details.get("reason", ""))) from None
+    return {"shadow." + name: v for name, v in inner.items()}
+
+
+def _limit_changes(body: dict[str, Any], amount_max: int, allowed: tuple[str, ...]) -> Changes:
+    fields = Fields(body, allowed)
     changes = _spend(body, (*SPEND, "low_balance"), "", amount_max)
     changes.update(_calls(body, ""))
     if "webhook_url" in body:

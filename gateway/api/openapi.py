@@ -213,6 +213,13 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
         "loop": nullable(LOOP_IN),
         "categories": nullable({"type": "object", "propertyNames": NAME,
                                 "additionalProperties": category_caps})})
+    # Shadow limits: the caps and require_task, evaluated on every call, never refusing.
+    shadow = _closed({"per_call": caps, "daily": caps,
+                      "require_task": nullable({"type": "boolean"}),
+                      "categories": nullable({"type": "object", "propertyNames": NAME,
+                                              "additionalProperties": category_caps})})
+    limits_patch = {**limits, "properties": {**limits["properties"],
+                                             "shadow": nullable(shadow)}}
     upstream_headers = nullable({
         "type": "object", "maxProperties": 16,
         "propertyNames": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}$"},
@@ -246,7 +253,7 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
         ("POST", "/v1/agents/{agent}/fund"): (_closed({"amount": positive,
                                                        "metadata": METADATA}, ("amount",)),
                                               True),
-        ("PATCH", "/v1/agents/{agent}/limits"): (limits, True),
+        ("PATCH", "/v1/agents/{agent}/limits"): (limits_patch, True),
         ("POST", "/v1/charges/{charge_id}/refund"): (_closed({
             "amount": nullable(positive), "reason": nullable(REASON)}), False),
         ("POST", "/v1/agents/{agent}/debit"): (_closed({"amount": positive, "reason": REASON},
@@ -289,7 +296,9 @@ LIMITS_OUT = _answer({
     "low_balance": nullable(AMOUNT_OUT), "webhook_url": nullable({"type": "string"}),
     "require_task": {"type": "boolean"},
     "loop": _answer({"repeats": {"type": "integer"}, "window_s": {"type": "integer"},
-                     "action": {"enum": ["refuse", "freeze"]}})},
+                     "action": {"enum": ["refuse", "freeze"]}}),
+    "shadow": {"type": "object", "description": "shadow limits (shown when set): the same "
+                                                "caps, evaluated on every call, never refusing"}},
     ("per_call", "daily", "categories", "low_balance", "webhook_url"))
 COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer"}}
 TASK_OUT = _answer({
@@ -327,7 +336,8 @@ ENTRY_OUT = _answer({
     "held": nullable(AMOUNT_OUT), "balance_after": nullable(SIGNED_AMOUNT_OUT),
     "idempotency_key": nullable({"type": "string"}), "hold_id": nullable({"type": "string"}),
     "metadata": {"type": ["object", "null"]}, "ref": nullable({"type": "string"}),
-    "reason": nullable({"type": "string"}), "task": nullable({"type": "string"})})
+    "reason": nullable({"type": "string"}), "task": nullable({"type": "string"}),
+    "shadow_refusal": nullable({"type": "string"})})
 USAGE_OUT = _answer({
     "agent": nullable(NAME), "by": {"enum": ["tool", "category"]},
     "period": {"enum": ["hour", "day"]}, "since": TIME_OUT, "until": TIME_OUT,
@@ -432,6 +442,11 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
         "next_cursor": nullable({"type": "string", "pattern": UUID_PATTERN})})),
     ("GET", "/v1/agents/{agent}/usage"): (200, USAGE_OUT),
     ("GET", "/v1/usage"): (200, USAGE_OUT),
+    ("GET", "/v1/agents/{agent}/shadow"): (200, _answer({
+        "agent": NAME,
+        "refusals": {"type": "object", "additionalProperties": _answer(
+            {"count": {"type": "integer"}, "amount": AMOUNT_OUT})},
+        "total": _answer({"count": {"type": "integer"}, "amount": AMOUNT_OUT})})),
     ("GET", "/v1/summary"): (200, _answer({
         "agents": {"type": "array", "items": _answer({
             **AGENT_SUMMARY, "low_balance": nullable(AMOUNT_OUT),
@@ -506,6 +521,8 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("GET", "/v1/agents/{agent}/usage",
      "Spending by tool or category per hour or day, from the ledger (by, period, since, "
      "until)", "admin|agent"),
+    ("GET", "/v1/agents/{agent}/shadow", "What the agent's shadow limits would have refused, "
+     "by limit (count and amount)", "admin|agent"),
     ("GET", "/v1/usage", "Every agent's spending, or one's with agent= (by, period, since, "
      "until, agent)", "admin"),
     ("GET", "/v1/summary", "The agents table: paged, sorted and filtered, with totals "

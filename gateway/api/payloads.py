@@ -62,7 +62,7 @@ def limits_payload(limits: Limits) -> dict[str, Any]:
         ("monthly", _opt(limits.monthly_micros)), ("calls", _calls(limits.calls)),
         ("tools", tools), ("require_task", limits.require_task), ("loop", _loop(limits.loop)))
         if v}
-    return {
+    out = {
         "per_call": _opt(limits.per_call_micros),
         "daily": _opt(limits.daily_micros),
         "categories": {name: _category(c) for name, c in limits.categories.items()},
@@ -70,6 +70,12 @@ def limits_payload(limits: Limits) -> dict[str, Any]:
         "webhook_url": limits.webhook_url,
         **walls,
     }
+    if limits.shadow is not None:
+        # Shown only when set; a shadow object holds caps and require_task alone.
+        shadow = limits_payload(limits.shadow)
+        del shadow["low_balance"], shadow["webhook_url"]
+        out["shadow"] = shadow
+    return out
 
 
 def state_warnings(state: AgentState) -> list[str]:

@@ -105,7 +105,7 @@ pass_options = click.make_pass_decorator(Options)
 
 
 def register(main: click.Group) -> None:
-    for command in (agents, fund, limits, status, ledger, usage, tools, freeze, unfreeze,
+    for command in (agents, fund, limits, shadow, status, ledger, usage, tools, freeze, unfreeze,
                     demo, refund, debit, tasks):
         main.add_command(command)
 
@@ -357,6 +357,10 @@ def debit(opts: Options, agent_name: str, amount: str, reason: str,
                    "none removes it.")
 @click.option("--low-balance", default=None, help="Warn below this balance.")
 @click.option("--webhook", default=None, help="URL for balance webhooks.")
+@click.option("--shadow", "shadow", is_flag=True,
+              help="The caps given are shadow limits: checked on every call, never refusing "
+                   "(see `iou shadow`).")
+@click.option("--shadow-clear", is_flag=True, help="Remove every shadow limit.")
 @json_option
 @pass_options
 @refusals
@@ -367,7 +371,7 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
         monthly: str | None, calls_per_minute: str | None, calls_per_hour: str | None,
         calls_per_day: str | None, tool_caps: tuple[str, ...],
         category_limits: tuple[str, ...], loop: str | None, low_balance: str | None,
-        webhook: str | None) -> None:
+        webhook: str | None, shadow: bool, shadow_clear: bool) -> None:
     """Set caps (none given: show them). "none" removes a cap."""
     name = opts.agent_name(agent)
     patch = _limits_patch(per_call, daily, low_balance, webhook,
@@ -385,6 +389,10 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
     _scoped_patch(patch, "categories", category_limits)
     if loop is not None:
         patch["loop"] = _loop(loop)
+    if shadow and patch:
+        patch = {"shadow": patch}
+    if shadow_clear:
+        patch["shadow"] = None
     client = opts.client()
     result = (client.request("PATCH", f"/v1/agents/{name}/limits", patch) if patch
               else client.request("GET", f"/v1/agents/{name}/limits"))
@@ -480,7 +488,30 @@ def _limits_table(name: str, lim: dict[str, Any]) -> Table:
     for group in ("categories", "tools"):
         for field, value in _flat(lim.get(group, {}), ""):
             table.add_row(field, value)
+    for field, value in _flat(lim.get("shadow") or {}, "shadow."):
+        if value not in ("None", "{}"):
+            table.add_row(field, value)
     return table
+
+
+@click.command()
+@click.argument("agent", required=False)
+@json_option
+@pass_options
+@refusals
+def shadow(opts: Options, agent: str | None) -> None:
+    """What AGENT's shadow limits would have refused, by limit (count and amount)."""
+    name = opts.agent_name(agent)
+    result = opts.client().shadow(name)
+
+    def table() -> Table:
+        out = Table("limit", "calls", "amount", title=f"shadow refusals of {name}")
+        for limit, row in result["refusals"].items():
+            out.add_row(limit, str(row["count"]), row["amount"])
+        out.add_row("total", str(result["total"]["count"]), result["total"]["amount"])
+        return out
+
+    opts.emit(result, lambda: opts.console.print(table()))
 
 
 def _flat(tree: dict[str, Any], prefix: str) -> list[tuple[str, str]]:

@@ -14,7 +14,8 @@ CONFIG_KINDS = frozenset({"agent", "limits", "freeze", "unfreeze", "key_add", "k
                           "tool", "tool_delete"})
 # Fields kept as columns; anything else of a config event goes to the JSON `data` column.
 COLUMNS = ("id", "at", "kind", "agent", "tool", "category", "amount", "balance_after", "held",
-           "idem", "ih", "hold_id", "expires_at", "meta", "ref", "reason", "task")
+           "idem", "ih", "hold_id", "expires_at", "meta", "ref", "reason", "task",
+           "shadow")
 
 
 class PoisonedEntry(ValueError):
@@ -46,6 +47,8 @@ class LedgerEntry(NamedTuple):
     ref: str | None = None
     reason: str | None = None  # refunds and debits: the admin's words
     task: str | None = None  # the task the call counted against (tasks, budget envelopes)
+    # The limit the agent's shadow limits would have refused the call with (charges, holds).
+    shadow_refusal: str | None = None
 
 
 def _int(raw: str | None, name: str) -> int | None:
@@ -94,5 +97,5 @@ def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
         _int(g("balance_after"), "balance_after"),
         _int(g("held"), "held"), g("idem") or None, g("ih") or None, g("hold_id") or None,
         _int(g("expires_at"), "expires_at"), g("meta") or None, data, g("ref") or None,
-        g("reason") or None, g("task") or None)
+        g("reason") or None, g("task") or None, g("shadow") or None)
 

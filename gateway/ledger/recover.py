@@ -19,7 +19,7 @@ from gateway.ledger import recover_walls, schema
 from gateway.ledger.store import LedgerStore, OpenHold, Recovery
 from gateway.metering.engine import Engine
 from gateway.metering.errors import InvalidRequest, maps_store_errors
-from gateway.metering.limits import is_limit_field, is_wall_field
+from gateway.metering.limits import is_limit_field, is_shadow_field, is_wall_field
 from gateway.metering.walls import periods
 from gateway.store import recovery
 from gateway.store.calls import Refused
@@ -113,9 +113,12 @@ def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, st
     out: list[Write] = []
     for name, created_ms, frozen, limits in data.agents:
         fields = {f: str(v) for f, v in limits.items()
-                  if is_limit_field(f)}
-        if any(is_wall_field(f) for f in fields):
+                  if is_limit_field(f) or is_shadow_field(f)}
+        if any(is_wall_field(f) or (is_shadow_field(f) and is_wall_field(f[2:]))
+               for f in fields):
             fields["x"] = "1"  # the scripts read the walls only while this is set
+        if any(is_shadow_field(f) for f in fields):
+            fields["sx"] = "1"  # and the shadow limits only while this is set
         if name in parents:
             fields["parent"] = parents[name]
         out.append(_bind(calls.restore_agent, name, data.balances.get(name, 0), held[name],

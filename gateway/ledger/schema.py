@@ -112,12 +112,17 @@ MIGRATIONS: list[list[str]] = [
             hash TEXT NOT NULL,
             rows BIGINT NOT NULL)""",
     ],
+    [
+        # Shadow limits: the limit an agent's shadow limits would have refused a charge or hold
+        # with (the call succeeded); NULL on every other row, so older rows' hashes hold.
+        "ALTER TABLE ledger_entries ADD COLUMN shadow_refusal TEXT",
+    ],
 ]
 
 INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms, kind,
     agent, tool, category, amount, balance_after, held, idempotency_key, idempotency_hash,
-    hold_id, expires_at_ms, metadata, data, ref, reason, task)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    hold_id, expires_at_ms, metadata, data, ref, reason, task, shadow_refusal)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (entry_id) DO NOTHING"""
 
 # Configuration upserts: each column group keeps the stream position of the event that set

@@ -143,7 +143,7 @@ def row_to_entry(row: Any) -> LedgerEntry:
 
 ENTRY_COLUMNS = ("entry_id, stream, stream_ms, stream_seq, at_ms, kind, agent, tool, category, "
                  "amount, balance_after, held, idempotency_key, idempotency_hash, hold_id, "
-                 "expires_at_ms, metadata, data, ref, reason, task")
+                 "expires_at_ms, metadata, data, ref, reason, task, shadow_refusal")
 
 
 def entries_query(agent: str, limit: int, before_position: tuple[int, int] | None,

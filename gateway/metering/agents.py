@@ -12,7 +12,13 @@ import orjson
 from gateway.metering import ids, money, walls
 from gateway.metering.errors import InvalidRequest, NotFound, maps_store_errors
 from gateway.metering.inputs import check_idempotency_key, idempotency, metadata_text
-from gateway.metering.limits import check_name, limit_pair, limits_of
+from gateway.metering.limits import (
+    check_name,
+    is_shadow_field,
+    limit_pair,
+    limits_of,
+    shadow_sums,
+)
 from gateway.metering.models import (
     AgentCreated,
     AgentState,
@@ -28,7 +34,7 @@ from gateway.store.calls import Refused, ScriptCalls
 from gateway.store.connections import Connection
 
 KEYS_PER_AGENT_MAX = 16
-LIMIT_CHANGES_MAX = 64  # set_limits.lua takes at most this many field pairs
+LIMIT_CHANGES_MAX = 128  # set_limits.lua takes at most this many field pairs
 API_KEY_CHARS_MAX = 128
 DAY_MS = 86_400_000
 
@@ -103,7 +109,9 @@ class Agents:
         check_name("agent", agent)
         if len(changes) > LIMIT_CHANGES_MAX:
             raise InvalidRequest("limits", f"at most {LIMIT_CHANGES_MAX} limits in one change")
-        pairs = [item for name, value in changes.items() for item in limit_pair(name, value)]
+        changes = dict(changes)
+        pairs = await self._shadow_removal(agent) if changes.pop("shadow", 0) is None else []
+        pairs += [item for name, value in changes.items() for item in limit_pair(name, value)]
         reply = await self._calls.set_limits(agent, ids.uuid7(),
                                              self._settings.amount_max_micros,
                                              orjson.dumps(dict(changes)).decode(), pairs)
@@ -164,6 +172,20 @@ class Agents:
                           int(w.get("s", "0")) if fresh else 0, by_category,
                           a.get("frozen") == "1", limits_of(a), int(a.get("created", "0")),
                           a.get("parent"))
+
+    async def _shadow_removal(self, agent: str) -> list[str]:
+        """The pairs that remove every shadow limit the agent has (``"shadow": null``)."""
+        a, _ = await stored.agent_and_window(self._conn, self._partitions, agent)
+        return [item for f in sorted(a) if is_shadow_field(f) for item in (f, "")]
+
+    @maps_store_errors
+    async def shadow_sums(self, agent: str) -> dict[str, tuple[int, int]]:
+        """What the agent's shadow limits would have refused: limit -> (calls, micros)."""
+        check_name("agent", agent)
+        a, _ = await stored.agent_and_window(self._conn, self._partitions, agent)
+        if not a:
+            raise NotFound(f"No agent named {agent}.")
+        return shadow_sums(a)
 
     @maps_store_errors
     async def walls_used(self, agent: str) -> dict[str, int]:

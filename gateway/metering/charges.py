@@ -20,6 +20,7 @@ from gateway.metering.inputs import (
 from gateway.metering.limits import check_name
 from gateway.metering.models import ChargeResult, warnings_of
 from gateway.metering.refusals import refusal
+from gateway.observability import count_shadow_refusal
 from gateway.store.calls import Refused, ScriptCalls
 from gateway.store.codes import Flag
 from gateway.store.errors import StoreUnavailable
@@ -65,7 +66,9 @@ class Charges:
         if isinstance(reply, Refused):
             raise refusal(reply, agent=agent, tool=tool, op="charge", task=task_id or "",
                           **self._category_of(tool))
+        if reply.shadow:
+            count_shadow_refusal(reply.shadow)
         return ChargeResult(reply.entry_id, agent, tool, reply.category, reply.cost,
                             reply.balance, warnings_of(reply.flags),
                             not reply.replayed and bool(reply.flags & Flag.LOW_CROSSED),
-                            reply.replayed)
+                            reply.replayed, reply.shadow or None)

@@ -27,6 +27,7 @@ from gateway.metering.inputs import check_idempotency_key, given_amount, idempot
 from gateway.metering.limits import (
     check_name,
     is_limit_field,
+    is_shadow_field,
     is_wall_field,
     limit_pair,
     loop_of,
@@ -102,8 +103,10 @@ def child_limit_fields(parent: Mapping[str, str],
         else:
             fields[field] = text
     out = {f: v for f, v in fields.items() if v != ""}
-    if any(is_wall_field(f) for f in out):
+    if any(is_wall_field(f) or (is_wall_field(f[2:]) and is_shadow_field(f)) for f in out):
         out["x"] = "1"
+    if any(is_shadow_field(f) for f in out):
+        out["sx"] = "1"  # the scripts read shadow limits only while this is set
     return out
 
 

@@ -60,6 +60,7 @@ class Engine:
         self.create_agent, self.fund, self.freeze = a.create_agent, a.fund, a.freeze
         self.set_limits, self.add_key, self.has_key = a.set_limits, a.add_key, a.has_key
         self.revoke_key, self.authenticate = a.revoke_key, a.authenticate
+        self.shadow_sums = a.shadow_sums
         self.agent_state, self.agent_names, self.clock_ms = a.agent_state, a.agent_names, a.clock_ms
         self.walls_used = a.walls_used
         t = self.tasks

@@ -26,6 +26,7 @@ from gateway.metering.inputs import (
 from gateway.metering.limits import HOLD_TTL_S_MAX, check_name
 from gateway.metering.models import CaptureResult, HoldResult, ReleaseResult, warnings_of
 from gateway.metering.refusals import refusal
+from gateway.observability import count_shadow_refusal
 from gateway.store.calls import Refused, ScriptCalls
 from gateway.store.codes import Flag
 from gateway.store.errors import StoreUnavailable
@@ -75,10 +76,12 @@ class Holds:
         if isinstance(reply, Refused):
             raise refusal(reply, agent=agent, tool=tool, op="hold", task=task_id or "",
                           **self._category_of(tool))
+        if reply.shadow:
+            count_shadow_refusal(reply.shadow)
         return HoldResult(reply.hold_id, agent, tool, reply.amount, reply.expires_at_ms,
                           reply.balance, warnings_of(reply.flags),
                           bool(reply.flags & Flag.LOW_CROSSED), reply.replayed,
-                          fixed=reply.fixed)
+                          fixed=reply.fixed, shadow_refusal=reply.shadow or None)
 
     @maps_store_errors
     async def capture(self, agent: str, hold_id: str, cost_micros: int | None = None,

@@ -5,7 +5,9 @@ Field names in the agent hash (lua/set_limits.lua checks them again): ``pc`` per
 ``nd`` calls a minute / hour / day; a category's as ``c:<category>:<cap>``; a tool's per-call
 and call caps as ``t:<tool>:pc|nm|nh|nd``; ``low`` and ``wh`` for the low-balance threshold
 and the webhook URL; ``rt`` = "1" for require_task (paid calls must name a task); ``lp`` the
-loop breaker as ``<repeats>/<window_s>/<r|f>``.
+loop breaker as ``<repeats>/<window_s>/<r|f>``. Shadow limits (evaluated, never refusing) are
+the same caps and ``rt`` prefixed ``s.``, with ``sx`` = "1" while any is set; the sums of
+would-be refusals are ``sn:<limit>`` (calls) and ``sa:<limit>`` (micros).
 """
 
 from __future__ import annotations
@@ -49,6 +51,24 @@ def is_limit_field(field: str) -> bool:
     return len(parts) == 3 and parts[0] in ("c", "t") and parts[2] in CAP_FIELDS
 
 
+# Limits a shadow limits object cannot hold: they refuse nothing (low_balance, webhook_url), or
+# act on their own (the loop breaker freezes), or nest.
+NOT_SHADOWED = ("low_balance", "webhook_url", "loop", "shadow")
+
+
+def is_shadow_field(field: str) -> bool:
+    """Whether an agent-hash field holds a shadow limit (``s.`` + a cap field, or ``s.rt``)."""
+    inner = field[2:]
+    return field.startswith("s.") and (inner == "rt" or (
+        is_limit_field(inner) and inner not in ("low", "wh", "lp")))
+
+
+def shadow_sums(a: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+    """The would-be refusals of an agent's shadow limits: limit -> (calls, micros)."""
+    return {f[3:]: (int(v), int(a.get("sa:" + f[3:], "0")))
+            for f, v in sorted(a.items()) if f.startswith("sn:")}
+
+
 def is_wall_field(field: str) -> bool:
     """A cap beyond per-call and daily caps: while one is set, the agent's x flag is '1'."""
     return is_limit_field(field) and field not in ("low", "wh", "rt", "lp") and (
@@ -79,7 +99,15 @@ def limits_of(a: Mapping[str, str]) -> Limits:
         hourly_micros=own.get("hr"), weekly_micros=own.get("wk"), monthly_micros=own.get("mo"),
         calls=_calls(own),
         tools={t: ToolLimits(v.get("pc"), _calls(v)) for t, v in sorted(scoped["t"].items())},
-        require_task=a.get("rt") == "1", loop=loop_of(a.get("lp")))
+        require_task=a.get("rt") == "1", loop=loop_of(a.get("lp")), shadow=_shadow_of(a))
+
+
+def _shadow_of(a: Mapping[str, str]) -> Limits | None:
+    """The shadow limits of an agent hash, None when it has none."""
+    if a.get("sx") != "1":
+        return None
+    inner = {f[2:]: v for f, v in a.items() if is_shadow_field(f)}
+    return limits_of(inner) if inner else None
 
 
 def loop_of(field: str | None) -> LoopLimit | None:
@@ -134,8 +162,20 @@ def _scoped_field(group: str, entity: str, which: str) -> str:
     return f"{group[0]}:{entity}:{which}"
 
 
+def _shadow_pair(name: str, value: int | str | LoopLimit | None) -> tuple[str, str]:
+    """A shadow limit's field: the enforced one's, prefixed ``s.``."""
+    inner = name[7:]
+    if inner.split(".")[0] in NOT_SHADOWED:
+        raise InvalidRequest(name, "is not a limit shadow limits can hold")
+    field, text = limit_pair(inner, value)
+    return ("s." + field, text)
+
+
 def limit_pair(name: str, value: int | str | LoopLimit | None) -> tuple[str, str]:
-    """The agent-hash field and value of one limit change ('' removes the field)."""
+    """The agent-hash field and value of one limit change ('' removes the field); a shadow
+    limit is named ``shadow.<limit>``."""
+    if name.startswith("shadow."):
+        return _shadow_pair(name, value)
     if name == "loop":
         if value is not None and not isinstance(value, LoopLimit):
             raise InvalidRequest("loop", "must be an object or null")

@@ -77,6 +77,8 @@ class ChargeResult:
     # True on exactly the one call whose charge took the balance below low_balance.
     low_crossed: bool
     replayed: bool
+    # The limit the agent's shadow limits would have refused the call with (None: none).
+    shadow_refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class HoldResult:
     replayed: bool
     # A fixed-price hold: its capture charges exactly the held price (no cost to name).
     fixed: bool = False
+    shadow_refusal: str | None = None  # as ChargeResult's
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,8 @@ class Limits:
     # Paid calls (charges, holds) must name an open task.
     require_task: bool = False
     loop: LoopLimit | None = None
+    # Shadow limits: evaluated on every call, never refusing (None: the agent has none).
+    shadow: Limits | None = None
 
 
 @dataclass(frozen=True)

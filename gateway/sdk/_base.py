@@ -270,6 +270,15 @@ class BaseClient:
         body = {} if amount is None else {"amount": to_amount(amount)}
         return paid_call(f"/v1/agents/{child}/reclaim", body, Reclaim.from_answer, key)
 
+    def _shadow_call(self, agent: str) -> Call[dict[str, Any]]:
+        return Call("GET", f"/v1/agents/{agent}/shadow", None, {}, _identity)
+
+    def _limits_call(self, agent: str, patch: Mapping[str, Any] | None) -> Call[dict[str, Any]]:
+        if patch is None:
+            return Call("GET", f"/v1/agents/{agent}/limits", None, {}, _identity)
+        return Call("PATCH", f"/v1/agents/{agent}/limits", orjson.dumps(dict(patch)),
+                    {"content-type": "application/json"}, _identity)
+
     def _status_call(self) -> Call[Status]:
         return Call("GET", "/v1/balance", None, {}, Status.from_answer)
 

@@ -113,7 +113,16 @@ class AsyncClient(BaseClient):
     async def status(self) -> Status:
         return await self._run(self._status_call())
 
+    async def shadow(self, agent: str) -> dict[str, Any]:
+        """As Client.shadow."""
+        return await self._run(self._shadow_call(agent))
+
     # -- admin routes --------------------------------------------------------------------
+
+    async def limits(self, agent: str, patch: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+        """As Client.limits."""
+        return await self._run(self._limits_call(agent, patch))
 
     async def ledger(self, agent: str, *, kind: str | None = None, tool: str | None = None,
                      page_size: int = PAGE_SIZE_DEFAULT) -> AsyncIterator[LedgerEntry]:

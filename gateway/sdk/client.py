@@ -126,7 +126,17 @@ class Client(BaseClient):
     def status(self) -> Status:
         return self._run(self._status_call())
 
+    def shadow(self, agent: str) -> dict[str, Any]:
+        """What ``agent``'s shadow limits would have refused (the agent's own key or the
+        admin): ``{"agent", "refusals": {limit: {"count", "amount"}}, "total"}``."""
+        return self._run(self._shadow_call(agent))
+
     # -- admin routes (the admin token as ``key``) ---------------------------------------
+
+    def limits(self, agent: str, patch: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The agent's limits object; with ``patch``, merged first (``null`` removes a
+        limit; ``{"shadow": {...}}`` sets shadow limits, ``{"shadow": None}`` clears them)."""
+        return self._run(self._limits_call(agent, patch))
 
     def ledger(self, agent: str, *, kind: str | None = None, tool: str | None = None,
                page_size: int = PAGE_SIZE_DEFAULT) -> Iterator[LedgerEntry]:

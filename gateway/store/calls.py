@@ -52,6 +52,8 @@ class ChargeReply:
     entry_id: str
     cost: int
     category: str
+    # The limit the agent's shadow limits would have refused the call with ('' when none).
+    shadow: str
     replayed: bool
 
 
@@ -63,6 +65,7 @@ class HoldReply:
     expires_at_ms: int
     amount: int
     fixed: bool
+    shadow: str  # as ChargeReply's
     replayed: bool
 
 
@@ -286,7 +289,7 @@ class ScriptCalls:
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("charge", code, r)
         return ChargeReply(int(r[1]), int(r[2]), _text(r[3]), int(r[4]), _text(r[5]),
-                           code == Code.REPLAY)
+                           _text(r[6]), code == Code.REPLAY)
 
     async def hold(  # noqa: PLR0913 - one parameter per ARGV the script takes
             self, agent: str, entry_id: str, hold_id: str, tool: str,
@@ -304,7 +307,7 @@ class ScriptCalls:
         if code not in (Code.OK, Code.REPLAY):
             return self._refused("hold", code, r)
         return HoldReply(int(r[1]), int(r[2]), _text(r[3]), int(r[4]), int(r[5]),
-                         int(r[6]) == 1, code == Code.REPLAY)
+                         int(r[6]) == 1, _text(r[7]), code == Code.REPLAY)
 
     async def capture(  # noqa: PLR0913 - one parameter per ARGV the script takes
             self, agent: str, entry_id: str, hold_id: str, cost_micros: int | None,
