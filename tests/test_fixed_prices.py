@@ -132,7 +132,7 @@ async def test_charge_script_takes_no_cost_for_a_fixed_tool(engine: Engine) -> N
         Code.TOOL_NOT_FOUND]
     assert await snapshot(engine) == before
     reply = await engine.scripts.run("charge", *charge_call(engine, "gpt_call", ""))
-    assert reply[0] == Code.OK and reply[4:] == [GPT_PRICE, b"llm"]
+    assert reply[0] == Code.OK and reply[4:] == [GPT_PRICE, b"llm", b""]
 
 
 async def test_capture_script_refuses_another_cost_for_a_fixed_hold(engine: Engine) -> None:

@@ -115,7 +115,8 @@ def test_charge_replay_and_conflict(lua: Lua) -> None:
     assert first[:3] == [0, 110_000, 1 + 2 + 4]
     lua.r.hset(lua.k().agent_hash, "frozen", "1")  # replays answer whatever changed since
     before = lua.snapshot()
-    assert lua.charge(90_000, idem="k1") == [1, "110000", "7", first[3], "90000", "tool"]
+    assert lua.charge(90_000, idem="k1") == [1, "110000", "7", first[3], "90000", "tool",
+                                                  ""]
     assert lua.run("charge", *lua.charge_args(90_000, idem="k1", ih="other")) == [12]
     assert lua.snapshot() == before
     assert lua.charge(90_000, idem="k2") == [11]
@@ -143,7 +144,7 @@ def test_hold_replay_and_conflict(lua: Lua) -> None:
     assert first[:4] == [0, 100_000, 5, "h1"]
     before = lua.snapshot()
     assert lua.hold(100_000, "h2", idem="k1") == [1, "100000", "5", "h1", str(first[4]),
-                                                   100_000, 0]
+                                                   100_000, 0, ""]
     assert lua.run("hold", *lua.hold_args(100_000, "h3", idem="k1", ih="x")) == [12]
     assert lua.snapshot() == before
 

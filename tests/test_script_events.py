@@ -63,7 +63,8 @@ def test_charge_writes(lua: Lua) -> None:
     lua.create(grant=T)
     before = lua.now_ms()
     keys_, args = lua.charge_args(50_000, idem="k1", ih="hash1", meta='{"m":1}')
-    assert lua.run("charge", keys_, args) == [0, T - 50_000, 0, args[1], 50_000, "tool"]
+    assert lua.run("charge", keys_, args) == [0, T - 50_000, 0, args[1], 50_000, "tool",
+                                                ""]
     assert lua.agent()["bal"] == str(T - 50_000)
     assert last_event(lua, before) == {
         "id": args[1], "kind": "charge", "agent": "a1", "tool": "v_tool",
@@ -80,7 +81,7 @@ def test_free_charge_writes_only_the_event(lua: Lua) -> None:
     keys_, args = lua.charge_args(None, tool="free")
     before_state = lua.snapshot()
     before = lua.now_ms()
-    assert lua.run("charge", keys_, args) == [0, 0, 0, args[1], 0, "tool"]
+    assert lua.run("charge", keys_, args) == [0, 0, 0, args[1], 0, "tool", ""]
     assert last_event(lua, before)["amount"] == "0"
     after = lua.snapshot()
     stream = lua.k().events
@@ -95,7 +96,7 @@ def test_hold_writes(lua: Lua) -> None:
                                 meta='{"m":2}')
     reply = lua.run("hold", keys_, args)
     expires = reply[4]
-    assert reply[:4] + reply[5:] == [0, T - 300_000, 0, "hold1", 300_000, 0]
+    assert reply[:4] + reply[5:] == [0, T - 300_000, 0, "hold1", 300_000, 0, ""]
     assert before + 60_000 <= expires <= lua.now_ms() + 60_000
     assert (lua.agent()["bal"], lua.agent()["held"]) == (str(T - 300_000), "300000")
     k = lua.k()

@@ -50,7 +50,7 @@ def test_fixed_price_charges(lua: Lua) -> None:
     assert lua.charge(None, cat="llm") == [27]
     assert lua.snapshot() == before
     reply = lua.charge(None, tool="fx_tool")
-    assert reply[:3] + reply[4:] == [0, T - 50_000, 0, 50_000, "tool"]
+    assert reply[:3] + reply[4:] == [0, T - 50_000, 0, 50_000, "tool", ""]
     assert lua.events()[-1]["amount"] == "50000"
     assert lua.window()["s:tool"] == "50000"
     lua.run("freeze", *lua.freeze_args("1"))
@@ -66,11 +66,11 @@ def test_holds_of_fixed_and_variable_tools(lua: Lua) -> None:
     assert lua.snapshot() == before
     for hold_id, max_cost in (("h1", None), ("h2", 50_000), ("h3", 70_000)):
         reply = lua.hold(max_cost, hold_id, tool="fx_tool")
-        assert reply[0] == 0 and reply[5:] == [50_000, 1], hold_id
+        assert reply[0] == 0 and reply[5:] == [50_000, 1, ""], hold_id
         assert lua.hash(lua.k().hold(hold_id))["fx"] == "1"
         assert lua.events()[-1]["amount"] == "50000"
-    assert lua.hold(None, "v1", cat="llm")[5:] == [80_000, 0]  # the catalog price
-    assert lua.hold(1_000, "v2", cat="llm")[5:] == [1_000, 0]
+    assert lua.hold(None, "v1", cat="llm")[5:7] == [80_000, 0]  # the catalog price
+    assert lua.hold(1_000, "v2", cat="llm")[5:7] == [1_000, 0]
     assert lua.hash(lua.k().hold("v2"))["fx"] == "0"
     assert lua.agent()["held"] == str(3 * 50_000 + 81_000)
 
@@ -111,14 +111,15 @@ def test_replays_carry_the_first_answers_amounts(lua: Lua) -> None:
     lua.create(grant=T)
     first = lua.hold(None, "f1", tool="fx_tool", idem="k1")
     assert lua.hold(None, "f2", tool="fx_tool", idem="k1")[3:] == ["f1", str(first[4]),
-                                                                  50_000, 1]
+                                                                  50_000, 1, ""]
     first = lua.hold(5_000, "v1", cat="llm", idem="k2")
-    assert lua.hold(5_000, "v2", cat="llm", idem="k2")[3:] == ["v1", str(first[4]), 5_000, 0]
+    assert lua.hold(5_000, "v2", cat="llm", idem="k2")[3:] == ["v1", str(first[4]), 5_000, 0,
+                                                                    ""]
     captured = lua.capture(1_000, "v1", idem="c1")
     assert lua.capture(1_000, "v1", idem="c1")[3:] == [captured[3], "4000", 1_000]
     charged = lua.charge(None, tool="fx_tool", idem="k3")
     assert lua.charge(None, tool="fx_tool", idem="k3") == [
-        1, str(charged[1]), "0", charged[3], "50000", "tool"]
+        1, str(charged[1]), "0", charged[3], "50000", "tool", ""]
 
 
 def test_a_hold_keeps_the_pricing_it_was_taken_with(lua: Lua) -> None:
@@ -135,18 +136,18 @@ def test_a_hold_replay_reads_the_first_holds_record(lua: Lua) -> None:
     lua.create(grant=T)
     first = lua.hold(5_000, "v1", cat="llm", idem="k1")
     keys_, args = lua.hold_args(9_999, "v2", cat="llm", idem="k1", ih="hk1")  # same key
-    assert lua.run("hold", keys_, args)[3:] == ["v1", str(first[4]), 5_000, 0]
+    assert lua.run("hold", keys_, args)[3:] == ["v1", str(first[4]), 5_000, 0, ""]
     fixed = lua.hold(None, "f1", tool="fx_tool", idem="k2")
     lua.r.hset(lua.k().tools, "fx_tool", "9 70000 tool variable")  # changed since
     assert lua.hold(None, "f2", tool="fx_tool", idem="k2")[3:] == ["f1", str(fixed[4]),
-                                                                  50_000, 1]
+                                                                  50_000, 1, ""]
     # A hold key that does not end with the hold id is never used to find another record:
     # the answer falls back to what the catalog and the call say.
     keys_, args = lua.hold_args(9_999, "v3", cat="llm", idem="k1", ih="hk1")
     keys_[2] = lua.k().hold("xy")
-    assert lua.run("hold", keys_, args)[5:] == [9_999, 0]
+    assert lua.run("hold", keys_, args)[5:7] == [9_999, 0]
     lua.r.hset(lua.k().tools, "fx2", "1 30000 tool fixed")
-    assert lua.hold(None, "f3", tool="fx2", idem="k3")[5:] == [30_000, 1]
+    assert lua.hold(None, "f3", tool="fx2", idem="k3")[5:7] == [30_000, 1]
     keys_, args = lua.hold_args(None, "f4", idem="k3", ih="hk3", tool="fx2")
     keys_[2] = lua.k().hold("xy")
-    assert lua.run("hold", keys_, args)[5:] == [30_000, 1]
+    assert lua.run("hold", keys_, args)[5:7] == [30_000, 1]

@@ -1,0 +1,125 @@
+"""Redis CPU per charge with shadow limits, against the same limits enforced, and none.
+
+    python -m loadtests.bench_shadow [--rounds 5] [--requests 200000]
+
+redis-benchmark EVALSHA of the real lua/charge.lua (50 clients, pipeline 16, unix socket,
+appendfsync always) on one agent of each kind, rounds alternating, the median of Redis's own
+``usec_per_call`` (INFO commandstats) per kind:
+  - none: no limits;
+  - enforced: per-call, daily and every wall (hour, week, month, call caps of the agent,
+    its category and the tool), set so high that no call is refused;
+  - shadow: the same caps as shadow limits, never firing;
+  - shadow firing: the same with a shadow per-call cap below the price, so every call is a
+    would-be refusal (the sums' two HINCRBY and the event's field are written each time).
+The figures go into docs/benchmarks.md with this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from gateway.store import keys
+from loadtests.servers import free_port
+
+BIG = str(10**15)
+CALLS = "1000000000"
+CAPS = {"pc": BIG, "dl": BIG, "c:tool:pc": BIG, "c:tool:dl": BIG, "hr": BIG, "wk": BIG,
+        "mo": BIG, "nm": CALLS, "nh": CALLS, "nd": CALLS, "c:tool:hr": BIG, "c:tool:wk": BIG,
+        "c:tool:mo": BIG, "c:tool:nm": CALLS, "c:tool:nh": CALLS, "c:tool:nd": CALLS,
+        "t:web_search:pc": BIG, "t:web_search:nm": CALLS, "t:web_search:nh": CALLS,
+        "t:web_search:nd": CALLS}
+KINDS: dict[str, dict[str, str]] = {
+    "none": {},
+    "enforced": {**CAPS, "x": "1"},
+    "shadow": {**{"s." + f: v for f, v in CAPS.items()}, "x": "1", "sx": "1"},
+    "shadow firing": {**{"s." + f: v for f, v in CAPS.items()}, "s.pc": "1", "x": "1",
+                      "sx": "1"},
+}
+PRICE_MICROS = 2  # above the firing kind's shadow per-call cap of 1
+
+
+def _start(binary: str, data_dir: str) -> tuple[subprocess.Popen[bytes], str, redis.Redis]:
+    sock = f"{data_dir}/redis.sock"
+    server = subprocess.Popen(
+        [binary, "--port", str(free_port()), "--bind", "127.0.0.1", "--dir", data_dir,
+         "--unixsocket", sock, "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+         "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(unix_socket_path=sock)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.ping()
+            return server, sock, client
+        except redis.RedisError:
+            assert time.monotonic() < deadline, f"{binary} did not start"
+            time.sleep(0.05)
+
+
+def one_run(client: redis.Redis, sock: str, sha: str, kind: str, requests: int) -> float:
+    """Redis µs per charge of one redis-benchmark run on a fresh agent of ``kind``."""
+    agent = "bench-" + re.sub(r"\W", "-", kind)
+    k = keys.agent_keys(agent, 16)
+    client.delete(k.agent_hash, k.window, k.walls)
+    client.hset(k.agent_hash, mapping={"bal": BIG, "held": "0", "frozen": "0", "lowf": "0",
+                                       **KINDS[kind]})
+    client.hset(k.tools, "web_search", f"1 {PRICE_MICROS} tool fixed")
+    client.config_resetstat()
+    subprocess.run(["redis-benchmark", "-s", sock, "-n", str(requests), "-c", "50", "-P", "16",
+                    "-q", "EVALSHA", sha, "7", k.agent_hash, k.window, k.idempotency("none"),
+                    k.events, k.webhooks, k.tools, k.walls, agent,
+                    "01900000-0000-7000-8000-000000000000", "web_search", "", BIG, "", "", ""],
+                   capture_output=True, text=True, check=True)
+    assert client.hget(k.agent_hash, "bal") != BIG.encode(), "the script did not charge"
+    fired = client.hget(k.agent_hash, "sn:per_call")
+    assert (fired is not None) == (kind == "shadow firing"), (kind, fired)
+    client.delete(k.events)  # keep the AOF and memory small between runs
+    return float(client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"])
+
+
+def measure(rounds: int, requests: int) -> dict[str, Any]:
+    from gateway.store.scripts import load_script
+
+    binary = shutil.which("redis-server") or "redis-server"
+    with tempfile.TemporaryDirectory(prefix="iou-shadow-") as data_dir:
+        server, sock, client = _start(binary, data_dir)
+        try:
+            version = client.info("server").get("redis_version", "?")
+            sha = client.script_load(load_script("charge").source)
+            runs: dict[str, list[float]] = {kind: [] for kind in KINDS}
+            for _ in range(rounds):
+                for kind in KINDS:
+                    runs[kind].append(one_run(client, sock, sha, kind, requests))
+            client.close()
+        finally:
+            server.terminate()
+            server.wait(20)
+    return {"server": f"{Path(binary).name} {version}", "rounds": rounds, "requests": requests,
+            "median_us": {kind: statistics.median(v) for kind, v in runs.items()},
+            "runs_us": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=200_000)
+    args = parser.parse_args()
+    result = measure(args.rounds, args.requests)
+    print(f"{result['server']}, {args.rounds} alternating rounds of {args.requests} "
+          "EVALSHA charge.lua (-c 50 -P 16, unix socket, appendfsync always):")
+    for kind, us in result["median_us"].items():
+        print(f"  {kind:14s} {us:6.2f} µs of Redis CPU per charge (median)")
+
+
+if __name__ == "__main__":
+    main()
