@@ -71,8 +71,9 @@ def one_run(client: redis.Redis, sock: str, sha: str, kind: str, requests: int) 
     agent = "bench-" + re.sub(r"\W", "-", kind)
     k = keys.agent_keys(agent, 16)
     client.delete(k.agent_hash, k.window, k.walls)
-    client.hset(k.agent_hash, mapping={"bal": BIG, "held": "0", "frozen": "0", "lowf": "0",
-                                       **KINDS[kind]})
+    client.hset(k.agent_hash, mapping={"bal": BIG, "held": "0", "frozen": "0", "lowf": "0"})
+    for field, value in KINDS[kind].items():
+        client.hset(k.agent_hash, field, value)
     client.hset(k.tools, "web_search", f"1 {PRICE_MICROS} tool fixed")
     client.config_resetstat()
     subprocess.run(["redis-benchmark", "-s", sock, "-n", str(requests), "-c", "50", "-P", "16",
