@@ -201,7 +201,8 @@ async def _recovery(conn: asyncpg.Connection, since_ms: int, idempotent_since_ms
     idem = [tuple(r) for r in await conn.fetch(dollar(schema.IDEMPOTENT_SINCE),
                                                idempotent_since_ms)]
     partitions = int(meta["partitions"]) if "partitions" in meta else None
-    return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)
+    shadow = [(r[0], r[1], int(r[2]), int(r[3])) for r in await conn.fetch(schema.SHADOW_SUMS)]
+    return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem, shadow)
 
 
 # The entry columns with the JSON ones as text, as the rows are read everywhere.

@@ -109,6 +109,11 @@ def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, st
     spent: dict[str, dict[str, int]] = defaultdict(dict)
     for agent, category, micros in data.spent_today:
         spent[agent][category] = micros
+    shadow: dict[str, dict[str, str]] = defaultdict(dict)
+    for agent, limit, count, micros in data.shadow_sums:
+        shadow[agent][f"sn:{limit}"] = str(count)
+        if micros:
+            shadow[agent][f"sa:{limit}"] = str(micros)
     calls = engine.calls
     out: list[Write] = []
     for name, created_ms, frozen, limits in data.agents:
@@ -119,6 +124,7 @@ def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, st
             fields["x"] = "1"  # the scripts read the walls only while this is set
         if any(is_shadow_field(f) for f in fields):
             fields["sx"] = "1"  # and the shadow limits only while this is set
+        fields.update(shadow[name])  # the sums GET /v1/agents/{agent}/shadow reads
         if name in parents:
             fields["parent"] = parents[name]
         out.append(_bind(calls.restore_agent, name, data.balances.get(name, 0), held[name],

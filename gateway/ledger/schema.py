@@ -116,6 +116,9 @@ MIGRATIONS: list[list[str]] = [
         # Shadow limits: the limit an agent's shadow limits would have refused a charge or hold
         # with (the call succeeded); NULL on every other row, so older rows' hashes hold.
         "ALTER TABLE ledger_entries ADD COLUMN shadow_refusal TEXT",
+        # The few marked rows, for `iou recover` to rebuild the agents' shadow sums.
+        """CREATE INDEX ledger_shadow ON ledger_entries (agent, shadow_refusal, amount)
+            WHERE shadow_refusal IS NOT NULL""",
     ],
 ]
 
@@ -203,6 +206,11 @@ CHARGE_FOR_REFUND = """SELECT c.agent, c.tool, c.category, c.amount, c.at_ms,
 IDEMPOTENT_SINCE = """SELECT agent, idempotency_key, idempotency_hash, entry_id, kind, amount,
     balance_after, hold_id, expires_at_ms, held FROM ledger_entries
     WHERE idempotency_hash IS NOT NULL AND at_ms >= ?"""
+
+
+# What each agent's shadow limits would have refused, by limit (the sums the scripts keep).
+SHADOW_SUMS = """SELECT agent, shadow_refusal, COUNT(*), SUM(amount) FROM ledger_entries
+    WHERE shadow_refusal IS NOT NULL GROUP BY agent, shadow_refusal"""
 
 
 def position(stream_ms: int, stream_seq: int) -> str:

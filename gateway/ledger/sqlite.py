@@ -205,7 +205,8 @@ def _recovery(db: sqlite3.Connection, since_ms: int, idempotent_since_ms: int) -
                                                            (since_ms,) * 3)]
     idem = db.execute(schema.IDEMPOTENT_SINCE, (idempotent_since_ms,)).fetchall()
     partitions = int(meta["partitions"]) if "partitions" in meta else None
-    return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem)
+    shadow = [(a, lim, int(n), int(m)) for a, lim, n, m in db.execute(schema.SHADOW_SUMS)]
+    return Recovery(partitions, agents, keys, tools, balances, holds, spent, idem, shadow)
 
 
 SEAL_SQL = chain.seal_query(key="rowid")  # by rowid: no probe of the entry_id index

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -43,6 +43,8 @@ class Recovery:
     open_holds: list[OpenHold]
     spent_today: list[tuple[str, str, int]]  # agent, category, micros
     idempotent: list[tuple[Any, ...]]
+    # agent, limit, calls, micros: the would-be refusals of shadow limits (schema.SHADOW_SUMS)
+    shadow_sums: list[tuple[str, str, int, int]] = field(default_factory=list)
 
 
 class LedgerStore(Protocol):
