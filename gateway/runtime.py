@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.metering.engine import Engine
+from gateway.observability import count_shadow_refusal
 from gateway.store import safety
 from gateway.store.connections import Connection, open_connection
 from gateway.store.embedded import EmbeddedRedis, start_embedded
@@ -72,6 +73,7 @@ async def open_runtime(settings: Settings, background: bool = True,
     try:
         warnings = await _checked(conn, settings, wait)
         engine = Engine(conn, settings)
+        engine.shadow_seen.report = count_shadow_refusal
         await engine.start(background=background)
     except BaseException:
         conn.close()

@@ -235,8 +235,14 @@ async def test_head_record_edited_is_found_and_not_resealed(
 async def test_rows_from_before_the_migration_are_chained_from_genesis(
         real_engine: Engine, ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     full = schema.MIGRATIONS
-    monkeypatch.setattr(schema, "MIGRATIONS", full[:-1])
+    chain_at = next(i for i, m in enumerate(full) if any("prev_hash" in s for s in m))
+    monkeypatch.setattr(schema, "MIGRATIONS", full[:chain_at])
     old = store_for(ledger_url)
+    await old.migrate()
+    # The columns of the migrations after the chain's, which today's rows need, are added by
+    # hand; the new store below counts those migrations as done.
+    for statement in (s for m in full[chain_at + 1:] for s in m):
+        await sql(ledger_url, statement)
     await activity(real_engine, "old")
     writer = writer_for(real_engine, old)
     writer.trim = _nothing  # type: ignore[method-assign,assignment]
@@ -244,7 +250,8 @@ async def test_rows_from_before_the_migration_are_chained_from_genesis(
     await old.close()
     count = (await sql(ledger_url, "SELECT COUNT(*) FROM ledger_entries"))[0][0]
     assert count > 10
-    monkeypatch.setattr(schema, "MIGRATIONS", full)
+    monkeypatch.setattr(schema, "MIGRATIONS", [*full[:chain_at + 1],
+                                               *([] for _ in full[chain_at + 1:])])
     new = store_for(ledger_url)
     try:
         await new.migrate()

@@ -20,7 +20,7 @@ from gateway.metering.inputs import (
 from gateway.metering.limits import check_name
 from gateway.metering.models import ChargeResult, warnings_of
 from gateway.metering.refusals import refusal
-from gateway.observability import count_shadow_refusal
+from gateway.metering.shadow import ShadowSeen
 from gateway.store.calls import Refused, ScriptCalls
 from gateway.store.codes import Flag
 from gateway.store.errors import StoreUnavailable
@@ -33,6 +33,7 @@ class Charges:
         self._amount_max_micros = amount_max_micros
         # The tool's category as this worker last saw it, for refusal details only.
         self._category_of = category_of
+        self.shadow_seen = ShadowSeen()  # the Engine shares one with Holds
 
     async def charge(  # noqa: PLR0913 - the API's optional inputs, each named
             self, agent: str, tool: str, cost_micros: int | None = None,
@@ -67,7 +68,7 @@ class Charges:
             raise refusal(reply, agent=agent, tool=tool, op="charge", task=task_id or "",
                           **self._category_of(tool))
         if reply.shadow:
-            count_shadow_refusal(reply.shadow)
+            self.shadow_seen.report(reply.shadow)
         return ChargeResult(reply.entry_id, agent, tool, reply.category, reply.cost,
                             reply.balance, warnings_of(reply.flags),
                             not reply.replayed and bool(reply.flags & Flag.LOW_CROSSED),

@@ -46,6 +46,8 @@ class Engine:
         self.agents = Agents(conn, self.calls, settings)
         self.charges = Charges(self.calls, settings.amount_max_micros, self.catalog.category_of)
         self.holds = Holds(self.calls, settings.amount_max_micros, self.catalog.category_of)
+        # Would-be refusals of shadow limits: the runtime points report at its metric.
+        self.shadow_seen = self.holds.shadow_seen = self.charges.shadow_seen
         self.tasks = Tasks(conn, self.calls, settings.amount_max_micros, self.agents.clock_ms)
         self.refunds = Refunds(self.calls, settings.amount_max_micros)
         self.children = Children(conn, self.calls, settings)

@@ -26,7 +26,7 @@ from gateway.metering.inputs import (
 from gateway.metering.limits import HOLD_TTL_S_MAX, check_name
 from gateway.metering.models import CaptureResult, HoldResult, ReleaseResult, warnings_of
 from gateway.metering.refusals import refusal
-from gateway.observability import count_shadow_refusal
+from gateway.metering.shadow import ShadowSeen
 from gateway.store.calls import Refused, ScriptCalls
 from gateway.store.codes import Flag
 from gateway.store.errors import StoreUnavailable
@@ -45,6 +45,7 @@ class Holds:
         self._calls = calls
         self._amount_max_micros = amount_max_micros
         self._category_of = category_of
+        self.shadow_seen = ShadowSeen()  # the Engine shares one with Charges
 
     @maps_store_errors
     async def hold(  # noqa: PLR0913 - the API's optional inputs, each named
@@ -77,7 +78,7 @@ class Holds:
             raise refusal(reply, agent=agent, tool=tool, op="hold", task=task_id or "",
                           **self._category_of(tool))
         if reply.shadow:
-            count_shadow_refusal(reply.shadow)
+            self.shadow_seen.report(reply.shadow)
         return HoldResult(reply.hold_id, agent, tool, reply.amount, reply.expires_at_ms,
                           reply.balance, warnings_of(reply.flags),
                           bool(reply.flags & Flag.LOW_CROSSED), reply.replayed,
