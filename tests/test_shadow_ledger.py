@@ -51,7 +51,7 @@ async def test_marks_reach_the_ledger_and_recover_rebuilds_the_sums(
     await recover(engine, store)
     assert await engine.shadow_sums("sh-agent") == sums
     assert (await engine.agent_state("sh-agent")).limits == limits
-    # The recovered shadow limits still fire (and the call counts are not rebuilt by recover
-    # for shadow-only walls, as for any wall: a new day's count starts at the ledger's).
-    again = await engine.charge("sh-agent", "sh_search")
-    assert again.shadow_refusal is not None
+    # The shadow call cap's counters were rebuilt too (the enforced limits have no wall):
+    # the day's 6th call is still over it.
+    again = await engine.charge("sh-agent", "sh_cheap")
+    assert again.shadow_refusal == "calls_per_day"

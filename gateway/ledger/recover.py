@@ -19,7 +19,7 @@ from gateway.ledger import recover_walls, schema
 from gateway.ledger.store import LedgerStore, OpenHold, Recovery
 from gateway.metering.engine import Engine
 from gateway.metering.errors import InvalidRequest, maps_store_errors
-from gateway.metering.limits import is_limit_field, is_shadow_field, is_wall_field
+from gateway.metering.limits import is_limit_field, is_shadow_field, keeps_walls
 from gateway.metering.walls import periods
 from gateway.store import recovery
 from gateway.store.calls import Refused
@@ -94,7 +94,7 @@ async def _walls(store: LedgerStore, data: Recovery, now_ms: int
         holds[h.agent].append(h)
     out: dict[str, recover_walls.Walls] = {}
     for name, _, _, limits in data.agents:
-        if name in since and any(is_wall_field(f) for f in limits):
+        if name in since and any(keeps_walls(f) for f in limits):
             out[name] = await recover_walls.rebuild(store, name, since[name], now, holds[name])
     return out
 
@@ -119,8 +119,7 @@ def _agents(engine: Engine, data: Recovery, today_ms: int, parents: dict[str, st
     for name, created_ms, frozen, limits in data.agents:
         fields = {f: str(v) for f, v in limits.items()
                   if is_limit_field(f) or is_shadow_field(f)}
-        if any(is_wall_field(f) or (is_shadow_field(f) and is_wall_field(f[2:]))
-               for f in fields):
+        if any(keeps_walls(f) for f in fields):
             fields["x"] = "1"  # the scripts read the walls only while this is set
         if any(is_shadow_field(f) for f in fields):
             fields["sx"] = "1"  # and the shadow limits only while this is set

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from gateway.ledger.store import LedgerStore, OpenHold
-from gateway.metering.limits import is_wall_field
+from gateway.metering.limits import keeps_walls
 from gateway.metering.walls import HOUR_MINUTES, MINUTE_MS, Periods, periods
 
 MINUTES_A_DAY = 1440
@@ -70,7 +70,7 @@ async def walls_since(store: LedgerStore) -> dict[str, WallsOn]:
     out: dict[str, WallsOn] = {}
     for agent, at_ms, stream_ms, stream_seq, raw in await store.query(LIMITS_EVENTS, []):
         data = orjson.loads(raw) if raw else {}
-        if not any(k.startswith("l.") and is_wall_field(k[2:]) for k in data):
+        if not any(k.startswith("l.") and keeps_walls(k[2:]) for k in data):
             out.pop(agent, None)
         elif agent not in out:
             out[agent] = WallsOn(int(at_ms), int(stream_ms), int(stream_seq))

@@ -63,6 +63,11 @@ def is_shadow_field(field: str) -> bool:
         is_limit_field(inner) and inner not in ("low", "wh", "lp")))
 
 
+def keeps_walls(field: str) -> bool:
+    """A wall, enforced or shadow: while one is set the scripts keep the walls counters."""
+    return is_wall_field(field) or (is_shadow_field(field) and is_wall_field(field[2:]))
+
+
 def shadow_sums(a: Mapping[str, str]) -> dict[str, tuple[int, int]]:
     """The would-be refusals of an agent's shadow limits: limit -> (calls, micros)."""
     return {f[3:]: (int(v), int(a.get("sa:" + f[3:], "0")))
