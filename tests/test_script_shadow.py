@@ -195,3 +195,17 @@ def test_no_shadow_no_shadow_read(lua: Lua) -> None:
     lua.set_limits("pc", "100")
     assert lua.charge(50)[-1] == ""
     assert not [f for f in lua.agent() if f.startswith(("s", "sn:", "sa:"))]
+
+
+def test_a_free_call_meets_no_spend_cap_and_no_require_task(lua: Lua) -> None:
+    """As enforced: a free call is never over a per-call or daily cap (even once the day is
+    past the cap) and needs no task; only call caps count it."""
+    for agent in ("sh", "en"):
+        lua.create(agent, grant=10_000_000)
+    lua.set_limits("dl", "100", agent="en")
+    lua.set_limits("s.dl", "100", "s.rt", "1", agent="sh")
+    assert lua.charge(150, agent="sh")[-1] == "daily"
+    assert lua.charge(101, agent="en")[0] == 15  # enforced: over the daily cap
+    assert lua.charge(None, agent="en", tool="free")[0] == 0  # but a free call passes
+    assert lua.charge(None, agent="sh", tool="free")[-1] == ""
+    assert lua.agent("sh")["sn:daily"] == "1" and "sn:task_required" not in lua.agent("sh")
