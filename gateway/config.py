@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.metering import money
 
@@ -197,7 +198,32 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     schemes = ("redis://", "rediss://", "unix://", "redis+cluster://")
     if not raw.startswith(schemes):
         raise ConfigError(f"IOU_REDIS_URL={raw!r}: must start with one of {', '.join(schemes)}")
+    problem = _redis_url_problem(raw)
+    if problem:
+        # The value is not echoed: it may hold the Redis password.
+        raise ConfigError(f"IOU_REDIS_URL: {problem}")
     return raw
+
+
+def _redis_url_problem(raw: str) -> str | None:
+    """What makes a Redis URL unusable (None when nothing): checked here so that start-up
+    stops with one line instead of a traceback from the connection code."""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # a port that is no number or out of range raises here
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme == "unix":
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+        if not parts.path:
+            return "unix:// needs the socket's path (unix:///path/to/redis.sock)"
+    else:
+        db = parts.path.lstrip("/") or "0"
+        if port == 0:
+            return "the port must be 1 to 65535"
+    if not db.isascii() or not db.isdigit():
+        return f"the database must be a number, not {db!r}"
+    return None
 
 
 def _ledger_url(env: Mapping[str, str]) -> str | None:
