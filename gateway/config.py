@@ -234,6 +234,18 @@ def _ledger_url(env: Mapping[str, str]) -> str | None:
         raise ConfigError(
             f"IOU_LEDGER_URL={raw!r}: must be sqlite:///path or postgresql://user@host/db"
         )
+    if raw.startswith("sqlite:///"):
+        if not raw[len("sqlite:///"):]:
+            raise ConfigError("IOU_LEDGER_URL: sqlite:/// needs the file's path "
+                              "(sqlite:///path/to/ledger.db)")
+        return raw
+    try:
+        port = urlsplit(raw).port  # a port that is no number or out of range raises here
+    except ValueError as exc:
+        # The value is not echoed: it may hold the database password.
+        raise ConfigError(f"IOU_LEDGER_URL: not a valid URL ({exc})") from None
+    if port == 0:
+        raise ConfigError("IOU_LEDGER_URL: the port must be 1 to 65535")
     return raw
 
 
