@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import Settings
-from gateway.ledger.factory import ledger_location, open_store
+from gateway.ledger.factory import ledger_shown, open_store
 from gateway.ledger.identity import REASONS, StoreState, compare
 from gateway.ledger.lag import ledger_backlog
 from gateway.ledger.store import LedgerStore
@@ -195,7 +195,7 @@ async def run_doctor(settings: Settings) -> list[Check]:
     """Every check, in the contract's order."""
     url = redis_url(settings)
     store = open_store(settings)
-    ledger = await _ledger(store, ledger_location(settings))
+    ledger = await _ledger(store, ledger_shown(settings))
     if url is None:
         checks = [Check("redis reachable", False, f"no IOU_REDIS_URL and no embedded store "
                         f"under {settings.data_dir}: run `iou serve` or set IOU_REDIS_URL")]

@@ -20,7 +20,7 @@ import click
 
 from gateway.cli.commands import Options, agent_option, fail, json_option, refusals, register
 from gateway.config import ConfigError, Settings, hand_down_metrics_dir, load_settings
-from gateway.ledger.factory import ledger_location
+from gateway.ledger.factory import ledger_shown
 from gateway.ledger.supervisor import NICENESS, WriterSupervisor
 from gateway.logs import logging_config, setup_logging
 from gateway.metering.secrets_store import check_at_start, ensure_secret
@@ -101,7 +101,7 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
         if writer is not None:
             writer.start()
         log.info("IOU gateway on http://%s:%d (%d worker(s)); ledger: %s", host, port,
-                 workers, ledger_location(settings))
+                 workers, ledger_shown(settings))
         _print_next_steps(host, port)
         uvicorn.run("gateway.cli.main:serve_app", factory=True, host=host, port=port,
                     workers=workers, loop="uvloop", http=GatewayHttpProtocol, ws="none",
@@ -297,7 +297,9 @@ def verify(opts: Options) -> None:
     (exit 1), and print each partition's head hash to publish elsewhere."""
     from gateway.ledger.service import run_verify
 
-    reports = asyncio.run(run_verify(_settings()))
+    settings = _settings()
+    with _store_errors(settings):
+        reports = asyncio.run(run_verify(settings))
     intact = all(r.problem is None for r in reports)
     opts.emit({"intact": intact, "chains": [r.as_json() for r in reports]},
               lambda: _print_verify(reports, intact))

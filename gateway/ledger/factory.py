@@ -12,6 +12,16 @@ def ledger_location(settings: Settings) -> str:
     return settings.ledger_url or f"sqlite:///{(settings.data_dir / 'ledger.db').resolve()}"
 
 
+def ledger_shown(settings: Settings) -> str:
+    """The ledger's location for logs and terminals: its URL without the password."""
+    url = ledger_location(settings)
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.partition("@")
+    if not sep or not at or ":" not in userinfo or "/" in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
 def open_store(settings: Settings) -> LedgerStore:
     url = ledger_location(settings)
     if url.startswith("sqlite:///"):
