@@ -355,6 +355,8 @@ def debit(opts: Options, agent_name: str, amount: str, reason: str,
               help="Loop breaker: the same tool with the same arguments more than N times "
                    "in W seconds is refused (:freeze also freezes the agent), e.g. 5/60s; "
                    "none removes it.")
+@click.option("--require-task/--no-require-task", "require_task", default=None,
+              help="Paid calls must name a task (--no-require-task lifts it).")
 @click.option("--low-balance", default=None, help="Warn below this balance.")
 @click.option("--webhook", default=None, help="URL for balance webhooks.")
 @click.option("--shadow", "shadow", is_flag=True,
@@ -370,8 +372,9 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
         category_caps: tuple[str, ...], hourly: str | None, weekly: str | None,
         monthly: str | None, calls_per_minute: str | None, calls_per_hour: str | None,
         calls_per_day: str | None, tool_caps: tuple[str, ...],
-        category_limits: tuple[str, ...], loop: str | None, low_balance: str | None,
-        webhook: str | None, shadow: bool, shadow_clear: bool) -> None:
+        category_limits: tuple[str, ...], loop: str | None, require_task: bool | None,
+        low_balance: str | None, webhook: str | None, shadow: bool,
+        shadow_clear: bool) -> None:
     """Set caps (none given: show them). "none" removes a cap."""
     name = opts.agent_name(agent)
     patch = _limits_patch(per_call, daily, low_balance, webhook,
@@ -389,6 +392,8 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
     _scoped_patch(patch, "categories", category_limits)
     if loop is not None:
         patch["loop"] = _loop(loop)
+    if require_task is not None:
+        patch["require_task"] = require_task or None  # lifting it removes the limit
     if shadow and patch:
         patch = {"shadow": patch}
     if shadow_clear:
@@ -481,6 +486,8 @@ def _limits_table(name: str, lim: dict[str, Any]) -> Table:
         table.add_row(field, lim.get(field) or "-")
     for field, value in _flat(lim.get("calls", {}), "calls."):
         table.add_row(field, value)
+    if lim.get("require_task"):
+        table.add_row("require_task", "yes")
     loop = lim.get("loop")
     if loop:
         table.add_row("loop", f"{loop['repeats']} calls / {loop['window_s']} s, "
