@@ -20,6 +20,7 @@ import pytest
 
 from gateway.api.limits_body import limit_changes
 from gateway.cli.replay import load_proposed
+from gateway.ledger.refunds import charge_ref
 from gateway.ledger.replay import (
     Proposed,
     ReplayError,
@@ -220,6 +221,37 @@ async def test_replay_filters_by_agent_and_warms_the_windows_before_since(
     # rb's 12 Monday charges (the warm-up) and 4 Thursday ones; its grant, in October, is
     # before the warm-up and folded into its starting balance (else nothing could pay).
     assert one.rows == 16
+
+
+async def test_refunds_follow_the_replayed_charges(
+        real_redis_url: str, ledger: LedgerStore, tmp_path: Path) -> None:
+    """A refund of a charge the replay refused is skipped (it gave back money the replay
+    never took); one of a charge the replay kept gives back to that day's window, as live.
+    A debit in between moves the balance only."""
+    engine = await make_engine(real_redis_url, IOU_TEST_CLOCK="1")
+    try:
+        await setup_catalog(engine)
+        day = utc_ms(2026, 11, 10, 9)
+        await shift_to(engine, day)
+        await engine.create_agent("rf", grant_micros=10 * T)
+        writer = writer_for(engine, store=ledger)
+        kept = await engine.charge("rf", "llm_summarize", 200_000)
+        refused = await engine.charge("rf", "llm_summarize", 200_000)
+        await writer.drain()
+        for charge_id, micros in ((refused.charge_id, 200_000), (kept.charge_id, 100_000)):
+            ref = await charge_ref(ledger, charge_id)
+            assert ref is not None
+            await engine.refund(ref, micros)
+        await engine.debit("rf", 50_000, "a correction")
+        await engine.charge("rf", "llm_summarize", 150_000)  # the window holds 0.1: fits
+        await engine.charge("rf", "llm_summarize", 100_000)  # 0.35 > 0.3: refused
+        await writer.drain()
+    finally:
+        await engine.stop()
+        engine.conn.close()
+    daily = Proposed(limit_changes({"daily": "0.3"}, AMOUNT_MAX))
+    result = await replay(ledger, daily, scratch_dir=tmp_path)
+    assert reported(result) == {"rf": {"daily": [2, 300_000]}}
 
 
 def test_since_accepts_durations_and_dates() -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import collections
 import datetime
 import re
 import shutil
@@ -269,6 +270,9 @@ class _Replayer:
         self.refunded: dict[str, int] = {}
         self.pending: list[tuple[Awaitable[Any], Handler | None]] = []
         self.pending_charges: set[str] = set()
+        self.inflight: collections.deque[tuple[asyncio.Future[list[Any]],
+                                               list[tuple[Awaitable[Any], Handler | None]],
+                                               set[str]]] = collections.deque()
         self.partitions: set[int] = set()
         self.clock_ms: int | None = None
         self.rows = 0
@@ -278,19 +282,30 @@ class _Replayer:
     def _send(self, call: Awaitable[Any], handler: Handler | None = None) -> None:
         self.pending.append((call, handler))
 
-    async def flush(self) -> None:
-        """Send every queued call in one go (they leave in order, on one connection), then
-        read each answer in order."""
-        if not self.pending:
-            return
-        pending, self.pending = self.pending, []
-        self.pending_charges.clear()
-        partitions, self.partitions = self.partitions, set()
-        replies = await asyncio.gather(*(call for call, _ in pending),
-                                       self.calls.drop_outputs(partitions))
-        for (_, handler), reply in zip(pending, replies, strict=False):
-            if handler is not None:
-                handler(reply)
+    async def flush(self, settle: bool = False) -> None:
+        """Send every queued call in one go (they leave in order, on one connection), and
+        read the answers of the batch sent before it, in order: one batch is in flight
+        while the next is built, so Redis and Python work at the same time. ``settle``:
+        read every answer (a refund must know whether its charge was refused)."""
+        if self.pending:
+            pending, self.pending = self.pending, []
+            charges, self.pending_charges = self.pending_charges, set()
+            partitions, self.partitions = self.partitions, set()
+            sent = asyncio.gather(*(call for call, _ in pending),
+                                  self.calls.drop_outputs(partitions))
+            self.inflight.append((sent, pending, charges))
+        while self.inflight and (settle or len(self.inflight) > 1):
+            sent, pending, _ = self.inflight[0]
+            replies = await sent
+            self.inflight.popleft()
+            for (_, handler), reply in zip(pending, replies, strict=False):
+                if handler is not None:
+                    handler(reply)
+
+    def _unsettled(self, charge_id: str) -> bool:
+        """Whether the answer to this charge (or capture) is not read yet."""
+        return charge_id in self.pending_charges or any(
+            charge_id in charges for _, _, charges in self.inflight)
 
     def _clock(self, at_ms: int) -> None:
         if at_ms != self.clock_ms:
@@ -364,8 +379,8 @@ class _Replayer:
 
     async def row(self, row: Row) -> None:
         self.rows += 1
-        if row.kind == "refund" and row.ref in self.pending_charges:
-            await self.flush()  # whether the refunded charge was refused decides the refund
+        if row.kind == "refund" and self._unsettled(row.ref or ""):
+            await self.flush(settle=True)  # was the refunded charge refused? it decides
         self._clock(row.at_ms)
         self._agent(row)
         handle = _ROW_HANDLERS[row.kind]
@@ -531,7 +546,7 @@ async def replay(store: LedgerStore, proposed: Proposed, agent: str | None = Non
             async for page in _rows(store, stream, agent, warm_ms):
                 for row in page:
                     await replayer.row(row)
-        await replayer.flush()
+        await replayer.flush(settle=True)
     finally:
         conn.close()
         server.stop()
