@@ -20,6 +20,7 @@ import pytest
 
 from gateway.api.limits_body import limit_changes
 from gateway.cli.replay import load_proposed
+from gateway.ledger import replay as replay_module
 from gateway.ledger.refunds import charge_ref
 from gateway.ledger.replay import (
     Proposed,
@@ -195,10 +196,12 @@ async def test_replay_reports_exactly_the_refusals_the_live_store_made(
 
 
 async def test_replay_filters_by_agent_and_warms_the_windows_before_since(
-        real_redis_url: str, ledger: LedgerStore, tmp_path: Path) -> None:
+        real_redis_url: str, ledger: LedgerStore, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """--since replays the week before it without limits: the week's spend before `since`
     fills the weekly window, and only refusals from `since` on count. The grant, a month
-    before, is folded into the starting balance."""
+    before, is folded into the starting balance. Pages of 5 rows: none lost or read twice."""
+    monkeypatch.setattr(replay_module, "PAGE_ROWS", 5)
     monday, thursday = utc_ms(2026, 11, 16, 10), utc_ms(2026, 11, 19, 10)
     load = [Call(monday + i * 60_000, agent, "charge", "llm_summarize", 100_000)
             for i in range(12) for agent in ("ra", "rb")]

@@ -217,7 +217,8 @@ async def _rows(store: LedgerStore, stream: str, agent: str | None, from_ms: int
     after = (-1, -1)
     while True:
         where = ["stream = ?", f"kind IN ({REPLAYED_KINDS})", "agent IS NOT NULL",
-                 "(stream_ms > ? OR (stream_ms = ? AND stream_seq > ?))"]
+                 # The first term lets the index seek; the second skips what was read.
+                 "stream_ms >= ?", "(stream_ms > ? OR stream_seq > ?)"]
         params: list[object] = [stream, after[0], after[0], after[1]]
         if agent is not None:
             where.append("agent = ?")
