@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.api.body import parse_json_object
 from gateway.api.limits_body import limit_changes
 from gateway.cli.replay import load_proposed
 from gateway.ledger import replay as replay_module
@@ -255,6 +256,30 @@ async def test_refunds_follow_the_replayed_charges(
     daily = Proposed(limit_changes({"daily": "0.3"}, AMOUNT_MAX))
     result = await replay(ledger, daily, scratch_dir=tmp_path)
     assert reported(result) == {"rf": {"daily": [2, 300_000]}}
+
+
+async def test_a_proposed_loop_breaker_sees_the_recorded_arguments(
+        real_redis_url: str, ledger: LedgerStore, tmp_path: Path) -> None:
+    """The same call (tool and metadata) 5 times in a minute, another call between: under a
+    loop breaker of 3 repeats the last 2 repeats are refused, the other call is not."""
+    engine = await make_engine(real_redis_url, IOU_TEST_CLOCK="1")
+    try:
+        await setup_catalog(engine)
+        at = utc_ms(2026, 11, 10, 9)
+        await shift_to(engine, at)
+        await engine.create_agent("rl", grant_micros=10 * T)
+        for i in range(5):
+            await shift_to(engine, at + (i + 1) * 5_000)
+            await engine.charge("rl", "web_search", metadata={"q": "same"})
+            await engine.charge("rl", "web_search", metadata={"q": f"other {i}"})
+        await writer_for(engine, ledger).drain()
+    finally:
+        await engine.stop()
+        engine.conn.close()
+    body = parse_json_object(b'{"loop": {"repeats": 3, "window_s": 60}}')
+    loop = Proposed(limit_changes(body, AMOUNT_MAX))
+    result = await replay(ledger, loop, scratch_dir=tmp_path)
+    assert reported(result) == {"rl": {"loop_detected": [2, 100_000]}}
 
 
 def test_since_accepts_durations_and_dates() -> None:

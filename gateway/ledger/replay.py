@@ -269,6 +269,7 @@ class _Replayer:
         self.refused_holds: set[str] = set()
         self.refused_charges: set[str] = set()
         self.refunded: dict[str, int] = {}
+        self.looped: set[str] = set()  # agents with a proposed loop breaker
         self.pending: list[tuple[Awaitable[Any], Handler | None]] = []
         self.pending_charges: set[str] = set()
         self.inflight: collections.deque[tuple[asyncio.Future[list[Any]],
@@ -325,6 +326,8 @@ class _Replayer:
         agent = row.agent
         if agent not in self.created:
             self.created.add(agent)
+            if self.proposed.for_agent(agent).get("loop") is not None:
+                self.looped.add(agent)
             self._send(self.calls.restore_agent(agent, self.folded.get(agent, 0), 0, False,
                                                 row.at_ms, {}),
                        self._expect_ok(f"agent {agent}"))
@@ -399,7 +402,12 @@ class _Replayer:
                 self._refused(row, reply, row.amount)
 
         self._send(self.calls.charge(row.agent, row.entry_id, tool, row.amount, MICROS_MAX,
-                                     None, row.metadata or "", task, _digest(row)), done)
+                                     None, row.metadata or "", task, self._digest(row)), done)
+
+    def _digest(self, row: Row) -> str:
+        """Only an agent with a loop breaker reads it (hashing costs every row otherwise;
+        the warm-up's loop breaker is the proposed one, loosened)."""
+        return _digest(row) if row.agent in self.looped else ""
 
     async def _hold(self, row: Row) -> None:
         tool, task = self._tool(row), self._task(row)
@@ -414,7 +422,7 @@ class _Replayer:
 
         self._send(self.calls.hold(row.agent, row.entry_id, hold_id, tool, row.amount,
                                    MICROS_MAX, ttl_ms, ttl_ms, None, row.metadata or "", task,
-                                   _digest(row)), done)
+                                   self._digest(row)), done)
 
     async def _capture(self, row: Row) -> None:
         hold_id = row.hold_id or ""
@@ -513,6 +521,8 @@ def loosened(changes: Changes) -> dict[str, int | str | LoopLimit | None]:
 def _digest(row: Row) -> str:
     """The loop breaker's digest of the call: its tool and metadata, as the live call
     computed it when it gave no ``fingerprint`` (the ledger does not keep one)."""
+    if row.metadata is None:
+        return loop_digest(row.tool or "", None, None)
     try:
         meta = orjson.loads(row.metadata) if row.metadata else None
     except orjson.JSONDecodeError:
