@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sqlite3
 import tempfile
@@ -99,14 +100,23 @@ async def bench(rows: int, agents: int) -> dict[str, Any]:
         write_ledger(path, ledger_rows(rows, agents))
         written_s = time.perf_counter() - made
         proposed = Proposed(limit_changes(parse_json_object(orjson.dumps(LIMITS)), 10**15))
+        cpu = time.process_time()
         try:
             result = await replay(store, proposed, scratch_dir=Path(folder))
         finally:
             await store.close()
+        cpu_s = time.process_time() - cpu
     refused = sum(a.refused.count for a in result.agents)
     return {"rows": result.rows, "agents": len(result.agents),
             "ledger_written_s": round(written_s, 1), "replay_s": round(result.seconds, 1),
-            "rows_per_s": round(result.rows / result.seconds), "refused": refused,
+            "rows_per_s": round(result.rows / result.seconds),
+            # The replaying process's own CPU (reading the ledger, building and sending the
+            # calls): on a loaded machine the wall-clock rate says more about the load.
+            "python_cpu_s": round(cpu_s, 1),
+            "python_cpu_us_per_row": round(cpu_s * 1e6 / result.rows),
+            "scratch_redis_cpu_s": round(result.scratch_cpu_s, 1),
+            "scratch_redis_cpu_us_per_row": round(result.scratch_cpu_s * 1e6 / result.rows),
+            "load_average_1m": round(os.getloadavg()[0], 1), "refused": refused,
             "limits": LIMITS}
 
 

@@ -38,7 +38,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -161,6 +161,7 @@ class ReplayResult:
     agents: list[AgentReport]
     rows: int
     seconds: float
+    scratch_cpu_s: float = 0.0  # the scratch server's CPU (not in the JSON: benchmarks)
 
     def as_json(self) -> dict[str, Any]:
         return {"agents": [a.as_json() for a in self.agents], "rows": self.rows,
@@ -253,6 +254,39 @@ async def _folded_balances(store: LedgerStore, agent: str | None, before_ms: int
 Handler = Callable[[Any], None]
 
 
+class _Started:
+    """A script call run up to its first wait, which is for Redis's answer: its command is
+    queued on the connection when this returns, in the order calls were started. This is
+    what a Task does, without a Task, a Future callback and three loop turns per call
+    (they were most of a replay's CPU): the calls of a batch are started in a row and their
+    answers read in order once they arrive."""
+
+    __slots__ = ("_coro", "_done", "_value", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+        self._waiting: Any = None
+        self._done = False
+        self._value: Any = None
+        self._step()
+
+    def _step(self) -> None:
+        try:
+            self._waiting = self._coro.send(None)
+        except StopIteration as stop:
+            self._done, self._value = True, stop.value
+
+    async def result(self) -> Any:
+        """The call's value (or its exception), once Redis answered."""
+        while not self._done:
+            waiting = self._waiting
+            if not waiting.done():
+                # Waiting only; the call itself reads the answer (or raises it) below.
+                await asyncio.wait([waiting])
+            self._step()
+        return self._value
+
+
 class _Replayer:
     """Turns rows into script calls, pipelines them, and tallies the refusals."""
 
@@ -270,18 +304,18 @@ class _Replayer:
         self.refused_charges: set[str] = set()
         self.refunded: dict[str, int] = {}
         self.looped: set[str] = set()  # agents with a proposed loop breaker
-        self.pending: list[tuple[Awaitable[Any], Handler | None]] = []
+        self.pending: list[tuple[Coroutine[Any, Any, Any], Handler | None]] = []
         self.pending_charges: set[str] = set()
-        self.inflight: collections.deque[tuple[asyncio.Future[list[Any]],
-                                               list[tuple[Awaitable[Any], Handler | None]],
-                                               set[str]]] = collections.deque()
+        self.inflight: collections.deque[tuple[
+            list[_Started], list[tuple[Coroutine[Any, Any, Any], Handler | None]], set[str]]
+        ] = collections.deque()
         self.partitions: set[int] = set()
         self.clock_ms: int | None = None
         self.rows = 0
 
     # -- plumbing
 
-    def _send(self, call: Awaitable[Any], handler: Handler | None = None) -> None:
+    def _send(self, call: Coroutine[Any, Any, Any], handler: Handler | None = None) -> None:
         self.pending.append((call, handler))
 
     async def flush(self, settle: bool = False) -> None:
@@ -293,12 +327,12 @@ class _Replayer:
             pending, self.pending = self.pending, []
             charges, self.pending_charges = self.pending_charges, set()
             partitions, self.partitions = self.partitions, set()
-            sent = asyncio.gather(*(call for call, _ in pending),
-                                  self.calls.drop_outputs(partitions))
+            sent = [_Started(call) for call, _ in pending]
+            sent.append(_Started(self.calls.drop_outputs(partitions)))
             self.inflight.append((sent, pending, charges))
         while self.inflight and (settle or len(self.inflight) > 1):
             sent, pending, _ = self.inflight[0]
-            replies = await sent
+            replies = [await call.result() for call in sent]
             self.inflight.popleft()
             for (_, handler), reply in zip(pending, replies, strict=False):
                 if handler is not None:
@@ -558,12 +592,13 @@ async def replay(store: LedgerStore, proposed: Proposed, agent: str | None = Non
                 for row in page:
                     await replayer.row(row)
         await replayer.flush(settle=True)
+        scratch_cpu_s = await calls.server_cpu_s()
     finally:
         conn.close()
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
     reports = sorted(replayer.reports.values(), key=lambda r: r.agent)
-    return ReplayResult(reports, replayer.rows, time.monotonic() - started)
+    return ReplayResult(reports, replayer.rows, time.monotonic() - started, scratch_cpu_s)
 
 
 async def run_replay(settings: Settings, proposed: Proposed, agent: str | None,

@@ -33,3 +33,11 @@ class ReplayCalls(ScriptCalls):
         names = [name for p in partitions for name in (keys.events(p), keys.webhooks(p))]
         if names:
             await self._conn.call_or_raise(b"DEL", *names)
+
+    async def server_cpu_s(self) -> float:
+        """CPU seconds the scratch server spent so far (user and system; a benchmark's
+        figure: it tells the scripts' share of a replay from the replaying process's)."""
+        info = await self._conn.call_or_raise(b"INFO", b"cpu")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        return float(fields.get("used_cpu_user", 0)) + float(fields.get("used_cpu_sys", 0))
