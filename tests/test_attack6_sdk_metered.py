@@ -46,6 +46,17 @@ def test_a_metered_tool_that_ran_is_paid(gateway: Gateway, cost: Any, left: str)
     assert balance(gateway, key) == left
 
 
+def test_a_fixed_price_tool_with_a_cost_function_pays_its_price(gateway: Gateway) -> None:
+    _, key = new_agent(gateway, grant="10")
+    with Client(gateway.url, key, max_retries=0) as client:
+        @client.metered("web_search", cost=lambda result: "0.01")
+        def search(query: str) -> str:
+            return query
+
+        assert search("q") == "q"
+    assert balance(gateway, key) == "9.95"  # its catalog price, not what the function said
+
+
 def test_a_cost_function_that_raises_still_pays_the_hold(gateway: Gateway) -> None:
     _, key = new_agent(gateway, grant="10")
     with Client(gateway.url, key, max_retries=0) as client:

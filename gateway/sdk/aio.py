@@ -23,7 +23,7 @@ from gateway.sdk._base import (
     retry_pause_s,
 )
 from gateway.sdk.client import CONNECTIONS_MAX
-from gateway.sdk.errors import IOUError
+from gateway.sdk.errors import InvalidRequest, IOUError
 from gateway.sdk.models import (
     AgentSummary,
     Capture,
@@ -39,6 +39,7 @@ from gateway.sdk.models import (
     Release,
     Status,
     Task,
+    to_amount,
 )
 from gateway.sdk.receipts import ReceiptInvalid, verify_receipt
 
@@ -209,7 +210,7 @@ class AsyncClient(BaseClient):
                 async with self.hold(tool, max, metadata=metadata, task=task) as held:
                     result = await fn(*args, **kwargs)
                     paid, error = metered_cost(cost, result, held.amount)
-                    await held.capture(paid)
+                    await held.capture_ran(paid)
                 if error is not None:
                     raise error
                 return result
@@ -266,6 +267,13 @@ class AsyncHold:
     async def release(self) -> Release:
         self.released = await self.client.release(self.hold_id)
         return self.released
+
+    async def capture_ran(self, cost: str) -> Capture:
+        """As ``Hold.capture_ran``: ``cost``, or the whole hold when the gateway refuses it."""
+        try:
+            return await self.capture(cost)
+        except InvalidRequest:
+            return await self.capture(to_amount(self.amount))
 
     async def close_quietly(self) -> None:
         # The hold expires by itself; the first error is the one to see.

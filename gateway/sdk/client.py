@@ -22,7 +22,7 @@ from gateway.sdk._base import (
     metered_cost,
     retry_pause_s,
 )
-from gateway.sdk.errors import IOUError
+from gateway.sdk.errors import InvalidRequest, IOUError
 from gateway.sdk.models import (
     AgentSummary,
     Capture,
@@ -38,6 +38,7 @@ from gateway.sdk.models import (
     Release,
     Status,
     Task,
+    to_amount,
 )
 from gateway.sdk.receipts import ReceiptInvalid, verify_receipt
 
@@ -230,7 +231,7 @@ class Client(BaseClient):
             with self.hold(tool, max_cost, metadata=metadata, task=task) as held:
                 result = fn(*args, **kwargs)
                 paid, error = metered_cost(cost, result, held.amount)
-                held.capture(paid)
+                held.capture_ran(paid)
             if error is not None:
                 raise error
             return result
@@ -251,7 +252,7 @@ class Client(BaseClient):
             try:
                 result = await fn(*args, **kwargs)
                 paid, error = metered_cost(cost, result, held.amount)
-                await asyncio.to_thread(held.capture, paid)
+                await asyncio.to_thread(held.capture_ran, paid)
             finally:
                 if held.captured is None:
                     await asyncio.to_thread(held.close_quietly)
@@ -310,6 +311,15 @@ class Hold:
     def release(self) -> Release:
         self.released = self.client.release(self.hold_id)
         return self.released
+
+    def capture_ran(self, cost: str) -> Capture:
+        """Capture for a metered tool that has run: ``cost``, or the whole hold when the
+        gateway refuses that cost (a fixed-price tool's hold is captured at its price
+        only): a tool that ran is never left unpaid."""
+        try:
+            return self.capture(cost)
+        except InvalidRequest:
+            return self.capture(to_amount(self.amount))
 
     def close_quietly(self) -> None:
         """Release after a failure; a release that fails too leaves the hold to expire by
