@@ -209,3 +209,11 @@ def test_a_free_call_meets_no_spend_cap_and_no_require_task(lua: Lua) -> None:
     assert lua.charge(None, agent="en", tool="free")[0] == 0  # but a free call passes
     assert lua.charge(None, agent="sh", tool="free")[-1] == ""
     assert lua.agent("sh")["sn:daily"] == "1" and "sn:task_required" not in lua.agent("sh")
+
+
+def test_a_one_micro_call_adds_its_micro(lua: Lua) -> None:
+    lua.create()
+    lua.set_limits("s.nd", "1")
+    assert lua.charge(1)[-1] == ""
+    assert lua.charge(1)[-1] == "calls_per_day"
+    assert (lua.agent()["sn:calls_per_day"], lua.agent()["sa:calls_per_day"]) == ("1", "1")
