@@ -304,6 +304,93 @@ function wallsInputs() {
   };
 }
 
+// ---- shadow limits: the shadow caps beside the enforced ones, each with the would-be
+// refusals of its limit name (GET /v1/agents/{agent}/shadow), and "Promote to enforced":
+// one PATCH that makes each shadow cap the enforced one and clears the shadow object.
+
+// The caps of a limits object as [path, value] rows: per_call, calls.per_day,
+// categories.llm.hourly, tools.web_browse.calls.per_minute, require_task.
+function capRows(lim, path = "") {
+  const rows = [];
+  for (const [key, value] of Object.entries(lim || {})) {
+    if (["low_balance", "webhook_url", "loop", "shadow"].includes(key) || value === null || value === false) continue;
+    if (typeof value === "object") rows.push(...capRows(value, `${path}${key}.`));
+    else rows.push([path + key, value]);
+  }
+  return rows;
+}
+
+// The `limit` name a cap's refusal carries (what the shadow sums are counted by).
+function limitName(path) {
+  const parts = path.split(".");
+  const last = parts[parts.length - 1];
+  if (path === "require_task") return "task_required";
+  if (parts[parts.length - 2] === "calls") return "calls_" + last;
+  if (parts[0] === "tools") return "tool_" + last;
+  return (parts[0] === "categories" ? "category_" : "") + last;
+}
+
+function capAt(lim, path) {
+  return path.split(".").reduce((o, k) => (o && typeof o === "object" ? o[k] : undefined), lim);
+}
+
+// The PATCH that promotes: every shadow cap set as the enforced one, the shadow cleared.
+function promotePatch(shadow) {
+  const patch = { shadow: null };
+  for (const [path, value] of capRows(shadow)) {
+    const keys = path.split(".");
+    let at = patch;
+    for (const k of keys.slice(0, -1)) at = at[k] = at[k] || {};
+    at[keys[keys.length - 1]] = value;
+  }
+  return patch;
+}
+
+function shadowCard(name, act, say, refreshAll) {
+  const card = h("div", { class: "card", id: "shadow-card" });
+  const path = `/v1/agents/${encodeURIComponent(name)}`;
+  let shadow = null;
+  const promote = h("button", { type: "button", id: "promote", onclick: act(async () => {
+    await api("PATCH", `${path}/limits`, promotePatch(shadow));
+    say("Shadow limits promoted to enforced"); await refreshAll();
+  }) }, "Promote to enforced");
+  const clear = h("button", { type: "button", class: "secondary", id: "shadow-clear", onclick: act(async () => {
+    await api("PATCH", `${path}/limits`, { shadow: null });
+    say("Shadow limits cleared"); await refreshAll();
+  }) }, "Clear shadow limits");
+  async function draw(limits) {
+    shadow = limits.shadow || null;
+    const title = h("h2", {}, "Shadow limits");
+    if (!shadow) {
+      card.replaceChildren(title, h("p", { class: "hint" }, "No shadow limits: set some with iou limits --shadow (checked on every call, never refusing)."));
+      return;
+    }
+    const sums = await api("GET", `${path}/shadow`);
+    const counted = new Set();
+    const rows = capRows(shadow).map(([cap, value]) => {
+      const limit = limitName(cap);
+      const seen = sums.refusals[limit];
+      counted.add(limit);
+      const enforced = capAt(limits, cap);
+      return h("tr", { "data-shadow": cap }, h("th", { scope: "row" }, cap), h("td", {}, String(value)),
+        h("td", {}, enforced === undefined || enforced === null || enforced === false ? "-" : String(enforced)),
+        h("td", { class: "num" }, seen ? String(seen.count) : "0"), h("td", { class: "num" }, seen ? seen.amount : "0"));
+    });
+    // Refusals of limits no longer in the shadow object (their sums are kept).
+    for (const [limit, seen] of Object.entries(sums.refusals)) {
+      if (!counted.has(limit)) rows.push(h("tr", { "data-shadow-past": limit }, h("th", { scope: "row" }, limit),
+        h("td", { class: "hint" }, "(earlier)"), h("td", {}, ""), h("td", { class: "num" }, String(seen.count)), h("td", { class: "num" }, seen.amount)));
+    }
+    card.replaceChildren(title,
+      h("p", { class: "hint" }, `Would have refused ${sums.total.count} calls (${sums.total.amount}); every call succeeded.`),
+      h("div", { class: "table-wrap" }, h("table", { id: "shadow" }, h("thead", {}, h("tr", {},
+        ...["Limit", "Shadow cap", "Enforced cap", "Would-be refusals", "Amount"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, ...rows))),
+      h("p", { class: "row" }, promote, clear));
+  }
+  return { el: card, draw };
+}
+
 function agentView(view, name) {
   const status = h("p", { class: "notice", role: "status" });
   const summary = h("div", { class: "totals" });
@@ -412,10 +499,11 @@ function agentView(view, name) {
       h("button", { type: "button", class: "secondary", onclick: () => addTool() }, "Add tool"),
       h("button", { type: "submit" }, "Save limits")));
   const wallsCard = h("div", { class: "card", id: "walls-card" });
+  const shadow = shadowCard(name, act, say, async () => { limitsLoaded = false; await refresh(); });
 
   view.append(h("p", {}, h("a", { href: "#/" }, "← Agents")), h("h1", {}, name), status, summary,
     h("div", { class: "card" }, fundForm, h("p", { class: "row" }, freezeBtn, keyBtn), keyOut),
-    wallsCard, charts, usage,
+    wallsCard, shadow.el, charts, usage,
     h("div", { class: "card" }, h("h2", {}, "Keys"), h("p", { class: "hint" }, "Key ids only: a key is shown once, when it is made."),
       h("div", { class: "table-wrap" }, h("table", { id: "keys" }, h("thead", {}, h("tr", {},
         ...["Key id", "Created", "Last used"].map((t) => h("th", {}, t)))), keysBody))),
@@ -442,6 +530,7 @@ function agentView(view, name) {
       h("div", {}, "Spent today", h("b", {}, dailyBar(a.spent_today, a.limits.daily))),
       h("div", {}, "State", h("b", {}, a.frozen ? "frozen" : "active")));
     wallsCard.replaceChildren(h("h2", {}, "Walls"), wallsTable(a.walls || {}));
+    await shadow.draw(a.limits);
     freezeBtn.textContent = a.frozen ? "Unfreeze" : "Freeze";
     freezeBtn.dataset.frozen = String(a.frozen);
     if (!limitsLoaded) {
