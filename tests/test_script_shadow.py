@@ -180,7 +180,8 @@ def test_a_shadow_wall_keeps_its_counters_without_an_enforced_one(lua: Lua) -> N
 @pytest.mark.parametrize("field,value", [
     ("s.low", "5"), ("s.wh", "https://x.example"), ("s.lp", "3/60/r"), ("s.x", "1"),
     ("s.sx", "1"), ("s.s.pc", "5"), ("s.pc", "0"), ("s.t:web:dl", "5"), ("s.rt", "2"),
-    ("sn:per_call", "1"), ("s.nd", "1000000001")])
+    ("sn:per_call", "1"), ("s.nd", "1000000001"), ("xxpc", "5"), ("q.rt", "1"),
+    ("S.pc", "5")])
 def test_set_limits_refuses_what_is_not_a_shadow_limit(lua: Lua, field: str, value: str
                                                        ) -> None:
     lua.create()
