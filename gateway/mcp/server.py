@@ -30,11 +30,12 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from gateway.api.body import read_asgi_body
 from gateway.api.context import Context
 from gateway.api.responses import error_response
-from gateway.metering.errors import GatewayError, unavailable
+from gateway.metering.errors import GatewayError, UnsupportedMediaType, unavailable
 from gateway.metering.models import Tool
 from gateway.metering.money import format_amount
 from gateway.store.errors import StoreUnavailable
@@ -115,7 +116,34 @@ class McpFront:
             await error_response(unavailable(exc))(scope, receive, send)
             return
         scope[AGENT_SCOPE_KEY] = agent
+        if request.method == "POST":
+            # The HTTP-level refusals in the contract's shape (the SDK's are plain text):
+            # read the body here, then hand it on whole.
+            try:
+                receive = await self._checked_body(request, receive)
+            except GatewayError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
         await self.manager.handle_request(scope, receive, send)
+
+    async def _checked_body(self, request: Request, receive: Receive) -> Receive:
+        """The request's body, refused when it is not application/json (415), larger than
+        IOU_BODY_BYTES_MAX (413) or cut off (400), as a receive that replays it."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise UnsupportedMediaType("The body must be sent as application/json.")
+        raw = await read_asgi_body(receive, request.headers.get("content-length"),
+                                   self.ctx.settings.body_bytes_max)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        return replay
 
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any],
                           params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
