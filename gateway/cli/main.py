@@ -24,7 +24,7 @@ from gateway.ledger.factory import ledger_shown
 from gateway.ledger.supervisor import NICENESS, WriterSupervisor
 from gateway.logs import logging_config, setup_logging
 from gateway.metering.secrets_store import check_at_start, ensure_secret
-from gateway.store.embedded import start_embedded
+from gateway.store.embedded import EmbeddedSupervisor, start_embedded
 from gateway.store.errors import StoreUnavailable as RedisUnavailable
 
 log = logging.getLogger("iou.serve")
@@ -75,6 +75,7 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     setup_logging(settings.log_format)
     _refuse_a_port_in_use(host, port)  # before anything starts or says it did
     embedded = start_embedded(settings.data_dir) if settings.uses_embedded_redis else None
+    watch = None if embedded is None else EmbeddedSupervisor(settings.data_dir, embedded)
     if settings.admin_token is None:
         ensure_secret(settings.data_dir, "admin_token")
         log.info("admin token: %s", (settings.data_dir / "admin_token").resolve())
@@ -98,6 +99,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     # (set before the writer starts: a SIGTERM in between would orphan it).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
+        if watch is not None:
+            watch.start()
         if writer is not None:
             writer.start()
         log.info("IOU gateway on http://%s:%d (%d worker(s)); ledger: %s", host, port,
@@ -115,6 +118,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     finally:
         if writer is not None:
             writer.stop()  # SIGTERM: it finishes the batch in hand
+        if watch is not None:
+            embedded = watch.stop()  # the server it may have started again
         if embedded is not None:
             embedded.stop()
 

@@ -70,7 +70,7 @@ def metered_cost(cost: Callable[[Any], Any], result: Any,
     above the hold, or none, made the capture fail and the tool run for free."""
     try:
         asked = Decimal(to_amount(cost(result)))
-    except Exception as exc:
+    except Exception as exc:  # raised again by the caller, after the capture
         return to_amount(held), exc
     fits = asked.is_finite() and 0 <= asked <= held and asked == asked.quantize(MICRO)
     return (to_amount(asked) if fits else to_amount(held)), None

@@ -113,6 +113,51 @@ def start_embedded(data_dir: Path) -> EmbeddedRedis:
         return server
 
 
+WATCH_S = 0.5
+RESTART_PAUSE_S_MAX = 30.0
+
+
+class EmbeddedSupervisor:
+    """``iou serve``'s watch over the embedded server it started: one that died (kill -9, the
+    OOM killer) is started again on its AOF (``appendfsync always`` keeps every acknowledged
+    write), so paid calls answer 503 while it is down, not until ``iou serve`` restarts."""
+
+    def __init__(self, data_dir: Path, server: EmbeddedRedis) -> None:
+        self.data_dir = data_dir
+        self.server = server
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="iou-embedded-watch",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> EmbeddedRedis:
+        """Stop watching (before the server is stopped); the server now running."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(START_TIMEOUT_S + WATCH_S)
+        return self.server
+
+    def _watch(self) -> None:
+        pause_s = WATCH_S
+        while not self._stopping.wait(pause_s):
+            process = self.server.process
+            if process is None or process.poll() is None:
+                pause_s = WATCH_S
+                continue
+            log.warning("embedded %s (pid %d) exited with %s; starting it again on its AOF",
+                        self.server.kind, process.pid, process.returncode)
+            try:
+                # Reuses a server another local command started meanwhile; never two.
+                self.server = start_embedded(self.data_dir)
+                pause_s = WATCH_S
+            except Exception as exc:  # logged; tried again, more slowly
+                pause_s = min(max(pause_s, 1.0) * 2, RESTART_PAUSE_S_MAX)
+                log.error("embedded %s could not be started again (%s); next try in %.0f s",
+                          self.server.kind, exc, pause_s)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
