@@ -1,6 +1,6 @@
 """The dashboard with 100,000 agents in the store, in a real Chromium: the first screen in
 under 1 s, sorting and paging by the server, and the gateway's charge capacity while dashboards
-poll within 5 % of its capacity without them (phases alternated, medians compared)."""
+poll within 5 % of its capacity without them (the polls' CPU against the CPU of saturation)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Request, expect
 
+from gateway.metering.agent_table import AgentTables
 from tests.bulk_agents import load_agents
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import seed_tools
@@ -31,8 +32,10 @@ __all__ = ["browser"]  # the module-scoped Chromium fixture, shared
 
 AGENTS = 100_000
 KEYED_AGENTS = 256  # the agents the load generator charges
-PHASE_S = 3
-PHASE_PAIRS = 10
+PHASE_S = 3  # one wrk phase of charges
+CHARGE_PHASES = 5
+POLL_PHASE_S = 6  # one idle phase, with or without dashboards polling
+POLL_PHASE_PAIRS = 5
 DASHBOARDS = 3  # open dashboards polling during a "with" phase
 FIRST_SCREEN_S_MAX = 1.0
 RATE_LOSS_MAX = 0.05
@@ -44,6 +47,8 @@ class Big:
     gw: Gateway
     keys: list[str]
     redis_pid: int
+    rebuild_cpu_s: float  # gateway + Redis CPU of one reading of the whole agents table
+    rebuild_wall_s: float
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +67,14 @@ def big() -> Iterator[Big]:
         started = time.monotonic()
         with gw.admin() as admin:
             first = admin.get("/v1/summary", params={"limit": "1"}, timeout=120).json()
+        rebuild_wall_s = time.monotonic() - started
         gateway_cpu, redis_cpu = (cpu_s(p) - b for p, b in zip(processes, cpu_before,
                                                                strict=True))
         print(f"cold summary table of {first['totals']['agents']} agents: "
               f"{time.monotonic() - started:.2f} s, CPU: gateway {gateway_cpu:.2f} s, "
               f"redis {redis_cpu:.2f} s")
-        yield Big(gw, [key for _, key in created[:KEYED_AGENTS]], redis_process.pid)
+        yield Big(gw, [key for _, key in created[:KEYED_AGENTS]], redis_process.pid,
+                  gateway_cpu + redis_cpu, rebuild_wall_s)
 
 
 def cpu_s(pid: int) -> float:
@@ -158,13 +165,6 @@ def balances(page: Page) -> list[Decimal]:
     return [Decimal(t.replace("low", "").strip()) for t in texts]
 
 
-@dataclass(frozen=True)
-class Phase:
-    charges_per_s: float
-    cpu_us_per_charge: float  # the gateway's and its Redis's CPU, dashboard polls included
-    polls: int  # summary requests the dashboards sent during the phase
-
-
 def charge_phase(gw: Gateway, keys_file: str, round_name: str) -> tuple[float, int]:
     """Charges per second and their count that wrk drove through the gateway for PHASE_S
     seconds (every answer must be a 200: a refusal would measure something else)."""
@@ -179,64 +179,101 @@ def charge_phase(gw: Gateway, keys_file: str, round_name: str) -> tuple[float, i
     return float(rate.group(1)), int(count.group(1))
 
 
-def test_charge_rate_while_dashboards_poll(browser: Browser, big: Big) -> None:
-    """Short phases, alternated in pairs (the order flipped every pair, so a drift of the
-    machine's other load falls on both sides), compared by the median of the pairs' ratios.
-    Between "with" phases the dashboards stay open on the tools page, which polls nothing.
+class Dashboards:
+    """DASHBOARDS open dashboards, signed in, sorted by balance (the costliest order to
+    keep), each counting the summary polls it sends."""
 
-    What is compared is the gateway's capacity: the CPU time the gateway process and its
-    Redis spend per charge, the dashboards' polls included (a CPU-bound gateway's charge rate
-    is its cores divided by that). The wall-clock rate is printed too, but on this one
-    machine it also pays for the browser's own rendering (which runs on the operator's
-    computer, not the gateway's) and for whatever else the shared cores run, so it is not
-    what the assertion reads. The dashboards must really have polled: every open one at
-    least every 2 s, counted from the browser's requests."""
+    def __init__(self, browser: Browser, gw: Gateway, served: tuple[int, ...]) -> None:
+        self.pages = [signed_in(browser, gw)[0] for _ in range(DASHBOARDS)]
+        self.polls = 0
+        self.served = served
+        for p in self.pages:
+            p.goto(gw.url + "/dashboard/#/")
+            p.locator("th[data-sort=balance] button").click()
+            expect(p.locator("#agents tbody tr")).to_have_count(50)
+            p.on("request", self._count)
+
+    def _count(self, request: Request) -> None:
+        if "/v1/summary" in request.url:
+            self.polls += 1
+
+    def served_cpu_s(self) -> float:
+        return sum(cpu_s(pid) for pid in self.served)
+
+    def show(self, polling: bool) -> None:
+        """The agents page (it polls) or the tools page (it polls nothing)."""
+        for p in self.pages:
+            p.evaluate(f"location.hash = {'#/' if polling else '#/tools'!r}")
+
+    def idle_phase(self, polling: bool) -> tuple[float, int]:
+        """CPU seconds the gateway and Redis spent over POLL_PHASE_S, and the polls sent."""
+        self.show(polling)
+        polls_before, cpu_before = self.polls, self.served_cpu_s()
+        deadline = time.monotonic() + POLL_PHASE_S
+        while time.monotonic() < deadline:
+            for p in self.pages:  # the sync API delivers the browser's events in its calls
+                p.evaluate("0")
+            time.sleep(0.1)
+        return self.served_cpu_s() - cpu_before, self.polls - polls_before
+
+    def close(self) -> None:
+        for p in self.pages:
+            p.close()
+
+
+def test_charge_rate_while_dashboards_poll(browser: Browser, big: Big) -> None:
+    """The gateway's charge capacity while 3 dashboards poll stays within 5 % of without.
+
+    A CPU-bound gateway's charge rate is the CPU its process and its Redis have divided by
+    what a charge costs them, so what dashboards take from it is the CPU their polls cost
+    (every poll, and the agents table's rebuilds they cause) as a share of the CPU the gateway
+    and Redis spend per second when charges saturate them. Both are measured here, directly:
+    the polls' cost as the CPU difference between idle phases with the dashboards polling and
+    without (alternated, the order flipped every pair, so a drift of the machine's other load
+    falls on both sides), the saturated spending from wrk phases. Comparing the CPU per charge
+    of two loaded phases instead estimated a cost of a few % as the difference of two figures
+    that swing by 30 % on 2 shared cores, and failed on noise. The dashboards must really have
+    polled: every open one at least every 2 s, counted from the browser's requests."""
     gw = big.gw
     assert shutil.which("wrk"), "wrk is needed: apt-get install wrk"
     with tempfile.NamedTemporaryFile("w", suffix=".keys", delete=False) as f:
         f.write("\n".join(big.keys) + "\n")
-    pages = [signed_in(browser, gw)[0] for _ in range(DASHBOARDS)]
-    polls = [0]
-
-    def count_poll(url: str) -> None:
-        if "/v1/summary" in url:
-            polls[0] += 1
-
-    for p in pages:  # each sorted by balance, the costliest order to keep
-        p.goto(gw.url + "/dashboard/#/")
-        p.locator("th[data-sort=balance] button").click()
-        expect(p.locator("#agents tbody tr")).to_have_count(50)
-        p.on("request", lambda r: count_poll(r.url))
-    served = (gw.process.pid, big.redis_pid)
-
-    def phase(polling: bool, name: str) -> Phase:
-        for p in pages:
-            p.evaluate(f"location.hash = {'#/' if polling else '#/tools'!r}")
-        polls_before, cpu_before = polls[0], sum(cpu_s(pid) for pid in served)
-        rate, count = charge_phase(gw, f.name, name)
-        cpu_us = (sum(cpu_s(pid) for pid in served) - cpu_before) * 1e6
-        for p in pages:  # the sync API delivers the browser's events during its own calls
-            p.evaluate("0")
-        return Phase(rate, cpu_us / count, polls[0] - polls_before)
-
-    without: list[Phase] = []
-    with_dashboards: list[Phase] = []
-    for i in range(PHASE_PAIRS):
+    dashboards = Dashboards(browser, gw, (gw.process.pid, big.redis_pid))
+    cpu_s_by_arm = {True: 0.0, False: 0.0}
+    polls_per_phase: dict[bool, list[int]] = {True: [], False: []}
+    for i in range(POLL_PHASE_PAIRS):
         for polling in ((False, True) if i % 2 == 0 else (True, False)):
-            (with_dashboards if polling else without).append(phase(polling, f"r{i}{polling}"))
-    for p in pages:
-        p.close()
+            cpu_phase_s, sent = dashboards.idle_phase(polling)
+            cpu_s_by_arm[polling] += cpu_phase_s
+            polls_per_phase[polling].append(sent)
+    # Below the idle processes' own noise (a few ms per s) the difference may come out
+    # negative: kept as measured, it is a small term either way.
+    polls_cpu_per_s = ((cpu_s_by_arm[True] - cpu_s_by_arm[False])
+                       / (POLL_PHASE_PAIRS * POLL_PHASE_S))
+    dashboards.show(False)
+    saturated: list[float] = []  # gateway + Redis CPU seconds per second, charges saturating
+    rates: list[float] = []
+    for i in range(CHARGE_PHASES):
+        cpu_before, started = dashboards.served_cpu_s(), time.monotonic()
+        rates.append(charge_phase(gw, f.name, f"r{i}")[0])
+        saturated.append((dashboards.served_cpu_s() - cpu_before)
+                         / (time.monotonic() - started))
+    dashboards.close()
     Path(f.name).unlink()
-    capacity = statistics.median(o.cpu_us_per_charge / w.cpu_us_per_charge
-                                 for w, o in zip(with_dashboards, without, strict=True))
-    wall = statistics.median(w.charges_per_s / o.charges_per_s
-                             for w, o in zip(with_dashboards, without, strict=True))
-    print(f"CPU µs per charge (gateway + Redis) without dashboards "
-          f"{[round(p.cpu_us_per_charge) for p in without]}, with {DASHBOARDS} polling "
-          f"{[round(p.cpu_us_per_charge) for p in with_dashboards]}: capacity ratio "
-          f"{capacity:.3f}; wall-clock charges/s {[round(p.charges_per_s) for p in without]} vs "
-          f"{[round(p.charges_per_s) for p in with_dashboards]}: ratio {wall:.3f}; polls per "
-          f"phase {[p.polls for p in with_dashboards]} (without: {sum(p.polls for p in without)})")
-    polls_min = DASHBOARDS * (PHASE_S // 2)  # every dashboard at least once per 2 s
-    assert all(p.polls >= polls_min for p in with_dashboards)
-    assert capacity >= 1 - RATE_LOSS_MAX
+    # A rebuild of the table (read by polls; about one per refresh age, which a phase this
+    # short may miss) is counted at its measured cost spread over the refresh age.
+    tables = AgentTables(None)
+    refresh_age_s = min(tables.age_max_s, max(tables.age_min_s,
+                                              big.rebuild_wall_s / tables.duty_max))
+    rebuilds_cpu_per_s = big.rebuild_cpu_s / refresh_age_s
+    loss = (polls_cpu_per_s + rebuilds_cpu_per_s) / statistics.median(saturated)
+    print(f"{DASHBOARDS} dashboards polling cost the gateway + Redis "
+          f"{polls_cpu_per_s * 1000:.1f} ms CPU per s, table rebuilds "
+          f"{rebuilds_cpu_per_s * 1000:.1f} (polls per {POLL_PHASE_S} s phase "
+          f"{polls_per_phase[True]}); saturated by charges they spend "
+          f"{[round(s, 2) for s in saturated]} CPU s per s ({[round(r) for r in rates]} "
+          f"charges/s): capacity loss {loss:.3%}")
+    assert polls_per_phase[False] == [0] * POLL_PHASE_PAIRS
+    polls_min = DASHBOARDS * (POLL_PHASE_S // 2)  # every dashboard at least once per 2 s
+    assert all(sent >= polls_min for sent in polls_per_phase[True]), polls_per_phase
+    assert loss <= RATE_LOSS_MAX
