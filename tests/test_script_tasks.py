@@ -432,7 +432,8 @@ def test_close_is_idempotent_and_unknown_is_not_found(lua: Lua) -> None:
     assert lua.snapshot() == before
 
 
-@pytest.mark.parametrize("index,value", [(1, "Bad"), (2, "a b"), (3, ""), (4, "x y")])
+@pytest.mark.parametrize("index,value", [(1, "Bad"), (2, "a b"), (2, "t" * 65), (3, ""),
+                                         (4, "x y"), (4, "e" * 65)])
 def test_close_refuses_bad_arguments(lua: Lua, index: int, value: str) -> None:
     lua.create()
     open_task(lua)
