@@ -6,6 +6,8 @@ redis-benchmark EVALSHA of the real lua/charge.lua (50 clients, pipeline 16, uni
 appendfsync always) on one agent of each kind, rounds alternating, the median of Redis's own
 ``usec_per_call`` (INFO commandstats) per kind:
   - none: no limits;
+  - enforced pc+dl / shadow pc+dl: per-call and daily caps only (agent and category), no
+    walls, enforced or as shadow limits (never firing);
   - enforced: per-call, daily and every wall (hour, week, month, call caps of the agent,
     its category and the tool), set so high that no call is refused;
   - shadow: the same caps as shadow limits, never firing;
@@ -38,8 +40,11 @@ CAPS = {"pc": BIG, "dl": BIG, "c:tool:pc": BIG, "c:tool:dl": BIG, "hr": BIG, "wk
         "c:tool:mo": BIG, "c:tool:nm": CALLS, "c:tool:nh": CALLS, "c:tool:nd": CALLS,
         "t:web_search:pc": BIG, "t:web_search:nm": CALLS, "t:web_search:nh": CALLS,
         "t:web_search:nd": CALLS}
+SIMPLE = {"pc": BIG, "dl": BIG, "c:tool:pc": BIG, "c:tool:dl": BIG}
 KINDS: dict[str, dict[str, str]] = {
     "none": {},
+    "enforced pc+dl": SIMPLE,
+    "shadow pc+dl": {**{"s." + f: v for f, v in SIMPLE.items()}, "sx": "1"},
     "enforced": {**CAPS, "x": "1"},
     "shadow": {**{"s." + f: v for f, v in CAPS.items()}, "x": "1", "sx": "1"},
     "shadow firing": {**{"s." + f: v for f, v in CAPS.items()}, "s.pc": "1", "x": "1",
@@ -119,7 +124,7 @@ def main() -> None:
     print(f"{result['server']}, {args.rounds} alternating rounds of {args.requests} "
           "EVALSHA charge.lua (-c 50 -P 16, unix socket, appendfsync always):")
     for kind, us in result["median_us"].items():
-        print(f"  {kind:14s} {us:6.2f} µs of Redis CPU per charge (median)")
+        print(f"  {kind:15s} {us:6.2f} µs of Redis CPU per charge (median)")
 
 
 if __name__ == "__main__":
