@@ -34,7 +34,9 @@ def _embedded_pid(gateway: Gateway) -> int:
 
 
 def test_a_killed_embedded_redis_is_started_again() -> None:
-    with running_gateway(None) as gateway:
+    # No writer here: a writer restarted meanwhile may start the server itself (as its own
+    # child), which would hide whether iou serve does.
+    with running_gateway(None, writer=False) as gateway:
         seed_tools(gateway)
         _, key = new_agent(gateway, grant="10")
         with gateway.agent(key) as agent:
