@@ -34,6 +34,7 @@ from gateway.ledger.replay import (
 from gateway.ledger.store import LedgerStore
 from gateway.metering.engine import Engine
 from gateway.metering.errors import GatewayError
+from gateway.store.keys import partition_of
 from tests.conftest import make_engine
 from tests.helpers import T, setup_catalog, shift_to
 from tests.ledger_helpers import store_for, writer_for
@@ -280,6 +281,37 @@ async def test_a_proposed_loop_breaker_sees_the_recorded_arguments(
     loop = Proposed(limit_changes(body, AMOUNT_MAX))
     result = await replay(ledger, loop, scratch_dir=tmp_path)
     assert reported(result) == {"rl": {"loop_detected": [2, 100_000]}}
+
+
+async def test_transfers_and_expired_holds_are_replayed(
+        real_redis_url: str, ledger: LedgerStore, tmp_path: Path) -> None:
+    """A sub-agent funded by its parent and reclaimed, and a hold that expired: the expiry
+    gives the day's window back (else the parent's two later charges would not fit)."""
+    engine = await make_engine(real_redis_url, IOU_TEST_CLOCK="1")
+    try:
+        await setup_catalog(engine)
+        at = utc_ms(2026, 11, 10, 9)
+        await shift_to(engine, at)
+        await engine.create_agent("rp", grant_micros=10 * T)
+        kid = next(name for n in range(1000) if partition_of(
+            name := f"rp-kid-{n}", engine.partitions) == partition_of("rp", engine.partitions))
+        await engine.create_child("rp", kid, 3 * T)
+        for _ in range(3):
+            await engine.charge(kid, "llm_summarize", 200_000)
+        await engine.reclaim(kid, "rp")
+        await engine.hold("rp", "llm_summarize", 300_000, ttl_s=1)
+        await shift_to(engine, at + 5_000)
+        assert await engine.expire_holds() == 1
+        for _ in range(2):
+            await engine.charge("rp", "llm_summarize", 250_000)
+        await writer_for(engine, ledger).drain()
+    finally:
+        await engine.stop()
+        engine.conn.close()
+    daily = Proposed(limit_changes({"daily": "0.5"}, AMOUNT_MAX))
+    result = await replay(ledger, daily, scratch_dir=tmp_path)
+    assert reported(result) == {kid: {"daily": [1, 200_000]}}
+    assert {a.agent for a in result.agents} == {"rp", kid}
 
 
 def test_since_accepts_durations_and_dates() -> None:
