@@ -2,17 +2,27 @@
 pure-Python model of what each call must do.
 
 Rules: agents, funding, limits (per call, daily, category caps, calls per day for the agent
-and for one tool), freezing, single charges and batches with and without an Idempotency-Key,
-holds, captures, releases, refunds (whole or part) of any charge or capture, debits, retries
-of any earlier keyed request with its key (the model knows the first answer), a batch item that
-raises inside the gateway after its charge (planted by tests/fault_entry.py) and, in the slow
-variant, the gateway killed with SIGKILL between two calls (restarted on the same Redis and
-data dir) and the ledger writer killed.
+and for one tool, the rolling-hour cap, the loop breaker), freezing, single charges and batches
+with and without an Idempotency-Key, the same charge repeated as a looping agent repeats it,
+tasks (opened with a budget and a call count for one tool, named by charges and holds,
+closed), holds, captures, releases, refunds (whole or part) of any charge or capture, debits,
+retries of any earlier keyed request with its key (the model knows the first answer), a batch
+item that raises inside the gateway after its charge (planted by tests/fault_entry.py) and, in
+the slow variant, the gateway killed with SIGKILL between two calls (restarted on the same
+Redis and data dir) and the ledger writer killed.
+
+Time is the test clock's (IOU_TEST_CLOCK): every request is sent at the model's time, which
+only the ``advance`` rule moves (by whole minutes and 3 s, at most ADVANCES_MAX times an
+example, from a fixed 01:00:30 UTC, so an example never crosses midnight and no call is ever
+within seconds of a window's edge): the rolling hour drops the minutes it has left, holds
+expire (the gateway's sweeper releases them) and the loop breaker's window passes.
 
 After every step, for every agent touched: the balance, held amount and today's spending
 equal the model's (computed from the model, never read back), so no balance went below
 zero, no daily cap was passed and no retry charged twice; and once the writer caught up,
-the ledger adds up to that balance and holds every acknowledged charge exactly once.
+the ledger adds up to that balance and holds every acknowledged charge exactly once; the
+agent detail's ``walls`` shows the model's rolling-hour spending (spent and held) and calls
+today, and each task of the agent shows the model's spent, held, calls and state.
 """
 
 from __future__ import annotations
@@ -33,11 +43,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from gateway.metering.money import format_amount as fmt
+from gateway.store.keys import TEST_CLOCK_KEY
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import seed_tools
 from tests.servers import redis_server
@@ -54,6 +66,19 @@ costs = st.integers(min_value=0, max_value=600_000)
 caps = st.one_of(st.none(), st.integers(min_value=1, max_value=3_000_000))
 call_caps = st.one_of(st.none(), st.integers(min_value=1, max_value=3))
 COUNTED_TOOL = "web_search"  # the tool whose calls per day the model caps
+MINUTE_MS = 60_000
+HOLD_TTL_MS = 3_600_000
+# Each example starts at this time of the test clock (a Wednesday, 01:00:30 UTC).
+START_MS = 1_796_173_230_000
+ADVANCES_MAX = 8
+ADVANCE_MINUTES = (1, 2, 5, 30, 59, 61, 90)
+# The loop breaker the model sets: 3 repeats within 59.5 minutes (the model's times differ
+# by whole minutes and multiples of 3 s, never by 59.5 minutes).
+LOOP = {"repeats": 3, "window_s": 3570}
+LOOP_WINDOW_MS = 3_570_000
+hourly_caps = st.one_of(st.none(), st.integers(min_value=1, max_value=1_500_000))
+fingerprints = st.sampled_from([None, "a"])
+task_picks = st.sampled_from([None, 0, 1, 2])
 
 
 def micros(text: str) -> int:
@@ -80,7 +105,16 @@ class Harness:
     def _start(self) -> Gateway:
         self.stack = ExitStack()
         return self.stack.enter_context(running_gateway(
-            self.redis_url, data_dir=self.data_dir, fault="batch_item"))
+            self.redis_url, data_dir=self.data_dir, fault="batch_item", IOU_TEST_CLOCK="1"))
+
+    def pin_clock(self, at_ms: int) -> None:
+        """Make the scripts' clock read ``at_ms`` now (offset from Redis's own TIME)."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            seconds, micros_ = client.time()
+            client.set(TEST_CLOCK_KEY, at_ms - (seconds * 1000 + micros_ // 1000))
+        finally:
+            client.close()
 
     def writer_pids(self) -> list[int]:
         pid = self.gw.process.pid
@@ -135,6 +169,52 @@ class HoldModel:
     agent: str
     amount: int
     state: str = "open"
+    at_ms: int = 0
+    xw: bool = False  # counted in the walls (taken while the agent had walls)
+    task: str | None = None
+
+
+@dataclass
+class TaskModel:
+    task_id: str
+    agent: str
+    budget: int
+    max_tool_calls: int | None  # max_calls of COUNTED_TOOL
+    spent: int = 0
+    held: int = 0
+    calls: int = 0
+    tool_calls: int = 0
+    state: str = "open"
+
+    def refusal(self, cost: int, tool: str) -> str | None:
+        """task_refusal of lua/_lib.lua: closed, the tool's max_calls, the budget."""
+        if self.state != "open":
+            return "task_closed"
+        if tool == COUNTED_TOOL and self.max_tool_calls is not None and (
+                self.tool_calls + 1 > self.max_tool_calls):
+            return "task_calls"
+        if self.spent + self.held + cost > self.budget:
+            return "task_budget"
+        return None
+
+    def count(self, tool: str, spent: int, held: int) -> None:
+        self.calls += 1
+        self.tool_calls += tool == COUNTED_TOOL
+        self.spent += spent
+        self.held += held
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call as the scripts check it: what it costs, of which tool, when, the arguments
+    the loop breaker compares, and the task it names."""
+
+    cost: int
+    category: str
+    tool: str
+    now_ms: int
+    loop_key: tuple[str, str | None] = ("", None)
+    task: TaskModel | None = None
 
 
 @dataclass
@@ -157,6 +237,13 @@ class AgentModel:
     tool_calls_per_day: int | None = None
     calls_today: int = 0
     tool_calls_today: int = 0
+    # The rolling hour: spent by minute while the walls were on, and held by holds taken then.
+    hourly: int | None = None
+    minute_spent: dict[int, int] = field(default_factory=dict)
+    held_walls: int = 0
+    # The loop breaker (LOOP when on): the times of the calls that passed, by arguments.
+    loop_on: bool = False
+    loop_calls: dict[tuple[str, str | None], list[int]] = field(default_factory=dict)
     charges: int = 0  # ledger rows of kind charge (free calls included)
     captures: int = 0
     refunds: int = 0
@@ -165,15 +252,30 @@ class AgentModel:
 
     @property
     def walls_on(self) -> bool:
-        return self.calls_per_day is not None or self.tool_calls_per_day is not None
+        return (self.calls_per_day is not None or self.tool_calls_per_day is not None
+                or self.hourly is not None)
 
-    def refusal(self, cost: int, category: str, tool: str) -> str | None:
-        """The outcome charge.lua / hold.lua must give for a call of ``cost``, in the
-        scripts' order: frozen, per-call caps, daily caps (paid calls only), then the call
-        caps (free calls too), then the balance."""
+    def hour_used(self, now_ms: int) -> int:
+        """Spent in the minutes of the rolling hour, and held by holds counted in the walls."""
+        minute = now_ms // MINUTE_MS
+        return sum(v for m, v in self.minute_spent.items() if m > minute - 60) + self.held_walls
+
+    def looped(self, call: Call) -> bool:
+        times = self.loop_calls.get(call.loop_key, [])
+        repeats = int(LOOP["repeats"])
+        return self.loop_on and len(times) >= repeats and (
+            times[-repeats] > call.now_ms - LOOP_WINDOW_MS)
+
+    def refusal(self, call: Call) -> str | None:
+        """The outcome charge.lua / hold.lua must give for ``call``, in the scripts' order:
+        frozen (paid calls), the loop breaker, per-call caps, daily caps (paid calls), then
+        the call caps (free calls too), the rolling hour, the task, then the balance."""
+        cost, category, tool = call.cost, call.category, call.tool
         caps = self.category_caps.get(category, {})
         if cost > 0 and self.frozen:
             return "agent_frozen"
+        if self.looped(call):
+            return "loop_detected"
         if cost > 0 and self.per_call is not None and cost > self.per_call:
             return "per_call"
         if cost > 0 and "per_call" in caps and cost > caps["per_call"]:
@@ -190,20 +292,37 @@ class AgentModel:
         if self.walls_on and tool == COUNTED_TOOL and self.tool_calls_per_day is not None and (
                 self.tool_calls_today + 1 > self.tool_calls_per_day):
             return "calls_per_day"
+        if cost > 0 and self.walls_on and self.hourly is not None and (
+                self.hour_used(call.now_ms) + cost > self.hourly):
+            return "hourly"
+        refused = None if call.task is None else call.task.refusal(cost, tool)
+        if refused is not None:
+            return refused
         if cost > self.balance:
             return "balance_insufficient"
         return None
 
-    def count_call(self, tool: str) -> None:
+    def count_call(self, call: Call) -> None:
+        """A call that passed: the call caps' and the loop breaker's counts."""
         if self.walls_on:
             self.calls_today += 1
-            self.tool_calls_today += tool == COUNTED_TOOL
+            self.tool_calls_today += call.tool == COUNTED_TOOL
+        if self.loop_on:
+            self.loop_calls.setdefault(call.loop_key, []).append(call.now_ms)
 
-    def charge(self, cost: int, category: str, tool: str) -> None:
-        self.balance -= cost
-        self.spent[category] = self.spent.get(category, 0) + cost
+    def spend_in_hour(self, cost: int, now_ms: int) -> None:
+        if self.walls_on and cost > 0:
+            minute = now_ms // MINUTE_MS
+            self.minute_spent[minute] = self.minute_spent.get(minute, 0) + cost
+
+    def charge(self, call: Call) -> None:
+        self.balance -= call.cost
+        self.spent[call.category] = self.spent.get(call.category, 0) + call.cost
         self.charges += 1
-        self.count_call(tool)
+        self.spend_in_hour(call.cost, call.now_ms)
+        self.count_call(call)
+        if call.task is not None:
+            call.task.count(call.tool, call.cost, 0)
 
 
 @dataclass
@@ -214,6 +333,8 @@ class ChargeModel:
     cost: int
     category: str
     refunded: int = 0
+    minute: int = 0  # when it was charged (a refund gives back to that minute's spending)
+    task: str | None = None
 
 
 @dataclass
@@ -242,11 +363,22 @@ class HttpModel(RuleBasedStateMachine):
         self.sent: list[Sent] = []
         self.holds: list[HoldModel] = []
         self.charged: dict[str, ChargeModel] = {}
+        self.tasks: dict[str, TaskModel] = {}
         self.touched: set[str] = set()
+        self.now_ms = START_MS
+        self.advances = 0
+        self.last_charge: tuple[AgentModel, dict[str, Any]] | None = None
         for _ in range(2):
             self._create(grant=3_000_000, key=None)
-        # One agent starts under call caps, so that the few steps of an example reach them.
-        self._set_call_caps(self.agents[min(self.agents)], 3, 1)
+        # One agent starts under call caps, the other under the rolling hour and the loop
+        # breaker with a small task open, so that the few steps of an example reach them.
+        first, second = (self.agents[n] for n in sorted(self.agents))
+        self._set_call_caps(first, 3, 1)
+        self.patch_limits(first, {"loop": LOOP})
+        first.loop_on = True
+        self.patch_limits(second, {"hourly": fmt(400_000), "loop": LOOP})
+        second.hourly, second.loop_on = 400_000, True
+        self._open_task(second, 100_000, 1)
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -256,8 +388,20 @@ class HttpModel(RuleBasedStateMachine):
         headers = {"authorization": f"Bearer {token}"}
         if key is not None:
             headers["idempotency-key"] = key
+        self.harness.pin_clock(self.now_ms)
         with httpx.Client(base_url=self.harness.gw.url, timeout=30) as client:
             return client.post(path, json=body, headers=headers)
+
+    def patch_limits(self, a: AgentModel, body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=self.harness.gw.url, timeout=30) as client:
+            response = client.patch(f"/v1/agents/{a.name}/limits", json=body,
+                                    headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert response.status_code == 200, response.text
+
+    def task_of(self, a: AgentModel, pick: int | None) -> TaskModel | None:
+        """One of the agent's tasks (open or closed), or None."""
+        mine = sorted(t for t, task in self.tasks.items() if task.agent == a.name)
+        return None if pick is None or not mine else self.tasks[mine[pick % len(mine)]]
 
     def admin_get(self, path: str, **params: str) -> Any:
         with httpx.Client(base_url=self.harness.gw.url, timeout=30,
@@ -345,6 +489,70 @@ class HttpModel(RuleBasedStateMachine):
         assert response.status_code == 200, response.text
         a.calls_per_day, a.tool_calls_per_day = per_day, tool_per_day
 
+    @rule(who=st.integers(0, 9), hourly=hourly_caps, loop=st.booleans())
+    def set_walls(self, who: int, hourly: int | None, loop: bool) -> None:
+        """The rolling-hour cap and the loop breaker (LOOP or none)."""
+        a = self.agent(who)
+        self.patch_limits(a, {"hourly": None if hourly is None else fmt(hourly),
+                              "loop": LOOP if loop else None})
+        a.hourly, a.loop_on = hourly, loop
+
+    # ---- tasks ----------------------------------------------------------------------
+
+    @rule(who=st.integers(0, 9), budget=st.integers(min_value=1, max_value=2_000_000),
+          max_tool_calls=st.one_of(st.none(), st.integers(1, 3)))
+    def open_task(self, who: int, budget: int, max_tool_calls: int | None) -> None:
+        self._open_task(self.agent(who), budget, max_tool_calls)
+
+    def _open_task(self, a: AgentModel, budget: int, max_tool_calls: int | None) -> None:
+        body: dict[str, Any] = {"budget": fmt(budget), "ttl_s": 604800}
+        if max_tool_calls is not None:
+            body["max_calls"] = {COUNTED_TOOL: max_tool_calls}
+        response = self.post("/v1/tasks", body, a.api_key)
+        assert response.status_code == 201, response.text
+        got = response.json()
+        assert (got["budget"], got["spent"], got["held"], got["calls"], got["state"]) == (
+            fmt(budget), "0", "0", 0, "open"), got
+        self.tasks[got["task_id"]] = TaskModel(got["task_id"], a.name, budget, max_tool_calls)
+
+    @precondition(lambda self: bool(self.tasks))
+    @rule(which=st.integers(0, 99))
+    def close_task(self, which: int) -> None:
+        t = self.tasks[sorted(self.tasks)[which % len(self.tasks)]]
+        a = self.agents[t.agent]
+        self.touched.add(a.name)
+        response = self.post(f"/v1/tasks/{t.task_id}/close", None, a.api_key)
+        assert response.status_code == 200, response.text
+        released = [h for h in self.holds if h.task == t.task_id and h.state == "open"]
+        for h in released:  # the close releases the task's open holds
+            self._close_hold(h, "released", 0)
+        t.state = "closed"
+        got = response.json()
+        assert (got["state"], got["spent"], got["held"], got["holds_released"]) == (
+            "closed", fmt(t.spent), "0", len(released)), got
+
+    # ---- the clock ------------------------------------------------------------------
+
+    @precondition(lambda self: self.advances < ADVANCES_MAX)
+    @rule(minutes=st.sampled_from(ADVANCE_MINUTES))
+    def advance(self, minutes: int) -> None:
+        """Move the clock on; the gateway's sweeper expires the holds whose time has come
+        (waited for: it runs every 0.25 s)."""
+        self.advances += 1
+        self.now_ms += minutes * MINUTE_MS + 3000
+        self.harness.pin_clock(self.now_ms)
+        expired = [h for h in self.holds if h.state == "open"
+                   and h.at_ms + HOLD_TTL_MS <= self.now_ms]
+        for h in expired:
+            self._close_hold(h, "expired", 0)
+            self.touched.add(h.agent)
+        deadline = time.monotonic() + LEDGER_WAIT_S
+        for name in sorted({h.agent for h in expired}):
+            a = self.agents[name]
+            while micros(self.admin_get(f"/v1/agents/{name}")["held"]) != sum(a.held.values()):
+                assert time.monotonic() < deadline, f"holds of {name} not expired"
+                time.sleep(0.05)
+
     @rule(who=st.integers(0, 9), frozen=st.booleans(), keyed=st.booleans())
     def freeze(self, who: int, frozen: bool, keyed: bool) -> None:
         a = self.agent(who)
@@ -368,16 +576,34 @@ class HttpModel(RuleBasedStateMachine):
     # ---- charges and batches --------------------------------------------------------
 
     @rule(who=st.integers(0, 9), tool=st.sampled_from([*sorted(FIXED), VARIABLE]),
-          cost=costs, keyed=st.booleans())
-    def charge(self, who: int, tool: str, cost: int, keyed: bool) -> None:
+          cost=costs, keyed=st.booleans(), fingerprint=fingerprints, task=task_picks)
+    def charge(self, who: int, tool: str, cost: int, keyed: bool,
+               fingerprint: str | None, task: int | None) -> None:
         a = self.agent(who)
         body: dict[str, Any] = {"tool": tool}
         if tool == VARIABLE:
             body["cost"] = fmt(cost)
+        if fingerprint is not None:
+            body["fingerprint"] = fingerprint
+        named = self.task_of(a, task)
+        if named is not None:
+            body["task"] = named.task_id
         sent = Sent("charge", a.name, new_key("charge"), body) if keyed else None
         self._charge(a, body, sent)
+        self.last_charge = (a, body)
         if sent is not None:
             self.sent.append(sent)
+
+    @precondition(lambda self: self.last_charge is not None)
+    @rule(times=st.integers(1, 4))
+    def charge_again(self, times: int) -> None:
+        """The same call again, ``times`` times, as a looping agent makes it (new requests,
+        no key): what the loop breaker, call caps and task counts are for."""
+        assert self.last_charge is not None
+        a, body = self.last_charge
+        self.touched.add(a.name)
+        for _ in range(times):
+            self._charge(a, body, None)
 
     def _charge(self, a: AgentModel, body: dict[str, Any], sent: Sent | None) -> None:
         response = self.post("/v1/charge", body, a.api_key, sent.key if sent else None)
@@ -395,12 +621,17 @@ class HttpModel(RuleBasedStateMachine):
         tool = item["tool"]
         cost, category = ((micros(item["cost"]), VARIABLE_CATEGORY) if tool == VARIABLE
                           else FIXED[tool])
-        refused = a.refusal(cost, category, tool)
+        # The loop breaker's arguments: the fingerprint, else the metadata, else none.
+        args = (f"f:{item['fingerprint']}" if "fingerprint" in item
+                else "m" if "metadata" in item else None)
+        task = self.tasks[item["task"]] if "task" in item else None
+        call = Call(cost, category, tool, self.now_ms, (tool, args), task)
+        refused = a.refusal(call)
         if refused is not None:
             return {"outcome": refused}
-        a.charge(cost, category, tool)
+        a.charge(call)
         return {"cost": fmt(cost), "balance": fmt(a.balance), "agent": a,
-                "category": category}
+                "category": category, "task": item.get("task")}
 
     def _check_item(self, expected: dict[str, Any], got: dict[str, Any]) -> None:
         if "outcome" in expected:
@@ -410,11 +641,13 @@ class HttpModel(RuleBasedStateMachine):
         assert (got.get("cost"), got.get("balance")) == (expected["cost"], expected["balance"]
                                                          ), (expected, got)
         self._acknowledge(expected["agent"], got["charge_id"], micros(expected["cost"]),
-                          expected["category"])
+                          expected["category"], expected["task"])
 
-    def _acknowledge(self, a: AgentModel, charge_id: str, cost: int, category: str) -> None:
+    def _acknowledge(self, a: AgentModel, charge_id: str, cost: int, category: str,
+                     task: str | None = None) -> None:
         a.acknowledged.add(charge_id)
-        self.charged[charge_id] = ChargeModel(a.name, cost, category)
+        self.charged[charge_id] = ChargeModel(a.name, cost, category,
+                                              minute=self.now_ms // MINUTE_MS, task=task)
 
     @rule(who=st.integers(0, 9), tools=st.lists(st.sampled_from([*sorted(FIXED), VARIABLE]),
                                                 min_size=1, max_size=6),
@@ -469,10 +702,13 @@ class HttpModel(RuleBasedStateMachine):
     # ---- holds ----------------------------------------------------------------------
 
     @rule(who=st.integers(0, 9), amount=st.integers(min_value=1, max_value=800_000),
-          keyed=st.booleans())
-    def hold(self, who: int, amount: int, keyed: bool) -> None:
+          keyed=st.booleans(), task=task_picks)
+    def hold(self, who: int, amount: int, keyed: bool, task: int | None) -> None:
         a = self.agent(who)
-        body = {"tool": VARIABLE, "max_cost": fmt(amount), "ttl_s": 3600}
+        body: dict[str, Any] = {"tool": VARIABLE, "max_cost": fmt(amount), "ttl_s": 3600}
+        named = self.task_of(a, task)
+        if named is not None:
+            body["task"] = named.task_id
         sent = Sent("hold", a.name, new_key("hold"), body) if keyed else None
         self._hold(a, body, sent)
         if sent is not None:
@@ -484,17 +720,25 @@ class HttpModel(RuleBasedStateMachine):
             assert response.status_code == 201 and response.json() == sent.answer
             return
         amount = micros(body["max_cost"])
-        refused = a.refusal(amount, VARIABLE_CATEGORY, VARIABLE)
+        task = self.tasks[body["task"]] if "task" in body else None
+        call = Call(amount, VARIABLE_CATEGORY, VARIABLE, self.now_ms, (VARIABLE, None), task)
+        refused = a.refusal(call)
         if refused is not None:
-            assert response.status_code >= 400 and outcome(response.json()) == refused
+            assert response.status_code >= 400 and outcome(response.json()) == refused, (
+                refused, response.text)
             return
         assert response.status_code == 201, response.text
-        a.count_call(VARIABLE)
+        a.count_call(call)
         a.balance -= amount
         a.held[VARIABLE_CATEGORY] = a.held.get(VARIABLE_CATEGORY, 0) + amount
+        if a.walls_on:
+            a.held_walls += amount
+        if task is not None:
+            task.count(VARIABLE, 0, amount)
         got = response.json()
         assert (got["amount"], got["balance"]) == (fmt(amount), fmt(a.balance))
-        self.holds.append(HoldModel(got["hold_id"], a.name, amount))
+        self.holds.append(HoldModel(got["hold_id"], a.name, amount, at_ms=self.now_ms,
+                                    xw=a.walls_on, task=body.get("task")))
         if sent is not None:
             sent.answer = got
 
@@ -523,15 +767,19 @@ class HttpModel(RuleBasedStateMachine):
         if cost > h.amount:
             assert response.status_code == 422, response.text
             return
+        if (a.walls_on and not h.xw and a.hourly is not None and cost > 0
+                and a.hour_used(self.now_ms) + cost > a.hourly):
+            # A hold the walls did not count is checked against the hour it lands in.
+            assert response.status_code == 429 and outcome(response.json()) == "hourly"
+            return
         assert response.status_code == 200, response.text
-        h.state = "captured"
-        a.balance += h.amount - cost
-        a.held[VARIABLE_CATEGORY] -= h.amount
+        self._close_hold(h, "captured", cost)
         a.spent[VARIABLE_CATEGORY] = a.spent.get(VARIABLE_CATEGORY, 0) + cost
+        a.spend_in_hour(cost, self.now_ms)
         a.captures += 1
         got = response.json()
         assert (got["cost"], got["balance"]) == (fmt(cost), fmt(a.balance))
-        self._acknowledge(a, got["charge_id"], cost, VARIABLE_CATEGORY)
+        self._acknowledge(a, got["charge_id"], cost, VARIABLE_CATEGORY, h.task)
         if sent is not None:
             sent.answer = got
 
@@ -556,12 +804,25 @@ class HttpModel(RuleBasedStateMachine):
             assert response.status_code == 409, response.text
             return
         assert response.status_code == 200, response.text
-        h.state = "released"
-        a.balance += h.amount
-        a.held[VARIABLE_CATEGORY] -= h.amount
+        self._close_hold(h, "released", 0)
         assert response.json() == {"released": fmt(h.amount), "balance": fmt(a.balance)}
         if sent is not None:
             sent.answer = response.json()
+
+    def _close_hold(self, h: HoldModel, state: str, cost: int) -> None:
+        """hold_close of lua/_lib.lua: what was not spent back to the balance, the hold's
+        amount out of held, the walls' held and its task's held (its cost into the task's
+        spending)."""
+        a = self.agents[h.agent]
+        h.state = state
+        a.balance += h.amount - cost
+        a.held[VARIABLE_CATEGORY] -= h.amount
+        if h.xw:
+            a.held_walls -= h.amount
+        if h.task is not None:
+            t = self.tasks[h.task]
+            t.held -= h.amount
+            t.spent += cost
 
     # ---- refunds and debits (admin) -------------------------------------------------
 
@@ -597,6 +858,12 @@ class HttpModel(RuleBasedStateMachine):
         c.refunded += amount
         a.balance += amount
         a.spent[c.category] -= amount  # today's window: the model never crosses midnight
+        minute = self.now_ms // MINUTE_MS
+        if c.minute in a.minute_spent and c.minute > minute - 60:  # the hour's, if current
+            a.minute_spent[c.minute] = max(0, a.minute_spent[c.minute] - amount)
+        if c.task is not None and self.tasks[c.task].state == "open":
+            t = self.tasks[c.task]
+            t.spent = max(0, t.spent - amount)
         a.refunds += 1
         got = response.json()
         assert (got["charge_id"], got["agent"], got["amount"], got["balance"]) == (
@@ -697,6 +964,21 @@ class HttpModel(RuleBasedStateMachine):
                 assert micros(state["spent_today"]) + micros(state["held"]) <= (
                     a.daily + a.daily_excess), (name, state, a.daily)
             assert state["frozen"] == a.frozen
+            walls = state["walls"]
+            if a.hourly is not None:  # what the next call is checked against
+                assert walls["hourly"] == {"used": fmt(a.hour_used(self.now_ms)),
+                                           "max": fmt(a.hourly)}, (name, walls)
+            if a.calls_per_day is not None:
+                assert walls["calls"]["per_day"]["used"] == a.calls_today, (name, walls)
+            self._tasks_equal_model(a)
+
+    def _tasks_equal_model(self, a: AgentModel) -> None:
+        for t in (t for t in self.tasks.values() if t.agent == a.name):
+            with httpx.Client(base_url=self.harness.gw.url, timeout=30) as client:
+                shown = client.get(f"/v1/tasks/{t.task_id}",
+                                   headers={"authorization": f"Bearer {a.api_key}"}).json()
+            assert (shown["spent"], shown["held"], shown["calls"], shown["state"]) == (
+                fmt(t.spent), fmt(t.held), t.calls, t.state), (t, shown)
 
     def _ledger_equals_model(self) -> None:
         deadline = time.monotonic() + LEDGER_WAIT_S
@@ -761,7 +1043,7 @@ def run_machine(harness: Harness, examples: int, steps: int, faults: bool) -> No
 
 
 def test_http_api_matches_model(harness: Harness) -> None:
-    run_machine(harness, examples=6, steps=30, faults=False)
+    run_machine(harness, examples=10, steps=20, faults=False)
 
 
 @pytest.mark.slow
