@@ -326,6 +326,9 @@ def test_debit_crossing_low_balance_queues_the_webhook(lua: Lua) -> None:
     raw: Any = lua.r.xrange(lua.k().webhooks)
     events = [dict(f)["event"] for _, f in raw]
     assert events == ["balance.low", "refill.requested"]
+    # Each webhook is named after the debit's entry id (the receiver's deduplication key).
+    assert [dict(f)["event_id"] for _, f in raw] == [
+        f"{reply[3]}:balance.low", f"{reply[3]}:refill.requested"]
     assert debit(lua, 1)[2] == 1
     assert lua.r.xlen(lua.k().webhooks) == 2
 
@@ -333,6 +336,8 @@ def test_debit_crossing_low_balance_queues_the_webhook(lua: Lua) -> None:
 def test_debit_is_idempotent(lua: Lua) -> None:
     lua.create(grant=1_000_000)
     first = debit(lua, 100_000, idem="d1", ih="h1")
+    event = lua.events()[-1]
+    assert (event["idem"], event["ih"]) == ("d1", "h1")  # the ledger keeps the key as given
     again = debit(lua, 100_000, idem="d1", ih="h1")
     assert again == [REPLAY, "900000", "0", first[3], "100000"]
     assert lua.bal() == 900_000

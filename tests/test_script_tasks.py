@@ -94,7 +94,7 @@ def test_open_forgets_index_entries_older_than_any_task(lua: Lua) -> None:
 @pytest.mark.parametrize("index,value", [
     (3, "0"), (3, "-1"), (3, "1.5"), (3, str(AMAX + 1)), (3, ""), (4, "x"), (5, "0"),
     (5, str(TTL_MAX_MS + 1)), (5, "nan"), (6, "x"), (1, "Bad"), (2, ""), (2, "a b"),
-    (7, "n" * 129), (7, "tab\there")])
+    (2, "t" * 65), (7, "n" * 129), (7, "tab\there")])
 def test_open_refuses_bad_arguments(lua: Lua, index: int, value: str) -> None:
     lua.create()
     keys, args = open_args(lua=lua)
@@ -403,6 +403,20 @@ def test_close_releases_open_holds_and_marks_closed(lua: Lua) -> None:
     assert lua.r.zrange(lua.k().holds, 0, -1) == ["plain"]
     assert lua.window()["h"] == "5000"
     assert lua.capture(1, "hold1")[:2] == [19, "released"]
+
+
+def test_close_gives_the_walls_back_what_its_holds_held(lua: Lua) -> None:
+    """A hold under a task counts in the rolling hour while open; closing the task releases
+    it, and the hour's cap has the room again (the walls hash, not another key, is given
+    back)."""
+    lua.create(grant=1_000_000)
+    lua.set_limits("hr", "100000")
+    open_task(lua, T1, 500_000)
+    assert hold(lua, 80_000, "hold1")[0] == 0
+    assert lua.charge(30_000)[0] != 0  # 80,000 held + 30,000 > the hour's 100,000
+    assert close(lua, ids=1) == [0, 1]
+    assert lua.charge(100_000)[0] == 0
+    assert lua.charge(1)[0] != 0
 
 
 def test_close_needs_an_entry_id_per_open_hold(lua: Lua) -> None:
