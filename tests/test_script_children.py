@@ -58,7 +58,9 @@ def reclaim(lua: Lua, child: str, amount: int | None = None, **kw: Any) -> list[
 def test_a_child_is_created_with_money_moved_from_its_parent(lua: Lua) -> None:
     lua.create(grant=1_000_000)
     child = kid()
-    reply = create(lua, 300_000, child, pairs=("pc", "50000", "x", "1"), limits='{"p":1}')
+    k, args = create_args(lua, 300_000, child, pairs=("pc", "50000", "x", "1"),
+                          limits='{"p":1}')
+    reply = lua.run("child_create", k, args)
     assert reply[:3] == [OK, 700_000, 300_000]
     assert lua.bal() == 700_000 and lua.bal(child) == 300_000
     a = lua.agent(child)
@@ -79,7 +81,11 @@ def test_a_child_is_created_with_money_moved_from_its_parent(lua: Lua) -> None:
         "agent": AGENT, "amount": "300000", "balance_after": "700000", "ref": child}
     assert {k: events[3][k] for k in ("agent", "amount", "balance_after", "ref")} == {
         "agent": child, "amount": "300000", "balance_after": "300000", "ref": AGENT}
-    assert len({e["id"] for e in events}) == 4
+    # Each event carries its own entry id (agent, limits, transfer_out, transfer_in).
+    assert [e["id"] for e in events] == [args[2], args[5], args[3], args[4]]
+    assert events[1]["agent"] == child and "l.low" not in events[1]
+    assert (events[0]["key_id"], events[0]["key_hash"]) == ("key500", key_hash(500))
+    assert lua.hash(lua.k(child).api_key_lookup(key_hash(500)))["key_id"] == "key500"
 
 
 def test_a_child_without_limits_writes_no_limits_event(lua: Lua) -> None:
@@ -98,6 +104,10 @@ def test_the_childs_low_balance(lua: Lua) -> None:
     assert lua.events()[-3]["l.low"] == "200000"  # a limits event carries it too
     assert create(lua, 200_000, kid(2), low=200_000, n=501)[0] == OK
     assert lua.agent(kid(2))["lowf"] == "0"
+    # The smallest threshold, one micro, is a threshold like any other.
+    assert create(lua, 5, kid(4), low=1, pairs=("pc", "9"), n=503)[0] == OK
+    assert lua.agent(kid(4))["low"] == "1"
+    assert lua.events()[-3]["l.low"] == "1"
 
 
 def test_the_whole_balance_may_move_and_not_a_micro_more(lua: Lua) -> None:
@@ -122,6 +132,12 @@ def test_the_parents_low_balance_crossing_queues_its_webhook(lua: Lua) -> None:
     assert lua.agent()["lowf"] == "1"
     raw: Any = lua.r.xrange(lua.k().webhooks)
     assert [dict(f)["event"] for _, f in raw] == ["balance.low", "refill.requested"]
+    out_id = next(e["id"] for e in lua.events() if e["kind"] == "transfer_out")
+    assert [dict(f)["event_id"] for _, f in raw] == [
+        f"{out_id}:balance.low", f"{out_id}:refill.requested"]
+    # Already low: a second child crosses nothing, and queues nothing.
+    assert create(lua, 1, kid(2), n=501)[0] == OK
+    assert lua.r.xlen(lua.k().webhooks) == 2
 
 
 def test_refusals_write_nothing(lua: Lua) -> None:
@@ -137,6 +153,10 @@ def test_refusals_write_nothing(lua: Lua) -> None:
     lua.run("freeze", *lua.freeze_args("0"))
     before = lua.snapshot()
     assert create(lua, 1, kid(9)) == [EXISTS]
+    lua.r.delete(lua.k(kid(9)).keys)  # an agent whose keys were all revoked still exists
+    assert create(lua, 1, kid(9)) == [EXISTS]
+    assert lua.snapshot() == {k: v for k, v in before.items()
+                              if k != lua.k(kid(9)).keys}
     args = create_args(lua, 1, kid(3))
     lua.r.hset(args[0][3], "agent", "someone")  # the key lookup record is taken
     before = lua.snapshot()

@@ -155,12 +155,23 @@ def test_refund_gives_back_to_the_walls_while_current(clocked_lua: Lua) -> None:
     for f in (f"H{minute}", f"W{week}", f"M{month}"):
         assert walls[f] == walls[f + ":llm"] == "70000", f
     assert walls[f"D{now // DAY_MS}"] == "1"  # the call happened: call counts stay
-    # 61 minutes later the charge has left the rolling hour: the week and month get it.
+    # 59 minutes later the charge's minute is still in the rolling hour; 60 minutes later it
+    # has left it (the hour is the last 60 minutes, its own included): only the week and
+    # month get a refund then.
+    lua.shift_to(now + 59 * MIN_MS)
+    assert refund(lua, 100_000, 10_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
+    walls = lua.hash(lua.k().walls)
+    assert walls[f"H{minute}"] == walls[f"H{minute}:llm"] == "60000"
+    lua.shift_to(now + 60 * MIN_MS)
+    assert refund(lua, 100_000, 10_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
+    walls = lua.hash(lua.k().walls)
+    assert walls[f"H{minute}"] == walls[f"H{minute}:llm"] == "60000"
+    assert walls[f"W{week}"] == walls[f"M{month}"] == "50000"
     lua.shift_to(now + 61 * MIN_MS)
     assert refund(lua, 100_000, 20_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
     walls = lua.hash(lua.k().walls)
-    assert walls[f"H{minute}"] == "70000" and walls[f"W{week}"] == "50000"
-    assert walls[f"M{month}"] == walls[f"M{month}:llm"] == "50000"
+    assert walls[f"H{minute}"] == "60000" and walls[f"W{week}"] == "30000"
+    assert walls[f"M{month}"] == walls[f"M{month}:llm"] == "30000"
 
 
 def test_a_charge_of_last_week_and_month_gives_back_to_neither(clocked_lua: Lua) -> None:
