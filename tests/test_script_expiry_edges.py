@@ -58,3 +58,20 @@ def test_task_call_at_the_tasks_expiry_is_refused(clocked_lua: Lua) -> None:
         keys, args = lua.hold_args(1, f"h{n}")
         assert run_at(lua, expires, "hold", [*keys, lua.k(AGENT).task(task)],
                       [*args, task]) == [TASK_CLOSED, "expired"], n
+
+
+def test_refund_at_the_tasks_expiry_gives_nothing_back_to_it(clocked_lua: Lua) -> None:
+    """From its expiry on a task is over: a refund then gives back to the balance only."""
+    from tests.test_script_refund import refund_args
+
+    lua = clocked_lua
+    lua.create(grant=100_000_000)
+    for n in range(ATTEMPTS):
+        task_id = f"t{n}"
+        exp_ms = lua.now_ms() + 60_000
+        task = {"state": "open", "exp": str(exp_ms), "budget": "500000", "spent": "100000",
+                "st:v_tool": "100000", "sc:tool": "100000", "calls": "1"}
+        lua.r.hset(lua.k().task(task_id), mapping=task)
+        keys, args = refund_args(lua, 100_000, 1, task=task_id, charge_id=f"c{n}")
+        assert run_at(lua, exp_ms, "refund", keys, args)[0] == 0, n
+        assert lua.hash(lua.k().task(task_id)) == task, n
