@@ -69,8 +69,9 @@ def test_refund_at_the_tasks_expiry_gives_nothing_back_to_it(clocked_lua: Lua) -
     for n in range(ATTEMPTS):
         task_id = f"t{n}"
         exp_ms = lua.now_ms() + 60_000
-        task = {"state": "open", "exp": str(exp_ms), "budget": "500000", "spent": "100000",
-                "st:v_tool": "100000", "sc:tool": "100000", "calls": "1"}
+        task: dict[Any, Any] = {
+            "state": "open", "exp": str(exp_ms), "budget": "500000", "spent": "100000",
+            "st:v_tool": "100000", "sc:tool": "100000", "calls": "1"}
         lua.r.hset(lua.k().task(task_id), mapping=task)
         keys, args = refund_args(lua, 100_000, 1, task=task_id, charge_id=f"c{n}")
         assert run_at(lua, exp_ms, "refund", keys, args)[0] == 0, n
