@@ -233,7 +233,7 @@ def test_charge_rate_while_dashboards_poll(browser: Browser, big: Big) -> None:
     falls on both sides), the saturated spending from wrk phases. Comparing the CPU per charge
     of two loaded phases instead estimated a cost of a few % as the difference of two figures
     that swing by 30 % on 2 shared cores, and failed on noise. The dashboards must really have
-    polled: every open one at least every 2 s, counted from the browser's requests."""
+    polled: every open one about every 2 s, counted from the browser's requests."""
     gw = big.gw
     assert shutil.which("wrk"), "wrk is needed: apt-get install wrk"
     with tempfile.NamedTemporaryFile("w", suffix=".keys", delete=False) as f:
@@ -274,6 +274,9 @@ def test_charge_rate_while_dashboards_poll(browser: Browser, big: Big) -> None:
           f"{[round(s, 2) for s in saturated]} CPU s per s ({[round(r) for r in rates]} "
           f"charges/s): capacity loss {loss:.3%}")
     assert polls_per_phase[False] == [0] * POLL_PHASE_PAIRS
-    polls_min = DASHBOARDS * (POLL_PHASE_S // 2)  # every dashboard at least once per 2 s
+    # Each dashboard polls every 2 s but skips a tick while its last poll is in flight: over
+    # a phase, every one at least POLL_PHASE_S // 2 - 1 times (the phase's edges and a loaded
+    # machine's slow answers take one).
+    polls_min = DASHBOARDS * (POLL_PHASE_S // 2 - 1)
     assert all(sent >= polls_min for sent in polls_per_phase[True]), polls_per_phase
     assert loss <= RATE_LOSS_MAX
