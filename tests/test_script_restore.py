@@ -207,7 +207,8 @@ def test_walls_replace_the_stored_hash_and_expire_as_walls_do(lua: Lua) -> None:
     assert lua.hash(lua.k().walls) == dict(zip(counters[::2], counters[1::2], strict=True))
     assert 35 * DAY_MS - 10_000 < lua.r.pttl(lua.k().walls) <= 35 * DAY_MS
     fields = [("x", True), ("H", True), ("h1", True), ("Hx", True), ("H1:", True),
-              ("H1:A", True), ("H1-web", True), ("w", True), ("D7/web_browse", False),
+              ("H1:A", True), ("H1:Ab", True), ("H1-web", True), ("w", True),
+              ("D7/web_browse", False),
               ("O7:l.l-m_1", False), ("h:llm", False), ("M1", False)]
     _check(lua, walls_call(lua, "H1", "1"), 2, fields)
     _check(lua, walls_call(lua, "H1", "1", "h", "1"), 4, fields)
