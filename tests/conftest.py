@@ -8,11 +8,13 @@ import pytest
 import redis
 
 from gateway.config import load_settings
+from gateway.ledger.store import LedgerStore
 from gateway.metering.engine import Engine
 from gateway.store.resp import RedisConnection, parse_redis_url
 from tests.gateway_proc import Gateway, running_gateway
 from tests.helpers import setup_catalog
 from tests.http_helpers import seed_tools
+from tests.ledger_helpers import store_for
 from tests.pg import Postgres, postgres_server, reset_database
 from tests.script_helpers import Lua
 from tests.servers import fake_server, redis_server
@@ -132,6 +134,15 @@ def gateway(gateway_redis: tuple[str, subprocess.Popen[bytes]]) -> Iterator[Gate
 def pg_server() -> Iterator[Postgres]:
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture
+async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
+    """A migrated ledger store on each of ledger_url's databases, closed afterwards."""
+    s = store_for(ledger_url)
+    await s.migrate()
+    yield s
+    await s.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

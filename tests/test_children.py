@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,15 +17,7 @@ from gateway.metering.engine import Engine
 from gateway.store import keys
 from tests.conftest import flush
 from tests.helpers import T, setup_catalog, snapshot
-from tests.ledger_helpers import store_for, writer_for
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
+from tests.ledger_helpers import writer_for
 
 
 def kid(engine: Engine, parent: str, n: int) -> str:

@@ -52,7 +52,6 @@ from tests.test_holds import (  # noqa: F401
     test_second_capture_and_capture_after_release_refused,
 )
 from tests.test_ledger import (  # noqa: F401
-    store,
     test_every_event_once_and_reconcile_clean,
     test_poisoned_entry_goes_to_dead_letters,
 )
@@ -172,7 +171,7 @@ async def test_price_change_reaches_every_partition_at_once(cluster: Cluster) ->
 
 
 async def test_resharding_under_load_reaches_no_caller(
-        cluster: Cluster, store: LedgerStore) -> None:  # noqa: F811 (the imported fixture)
+        cluster: Cluster, store: LedgerStore) -> None:
     engine = await cluster_engine(cluster)
     await setup_catalog(engine)
     names = agents_in_partition(3, 10, engine.partitions)

@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -53,14 +52,6 @@ async def ledger_charge_ids(store: LedgerStore, agents: list[str]) -> list[str]:
     for agent in agents:
         ids += [e.entry_id for e in await store.entries(agent, 100_000, kind="charge")]
     return ids
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 async def test_writer_killed_30_times_loses_and_doubles_nothing(ledger_url: str,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,15 +15,7 @@ from gateway.metering.engine import Engine
 from gateway.store import keys
 from tests.conftest import flush
 from tests.helpers import T, setup_catalog
-from tests.ledger_helpers import store_for, writer_for
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
+from tests.ledger_helpers import writer_for
 
 
 async def busy_day(engine: Engine, agents: int = 5) -> int:

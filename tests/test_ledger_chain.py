@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -31,14 +30,6 @@ from tests.ledger_helpers import store_for, writer_for
 COLUMNS = chain.CHAIN_COLUMNS
 CLI_TIMEOUT_S = 60
 WRITER_DEATH_TIMEOUT_S = 60
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 async def activity(engine: Engine, prefix: str, agents: int = 3) -> None:

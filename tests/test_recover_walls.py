@@ -10,10 +10,8 @@ previous month, the previous ISO week, this week and the last hour."""
 from __future__ import annotations
 
 import calendar
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any
-
-import pytest
 
 from gateway.ledger.recover import recover
 from gateway.ledger.refunds import charge_ref
@@ -23,7 +21,7 @@ from gateway.metering.engine import Engine
 from gateway.store.keys import TEST_CLOCK_KEY
 from tests.conftest import flush
 from tests.helpers import shift_to
-from tests.ledger_helpers import store_for, writer_for
+from tests.ledger_helpers import writer_for
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -38,14 +36,6 @@ PROBES: list[tuple[str, str, int | None]] = [
 
 def at(day: int, hour: int, minute: int, second: int = 0, month: int = 11) -> int:
     return calendar.timegm((2026, month, day, hour, minute, second)) * 1000
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 async def outcome(call: Awaitable[object]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ ledger stores, reconcile and recover."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,15 +18,7 @@ from gateway.metering.engine import Engine
 from gateway.metering.refunds import ChargeRef
 from tests.conftest import flush
 from tests.helpers import T, setup_catalog, snapshot
-from tests.ledger_helpers import store_for, writer_for
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
+from tests.ledger_helpers import writer_for
 
 
 async def charged(engine: Engine, agent: str, cost_micros: int) -> ChargeRef:

@@ -3,24 +3,12 @@ first calls answered, warnings included."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from gateway.ledger.recover import recover
 from gateway.ledger.store import LedgerStore
 from gateway.metering.engine import Engine
 from tests.conftest import flush
 from tests.helpers import T, setup_catalog
-from tests.ledger_helpers import store_for, writer_for
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
+from tests.ledger_helpers import writer_for
 
 
 async def _wipe_and_recover(engine: Engine, store: LedgerStore, url: str) -> None:

@@ -3,23 +3,11 @@ and holds, and `iou recover` rebuilding the shadow limits and their sums from it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from gateway.ledger.recover import recover
 from gateway.ledger.store import LedgerStore
 from gateway.metering.engine import Engine
 from tests.conftest import flush
-from tests.ledger_helpers import store_for, writer_for
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
+from tests.ledger_helpers import writer_for
 
 
 async def test_marks_reach_the_ledger_and_recover_rebuilds_the_sums(

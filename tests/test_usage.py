@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,7 +22,6 @@ from gateway.ledger.usage import PAID_KINDS_SQL, usage, usage_query
 from gateway.metering import ids
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
 from tests.http_helpers import error_of, new_agent, seed_tools
-from tests.ledger_helpers import store_for
 from tests.pg import Postgres, reset_database
 
 HOUR_MS = 3_600_000
@@ -36,14 +35,6 @@ def row(kind: str, agent: str, at_ms: int, paid: tuple[str, str, int], seq: int
     return LedgerEntry(ids.uuid7(), "p00", at_ms, seq, at_ms, kind, agent, tool, category,
                        amount, 0, amount if kind == "capture" else None, None, None, None,
                        None, None, None)
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    s = store_for(ledger_url)
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 async def test_usage_sums_paid_rows_by_bucket(store: LedgerStore) -> None:
