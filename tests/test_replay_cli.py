@@ -45,14 +45,16 @@ def snapshot(url: str) -> dict[bytes, Any]:
 
 
 def settled_snapshot(url: str) -> dict[bytes, Any]:
-    """A snapshot once the gateway's own work is done (the writer trims what it committed a
-    little later): two in a row, half a second apart, are equal."""
+    """A snapshot once the gateway's own work is done: the writer has trimmed every event
+    stream it committed (on its own schedule: two equal snapshots half a second apart were
+    not enough, CI saw the trim land during the replay), and two in a row are equal."""
     deadline = time.monotonic() + LEDGER_WAIT_S
     last = snapshot(url)
     while True:
         time.sleep(0.5)
         now = snapshot(url)
-        if now == last:
+        trimmed = all(not v for k, v in now.items() if k.endswith(b":events"))
+        if now == last and trimmed:
             return now
         assert time.monotonic() < deadline, "the gateway's Redis never settled"
         last = now
