@@ -254,7 +254,13 @@ def ledger_charge_ids(gw: Gateway, name: str) -> list[str]:
         cursor: str | None = None
         while True:
             params = {"kind": "charge", "limit": "500", **({"before": cursor} if cursor else {})}
-            page = admin.get(f"/v1/agents/{name}/ledger", params=params).json()
+            # Right after a failover a read may still meet the old topology (503): read again.
+            deadline = time.monotonic() + 30
+            while (answer := admin.get(f"/v1/agents/{name}/ledger", params=params)
+                   ).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
             ids += [e["entry_id"] for e in page["entries"]]
             if (cursor := page["next_cursor"]) is None:
                 return ids
