@@ -21,6 +21,8 @@ SECRET_KEY_CHARS_MIN = 32  # IOU_SECRET_KEY: high-entropy text (HKDF is no passw
 # prometheus_client's own variable: where the workers of one `iou serve` keep their metric
 # files (it reads the variable itself; the gateway reads it to merge them on /metrics).
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Internal, set by `iou serve` for the processes it starts (see Settings.embedded_attach).
+EMBEDDED_ATTACH_VARIABLE = "IOU_EMBEDDED_ATTACH"
 
 
 class ConfigError(Exception):
@@ -81,6 +83,9 @@ class Settings:
     # sign receipts; the first signs, the others only stay in the JWKS so receipts signed
     # before a rotation still verify. Empty: <IOU_DATA_DIR>/receipt_key, generated at start.
     receipt_keys: tuple[str, ...] = ()
+    # Set by `iou serve` for its workers and ledger writer (EMBEDDED_ATTACH_VARIABLE): they
+    # use the embedded server `iou serve` owns and restarts, and never start one themselves.
+    embedded_attach: bool = False
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -125,6 +130,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_dir=Path(env[METRICS_DIR_VARIABLE]) if env.get(METRICS_DIR_VARIABLE) else None,
         log_format=_choice(env, "IOU_LOG_FORMAT", ("text", "json")) or "text",
         receipt_keys=receipt_seeds(env.get("IOU_RECEIPT_KEY") or "", "IOU_RECEIPT_KEY"),
+        embedded_attach=env.get(EMBEDDED_ATTACH_VARIABLE) == "1",
     )
     return settings
 
@@ -142,6 +148,12 @@ def hand_down_metrics_dir(folder: Path) -> None:
     """Make the workers that this process starts from now on share their metrics through
     ``folder`` (they inherit the environment; prometheus_client reads it at import)."""
     os.environ[METRICS_DIR_VARIABLE] = str(folder)
+
+
+def hand_down_embedded_attach() -> None:
+    """Make the workers and the writer that this process starts from now on use its
+    embedded server without ever starting one (it is this process's to start again)."""
+    os.environ[EMBEDDED_ATTACH_VARIABLE] = "1"
 
 
 def load_client_settings(environ: Mapping[str, str] | None = None) -> ClientSettings:

@@ -48,7 +48,7 @@ def redis_url_of(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     """The URL to use: IOU_REDIS_URL, or the embedded server of IOU_DATA_DIR."""
     if settings.redis_url is not None:
         return settings.redis_url, None
-    embedded = start_embedded(settings.data_dir)
+    embedded = start_embedded(settings.data_dir, attach=settings.embedded_attach)
     return embedded.url, embedded
 
 

@@ -19,7 +19,13 @@ from typing import Any
 import click
 
 from gateway.cli.commands import Options, agent_option, fail, json_option, refusals, register
-from gateway.config import ConfigError, Settings, hand_down_metrics_dir, load_settings
+from gateway.config import (
+    ConfigError,
+    Settings,
+    hand_down_embedded_attach,
+    hand_down_metrics_dir,
+    load_settings,
+)
 from gateway.ledger.factory import ledger_shown
 from gateway.ledger.supervisor import NICENESS, WriterSupervisor
 from gateway.logs import logging_config, setup_logging
@@ -76,6 +82,8 @@ def serve(host: str, port: int, workers: int, no_writer: bool) -> None:
     _refuse_a_port_in_use(host, port)  # before anything starts or says it did
     embedded = start_embedded(settings.data_dir) if settings.uses_embedded_redis else None
     watch = None if embedded is None else EmbeddedSupervisor(settings.data_dir, embedded)
+    if embedded is not None:
+        hand_down_embedded_attach()  # this process starts it again, never a child of it
     if settings.admin_token is None:
         ensure_secret(settings.data_dir, "admin_token")
         log.info("admin token: %s", (settings.data_dir / "admin_token").resolve())

@@ -94,20 +94,26 @@ def _locked(data_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def start_embedded(data_dir: Path) -> EmbeddedRedis:
-    """Reuse the running embedded server of ``data_dir`` or start one; never two."""
+def start_embedded(data_dir: Path, attach: bool = False) -> EmbeddedRedis:
+    """Reuse the running embedded server of ``data_dir`` or start one; never two.
+
+    With ``attach`` (the workers and the ledger writer of ``iou serve``, which owns and
+    watches the server) the one named in ``redis.url`` is used even while it does not
+    answer: the caller waits for ``iou serve`` to start it again. A child that started it
+    itself would own it, and stop it under the serving gateway when it exits."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url_file = data_dir / "redis.url"
     with _locked(data_dir):
-        if url_file.exists():
-            url = url_file.read_text().strip()
+        url = url_file.read_text().strip() if url_file.exists() else None
+        if url is not None:
             kind = (data_dir / "redis.kind").read_text().strip() if (
                 data_dir / "redis.kind").exists() else "redis-server"
-            if ping(url):
+            if attach or ping(url):
                 return EmbeddedRedis(url, kind)
         found = find_server_binary()
-        server = _start_fakeredis() if found is None else _start_binary(data_dir, *found)
+        server = _start_fakeredis() if found is None else _start_binary(
+            data_dir, *found, previous_url=url)
         url_file.write_text(server.url + "\n")
         (data_dir / "redis.kind").write_text(server.kind + "\n")
         return server
@@ -174,13 +180,16 @@ def start_scratch(data_dir: Path) -> EmbeddedRedis:
                                                                     durable=False)
 
 
-def _server_config(data_dir: Path, durable: bool = True) -> tuple[list[str], str]:
+def _server_config(data_dir: Path, durable: bool = True, previous_url: str | None = None
+                   ) -> tuple[list[str], str]:
     sock = data_dir / "redis.sock"
     if len(str(sock)) < UNIX_PATH_MAX:
         listen = ["port 0", f"unixsocket {sock}", "unixsocketperm 700"]
         url = f"unix://{sock}"
     else:
-        port = _free_port()
+        # Started again (it died): on its old port when that is free, so the workers' and
+        # the writer's connections find it where they left it.
+        port = _port_again(previous_url) or _free_port()
         listen = [f"port {port}", "bind 127.0.0.1"]
         url = f"redis://127.0.0.1:{port}/0"
     persistence = ["appendonly yes", "appendfsync always"] if durable else ["appendonly no"]
@@ -190,9 +199,25 @@ def _server_config(data_dir: Path, durable: bool = True) -> tuple[list[str], str
     return lines, url
 
 
-def _start_binary(data_dir: Path, binary: str, kind: str, durable: bool = True
-                  ) -> EmbeddedRedis:
-    lines, url = _server_config(data_dir, durable)
+def _port_again(previous_url: str | None) -> int | None:
+    """The loopback port of ``previous_url`` when nothing listens on it now, else None."""
+    prefix = "redis://127.0.0.1:"
+    if previous_url is None or not previous_url.startswith(prefix):
+        return None
+    port_text = previous_url[len(prefix):].partition("/")[0]
+    if not port_text.isdigit():
+        return None
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", int(port_text)))
+        except OSError:
+            return None
+    return int(port_text)
+
+
+def _start_binary(data_dir: Path, binary: str, kind: str, durable: bool = True,
+                  previous_url: str | None = None) -> EmbeddedRedis:
+    lines, url = _server_config(data_dir, durable, previous_url)
     conf = data_dir / "redis.conf"
     conf.write_text("\n".join(lines) + "\n")
     # A session of its own: a Ctrl-C in the terminal reaches `iou serve`, which drains and
