@@ -1,4 +1,5 @@
-"""SCRIPT FLUSH during a run: calls keep succeeding (NOSCRIPT reloads), nothing twice."""
+"""SCRIPT FLUSH and FUNCTION FLUSH during a run: calls keep succeeding (NOSCRIPT and a
+missing function reload), nothing twice."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ async def test_script_flush_during_run(engine: Engine) -> None:
         flushes = 0
         while not stop.is_set():
             await engine.conn.call_or_raise(b"SCRIPT", b"FLUSH")
+            await engine.conn.call_or_raise(b"FUNCTION", b"FLUSH")  # the charge's library
             flushes += 1
             await asyncio.sleep(0.005)
         return flushes

@@ -5,7 +5,7 @@ names keys of one slot, and routing by its first key is enough. One multiplexed
 connection per master keeps the auto-pipelining (calls of one tick to one node go out in
 one write). MOVED refreshes the slot map and retries; ASK sends ASKING and the command
 back to back to the importing node; TRYAGAIN and CLUSTERDOWN wait briefly and retry, so a
-resharding is followed, not surfaced. SCRIPT commands go to every master.
+resharding is followed, not surfaced. SCRIPT and FUNCTION commands go to every master.
 
 A master that stops answering fails its calls at once (503: a command that may have run is
 never sent again), and starts a recovery in the background: the slot map is read again,
@@ -49,7 +49,7 @@ RECOVERY_WAIT_MIN_S = 0.05
 RECOVERY_WAIT_MAX_S = 1.0
 # Commands whose key is not their first argument.
 KEYLESS = {b"PING", b"TIME", b"INFO", b"CONFIG", b"CLUSTER", b"DBSIZE"}
-BROADCAST = {b"SCRIPT", b"FLUSHALL", b"FLUSHDB"}
+BROADCAST = {b"SCRIPT", b"FUNCTION", b"FLUSHALL", b"FLUSHDB"}
 
 
 def parse_cluster_url(url: str) -> RedisAddress:
@@ -61,7 +61,7 @@ def parse_cluster_url(url: str) -> RedisAddress:
 def first_key(args: tuple[Any, ...]) -> Any:
     """The key that decides where a command goes (None for keyless commands)."""
     name = _upper(args[0])
-    if name in (b"EVALSHA", b"EVAL"):
+    if name in (b"EVALSHA", b"EVAL", b"FCALL"):
         return args[3] if int(args[2]) > 0 else None
     if name in (b"XREADGROUP", b"XREAD"):
         upper = [_upper(a) if isinstance(a, (bytes, str)) else b"" for a in args]
