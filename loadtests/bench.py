@@ -220,9 +220,13 @@ def hey_p99(url: str, key: str, rate_per_s: float, duration_s: float, path: str)
     return round(float(match.group(1)) * 1000, 3) if match else None
 
 
-def evalsha_stats(client: redis.Redis) -> dict[str, float]:
-    stats = client.info("commandstats").get("cmdstat_evalsha", {})
-    return {"calls": float(stats.get("calls", 0)), "usec": float(stats.get("usec", 0))}
+def script_stats(client: redis.Redis) -> dict[str, float]:
+    """Calls and µs of the scripts since the last reset: EVALSHA and FCALL (the charge runs
+    as a Redis Function where the server has them)."""
+    info = client.info("commandstats")
+    both = [info.get(f"cmdstat_{name}", {}) for name in ("evalsha", "fcall")]
+    return {"calls": float(sum(s.get("calls", 0) for s in both)),
+            "usec": float(sum(s.get("usec", 0) for s in both))}
 
 
 def metric(url: str, name: str) -> float | None:
@@ -255,7 +259,7 @@ def measure_workers(workers: int, agents: int, duration_s: float, rounds: int,
             charge = _timed(gw, duration_s, gw_url, [
                 str(keys_file), "/v1/charge", '{"tool":"web_search"}', f"c{workers}-{r}"])
             charge.update(sampler.stop())
-            stats = evalsha_stats(store)
+            stats = script_stats(store)
             charge["redis_cpu_us_per_charge"] = round(stats["usec"] / max(stats["calls"], 1), 2)
             runs["charge"].append(charge)
             batch = _timed(gw, duration_s, gw_url, [
@@ -334,11 +338,13 @@ EVERY_WALL = {"x": "1", "hr": str(10**15), "wk": str(10**15), "mo": str(10**15),
 def redis_benchmark_evalsha(  # noqa: PLR0913 - the variants, each named
         binary: str | None = None, unix_socket: bool = False,
         clients: int = 50, pipeline: int = 16, requests: int = 300_000, *,
-        walls: bool = False, idempotent: bool = False) -> dict[str, Any]:
+        walls: bool = False, idempotent: bool = False, function: bool = False
+        ) -> dict[str, Any]:
     """The Redis-side ceiling: redis-benchmark EVALSHA of the real charge script, on one
     server binary, over TCP or a unix socket, with appendfsync always; ``walls`` gives the
     agent every wall beyond the balance (EVERY_WALL); ``idempotent`` gives every call a
-    fresh idempotency key (redis-benchmark's __rand_int__), so each writes its record."""
+    fresh idempotency key (redis-benchmark's __rand_int__), so each writes its record;
+    ``function``: FCALL of the same script as the gateway loads it, a Redis Function."""
     from gateway.store.scripts import load_script
 
     script = load_script("charge")
@@ -364,6 +370,10 @@ def redis_benchmark_evalsha(  # noqa: PLR0913 - the variants, each named
             info = client.info("server")
             version = info.get("valkey_version") or info.get("redis_version", "?")
             sha = client.script_load(script.source)
+            command = ["EVALSHA", sha]
+            if function:
+                client.function_load(script.library, replace=True)
+                command = ["FCALL", script.function]
             agent_keys = keys.agent_keys("bench-agent", 16)
             client.hset(agent_keys.agent_hash, mapping={"bal": str(10**15), "held": "0",
                                                         "frozen": "0", "lowf": "0"})
@@ -374,7 +384,7 @@ def redis_benchmark_evalsha(  # noqa: PLR0913 - the variants, each named
             target = ["-s", sock] if unix_socket else ["-p", str(port)]
             args = ["redis-benchmark", *target, "-n", str(requests), "-c", str(clients), "-P",
                     str(pipeline), "-q", *(["-r", "1000000000"] if idempotent else []),
-                    "EVALSHA", sha, "7", agent_keys.agent_hash, agent_keys.window,
+                    *command, "7", agent_keys.agent_hash, agent_keys.window,
                     agent_keys.idempotency("__rand_int__" if idempotent else "none"),
                     agent_keys.events, agent_keys.webhooks, agent_keys.tools, agent_keys.walls,
                     "bench-agent", "01900000-0000-7000-8000-000000000000", "web_search", "",
@@ -391,12 +401,14 @@ def redis_benchmark_evalsha(  # noqa: PLR0913 - the variants, each named
             # Each call wrote its own record (random keys of 10^9 seldom meet twice).
             assert not idempotent or client.dbsize() > requests // 2, \
                 "the benchmarked calls wrote no idempotency records"
-            usec = client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+            stat = "cmdstat_fcall" if function else "cmdstat_evalsha"
+            usec = client.info("commandstats")[stat]["usec_per_call"]
             client.close()
         finally:
             server.terminate()
             server.wait(20)
     return {"server": f"{Path(binary).name} {version}", "walls": walls, "idempotent": idempotent,
+            "command": command[0],
             "transport": "unix socket" if unix_socket else "tcp", "evalsha_per_s": rps,
             "redis_cpu_us_per_call": usec, "redis_process_cpu_us_per_call": round(process_us, 2),
             "clients": clients, "pipeline": pipeline}
@@ -407,11 +419,12 @@ def redis_ceilings(quick: bool = False) -> list[dict[str, Any]]:
     over TCP and a unix socket (``quick``: Debian's over TCP, without walls, only)."""
     if quick:
         return [redis_benchmark_evalsha(requests=100_000),
-                redis_benchmark_evalsha(requests=100_000, idempotent=True)]
+                redis_benchmark_evalsha(requests=100_000, idempotent=True),
+                redis_benchmark_evalsha(requests=100_000, function=True)]
     binaries = [b for b in (shutil.which("redis-server"), _shipped_valkey()) if b]
     return [redis_benchmark_evalsha(b, unix, walls=walls) for b in binaries
             for unix in (False, True) for walls in (False, True)] + [
-        redis_benchmark_evalsha(idempotent=True)]
+        redis_benchmark_evalsha(idempotent=True), redis_benchmark_evalsha(function=True)]
 
 
 def _shipped_valkey() -> str | None:
@@ -507,7 +520,8 @@ def summarize(results: dict[str, Any]) -> list[str]:
     for c in results["redis_ceilings"]:
         who = "an agent with every wall" if c.get("walls") else "an agent without walls"
         who += ", a fresh idempotency key per call" if c.get("idempotent") else ""
-        lines.append(f"redis-benchmark EVALSHA charge.lua (-P 16), {who}, on {c['server']} over "
+        lines.append(f"redis-benchmark {c.get('command', 'EVALSHA')} charge.lua (-P 16), {who}, "
+                     f"on {c['server']} over "
                      f"{c['transport']}: {c['evalsha_per_s']:.0f}/s, "
                      f"{c['redis_cpu_us_per_call']} µs Redis CPU per call "
                      f"({c['redis_process_cpu_us_per_call']} µs of the process)")
