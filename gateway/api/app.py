@@ -41,6 +41,8 @@ from gateway.config import Settings, load_settings
 from gateway.ledger.factory import open_store
 from gateway.ledger.identity import StoreGuard
 from gateway.ledger.lag import ledger_backlog
+from gateway.ledger.store import LedgerStore
+from gateway.ledger.store import StoreUnavailable as LedgerUnavailable
 from gateway.mcp import admin_routes as mcp_admin
 from gateway.mcp.server import McpEndpoint, McpFront
 from gateway.metering.secrets_store import check_at_start, ensure_secret
@@ -49,6 +51,8 @@ from gateway.runtime import open_runtime
 from gateway.webhooks.deliverer import WebhookDeliverer
 
 log = logging.getLogger("iou.app")
+
+LEDGER_RETRY_S = 1.0  # between attempts to reach a ledger that was down at start
 
 ROUTES = [
     Route("/v1/charges", agent.post_charges, methods=["POST"]),
@@ -142,6 +146,34 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
                                "message": "The gateway failed; nothing was charged twice."})
 
 
+async def _ledger_then_guard(ledger: LedgerStore, guard: StoreGuard) -> asyncio.Task[None]:
+    """Migrate the ledger, then start checking the store's identity against it. A ledger
+    down at start (PostgreSQL starting after the gateway) is tried again every second in
+    the background while the worker serves: until then the guard's verdict stays
+    unverified, so every authenticated route answers 503 ``unavailable`` instead of the
+    worker dying in its start-up. Returns the task that waits (done when nothing waits)."""
+    try:
+        await ledger.migrate()
+    except LedgerUnavailable as exc:
+        log.warning("the ledger cannot be reached (%s); answering 503 until it can, trying "
+                    "again every %.0f s", exc, LEDGER_RETRY_S)
+        return asyncio.create_task(_migrate_when_reachable(ledger, guard))
+    await guard.start()
+    return asyncio.create_task(asyncio.sleep(0))
+
+
+async def _migrate_when_reachable(ledger: LedgerStore, guard: StoreGuard) -> None:
+    while True:
+        await asyncio.sleep(LEDGER_RETRY_S)
+        try:
+            await ledger.migrate()
+            break
+        except LedgerUnavailable:
+            continue
+    log.warning("the ledger is reachable: migrated, now serving")
+    await guard.start()
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -152,10 +184,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     http = proxy.client(settings.upstream_timeout_s)
     deliverer = WebhookDeliverer(runtime.engine, secret, http)
     ledger = open_store(settings)
-    await ledger.migrate()
     engine = runtime.engine
     guard = StoreGuard(engine, ledger)  # is this Redis the one the ledger describes?
-    await guard.start()
+    readying = await _ledger_then_guard(ledger, guard)
 
     async def lag_s() -> float:
         return (await ledger_backlog(engine.conn, engine.partitions))[0]
@@ -175,7 +206,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         log.info("gateway worker %d stopping", os.getpid())
         delivery.cancel()
         sampling.cancel()
-        await asyncio.gather(delivery, sampling, return_exceptions=True)
+        readying.cancel()
+        await asyncio.gather(delivery, sampling, readying, return_exceptions=True)
         await app.state.mcp.stop()
         await guard.stop()
         await http.aclose()

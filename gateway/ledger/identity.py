@@ -154,6 +154,9 @@ class StoreGuard:
 
     def check(self) -> None:
         """Raise Unavailable (503) unless the store is the ledger's (no I/O)."""
+        if self.state is StoreState.UNVERIFIED:
+            raise Unavailable("The ledger cannot be reached to vouch for the store; calls "
+                              "resume once it can.")
         if self.state is not StoreState.OK:
             raise Unavailable("The store is not the one the ledger describes (wiped or "
                               "replaced); paid calls resume once it is recovered.")

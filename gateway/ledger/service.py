@@ -22,6 +22,7 @@ from gateway.store import meta
 log = logging.getLogger("iou.writer")
 
 ORPHAN_CHECK_S = 1.0
+LEDGER_RETRY_S = 1.0  # between attempts to reach a ledger that was down at start
 
 
 def _writer_for(runtime: Runtime, settings: Settings, consumer: str | None = None
@@ -47,7 +48,8 @@ async def run_writer(settings: Settings, consumer: str | None = None,
     orphan_watch = None if parent_pid is None else asyncio.create_task(
         _stop_when_orphaned(writer, parent_pid))
     try:
-        await writer.prepare()
+        if not await _prepared_when_reachable(writer):
+            return
         await writer.store.set_meta("partitions", str(runtime.engine.partitions))
         # Events of a store that is not the ledger's (another deployment's Redis) must not
         # land in this ledger: the writer waits while the identities disagree.
@@ -61,6 +63,25 @@ async def run_writer(settings: Settings, consumer: str | None = None,
         writer.close()
         await runtime.close()
     log.info("ledger writer stopped: %s", writer.stats)
+
+
+async def _prepared_when_reachable(writer: LedgerWriter) -> bool:
+    """Migrate the ledger and create the stream groups; a ledger down at start (PostgreSQL
+    starting after the gateway) is tried again every second, as the gateway's workers do,
+    instead of the writer dying with a traceback. False when stopped before it was up."""
+    logged = False
+    while True:
+        try:
+            await writer.prepare()
+            return True
+        except StoreUnavailable as exc:
+            if not logged:
+                log.warning("the ledger cannot be reached (%s); trying again every %.0f s",
+                            exc, LEDGER_RETRY_S)
+                logged = True
+        await asyncio.sleep(LEDGER_RETRY_S)
+        if writer.stopping:
+            return False
 
 
 async def _open_unless_orphaned(settings: Settings, parent_pid: int | None) -> Runtime:

@@ -112,6 +112,10 @@ class LedgerWriter:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     async def prepare(self) -> None:
         await self._store.migrate()
         await self._create_groups()
