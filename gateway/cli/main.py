@@ -302,6 +302,12 @@ def receipt_verify(opts: Options, token: str) -> None:
         f"at {claims['at']}" + (f", task {claims['task']})" if claims.get("task") else ")")))
 
 
+# What recomputing the chains cannot show: a stream gone whole, head record included.
+VERIFY_BLIND_SPOT = ("a stream deleted together with its head record leaves nothing to "
+                     "recompute: compare these heads with heads published earlier (GET "
+                     "/v1/ledger/heads) to catch it")
+
+
 @main.command()
 @json_option
 @click.pass_obj
@@ -314,7 +320,8 @@ def verify(opts: Options) -> None:
     with _store_errors(settings):
         reports = asyncio.run(run_verify(settings))
     intact = all(r.problem is None for r in reports)
-    opts.emit({"intact": intact, "chains": [r.as_json() for r in reports]},
+    opts.emit({"intact": intact, "chains": [r.as_json() for r in reports],
+               "cannot_see": VERIFY_BLIND_SPOT},
               lambda: _print_verify(reports, intact))
     if not intact:
         sys.exit(1)
@@ -365,6 +372,7 @@ def _print_verify(reports: list[Any], intact: bool) -> None:
     rows = sum(r.checked for r in reports)
     click.echo(f"ledger intact: {rows} rows in {len(reports)} chains" if intact
                else "ledger altered")
+    click.echo(f"note: {VERIFY_BLIND_SPOT}")
 
 
 @main.command()

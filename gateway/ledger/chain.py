@@ -119,11 +119,19 @@ class ChainReport:
     _prev: str = GENESIS
     _before_prev: str | None = None
     _last_id: str | None = None
+    _pending: Sequence[Any] | None = None  # a sealed row waiting for the next one
 
     def feed(self, row: Sequence[Any]) -> None:
-        """Check the next row: CHAIN_COLUMNS then prev_hash, hash, in stream order."""
+        """Check the next row: CHAIN_COLUMNS then prev_hash, hash, in stream order. A sealed
+        row is judged when the row after it arrives (or at finish()): only the next row's
+        link tells a forged row inserted into the chain from a row after a removed one."""
         if self.problem is not None:
             return
+        if self._pending is not None:
+            self._check(self._pending, row)
+            self._pending = None
+            if self.problem is not None:
+                return
         position = (int(row[2]), int(row[3]))
         if position > self.head.position:
             if row[-1] is not None:  # only a sealing pass writes hashes, and it moves the head
@@ -132,20 +140,26 @@ class ChainReport:
                 return
             self.unsealed += 1
             return
-        self.problem = self._judge(row[:-2], row[-2], row[-1])
+        self._pending = row
+
+    def _check(self, row: Sequence[Any], following: Sequence[Any] | None) -> None:
+        self.problem = self._judge(row[:-2], row[-2], row[-1], following)
         if self.problem is None:
             self.checked += 1
             self._before_prev, self._prev, self._last_id = self._prev, row[-1], row[0]
 
-    def _judge(self, row: Sequence[Any], prev_hash: str | None, digest: str | None
-               ) -> Problem | None:
+    def _judge(self, row: Sequence[Any], prev_hash: str | None, digest: str | None,
+               following: Sequence[Any] | None) -> Problem | None:
         entry_id = row[0]
         if digest is None:
             return self._found(entry_id, "inserted", "a row inside the sealed chain has no hash")
-        if prev_hash == self._prev:
-            if link(self._prev, row) != digest:
-                return self._found(entry_id, "changed", "its contents do not match its hash")
+        if prev_hash == self._prev and link(self._prev, row) == digest:
             return None
+        if self._links_here(following):
+            return self._found(entry_id, "inserted",
+                               "the next row links past it, to the row before it")
+        if prev_hash == self._prev:
+            return self._found(entry_id, "changed", "its contents do not match its hash")
         if link(self._prev, row) == digest:
             return self._found(entry_id, "changed", "its prev_hash was edited")
         if prev_hash == self._before_prev and self._last_id is not None:
@@ -154,8 +168,18 @@ class ChainReport:
         return self._found(entry_id, "removed",
                            "its prev_hash names no row before it: a row before it is gone")
 
+    def _links_here(self, following: Sequence[Any] | None) -> bool:
+        """Whether ``following`` (the row after the one judged) is the true successor of the
+        last row that held: then the row judged sits between two linked rows, inserted."""
+        if following is None or following[-1] is None or following[-2] != self._prev:
+            return False
+        return bool(link(self._prev, following[:-2]) == following[-1])
+
     def finish(self) -> None:
         """After the last row: the chain must end at the recorded head."""
+        if self._pending is not None and self.problem is None:
+            self._check(self._pending, None)
+        self._pending = None
         if self.problem is not None or self._prev == self.head.hash:
             return
         if self._last_id == self.head.entry_id:
