@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -58,11 +60,26 @@ def test_serve_never_logs_the_ledger_password(tmp_path: os.PathLike[str]) -> Non
     url = f"postgresql://iou:{PASSWORD}@127.0.0.1:{free_port()}/iou"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
     environ.update({"IOU_DATA_DIR": str(tmp_path), "IOU_LEDGER_URL": url})
-    # The ledger is out of reach, so the worker's start-up fails and serve exits by itself.
-    result = subprocess.run([sys.executable, "-m", "gateway.cli.main", "serve", "--port",
-                             str(free_port())], capture_output=True, text=True, env=environ,
-                            timeout=120)
-    output = result.stdout + result.stderr
+    log_path = Path(tmp_path) / "serve.log"
+    # The ledger is out of reach: the worker says so and waits for it (answering 503).
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "serve",
+                                    "--port", str(free_port())], stdout=log,
+                                   stderr=subprocess.STDOUT, env=environ)
+    try:
+        deadline = time.monotonic() + 120
+        while "answering 503 until it can" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = log_path.read_text()
     assert "IOU gateway on" in output, output
     assert "iou:***@127.0.0.1" in output
     assert PASSWORD not in output
