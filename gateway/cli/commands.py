@@ -16,6 +16,7 @@ from rich.table import Table
 
 from gateway.config import ConfigError, load_client_settings
 from gateway.sdk import Client, IOUError, Task
+from gateway.sdk._base import segment
 
 F = TypeVar("F", bound=Callable[..., Any])
 CATEGORY_FLAGS = {"tool_calls": "tool", "llm": "llm", "commerce": "commerce"}
@@ -174,8 +175,8 @@ def _agents_table(rows: list[dict[str, Any]]) -> Table:
 def fund(opts: Options, agent: str | None, amount: str, idempotency_key: str | None) -> None:
     """Add tokens to an agent's balance (exactly once, also when retried)."""
     name = opts.agent_name(agent)
-    result = opts.client().request("POST", f"/v1/agents/{name}/fund", {"amount": amount},
-                                   idempotency_key=idempotency_key)
+    result = opts.client().request("POST", f"/v1/agents/{segment(name)}/fund",
+                                   {"amount": amount}, idempotency_key=idempotency_key)
     opts.emit(result, lambda: opts.console.print(
         f"funded {name} with {amount}: balance {result['balance']} IOU"))
 
@@ -399,8 +400,8 @@ def limits(  # noqa: PLR0913 - click passes each of the command's options
     if shadow_clear:
         patch["shadow"] = None
     client = opts.client()
-    result = (client.request("PATCH", f"/v1/agents/{name}/limits", patch) if patch
-              else client.request("GET", f"/v1/agents/{name}/limits"))
+    result = (client.request("PATCH", f"/v1/agents/{segment(name)}/limits", patch) if patch
+              else client.request("GET", f"/v1/agents/{segment(name)}/limits"))
     opts.emit(result, lambda: opts.console.print(_limits_table(name, result)))
 
 
@@ -546,7 +547,7 @@ def status(opts: Options, agent: str | None) -> None:
         rows = client.request("GET", "/v1/agents", params={"limit": "1000"})["agents"]
         opts.emit({"agents": rows, "tools": prices}, lambda: _print_overview(opts, rows, prices))
         return
-    detail = client.request("GET", f"/v1/agents/{name}")
+    detail = client.request("GET", f"/v1/agents/{segment(name)}")
     opts.emit({"agent": detail, "tools": prices},
               lambda: _print_status(opts, detail, prices))
 
@@ -599,7 +600,7 @@ def ledger(opts: Options, agent: str | None, count: int, as_csv: bool) -> None:
     name = opts.agent_name(agent)
     if as_csv and opts.as_json:
         raise click.UsageError("--csv and --json exclude each other")
-    page = opts.client().request("GET", f"/v1/agents/{name}/ledger",
+    page = opts.client().request("GET", f"/v1/agents/{segment(name)}/ledger",
                                  params={"limit": str(count)})
     if as_csv:
         _print_csv(page["entries"])
@@ -679,7 +680,7 @@ def usage(  # noqa: PLR0913 - click passes each of the command's options
     name = agent or opts.agent
     params = {"by": by, "period": period,
               **({"since": since} if since else {}), **({"until": until} if until else {})}
-    path = f"/v1/agents/{name}/usage" if name else "/v1/usage"
+    path = f"/v1/agents/{segment(name)}/usage" if name else "/v1/usage"
     report = opts.client().request("GET", path, params=params)
     if as_csv:
         out = csv.writer(sys.stdout)
@@ -732,7 +733,7 @@ def tools_set(opts: Options, name: str, price: str, category: str, variable: boo
                             "pricing": "variable" if variable else "fixed"}
     if upstream:
         body["upstream"] = upstream
-    tool = opts.client().request("PUT", f"/v1/tools/{name}", body)
+    tool = opts.client().request("PUT", f"/v1/tools/{segment(name)}", body)
     opts.emit(tool, lambda: opts.console.print(
         f"{tool['tool']}: {tool['price']} per call ({tool['category']}, {tool['pricing']})"))
 
@@ -757,7 +758,7 @@ def _freeze_command(frozen: bool) -> click.Command:
     @refusals
     def command(opts: Options, agent: str | None, idempotency_key: str | None) -> None:
         name = opts.agent_name(agent)
-        result = opts.client().request("POST", f"/v1/agents/{name}/{verb}",
+        result = opts.client().request("POST", f"/v1/agents/{segment(name)}/{verb}",
                                        idempotency_key=idempotency_key)
         opts.emit(result, lambda: opts.console.print(f"{name}: frozen={result['frozen']}"))
 

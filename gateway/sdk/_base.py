@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -147,6 +148,15 @@ def batch_result(item: Mapping[str, Any]) -> Charge | IOUError:
     return error_for(_ONE_STATUS.get(str(item["error"]), 0), item)
 
 
+def segment(value: str) -> str:
+    """A caller's value (agent or tool name, hold, task or charge id) as one path segment:
+    percent-encoded whole, so a ``/``, ``?`` or ``#`` in it cannot reach another route, and
+    the names ``.`` and ``..`` (the contract's alphabet allows dots) encoded too, since URLs
+    collapse those dot segments onto the route above."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
 class BaseClient:
     """Settings and everything that does not wait; see ``Client`` for the parameters."""
 
@@ -205,10 +215,11 @@ class BaseClient:
             body["cost"] = to_amount(cost)
         if metadata is not None:
             body["metadata"] = metadata
-        return paid_call(f"/v1/holds/{hold_id}/capture", body, Capture.from_answer, key)
+        return paid_call(f"/v1/holds/{segment(hold_id)}/capture", body, Capture.from_answer,
+                         key)
 
     def _release_call(self, hold_id: str, key: str | None) -> Call[Release]:
-        return paid_call(f"/v1/holds/{hold_id}/release", None, Release.from_answer, key)
+        return paid_call(f"/v1/holds/{segment(hold_id)}/release", None, Release.from_answer, key)
 
     def _invoke_call(  # noqa: PLR0913 - the invoke's options, each named
             self, tool: str, payload: Any, content: bytes | None,
@@ -223,7 +234,7 @@ class BaseClient:
         if content is None and payload is not None:
             content = orjson.dumps(payload)
             sent.setdefault("content-type", "application/json")
-        return Call("POST", f"/v1/tools/{tool}/invoke", content, sent, _identity,
+        return Call("POST", f"/v1/tools/{segment(tool)}/invoke", content, sent, _identity,
                     invoke=True)
 
     def _refund_call(self, charge_id: str, amount: Money | None, reason: str | None,
@@ -233,12 +244,13 @@ class BaseClient:
             body["amount"] = to_amount(amount)
         if reason is not None:
             body["reason"] = reason
-        return paid_call(f"/v1/charges/{charge_id}/refund", body, Refund.from_answer, key)
+        return paid_call(f"/v1/charges/{segment(charge_id)}/refund", body, Refund.from_answer,
+                         key)
 
     def _debit_call(self, agent: str, amount: Money, reason: str,
                     key: str | None) -> Call[Debit]:
         body = {"amount": to_amount(amount), "reason": reason}
-        return paid_call(f"/v1/agents/{agent}/debit", body, Debit.from_answer, key)
+        return paid_call(f"/v1/agents/{segment(agent)}/debit", body, Debit.from_answer, key)
 
     def _task_open_call(self, budget: Money, name: str | None, ttl_s: int | None,
                         max_calls: Mapping[str, int] | None, key: str | None) -> Call[Task]:
@@ -249,13 +261,13 @@ class BaseClient:
         return paid_call("/v1/tasks", body, Task.from_answer, key)
 
     def _task_get_call(self, task_id: str) -> Call[Task]:
-        return Call("GET", f"/v1/tasks/{task_id}", None, {}, Task.from_answer)
+        return Call("GET", f"/v1/tasks/{segment(task_id)}", None, {}, Task.from_answer)
 
     def _task_close_call(self, task_id: str) -> Call[Task]:
-        return paid_call(f"/v1/tasks/{task_id}/close", None, Task.from_answer, None)
+        return paid_call(f"/v1/tasks/{segment(task_id)}/close", None, Task.from_answer, None)
 
     def _tasks_list_call(self, agent: str, limit: int) -> Call[list[Task]]:
-        return Call("GET", f"/v1/agents/{agent}/tasks", None, {},
+        return Call("GET", f"/v1/agents/{segment(agent)}/tasks", None, {},
                     lambda a: [Task.from_answer(t) for t in a["tasks"]], {"limit": str(limit)})
 
     def _child_call(self, parent: str, name: str, amount: Money,
@@ -263,20 +275,20 @@ class BaseClient:
         body: dict[str, Any] = {"name": name, "amount": to_amount(amount)}
         if limits is not None:
             body["limits"] = dict(limits)
-        return paid_call(f"/v1/agents/{parent}/children", body, Child.from_answer, key)
+        return paid_call(f"/v1/agents/{segment(parent)}/children", body, Child.from_answer, key)
 
     def _reclaim_call(self, child: str, amount: Money | None,
                       key: str | None) -> Call[Reclaim]:
         body = {} if amount is None else {"amount": to_amount(amount)}
-        return paid_call(f"/v1/agents/{child}/reclaim", body, Reclaim.from_answer, key)
+        return paid_call(f"/v1/agents/{segment(child)}/reclaim", body, Reclaim.from_answer, key)
 
     def _shadow_call(self, agent: str) -> Call[dict[str, Any]]:
-        return Call("GET", f"/v1/agents/{agent}/shadow", None, {}, _identity)
+        return Call("GET", f"/v1/agents/{segment(agent)}/shadow", None, {}, _identity)
 
     def _limits_call(self, agent: str, patch: Mapping[str, Any] | None) -> Call[dict[str, Any]]:
         if patch is None:
-            return Call("GET", f"/v1/agents/{agent}/limits", None, {}, _identity)
-        return Call("PATCH", f"/v1/agents/{agent}/limits", orjson.dumps(dict(patch)),
+            return Call("GET", f"/v1/agents/{segment(agent)}/limits", None, {}, _identity)
+        return Call("PATCH", f"/v1/agents/{segment(agent)}/limits", orjson.dumps(dict(patch)),
                     {"content-type": "application/json"}, _identity)
 
     def _status_call(self) -> Call[Status]:
@@ -307,7 +319,7 @@ class BaseClient:
         for name, value in (("before", before), ("kind", kind), ("tool", tool)):
             if value is not None:
                 params[name] = value
-        return self._page_call(f"/v1/agents/{agent}/ledger", params, "entries",
+        return self._page_call(f"/v1/agents/{segment(agent)}/ledger", params, "entries",
                                LedgerEntry.from_answer)
 
     def _agents_call(self, cursor: str | None,
