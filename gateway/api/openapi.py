@@ -28,6 +28,9 @@ NAME: Schema = {"type": "string", "pattern": NAME_PATTERN,
 HOLD_ID: Schema = {"type": "string", "pattern": "^hold_[0-9a-f]{32}$"}
 TASK_ID: Schema = {"type": "string", "pattern": "^task_[0-9a-f]{32}$",
                    "description": "one of the caller's tasks (any other id is 404 not_found)"}
+# A tasks page's cursor: the last task's creation ms and id (gateway/metering/tasks.py).
+TASK_CURSOR: Schema = {"type": "string",
+                       "pattern": r"^(0|[1-9][0-9]{0,15})\.task_[0-9a-f]{32}$"}
 TASK_TTL_S_MAX = 604_800
 CALLS_MAX = 1_000_000_000
 KEY_ID: Schema = {"type": "string", "pattern": "^key_[0-9a-f]{16}([0-9a-f]{16})?$"}
@@ -396,7 +399,8 @@ ANSWERS: dict[tuple[str, str], tuple[int, Schema | None]] = {
     ("POST", "/v1/tasks/{task_id}/close"): (200, _answer({
         **TASK_OUT["properties"], "holds_released": {"type": "integer"}})),
     ("GET", "/v1/agents/{agent}/tasks"): (200, _answer({
-        "agent": NAME, "tasks": {"type": "array", "items": TASK_OUT}})),
+        "agent": NAME, "tasks": {"type": "array", "items": TASK_OUT},
+        "next_cursor": nullable(TASK_CURSOR)})),
     ("GET", "/v1/balance"): (200, _answer({
         "agent": NAME, "balance": AMOUNT_OUT, "held": AMOUNT_OUT, "spent_today": AMOUNT_OUT,
         "limits": LIMITS_OUT, "warnings": WARNINGS})),
@@ -487,7 +491,7 @@ ROUTE_SPECS: list[tuple[str, str, str, str]] = [
     ("GET", "/v1/tasks/{task_id}", "One of the caller's tasks with its summary", "agent"),
     ("POST", "/v1/tasks/{task_id}/close", "Close a task (its open holds are released); "
      "answers its summary", "agent"),
-    ("GET", "/v1/agents/{agent}/tasks", "The agent's recent tasks, newest first (limit)",
+    ("GET", "/v1/agents/{agent}/tasks", "The agent's recent tasks, newest first (limit, cursor)",
      "admin|agent"),
     ("POST", "/v1/tools/{tool}/invoke", "Call a tool's upstream through the gateway", "agent"),
     ("GET", "/v1/receipts/keys", "The public keys that check receipts (JWKS)", "none"),
@@ -561,7 +565,9 @@ USAGE_PARAMETERS: list[tuple[str, Schema, str]] = [
      "of hours or 366 days (422 on since otherwise)"),
     ("until", USAGE_TIME, "the end (rounded up to the period; default: now)")]
 QUERY_PARAMETERS: dict[tuple[str, str], list[tuple[str, Schema, str]]] = {
-    ("GET", "/v1/agents/{agent}/tasks"): [("limit", PAGE_LIMIT, "tasks listed")],
+    ("GET", "/v1/agents/{agent}/tasks"): [
+        ("limit", PAGE_LIMIT, "tasks per page"),
+        ("cursor", TASK_CURSOR, "next_cursor of the previous page: the tasks after it")],
     ("GET", "/v1/agents"): [
         ("limit", PAGE_LIMIT, "agents per page"),
         ("cursor", NAME, "next_cursor of the previous page")],

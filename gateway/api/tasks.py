@@ -104,5 +104,7 @@ async def list_agent_tasks(ctx: Context, request: Request) -> Response:
     caller = await ctx.auth.admin_or_agent(request, agent)
     if caller.is_admin:
         check_name("agent", agent)
-    tasks = await ctx.engine.agent_tasks(agent, _query_limit(request))
-    return json_response(200, {"agent": agent, "tasks": [task_payload(t) for t in tasks]})
+    tasks, next_cursor = await ctx.engine.agent_tasks_page(
+        agent, _query_limit(request), request.query_params.get("cursor"))
+    return json_response(200, {"agent": agent, "tasks": [task_payload(t) for t in tasks],
+                               "next_cursor": next_cursor})

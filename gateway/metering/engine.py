@@ -67,7 +67,7 @@ class Engine:
         self.walls_used = a.walls_used
         t = self.tasks
         self.open_task, self.task, self.close_task = t.open_task, t.task, t.close_task
-        self.agent_tasks = t.agent_tasks
+        self.agent_tasks, self.agent_tasks_page = t.agent_tasks, t.agent_tasks_page
         c = self.catalog
         self.set_tool, self.delete_tool, self.tools = c.set_tool, c.delete_tool, c.tools
         self.refresh_catalog, self.sync_tool_copies = c.refresh, c.sync_copies

@@ -7,6 +7,7 @@ answers its summary."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,17 @@ CLOSE_FIRST_IDS = 4  # entry ids minted for a close; the script asks for more wh
 
 # How long a keyed request's twin can be: an Idempotency-Key's life (24 h).
 KEYED_TWIN_MS = 86_400_000
+
+
+TASK_CURSOR_RE = re.compile(r"(0|[1-9][0-9]{0,15})\.(task_[0-9a-f]{32})", re.ASCII)
+
+
+def parse_task_cursor(cursor: str) -> tuple[int, str]:
+    """A tasks page's cursor, ``<created ms>.<task id>``, as (ms, task id); 422 otherwise."""
+    found = TASK_CURSOR_RE.fullmatch(cursor)
+    if found is None:
+        raise InvalidRequest("cursor", "must be the next_cursor of a previous page")
+    return int(found.group(1)), found.group(2)
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,27 @@ class Tasks:
                 raise refusal(reply, agent=agent, task=ref)
             batch = reply.integer("needed")
         return await self.task(agent, ref), reply.released_count
+
+    @maps_store_errors
+    async def agent_tasks_page(self, agent: str, limit: int, cursor: str | None
+                               ) -> tuple[list[TaskState], str | None]:
+        """One page of the agent's tasks, newest first, after ``cursor`` (the previous
+        page's ``next_cursor``: ``<created ms>.<task id>``), and the cursor of the next page
+        (None on the last). Tasks whose hash expired meanwhile are left out of the page."""
+        check_name("agent", agent)
+        if not money.is_whole(limit, 1, TASKS_LISTED_MAX):
+            raise InvalidRequest("limit", f"must be a whole number from 1 to {TASKS_LISTED_MAX}")
+        after = None if cursor is None else parse_task_cursor(cursor)
+        partitions = self._calls.partitions
+        exists, page, now_ms = await asyncio.gather(
+            stored_agents.exists(self._conn, partitions, agent),
+            stored.task_page(self._conn, partitions, agent, limit + 1, after), self._now_ms())
+        if not exists:
+            raise NotFound(f"No agent named {agent}.")
+        shown = page[:limit]
+        found = await stored.tasks_fields(self._conn, partitions, agent, [t for _, t in shown])
+        next_cursor = f"{shown[-1][0]}.{shown[-1][1]}" if len(page) > limit else None
+        return [task_state(t, agent, f, now_ms) for t, f in found], next_cursor
 
     @maps_store_errors
     async def agent_tasks(self, agent: str, limit: int = 100) -> list[TaskState]:

@@ -4,6 +4,7 @@ charge.lua, hold.lua, capture/release/expire through the hold's task, task_close
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from gateway.store import keys
 from gateway.store.agents import pairs
@@ -24,6 +25,32 @@ async def task_ids(conn: Connection, partitions: int, agent: str, limit: int) ->
     found = await conn.call_or_raise(b"ZRANGE", k.tasks(), b"+inf", b"-inf", b"BYSCORE", b"REV",
                                      b"LIMIT", b"0", str(limit).encode())
     return [_text(v) for v in found]
+
+
+async def task_page(conn: Connection, partitions: int, agent: str, limit: int,
+                    after: tuple[int, str] | None) -> list[tuple[int, str]]:
+    """(created ms, task id) of up to ``limit`` of the agent's indexed tasks, newest first
+    (ties: the greater id first, as ZRANGE REV orders them), strictly after the position
+    ``after`` (a previous page's last); tasks opened since do not shift the pages after it."""
+    k = keys.agent_keys(agent, partitions).tasks()
+    count = str(limit).encode()
+    if after is None:
+        return _scored(await conn.call_or_raise(b"ZRANGE", k, b"+inf", b"-inf", b"BYSCORE",
+                                                b"REV", b"LIMIT", b"0", count, b"WITHSCORES"))
+    ms, task_id = after
+    at = str(ms).encode()
+    ties, older = await asyncio.gather(
+        conn.call_or_raise(b"ZRANGE", k, at, at, b"BYSCORE", b"REV", b"WITHSCORES"),
+        conn.call_or_raise(b"ZRANGE", k, b"(" + at, b"-inf", b"BYSCORE", b"REV", b"LIMIT",
+                           b"0", count, b"WITHSCORES"))
+    after_ties = [(s, t) for s, t in _scored(ties) if t < task_id]
+    return (after_ties + _scored(older))[:limit]
+
+
+def _scored(flat: list[Any]) -> list[tuple[int, str]]:
+    it = iter(flat)
+    return [(int(float(_text(score))), _text(member)) for member, score in zip(it, it,
+                                                                               strict=True)]
 
 
 async def tasks_fields(conn: Connection, partitions: int, agent: str, task_ids_: list[str]
