@@ -209,18 +209,21 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
     charge_fields = {"tool": NAME, "cost": nullable(zero_ok), "metadata": METADATA,
                      "task": nullable(TASK_ID), "fingerprint": FINGERPRINT}
     caps = nullable(positive)
-    category_caps = nullable(_closed({"per_call": caps, "daily": caps}))
-    limits = _closed({
-        "per_call": caps, "daily": caps, "low_balance": nullable(zero_ok),
-        "webhook_url": nullable(URL), "require_task": nullable({"type": "boolean"}),
-        "loop": nullable(LOOP_IN),
-        "categories": nullable({"type": "object", "propertyNames": NAME,
-                                "additionalProperties": category_caps})})
+    count = nullable({"type": "integer", "minimum": 1, "maximum": CALLS_MAX})
+    calls = nullable(_closed({"per_minute": count, "per_hour": count, "per_day": count}))
+    spend = {"per_call": caps, "daily": caps, "hourly": caps, "weekly": caps, "monthly": caps}
+    category_caps = nullable(_closed({**spend, "calls": calls}))
+    tool_caps = nullable(_closed({"per_call": caps, "calls": calls}))
+    # The caps every limits object may hold (the agent's own, per category, per tool).
+    walls = {**spend, "calls": calls, "require_task": nullable({"type": "boolean"}),
+             "categories": nullable({"type": "object", "propertyNames": NAME,
+                                     "additionalProperties": category_caps}),
+             "tools": nullable({"type": "object", "propertyNames": NAME,
+                                "additionalProperties": tool_caps})}
+    limits = _closed({**walls, "low_balance": nullable(zero_ok),
+                      "webhook_url": nullable(URL), "loop": nullable(LOOP_IN)})
     # Shadow limits: the caps and require_task, evaluated on every call, never refusing.
-    shadow = _closed({"per_call": caps, "daily": caps,
-                      "require_task": nullable({"type": "boolean"}),
-                      "categories": nullable({"type": "object", "propertyNames": NAME,
-                                              "additionalProperties": category_caps})})
+    shadow = _closed(walls)
     limits_patch = {**limits, "properties": {**limits["properties"],
                                              "shadow": nullable(shadow)}}
     upstream_headers = nullable({
@@ -262,7 +265,7 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
         ("POST", "/v1/agents/{agent}/debit"): (_closed({"amount": positive, "reason": REASON},
                                                        ("amount", "reason")), True),
         ("POST", "/v1/agents/{agent}/children"): (_closed({
-            "name": NAME, "amount": positive, "limits": nullable(limits)},
+            "name": NAME, "amount": positive, "limits": nullable(limits_patch)},
             ("name", "amount")), True),
         ("POST", "/v1/agents/{agent}/reclaim"): (_closed({"amount": nullable(positive)}),
                                                  False),
