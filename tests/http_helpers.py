@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -74,3 +75,66 @@ def upstream_server(handler: type[http.server.BaseHTTPRequestHandler], path: str
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request that reached a recording upstream."""
+
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+
+@dataclass
+class Recorded:
+    """What reached a recording upstream, in arrival order (its handler threads append)."""
+
+    requests: list[Seen] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, seen: Seen) -> None:
+        with self._lock:
+            self.requests.append(seen)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def header(self, name: str) -> list[str | None]:
+        """The value of header ``name`` on each request, None where it was absent."""
+        with self._lock:
+            return [r.headers.get(name.lower()) for r in self.requests]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+
+def recording_handler(recorded: Recorded) -> type[http.server.BaseHTTPRequestHandler]:
+    """A tool's upstream that answers 200 `{}` to every POST and records it in ``recorded``."""
+
+    class Recording(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            recorded.add(Seen(self.path, {k.lower(): v for k, v in self.headers.items()},
+                              body))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Recording
+
+
+@contextmanager
+def recording_upstream(path: str = "") -> Iterator[tuple[str, Recorded]]:
+    """A recording upstream (see recording_handler) on a free port: (its URL, what it saw)."""
+    recorded = Recorded()
+    with upstream_server(recording_handler(recorded), path) as url:
+        yield url, recorded

@@ -12,8 +12,6 @@ A new route must get a row here (the test fails until it has one).
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from gateway.api.app import served_routes
 from gateway.metering.children import partition_name
 from gateway.store.keys import partition_of
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, running_gateway
-from tests.http_helpers import new_agent, seed_tools, unique
+from tests.http_helpers import new_agent, recording_upstream, seed_tools, unique
 from tests.servers import redis_server
 
 CALLERS = ("none", "garbage", "revoked", "agent_a", "agent_b", "admin")
@@ -134,19 +132,6 @@ ROWS: list[tuple[str, str, Any, tuple[int, int, int, int, int, int]]] = [
 ]
 
 
-class _Upstream(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @dataclass
 class World:
     gw: Gateway
@@ -173,10 +158,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
     # Many deliberate failures from one address: the failed-auth limits are raised here.
-    with redis_server() as (url, _), running_gateway(
+    with recording_upstream("/") as (upstream_url, _), redis_server() as (url, _), \
+            running_gateway(
             url, IOU_AUTH_FAILURES_PER_CLIENT="100000",
             IOU_AUTH_FAILURES_PER_CREDENTIAL="100000",
             IOU_AUTH_FAILURES_GLOBAL="1000000") as gw:
@@ -187,7 +171,7 @@ def world() -> Iterator[World]:
         with gw.admin() as admin:
             assert admin.put("/v1/tools/matrix_proxy", json={
                 "price": "0.05", "category": "tool",
-                "upstream": f"http://127.0.0.1:{upstream.server_address[1]}/"}).status_code == 200
+                "upstream": upstream_url}).status_code == 200
             revoked = admin.post(f"/v1/agents/{a}/keys").json()
             assert admin.delete(f"/v1/agents/{a}/keys/{revoked['key_id']}").status_code == 204
             spare = admin.post(f"/v1/agents/{b}/keys").json()["key_id"]
@@ -199,8 +183,6 @@ def world() -> Iterator[World]:
             "none": None, "garbage": "not-a-token", "revoked": revoked["api_key"],
             "agent_a": a_key, "agent_b": b_key, "admin": ADMIN_TOKEN}
         yield World(gw, tokens, a, b, spare, charge_id, task_id)
-    upstream.shutdown()
-    upstream.server_close()
 
 
 def _path(world: World, method: str, template: str, holds: Callable[[], str]) -> str:

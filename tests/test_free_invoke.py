@@ -4,40 +4,19 @@ tool was forwarded first and counted after: the 11th call of a 10-a-day monitor 
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
-from typing import Any, ClassVar
 
 import pytest
 
 from tests.gateway_proc import Gateway
-from tests.http_helpers import new_agent, unique, upstream_server
+from tests.http_helpers import Recorded, new_agent, recording_handler, unique, upstream_server
 
-
-class _Upstream(http.server.BaseHTTPRequestHandler):
-    """A free tool's upstream: 200 to everything, counting what reached it."""
-
-    hits: ClassVar[int] = 0
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        with _Upstream.lock:
-            _Upstream.hits += 1
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
+UPSTREAM = Recorded()  # a free tool's upstream: 200 to everything, recording what reached it
 
 
 @pytest.fixture(scope="module")
 def free_tool(gateway: Gateway) -> Iterator[str]:
-    with upstream_server(_Upstream) as url:
+    with upstream_server(recording_handler(UPSTREAM)) as url:
         tool = unique("free").replace("-", "_")
         with gateway.admin() as admin:
             assert admin.put(f"/v1/tools/{tool}", json={
@@ -56,11 +35,11 @@ def test_a_call_cap_stops_a_free_call_before_the_upstream(gateway: Gateway,
             ok = agent.post(f"/v1/tools/{free_tool}/invoke", json={"url": str(i)})
             assert ok.status_code == 200, ok.text
             assert ok.headers["x-iou-charge-id"]
-        hits = _Upstream.hits
+        hits = UPSTREAM.count
         capped = agent.post(f"/v1/tools/{free_tool}/invoke", json={"url": "2"})
         assert capped.status_code == 429, capped.text
         assert capped.json()["limit"] == "calls_per_day"
-        assert _Upstream.hits == hits  # the 3rd call never ran
+        assert UPSTREAM.count == hits  # the 3rd call never ran
         assert agent.get("/v1/balance").json()["balance"] == "10"
 
 
@@ -72,10 +51,10 @@ def test_the_loop_breaker_stops_a_free_call_before_the_upstream(gateway: Gateway
             "loop": {"repeats": 1, "window_s": 60}}).status_code == 200
     with gateway.agent(key) as agent:
         assert agent.post(f"/v1/tools/{free_tool}/invoke", json={"q": 1}).status_code == 200
-        hits = _Upstream.hits
+        hits = UPSTREAM.count
         looped = agent.post(f"/v1/tools/{free_tool}/invoke", json={"q": 1})
         assert looped.status_code == 429 and looped.json()["error"] == "loop_detected"
-        assert _Upstream.hits == hits
+        assert UPSTREAM.count == hits
 
 
 def test_a_closed_task_stops_a_free_call_before_the_upstream(gateway: Gateway,
@@ -84,8 +63,8 @@ def test_a_closed_task_stops_a_free_call_before_the_upstream(gateway: Gateway,
     with gateway.agent(key) as agent:
         task = agent.post("/v1/tasks", json={"budget": "1"}).json()["task_id"]
         assert agent.post(f"/v1/tasks/{task}/close").status_code == 200
-        hits = _Upstream.hits
+        hits = UPSTREAM.count
         closed = agent.post(f"/v1/tools/{free_tool}/invoke", json={"q": 2},
                             headers={"x-iou-task": task})
         assert closed.status_code == 409 and closed.json()["error"] == "task_closed"
-        assert _Upstream.hits == hits
+        assert UPSTREAM.count == hits

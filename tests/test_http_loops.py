@@ -15,24 +15,9 @@ import httpx
 import pytest
 
 from tests.gateway_proc import Gateway
-from tests.http_helpers import new_agent, unique, upstream_server
+from tests.http_helpers import Recorded, new_agent, recording_handler, unique, upstream_server
 
-
-class _Upstream(http.server.BaseHTTPRequestHandler):
-    """A tool's upstream: 200 to everything, counting what reached it."""
-
-    hits: ClassVar[list[bytes]] = []
-
-    def do_POST(self) -> None:
-        _Upstream.hits.append(self.rfile.read(int(self.headers.get("content-length", "0"))))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
+UPSTREAM = Recorded()  # a tool's upstream: 200 to everything, recording what reached it
 
 
 class _Hooks(http.server.BaseHTTPRequestHandler):
@@ -53,7 +38,7 @@ class _Hooks(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    with upstream_server(_Upstream) as url:
+    with upstream_server(recording_handler(UPSTREAM)) as url:
         yield url
 
 
@@ -132,10 +117,10 @@ def test_invoke_compared_by_body_and_refused_before_the_upstream(gateway: Gatewa
     with gateway.agent(key) as agent:
         assert agent.post(f"/v1/tools/{tool}/invoke", json={"url": "a"}).status_code == 200
         assert agent.post(f"/v1/tools/{tool}/invoke", json={"url": "b"}).status_code == 200
-        hits = len(_Upstream.hits)
+        hits = UPSTREAM.count
         again = agent.post(f"/v1/tools/{tool}/invoke", json={"url": "a"})
         assert again.status_code == 429 and again.json()["error"] == "loop_detected"
-        assert len(_Upstream.hits) == hits  # the upstream never saw the looping call
+        assert UPSTREAM.count == hits  # the upstream never saw the looping call
 
 
 def test_freeze_action_freezes_and_sends_the_webhook(gateway: Gateway) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import json
 import os
 import stat
@@ -33,7 +32,7 @@ from gateway.receipts import (
 from gateway.sdk import Client
 from tests.gateway_proc import Gateway
 from tests.helpers import T, setup_catalog
-from tests.http_helpers import error_of, new_agent, unique, upstream_server
+from tests.http_helpers import error_of, new_agent, recording_upstream, unique
 from tests.ledger_helpers import store_for, writer_for
 
 SEED_A = base64.urlsafe_b64encode(b"a" * 32).rstrip(b"=").decode()
@@ -223,33 +222,17 @@ def test_any_charge_of_the_ledger_gets_the_same_receipt(gateway: Gateway) -> Non
     assert keys.status_code == 200 and keys.json()["keys"][0]["crv"] == "Ed25519"
 
 
-class _Recording(http.server.BaseHTTPRequestHandler):
-    receipts: list[str] = []  # noqa: RUF012 - one upstream per test, read after it answered
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        _Recording.receipts.append(self.headers.get("x-iou-receipt", ""))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_invoke_sends_a_receipt_upstream_and_answers_with_one(gateway: Gateway) -> None:
     _, key = new_agent(gateway)
     tool = unique("paid").replace("-", "_")
-    _Recording.receipts = []
-    with upstream_server(_Recording, "/") as url, gateway.admin() as admin, \
+    with recording_upstream("/") as (url, upstream), gateway.admin() as admin, \
             gateway.agent(key) as agent, _sdk(gateway, key) as sdk:
         assert admin.put(f"/v1/tools/{tool}", json={"price": "0.3", "category": "tool",
                                                     "upstream": url}).status_code == 200
         invoked = agent.post(f"/v1/tools/{tool}/invoke", json={"q": 1})
         assert invoked.status_code == 200, invoked.text
-        paid = sdk.verify_receipt(_Recording.receipts[0])  # what the provider checks
+        # What the provider checks:
+        paid = sdk.verify_receipt(upstream.header("x-iou-receipt")[0] or "")
         assert paid["charge_id"].startswith("hold_")
         assert (paid["tool"], paid["cost"]) == (tool, "0.3")
         answered = sdk.verify_receipt(invoked.headers["x-iou-receipt"])

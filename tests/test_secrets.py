@@ -4,7 +4,6 @@ event streams or either ledger; `recover` restores them; the proxy still sends t
 from __future__ import annotations
 
 import contextlib
-import http.server
 import secrets
 import sqlite3
 import stat
@@ -12,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import redis
@@ -24,7 +23,14 @@ from gateway.metering.secrets_store import SEALED_PREFIX, SecretBox, open_header
 from gateway.store import keys
 from tests.conftest import flush, make_engine
 from tests.gateway_proc import running_gateway
-from tests.http_helpers import error_of, new_agent, unique, upstream_server
+from tests.http_helpers import (
+    Recorded,
+    error_of,
+    new_agent,
+    recording_handler,
+    unique,
+    upstream_server,
+)
 from tests.ledger_helpers import store_for, writer_for
 from tests.pg import pg_bin
 from tests.servers import redis_server
@@ -32,25 +38,12 @@ from tests.servers import redis_server
 SECRET_KEY = "test-secret-key-" + "0123456789abcdef" * 2
 
 
-class Upstream(http.server.BaseHTTPRequestHandler):
-    seen: ClassVar[list[str | None]] = []
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        Upstream.seen.append(self.headers.get("authorization"))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: Any) -> None:
-        pass
+UPSTREAM = Recorded()  # the tool's upstream, recording the credentials it was sent
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    with upstream_server(Upstream, "/tool") as url:
+    with upstream_server(recording_handler(UPSTREAM), "/tool") as url:
         yield url
 
 
@@ -172,7 +165,7 @@ def test_embedded_default_generates_its_key_and_the_proxy_sends_the_credential(
         _, key = new_agent(gw, "1")
         with gw.agent(key) as agent:
             invoked = agent.post("/v1/tools/vault/invoke", json={"q": 1})
-        assert invoked.status_code == 200 and Upstream.seen[-1] == secret
+        assert invoked.status_code == 200 and UPSTREAM.header("authorization")[-1] == secret
         # The ledger's tools table holds the ciphertext (once the writer got there), and
         # every file of the data dir (AOF, SQLite ledger and WAL, logs) is free of it.
         deadline = time.monotonic() + 10
@@ -210,7 +203,7 @@ def test_without_a_secret_key_credentials_are_refused_and_sealed_ones_cost_nothi
         # A tool sealed by a gateway with a key, invoked through this one: 503, no charge.
         _seal_tool_with_another_gateway(url, upstream)
         _, key = new_agent(gw, "1")
-        before = len(Upstream.seen)
+        before = UPSTREAM.count
         with gw.agent(key) as agent:
             deadline = time.monotonic() + 5
             while (answer := agent.post("/v1/tools/sealed/invoke", json={})).status_code == 404:
@@ -218,7 +211,7 @@ def test_without_a_secret_key_credentials_are_refused_and_sealed_ones_cost_nothi
                 time.sleep(0.1)
             assert answer.status_code == 503 and error_of(answer) == "unavailable"
             assert agent.get("/v1/balance").json()["balance"] == "1"
-        assert len(Upstream.seen) == before
+        assert UPSTREAM.count == before
 
 
 def _seal_tool_with_another_gateway(url: str, upstream: str) -> None:
