@@ -151,17 +151,29 @@ def _compact_object(raw: bytes) -> dict[str, Any] | None:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(value, dict) or _has_number(value) or orjson.dumps(value) != raw:
+    if not isinstance(value, dict) or _has_number(value):
         return None
-    return value
+    try:
+        written = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # nested past the 255 levels orjson writes
+        return None
+    return value if written == raw else None
 
 
 def _has_number(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_has_number(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_number(v) for v in value)
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """Whether a number is anywhere in ``value``: walked with a list, not recursion, since
+    orjson holds nesting (up to 1024 levels) deeper than Python's stack walks (a body
+    nested 600 levels deep was a RecursionError, a 500)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            return True
+    return False
 
 
 def _int_literal(text: str) -> Any:
