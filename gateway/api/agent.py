@@ -174,8 +174,10 @@ async def post_hold(ctx: Context, request: Request) -> Response:
 @endpoint
 async def post_capture(ctx: Context, request: Request) -> Response:
     agent = await ctx.auth.agent(request)
-    fields = Fields(await read_json(request, ctx.settings.body_bytes_max), ("cost", "metadata"))
-    # Optional: a fixed-price hold captures its price (the script refuses any other cost).
+    # The body is optional, as its cost is for a fixed-price hold (which captures its price;
+    # the script refuses any other cost): refund, reclaim and close take none either.
+    fields = Fields(await read_json(request, ctx.settings.body_bytes_max, optional=True),
+                    ("cost", "metadata"))
     cost = fields.amount("cost", False, allow_zero=True,
                          max_micros=ctx.settings.amount_max_micros)
     hold_id = request.path_params["hold_id"]

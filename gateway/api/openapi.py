@@ -252,7 +252,7 @@ def request_bodies(max_micros: int) -> dict[tuple[str, str], tuple[Schema, bool]
             ("budget",)), True),
         ("POST", "/v1/tasks/{task_id}/close"): (EMPTY_BODY, False),
         ("POST", "/v1/holds/{hold_id}/capture"): (_closed({"cost": nullable(zero_ok),
-                                                           "metadata": METADATA}), True),
+                                                           "metadata": METADATA}), False),
         ("POST", "/v1/holds/{hold_id}/release"): (EMPTY_BODY, False),
         ("POST", "/v1/agents"): (_closed({"name": NAME, "grant": nullable(zero_ok)},
                                          ("name",)), True),
