@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from gateway.sdk import BalanceInsufficient, Client, LimitExceeded, LoopDetected
@@ -48,24 +49,41 @@ class Calls:
             self.echo(f'→ {tool}("{arg}")  -{cost}  [{balance} IOU remaining]{warn}')
 
 
+def demo_tools(admin: Client) -> dict[str, str]:
+    """The catalog name of each of the scenario's tools. A tool missing from the catalog is
+    added; one already there with the demo's definition is used; one defined otherwise
+    belongs to the operator (its price, its upstream and credentials): it is left alone and
+    the demo adds and plays its own copy, ``demo_<name>``."""
+    catalog = {t["tool"]: t for t in admin.request("GET", "/v1/tools")["tools"]}
+    names: dict[str, str] = {}
+    for name, price, category, pricing in (*DEMO_TOOLS, SHOP_TOOL):
+        found = catalog.get(name)
+        same = found is not None and (
+            Decimal(found["price"]), found["category"], found["pricing"],
+            found.get("upstream")) == (Decimal(price), category, pricing, None)
+        names[name] = name if found is None or same else f"demo_{name}"
+        if not same:
+            admin.request("PUT", f"/v1/tools/{names[name]}",
+                          {"price": price, "category": category, "pricing": pricing})
+    return names
+
+
 def run_demo(admin: Client, echo: Echo) -> dict[str, Any]:
     """Play the scenario; returns the agent, every call, the refusal, the last ledger
     entries and the final balance."""
-    for name, price, category, pricing in DEMO_TOOLS:
-        admin.request("PUT", f"/v1/tools/{name}",
-                      {"price": price, "category": category, "pricing": pricing})
+    t = demo_tools(admin)
     agent = f"demo-{secrets.token_hex(3)}"
     created = admin.request("POST", "/v1/agents", {"name": agent, "grant": GRANT})
     echo(f"agent {agent} starts with {created['balance']} IOU")
     calls = Calls(echo)
     with Client(admin.url, created["api_key"]) as iou:
-        refusal = _agent(iou, calls)
+        refusal = _agent(iou, calls, t)
     ledger = _print_ledger(admin, agent, echo)
     state = admin.request("GET", f"/v1/agents/{agent}")
     return {"agent": agent, "grant": created["balance"], "calls": calls.played,
             "refusal": refusal, "ledger": ledger, "balance": state["balance"],
-            "monitor": _looping_monitor(admin, echo), "loop": _looping_agent(admin, echo),
-            "task": _commerce_task(admin, echo)}
+            "monitor": _looping_monitor(admin, echo, t),
+            "loop": _looping_agent(admin, echo, t), "task": _commerce_task(admin, echo, t)}
 
 
 def _runaway(admin: Client, prefix: str, limits: dict[str, Any]) -> tuple[str, str]:
@@ -76,20 +94,21 @@ def _runaway(admin: Client, prefix: str, limits: dict[str, Any]) -> tuple[str, s
     return name, created["api_key"]
 
 
-def _looping_monitor(admin: Client, echo: Echo) -> dict[str, Any]:
+def _looping_monitor(admin: Client, echo: Echo, t: dict[str, str]) -> dict[str, Any]:
     """A monitor meant to check 10 URLs a day, whose loop never ends: its call cap
     ``tools.web_browse.calls.per_day = 10`` stops it at call 11, balance still healthy."""
-    name, key = _runaway(admin, "monitor", {"tools": {"web_browse": {
+    browse = t["web_browse"]
+    name, key = _runaway(admin, "monitor", {"tools": {browse: {
         "calls": {"per_day": MONITOR_CALLS_PER_DAY}}}})
     echo("")
     echo(f"agent {name} ({RUNAWAY_GRANT} IOU) monitors {len(MONITOR_URLS)} URLs, capped at "
-         f"tools.web_browse.calls.per_day = {MONITOR_CALLS_PER_DAY}; a bug makes it loop:")
+         f"tools.{browse}.calls.per_day = {MONITOR_CALLS_PER_DAY}; a bug makes it loop:")
     calls = Calls(echo)
     with Client(admin.url, key) as monitor:
         for i in range(RUNAWAY_CALLS_MAX):
             url = MONITOR_URLS[i % len(MONITOR_URLS)]
             try:
-                page = monitor.charge("web_browse", metadata={"url": url})
+                page = monitor.charge(browse, metadata={"url": url})
             except LimitExceeded as capped:
                 balance = monitor.status().balance
                 echo(f"✗ call {i + 1} refused: {capped.code} {capped.limit} (max "
@@ -97,11 +116,11 @@ def _looping_monitor(admin: Client, echo: Echo) -> dict[str, Any]:
                      "still in the balance")
                 return {"agent": name, "calls": calls.played, "refused_at": i + 1,
                         "refusal": dict(capped.body), "balance": str(balance)}
-            calls.add("web_browse", url, page)
+            calls.add(browse, url, page)
     raise RuntimeError("the call cap never stopped the monitor; is the gateway metering?")
 
 
-def _looping_agent(admin: Client, echo: Echo) -> dict[str, Any]:
+def _looping_agent(admin: Client, echo: Echo, t: dict[str, str]) -> dict[str, Any]:
     """An agent stuck repeating one search: the loop breaker (the same tool with the same
     arguments more than 3 times in 60 s) refuses the 4th, whatever the balance."""
     name, key = _runaway(admin, "looper", {"loop": LOOP})
@@ -113,7 +132,7 @@ def _looping_agent(admin: Client, echo: Echo) -> dict[str, Any]:
     with Client(admin.url, key) as looper:
         for i in range(RUNAWAY_CALLS_MAX):
             try:
-                found = looper.charge("web_search", metadata={"query": query})
+                found = looper.charge(t["web_search"], metadata={"query": query})
             except LoopDetected as loop:
                 balance = looper.status().balance
                 echo(f"✗ call {i + 1} refused: {loop.code} (the same {loop.tool} call more "
@@ -121,16 +140,14 @@ def _looping_agent(admin: Client, echo: Echo) -> dict[str, Any]:
                      f"{loop.retry_after_s} s) with {balance} IOU still in the balance")
                 return {"agent": name, "calls": calls.played, "refused_at": i + 1,
                         "refusal": dict(loop.body), "balance": str(balance)}
-            calls.add("web_search", query, found)
+            calls.add(t["web_search"], query, found)
     raise RuntimeError("the loop breaker never stopped the agent; is the gateway metering?")
 
 
-def _commerce_task(admin: Client, echo: Echo) -> dict[str, Any]:
+def _commerce_task(admin: Client, echo: Echo, t: dict[str, str]) -> dict[str, Any]:
     """An agent told to buy one item works inside a task allowing one commerce call: the
     second purchase is refused by the task while the balance could still pay for it."""
-    name, price, category, pricing = SHOP_TOOL
-    admin.request("PUT", f"/v1/tools/{name}",
-                  {"price": price, "category": category, "pricing": pricing})
+    name, category = t[SHOP_TOOL[0]], SHOP_TOOL[2]
     agent = f"demo-shop-{secrets.token_hex(3)}"
     created = admin.request("POST", "/v1/agents", {"name": agent, "grant": SHOP_GRANT})
     with Client(admin.url, created["api_key"]) as iou:
@@ -153,33 +170,35 @@ def _commerce_task(admin: Client, echo: Echo) -> dict[str, Any]:
             "spent": str(summary.spent), "calls": summary.calls}
 
 
-def _agent(iou: Client, calls: Calls) -> dict[str, Any]:
+def _agent(iou: Client, calls: Calls, t: dict[str, str]) -> dict[str, Any]:
     """The agent's code: each paid step charged before it runs, the summary held and
     captured at its real cost, and a runaway loop stopped by the balance."""
-    calls.add("web_search", "competitor pricing update", iou.charge("web_search"))
-    calls.add("web_browse", "https://example.com/pricing", iou.charge("web_browse"))
-    with iou.hold("llm_summarize", max=SUMMARY_MAX) as held:
+    search, browse, summarize, email = (t[n] for n in (
+        "web_search", "web_browse", "llm_summarize", "email_send"))
+    calls.add(search, "competitor pricing update", iou.charge(search))
+    calls.add(browse, "https://example.com/pricing", iou.charge(browse))
+    with iou.hold(summarize, max=SUMMARY_MAX) as held:
         summary = held.capture(SUMMARY_COST)  # the summary is written: pay what it cost
-    calls.add("llm_summarize", "summarize the pricing page", summary)
-    calls.add("email_send", "ops@example.com", iou.charge("email_send"))
-    return _spend_down(iou, calls)
+    calls.add(summarize, "summarize the pricing page", summary)
+    calls.add(email, "ops@example.com", iou.charge(email))
+    return _spend_down(iou, calls, browse)
 
 
-def _spend_down(iou: Client, calls: Calls) -> dict[str, Any]:
+def _spend_down(iou: Client, calls: Calls, browse: str) -> dict[str, Any]:
     """Loop web_browse like a runaway agent until the balance stops it."""
-    calls.echo("… now the agent loops on web_browse:")
+    calls.echo(f"… now the agent loops on {browse}:")
     warned = False
     for i in range(SPEND_DOWN_CALLS_MAX):
         try:
-            page = iou.charge("web_browse")
+            page = iou.charge(browse)
         except BalanceInsufficient as poor:
             # The cue to pause: a distinct class, not a generic failure to retry.
-            calls.echo(f"✗ web_browse refused: {poor.code} (balance {poor.balance}, "
+            calls.echo(f"✗ {browse} refused: {poor.code} (balance {poor.balance}, "
                        f"cost {poor.cost}) after {i} more calls")
             return dict(poor.body)
         first_warning = "low_balance" in page.warnings and not warned
         warned = warned or first_warning
-        calls.add("web_browse", f"page {i + 1}", page, shown=i < 3 or first_warning)
+        calls.add(browse, f"page {i + 1}", page, shown=i < 3 or first_warning)
     raise RuntimeError("the balance never ran out; is the gateway metering?")
 
 
