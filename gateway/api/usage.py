@@ -32,6 +32,7 @@ RANGE_MAX_MS = {"hour": 31 * 86_400_000, "day": 366 * 86_400_000}
 RANGE_DEFAULT_MS = {"hour": 86_400_000, "day": 30 * 86_400_000}
 FIELD_ECHO_CHARS_MAX = 64
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+TIME_END_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z: times run from 1970 to 9999
 TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2}))?")
 
 
@@ -95,6 +96,9 @@ async def _query(ctx: Context, params: dict[str, str]) -> tuple[str, str, int, i
     until = params.get("until")
     until_ms = _ms("until", until) if until is not None else await ctx.engine.clock_ms()
     until_ms = -(-until_ms // width_ms) * width_ms  # up to a whole bucket
+    if until_ms >= TIME_END_MS:  # rounded up into year 10000, which no time can name
+        raise InvalidRequest("until", f"must round up (to a whole {period}) to a time "
+                                      "before the year 10000")
     since = params.get("since")
     since_ms = (_ms("since", since) if since is not None
                 else until_ms - RANGE_DEFAULT_MS[period]) // width_ms * width_ms
@@ -119,7 +123,7 @@ def _ms(field: str, raw: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     ms = (moment - EPOCH) // datetime.timedelta(milliseconds=1)  # exact, no float
-    if not 0 <= ms < 253_402_300_800_000:  # from 1970 to the end of year 9999
+    if not 0 <= ms < TIME_END_MS:
         raise InvalidRequest(field, "must be between 1970 and 9999")
     return ms
 
