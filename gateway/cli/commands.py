@@ -315,20 +315,40 @@ def refund(opts: Options, charge_id: str, amount: str | None, reason: str | None
 
 
 @click.command()
-@click.argument("agent_name")
-@click.argument("amount")
+@click.argument("positional", nargs=-1, metavar="[AGENT_NAME] [AMOUNT]")
+@agent_option
+@click.option("--amount", "amount_option", default=None, help="Tokens to take back.")
 @click.option("--reason", required=True, help="Why, kept on the ledger row.")
 @idempotency_option
 @json_option
 @pass_options
 @refusals
-def debit(opts: Options, agent_name: str, amount: str, reason: str,
-          idempotency_key: str | None) -> None:
-    """Take tokens back from an agent's available balance."""
+def debit(opts: Options, positional: tuple[str, ...], agent: str | None,
+          amount_option: str | None, reason: str, idempotency_key: str | None) -> None:
+    """Take tokens back from an agent's available balance: `iou debit --agent NAME --amount
+    X --reason R` (as `iou fund`), or `iou debit NAME X --reason R`."""
+    agent_name, amount = _agent_and_amount(opts, positional, agent, amount_option)
     result = opts.client().debit(agent_name, amount, reason=reason,
                                  idempotency_key=idempotency_key)
     opts.emit(result.raw, lambda: opts.console.print(
         f"debited {amount} from {agent_name}: balance {result.raw['balance']} IOU"))
+
+
+def _agent_and_amount(opts: Options, positional: tuple[str, ...], agent: str | None,
+                      amount: str | None) -> tuple[str, str]:
+    """The agent and the amount of a command taking them as options (--agent, --amount, the
+    global --agent) or as arguments (AGENT_NAME AMOUNT, or AMOUNT alone after --agent)."""
+    given = list(positional)
+    if len(given) > 2 or (len(given) == 2 and (agent or amount)):
+        raise click.UsageError("give the agent and the amount once each")
+    if len(given) == 2 or (given and amount is not None):
+        agent = given.pop(0)
+    name = opts.agent_name(agent)
+    if given and amount is None:
+        amount = given.pop()
+    if given or amount is None:
+        raise click.UsageError("this command needs an amount (--amount X)")
+    return name, amount
 
 
 @click.command()
@@ -503,13 +523,14 @@ def _limits_table(name: str, lim: dict[str, Any]) -> Table:
 
 
 @click.command()
-@click.argument("agent", required=False)
+@click.argument("agent_name", required=False)
+@agent_option
 @json_option
 @pass_options
 @refusals
-def shadow(opts: Options, agent: str | None) -> None:
+def shadow(opts: Options, agent_name: str | None, agent: str | None) -> None:
     """What AGENT's shadow limits would have refused, by limit (count and amount)."""
-    name = opts.agent_name(agent)
+    name = opts.agent_name(agent_name or agent)
     result = opts.client().shadow(name)
 
     def table() -> Table:
