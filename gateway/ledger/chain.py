@@ -25,8 +25,9 @@ head are the tail not sealed yet: counted, not judged.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,18 +82,27 @@ class Sealed:
 
 def seal_rows(head: Head, rows: Iterable[Sequence[Any]]) -> Sealed:
     """Chain ``rows`` (key, then CHAIN_COLUMNS, in stream order, all after the head)."""
-    links: list[tuple[str, str, Any]] = []
-    prev, last = head.hash, None
-    for keyed in rows:
-        row = keyed[1:]
+    keyed = list(rows)
+    linked, new_head = chain_rows(head, [row[1:] for row in keyed])
+    return Sealed([(prev, digest, row[0]) for (prev, digest), row in
+                   zip(linked, keyed, strict=True)], new_head)
+
+
+def chain_rows(head: Head, rows: Sequence[Sequence[Any]]) -> tuple[list[tuple[str, str]], Head]:
+    """The (prev_hash, hash) of each row (CHAIN_COLUMNS, in stream order, all after the
+    head) and the head after the last one. The writer chains the rows of a batch it holds
+    with this, in the transaction that inserts them (sqlite.py, postgres.py)."""
+    linked: list[tuple[str, str]] = []
+    prev = head.hash
+    for row in rows:
         digest = link(prev, row)
-        links.append((prev, digest, keyed[0]))
-        prev, last = digest, row
-    if last is None:
-        return Sealed([], head)
-    new_head = Head(head.stream, (int(last[2]), int(last[3])), last[0], prev,
-                    head.rows + len(links))
-    return Sealed(links, new_head)
+        linked.append((prev, digest))
+        prev = digest
+    if not rows:
+        return linked, head
+    last = rows[-1]
+    return linked, Head(head.stream, (int(last[2]), int(last[3])), last[0], prev,
+                        head.rows + len(linked))
 
 
 @dataclass(frozen=True)
@@ -264,6 +274,65 @@ def plan_seal(head: Head, rows: Sequence[Sequence[Any]]) -> Sealed | None:
                   "(run `iou verify`)", head.stream)
         return None
     return seal_rows(head, [row[:-1] for row in rows])
+
+
+@dataclass(frozen=True)
+class BatchLinks:
+    """A batch sealed as it is inserted: each entry's (prev_hash, hash) (None, None when its
+    stream is left to the sealing pass), the unsealed rows below the batch chained first
+    (updated by key, as a pass does), and the streams' new heads."""
+
+    links: list[tuple[str | None, str | None]]
+    below: list[Sealed]
+    heads: list[Head]
+
+
+UNLINKED: tuple[None, None] = (None, None)
+
+
+def link_batch(entries: Sequence[Sequence[Any]], chain_from: Mapping[str, Position],
+               heads: Mapping[str, Head], below: Mapping[str, Sequence[Sequence[Any]]]
+               ) -> BatchLinks:
+    """Chain a batch's rows (CHAIN_COLUMNS each, a stream's in stream order) in the
+    transaction that inserts them. ``chain_from``: stream -> the position of the batch's
+    first entry of that stream, below which every entry of the stream is settled (committed
+    or dead-lettered: the writer saw no older one unacknowledged), so no row can still
+    arrive before the batch's. ``below``: that stream's rows after its head and below that
+    position, as seal_query reads them (rows committed by writers that could not seal):
+    chained first. A stream is left to the sealing pass when that cannot be done exactly:
+    the head at or past the batch, too many rows below, a sealed row past the head."""
+    links: list[tuple[str | None, str | None]] = [UNLINKED] * len(entries)
+    by_stream: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries):
+        if entry[1] in chain_from:
+            by_stream.setdefault(entry[1], []).append(i)
+    sealed_below: list[Sealed] = []
+    new_heads: list[Head] = []
+    for stream, indexes in by_stream.items():
+        start = _start_of(stream, [entries[i] for i in indexes], chain_from[stream],
+                          heads.get(stream, Head(stream)), below.get(stream, ()))
+        if start is None:
+            continue
+        linked, head = chain_rows(start.head, [entries[i] for i in indexes])
+        for i, pair in zip(indexes, linked, strict=True):
+            links[i] = pair
+        if start.links:
+            sealed_below.append(start)
+        new_heads.append(head)
+    return BatchLinks(links, sealed_below, new_heads)
+
+
+def _start_of(stream: str, rows: Sequence[Sequence[Any]], first: Position, head: Head,
+              below: Sequence[Sequence[Any]]) -> Sealed | None:
+    """The rows below the batch chained after the head (their links and the head after
+    them), or None when the batch's rows cannot be chained now."""
+    positions = [(int(row[2]), int(row[3])) for row in rows]
+    in_order = all(a < b for a, b in itertools.pairwise(positions))
+    if not in_order or positions[0] < first or head.position >= first:
+        return None
+    if len(below) >= SEAL_ROWS_MAX:
+        return None  # a long unsealed stretch: the pass takes it in its own transactions
+    return plan_seal(head, below)
 
 
 def parse_floor(floor: str) -> Position:

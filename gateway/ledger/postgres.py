@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
@@ -23,7 +23,6 @@ from gateway.ledger.store import (
     StoreUnavailable,
     config_statements,
     entries_query,
-    entry_row,
     row_to_entry,
 )
 
@@ -61,8 +60,9 @@ class PostgresStore:
     async def migrate(self) -> None:
         await self._with(_migrate)
 
-    async def write(self, entries: list[LedgerEntry]) -> int:
-        return await self._with(lambda conn: _write(conn, entries))
+    async def write(self, entries: list[LedgerEntry],
+                    chain_from: Mapping[str, chain.Position] | None = None) -> int:
+        return await self._with(lambda conn: _write(conn, entries, chain_from))
 
     async def dead_letter(self, stream: str, stream_id: str, fields: str, error: str) -> None:
         await self._with(lambda conn: conn.execute(
@@ -155,19 +155,84 @@ async def _migrate(conn: asyncpg.Connection) -> None:
 COPY_COLUMNS = [c.strip() for c in ENTRY_COLUMNS.split(",")]
 
 
-async def _write(conn: asyncpg.Connection, entries: list[LedgerEntry]) -> int:
+async def _write(conn: asyncpg.Connection, entries: list[LedgerEntry],
+                 chain_from: Mapping[str, chain.Position] | None = None) -> int:
     async with conn.transaction():
         await conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_in "
                            "(LIKE ledger_entries) ON COMMIT DELETE ROWS")
-        await conn.copy_records_to_table("ledger_in", records=[entry_row(e) for e in entries],
-                                         columns=COPY_COLUMNS)
-        status = await conn.execute(
-            f"INSERT INTO ledger_entries ({ENTRY_COLUMNS}) SELECT {ENTRY_COLUMNS} FROM ledger_in "
-            "ON CONFLICT (entry_id) DO NOTHING")
+        inserted = await _insert_linked(conn, entries, chain_from) if chain_from else None
+        if inserted is None:  # nothing to chain, or a row was there already
+            inserted = await _insert(conn, entries)
         for e in entries:
             for sql, params in config_statements(e):
                 await conn.execute(dollar(sql), *params)
+    return inserted
+
+
+async def _insert(conn: asyncpg.Connection, entries: list[LedgerEntry],
+                  links: list[tuple[str | None, str | None]] | None = None) -> int:
+    """COPY the rows (with their links, if given) and move the new ones into the ledger."""
+    records: list[tuple[Any, ...]] = list(entries) if links is None else [
+        (*e, *link) for e, link in zip(entries, links, strict=True)]
+    columns = COPY_COLUMNS if links is None else LINKED_COLUMNS
+    await conn.copy_records_to_table("ledger_in", records=records, columns=columns)
+    select = ", ".join(columns)
+    status = await conn.execute(f"INSERT INTO ledger_entries ({select}) SELECT {select} "
+                                "FROM ledger_in ON CONFLICT (entry_id) DO NOTHING")
     return int(status.split()[-1])
+
+
+class _RowWasThere(Exception):
+    """A row to chain was in the ledger already: undo the linked insert."""
+
+
+async def _insert_linked(conn: asyncpg.Connection, entries: list[LedgerEntry],
+                         chain_from: Mapping[str, chain.Position]) -> int | None:
+    """Insert the rows chained from the rows in hand (see chain.link_batch), under the
+    sealing lock; None, with nothing written, when a row to chain was there already."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", SEAL_LOCK)
+    heads = {r[0]: chain.head_of(r[0], tuple(r)) for r in await conn.fetch(chain.SELECT_HEADS)}
+    below = await _below(conn, chain_from, heads)
+    # The hash covers JSON columns as PostgreSQL gives them back (JSONB's text form).
+    linked = chain.link_batch(await _as_stored(conn, entries), chain_from, heads, below)
+    try:
+        async with conn.transaction():  # a savepoint
+            for sealed in linked.below:
+                prevs, digests, ids = (list(c) for c in zip(*sealed.links, strict=True))
+                await conn.execute(UPDATE_LINKS, ids, prevs, digests)
+            inserted = await _insert(conn, entries, linked.links)
+            if inserted != len(entries):
+                raise _RowWasThere
+            await conn.executemany(dollar(chain.UPSERT_HEAD),
+                                   [chain.head_params(h) for h in linked.heads])
+    except _RowWasThere:  # the savepoint's rollback took the copied rows back out too
+        return None
+    return inserted
+
+
+async def _below(conn: asyncpg.Connection, chain_from: Mapping[str, chain.Position],
+                 heads: Mapping[str, chain.Head]) -> dict[str, list[tuple[Any, ...]]]:
+    """Each stream's rows after its head and below the batch's first position, in one
+    query (the rows seal_query reads, for every stream at once)."""
+    names = list(chain_from)
+    starts = [heads.get(n, chain.Head(n)).position for n in names]
+    rows = await conn.fetch(BELOW_SQL, names, [p[0] for p in starts], [p[1] for p in starts],
+                            [chain_from[n][0] for n in names], [chain_from[n][1] for n in names],
+                            chain.SEAL_ROWS_MAX)
+    below: dict[str, list[tuple[Any, ...]]] = {}
+    for r in rows:
+        below.setdefault(r[0], []).append(tuple(r)[1:])
+    return below
+
+
+async def _as_stored(conn: asyncpg.Connection, entries: list[LedgerEntry]
+                     ) -> list[LedgerEntry]:
+    """The entries with their JSON columns in JSONB's text form (one round trip)."""
+    if all(e.metadata is None and e.data is None for e in entries):
+        return entries
+    texts = await conn.fetchval(AS_JSONB_TEXT, [v for e in entries for v in (e.metadata, e.data)])
+    return [e._replace(metadata=texts[2 * i], data=texts[2 * i + 1])
+            for i, e in enumerate(entries)]
 
 
 async def _entries(conn: asyncpg.Connection, agent: str, limit: int, before: str | None,
@@ -213,6 +278,17 @@ CHAIN_SQL = dollar(chain.chain_query("::text"))
 SEAL_LOCK = 7306158  # pg_advisory_xact_lock key: one sealing pass at a time
 VERIFY_PREFETCH = 5000
 # One statement for a whole pass's links.
+LINKED_COLUMNS = [*COPY_COLUMNS, "prev_hash", "hash"]
+AS_JSONB_TEXT = """SELECT array(SELECT x::jsonb::text FROM unnest($1::text[]) WITH ORDINALITY
+    AS t(x, n) ORDER BY n)"""
+BELOW_SQL = f"""SELECT u.stream, e.* FROM unnest($1::text[], $2::bigint[], $3::bigint[],
+        $4::bigint[], $5::bigint[]) WITH ORDINALITY AS u(stream, head_ms, head_seq, first_ms,
+        first_seq, n)
+    CROSS JOIN LATERAL (SELECT entry_id AS key, {ENTRY_SELECT}, hash FROM ledger_entries
+        WHERE stream = u.stream AND (stream_ms, stream_seq) > (u.head_ms, u.head_seq)
+        AND (stream_ms, stream_seq) < (u.first_ms, u.first_seq)
+        ORDER BY stream_ms, stream_seq LIMIT $6) e
+    ORDER BY u.n, e.stream_ms, e.stream_seq"""
 UPDATE_LINKS = """UPDATE ledger_entries e SET prev_hash = u.prev_hash, hash = u.hash
     FROM unnest($1::text[], $2::text[], $3::text[]) AS u(entry_id, prev_hash, hash)
     WHERE e.entry_id = u.entry_id"""

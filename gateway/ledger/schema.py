@@ -127,6 +127,12 @@ INSERT_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, strea
     hold_id, expires_at_ms, metadata, data, ref, reason, task, shadow_refusal)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (entry_id) DO NOTHING"""
+# The same with the row's link in its stream's hash chain (a batch sealed as it is inserted).
+INSERT_LINKED_ENTRY = """INSERT INTO ledger_entries (entry_id, stream, stream_ms, stream_seq, at_ms,
+    kind, agent, tool, category, amount, balance_after, held, idempotency_key, idempotency_hash,
+    hold_id, expires_at_ms, metadata, data, ref, reason, task, shadow_refusal, prev_hash, hash)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (entry_id) DO NOTHING"""
 
 # Configuration upserts: each column group keeps the stream position of the event that set
 # it, and only a later position may change it, so replays and out-of-order batches from

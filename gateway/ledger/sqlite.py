@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,8 +61,9 @@ class SqliteStore:
     async def migrate(self) -> None:
         await self._run(_migrate)
 
-    async def write(self, entries: list[LedgerEntry]) -> int:
-        return await self._run(lambda db: _write(db, entries))
+    async def write(self, entries: list[LedgerEntry],
+                    chain_from: Mapping[str, chain.Position] | None = None) -> int:
+        return await self._run(lambda db: _write(db, entries, chain_from))
 
     async def dead_letter(self, stream: str, stream_id: str, fields: str, error: str) -> None:
         row = (stream, stream_id, fields, error, int(time.time() * 1000))
@@ -160,12 +161,13 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-def _write(db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
+def _write(db: sqlite3.Connection, entries: list[LedgerEntry],
+           chain_from: Mapping[str, chain.Position] | None = None) -> int:
     db.execute("BEGIN IMMEDIATE")
     try:
-        before = db.total_changes
-        db.executemany(schema.INSERT_ENTRY, [entry_row(e) for e in entries])
-        inserted = db.total_changes - before
+        linked = _insert_linked(db, entries, chain_from) if chain_from else None
+        # Nothing to chain, or a row was there already.
+        inserted = _insert(db, entries) if linked is None else linked
         for e in entries:
             for sql, params in config_statements(e):
                 db.execute(sql, params)
@@ -174,6 +176,43 @@ def _write(db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
         db.execute("ROLLBACK")
         raise
     return inserted
+
+
+def _insert(db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
+    before = db.total_changes
+    db.executemany(schema.INSERT_ENTRY, [entry_row(e) for e in entries])
+    return db.total_changes - before
+
+
+def _insert_linked(db: sqlite3.Connection, entries: list[LedgerEntry],
+                   chain_from: Mapping[str, chain.Position]) -> int | None:
+    """Insert the rows chained from the rows in hand (see chain.link_batch); None, with
+    nothing written, when a row to chain was in the ledger already: its link would then
+    name a row this batch did not write."""
+    linked = _link_batch(db, entries, chain_from)
+    db.execute("SAVEPOINT linked")
+    for sealed in linked.below:
+        db.executemany(SEAL_UPDATE, sealed.links)
+    before = db.total_changes
+    db.executemany(schema.INSERT_LINKED_ENTRY,
+                   [(*e, *link) for e, link in zip(entries, linked.links, strict=True)])
+    inserted = db.total_changes - before
+    if inserted != len(entries):
+        db.execute("ROLLBACK TO linked")
+        db.execute("RELEASE linked")
+        return None
+    db.executemany(chain.UPSERT_HEAD, [chain.head_params(h) for h in linked.heads])
+    db.execute("RELEASE linked")
+    return inserted
+
+
+def _link_batch(db: sqlite3.Connection, entries: list[LedgerEntry],
+                chain_from: Mapping[str, chain.Position]) -> chain.BatchLinks:
+    heads = {row[0]: chain.head_of(row[0], row) for row in db.execute(chain.SELECT_HEADS)}
+    below = {stream: db.execute(SEAL_SQL, (stream, *heads.get(stream, chain.Head(stream))
+                                           .position, *first, chain.SEAL_ROWS_MAX)).fetchall()
+             for stream, first in chain_from.items()}
+    return chain.link_batch(entries, chain_from, heads, below)
 
 
 def _position_of(db: sqlite3.Connection, entry_id: str) -> tuple[int, int] | None:
@@ -210,6 +249,7 @@ def _recovery(db: sqlite3.Connection, since_ms: int, idempotent_since_ms: int) -
 
 
 SEAL_SQL = chain.seal_query(key="rowid")  # by rowid: no probe of the entry_id index
+SEAL_UPDATE = "UPDATE ledger_entries SET prev_hash = ?, hash = ? WHERE rowid = ?"
 CHAIN_SQL = chain.chain_query()
 
 
@@ -225,8 +265,7 @@ def _seal(db: sqlite3.Connection, floors: dict[str, tuple[int, int]]) -> tuple[i
             sealed = chain.plan_seal(head, rows)
             if sealed is None or not sealed.links:
                 continue
-            db.executemany("UPDATE ledger_entries SET prev_hash = ?, hash = ? WHERE rowid = ?",
-                           sealed.links)
+            db.executemany(SEAL_UPDATE, sealed.links)
             db.execute(chain.UPSERT_HEAD, chain.head_params(sealed.head))
             sealed_total += len(sealed.links)
             more = more or len(rows) == chain.SEAL_ROWS_MAX

@@ -11,7 +11,9 @@ from gateway.ledger import schema
 from gateway.ledger.entries import MONEY_KINDS, LedgerEntry
 
 if TYPE_CHECKING:
-    from gateway.ledger.chain import ChainReport, Head
+    from collections.abc import Mapping
+
+    from gateway.ledger.chain import ChainReport, Head, Position
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -50,9 +52,14 @@ class Recovery:
 class LedgerStore(Protocol):
     async def migrate(self) -> None: ...
 
-    async def write(self, entries: list[LedgerEntry]) -> int:
+    async def write(self, entries: list[LedgerEntry],
+                    chain_from: Mapping[str, Position] | None = None) -> int:
         """Insert the entries and apply their configuration in one transaction;
-        returns how many were new. Raises StoreUnavailable when the database is down."""
+        returns how many were new. Raises StoreUnavailable when the database is down.
+
+        ``chain_from`` names streams (label -> the position of the batch's first entry of
+        that stream) below which every stream entry is settled: their rows are chained in
+        the same transaction (see ``chain.link_batch``)."""
         ...
 
     async def dead_letter(self, stream: str, stream_id: str, fields: str, error: str) -> None: ...

@@ -74,6 +74,9 @@ class _Prepared:
     good: list[LedgerEntry] = field(default_factory=list)
     origin: dict[str, tuple[str, str, list[Any]]] = field(default_factory=dict)
     acks: dict[str, list[str]] = field(default_factory=dict)
+    # Streams whose entries here are the next ones in the stream, each settled by this
+    # commit: stream -> its first entry's id (see _chain_from).
+    firsts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,7 +191,8 @@ class LedgerWriter:
                 break  # what is in flight is still committed and acknowledged below
             read_at = time.monotonic()
             batch = await self._read([b">"] * len(self._streams), block_ms)
-            prepared = await self._prepare(batch) if any(e for _, e in batch) else None
+            prepared = (await self._prepare(batch, in_order=True)
+                        if any(e for _, e in batch) else None)
             if inflight is not None:
                 settled += await inflight
                 inflight = None
@@ -244,9 +248,13 @@ class LedgerWriter:
         """Write one batch, then acknowledge it; returns how many entries were settled."""
         return await self._commit(await self._prepare(batch))
 
-    async def _prepare(self, batch: list[tuple[str, list[Any]]]) -> _Prepared:
+    async def _prepare(self, batch: list[tuple[str, list[Any]]], in_order: bool = False
+                       ) -> _Prepared:
+        """Parse a batch. ``in_order``: it was read with ``>``, so each stream's entries are
+        the stream's next ones (XREADGROUP hands out new entries in order, none skipped)."""
         prepared = _Prepared()
         for stream, entries in batch:
+            settled = True
             for entry_id, fields in entries:
                 if fields is None:  # deleted before it was read: nothing to keep
                     prepared.acks.setdefault(stream, []).append(entry_id)
@@ -257,13 +265,19 @@ class LedgerWriter:
                     prepared.origin[parsed.entry_id] = (stream, entry_id, fields)
                 elif self._failures.get(entry_id, 0) == -1:
                     prepared.acks.setdefault(stream, []).append(entry_id)
+                else:
+                    settled = False  # it stays pending: no later row may be chained yet
+            if in_order and settled and entries:
+                prepared.firsts[stream] = entries[0][0]
         return prepared
 
     async def _commit(self, prepared: _Prepared) -> int:
         """Commit, then XACK: an entry is acknowledged only once its row is durable."""
         acks = prepared.acks
         if prepared.good:
-            for stream, entry_id in await self._write(prepared.good, prepared.origin):
+            chain_from = await self._chain_from(prepared.firsts)
+            for stream, entry_id in await self._write(prepared.good, prepared.origin,
+                                                      chain_from):
                 acks.setdefault(stream, []).append(entry_id)
         settled = sum(len(ids) for ids in acks.values())
         # One write for all streams (each XACK names one key: fine on a cluster too), and
@@ -272,14 +286,28 @@ class LedgerWriter:
                              *([meta.add_written(self._conn, settled)] if settled else []))
         return settled
 
+    async def _chain_from(self, firsts: dict[str, str]) -> dict[str, chain.Position]:
+        """The streams whose rows in this batch can be chained as they are inserted (no
+        second pass reading them back): those whose first entry here is the lowest the group
+        has not acknowledged, so every older entry is committed or dead-lettered and no row
+        can still arrive before them (acknowledgements are never undone). Label -> the
+        position of that first entry."""
+        if not firsts:
+            return {}
+        lowest = await streams.lowest_pending(self._conn, list(firsts), GROUP)
+        return {stream_label(stream): chain.parse_floor(first)
+                for stream, first in firsts.items() if lowest.get(stream) == first}
+
     async def _write(self, good: list[LedgerEntry],
-                     origin: dict[str, tuple[str, str, list[Any]]]) -> list[tuple[str, str]]:
+                     origin: dict[str, tuple[str, str, list[Any]]],
+                     chain_from: dict[str, chain.Position] | None = None
+                     ) -> list[tuple[str, str]]:
         """Commit the entries; returns (stream, id) of those settled (committed or dead).
 
         A batch the database refuses for a reason other than being down is written one
         entry at a time, so one bad row cannot hold back the others."""
         try:
-            inserted = await self._store.write(good)
+            inserted = await self._store.write(good, chain_from)
         except StoreUnavailable:
             raise
         except Exception as exc:

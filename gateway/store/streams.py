@@ -159,6 +159,19 @@ async def unacknowledged_floor(conn: Connection, stream: str, group: bytes) -> s
     return f"{ms}-{int(seq) + 1}"  # everything delivered is acknowledged
 
 
+async def lowest_pending(conn: Connection, streams: Sequence[str], group: bytes
+                         ) -> dict[str, str | None]:
+    """Each stream's lowest id read out to the group and not acknowledged (None: none),
+    all streams in one write."""
+    try:
+        summaries = await asyncio.gather(*(conn.call_or_raise(b"XPENDING", stream, group)
+                                           for stream in streams))
+    except ReplyError as exc:
+        raise _missing_group(exc) from exc
+    return {stream: _text(summary[1]) if summary[0] else None
+            for stream, summary in zip(streams, summaries, strict=True)}
+
+
 async def length(conn: Connection, streams: Sequence[str]) -> int:
     """Entries in the streams together (a webhook outbox's backlog)."""
     lengths = await asyncio.gather(*(conn.call_or_raise(b"XLEN", s) for s in streams))
