@@ -72,30 +72,38 @@ def _fields(raw: list[Any]) -> dict[str, str]:
 
 def parse_entry(stream: str, stream_id: str, raw: list[Any]) -> LedgerEntry:
     """A LedgerEntry from one XREADGROUP entry; PoisonedEntry if it cannot be one."""
-    g = _fields(raw).get
-    kind = g("kind") or ""
+    fields = _fields(raw)
+    g = fields.get
     ms, _, seq = stream_id.partition("-")
     entry_id = g("id")
     if not (ms.isdigit() and seq.isdigit()) or not entry_id:
         raise PoisonedEntry("missing id or bad stream position")
+    kind = g("kind") or ""
     at_ms = _int(g("at"), "at")
     amount = _int(g("amount"), "amount")
     if at_ms is None:
         raise PoisonedEntry("missing at")
+    agent = g("agent") or None
     if kind in MONEY_KINDS:
-        if amount is None or not g("agent"):
+        if amount is None or agent is None:
             raise PoisonedEntry(f"{kind} without amount or agent")
         data = None
     elif kind in CONFIG_KINDS:
-        rest = {k: v for k, v in _fields(raw).items() if k not in COLUMNS}
+        rest = {k: v for k, v in fields.items() if k not in COLUMNS}
         data = orjson.dumps(rest).decode() if rest else None
     else:
         raise PoisonedEntry(f"unknown kind {kind!r}")
-    return LedgerEntry(
-        entry_id, stream, int(ms), int(seq), at_ms, kind, g("agent") or None,
+    # The writer parses every row: absent integers skip _int's call, and the tuple is made
+    # directly (what LedgerEntry(...) does, without its Python-level __new__).
+    balance_after, held, expires_at = g("balance_after"), g("held"), g("expires_at")
+    return _new_entry(LedgerEntry, (
+        entry_id, stream, int(ms), int(seq), at_ms, kind, agent,
         g("tool") or None, g("category") or None, amount,
-        _int(g("balance_after"), "balance_after"),
-        _int(g("held"), "held"), g("idem") or None, g("ih") or None, g("hold_id") or None,
-        _int(g("expires_at"), "expires_at"), g("meta") or None, data, g("ref") or None,
-        g("reason") or None, g("task") or None, g("shadow") or None)
+        _int(balance_after, "balance_after") if balance_after else None,
+        _int(held, "held") if held else None, g("idem") or None, g("ih") or None,
+        g("hold_id") or None, _int(expires_at, "expires_at") if expires_at else None,
+        g("meta") or None, data, g("ref") or None,
+        g("reason") or None, g("task") or None, g("shadow") or None))
 
+
+_new_entry = tuple.__new__

@@ -88,6 +88,13 @@ class WriterStats:
     sealed: int = 0
 
 
+def _parsed(label: str, entry_id: str, fields: list[Any]) -> LedgerEntry:
+    entry = parse_entry(label, entry_id, fields)
+    if entry.data is not None:
+        config_statements(entry)  # a config event missing its data is poisoned too
+    return entry
+
+
 class LedgerWriter:
     def __init__(self, redis_url: str, store: LedgerStore, partitions: int,
                  consumer: str | None = None) -> None:
@@ -253,20 +260,25 @@ class LedgerWriter:
         """Parse a batch. ``in_order``: it was read with ``>``, so each stream's entries are
         the stream's next ones (XREADGROUP hands out new entries in order, none skipped)."""
         prepared = _Prepared()
+        good, origin = prepared.good, prepared.origin
         for stream, entries in batch:
+            label = stream_label(stream)
             settled = True
             for entry_id, fields in entries:
                 if fields is None:  # deleted before it was read: nothing to keep
                     prepared.acks.setdefault(stream, []).append(entry_id)
                     continue
-                parsed = await self._parse(stream, entry_id, fields)
-                if parsed is not None:
-                    prepared.good.append(parsed)
-                    prepared.origin[parsed.entry_id] = (stream, entry_id, fields)
-                elif self._failures.get(entry_id, 0) == -1:
-                    prepared.acks.setdefault(stream, []).append(entry_id)
-                else:
-                    settled = False  # it stays pending: no later row may be chained yet
+                try:  # inline, not awaited per entry: this loop runs for every row
+                    parsed = _parsed(label, entry_id, fields)
+                except (PoisonedEntry, KeyError, ValueError, TypeError) as exc:
+                    await self._failed(stream, entry_id, fields, exc)
+                    if self._failures.get(entry_id, 0) == -1:
+                        prepared.acks.setdefault(stream, []).append(entry_id)
+                    else:
+                        settled = False  # it stays pending: no later row may be chained yet
+                    continue
+                good.append(parsed)
+                origin[parsed.entry_id] = (stream, entry_id, fields)
             if in_order and settled and entries:
                 prepared.firsts[stream] = entries[0][0]
         return prepared
@@ -323,17 +335,6 @@ class LedgerWriter:
         self.stats.duplicates += len(good) - inserted
         self.stats.batches += 1
         return [origin[e.entry_id][:2] for e in good]
-
-    async def _parse(self, stream: str, entry_id: str, fields: list[Any]
-                     ) -> LedgerEntry | None:
-        try:
-            entry = parse_entry(stream_label(stream), entry_id, fields)
-            if entry.data is not None:
-                config_statements(entry)  # a config event missing its data is poisoned too
-            return entry
-        except (PoisonedEntry, KeyError, ValueError, TypeError) as exc:
-            await self._failed(stream, entry_id, fields, exc)
-            return None
 
     async def _failed(self, stream: str, entry_id: str, fields: list[Any],
                       exc: Exception) -> None:
