@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gateway.ledger import chain
+from gateway.ledger import sqlite as sqlite_store
 from gateway.ledger.entries import LedgerEntry
 from gateway.ledger.store import ENTRY_COLUMNS, LedgerStore, row_to_entry
 from gateway.metering.engine import Engine
@@ -169,3 +172,16 @@ async def test_chained_rows_match_the_documented_formula(
         for row in await stream_rows(ledger_url, report.stream):
             assert row[-2] == prev and row[-1] == documented_hash(prev, row[:-2])
             prev = row[-1]
+
+
+async def test_rows_below_the_batch_in_many_streams(store: LedgerStore,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """More streams than one statement reads the rows below of (SQLite): each is chained."""
+    monkeypatch.setattr(sqlite_store, "BELOW_STREAMS_MAX", 2)
+    streams = [f"p{i:02d}" for i in range(5)]
+    below = [_charge(f"m-{s}-{i}", i)._replace(stream=s) for s in streams for i in range(2)]
+    batch = [_charge(f"m-{s}-{i}", i)._replace(stream=s) for s in streams for i in range(2, 4)]
+    assert await store.write(below) == 10
+    assert await store.write(batch, {s: (1_000, 2) for s in streams}) == 10
+    reports = [r for r in await store.verify_chains() if r.stream in streams]
+    assert [(r.checked, r.unsealed, r.problem) for r in reports] == [(4, 0, None)] * 5

@@ -7,6 +7,7 @@ waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,9 @@ from gateway.ledger.store import (
 )
 
 BUSY_TIMEOUT_MS = 10_000
+# Streams per statement reading the unsealed rows below a batch (SQLite allows 500 terms
+# in a compound SELECT).
+BELOW_STREAMS_MAX = 64
 T = TypeVar("T")
 
 
@@ -209,10 +213,25 @@ def _insert_linked(db: sqlite3.Connection, entries: list[LedgerEntry],
 def _link_batch(db: sqlite3.Connection, entries: list[LedgerEntry],
                 chain_from: Mapping[str, chain.Position]) -> chain.BatchLinks:
     heads = {row[0]: chain.head_of(row[0], row) for row in db.execute(chain.SELECT_HEADS)}
-    below = {stream: db.execute(SEAL_SQL, (stream, *heads.get(stream, chain.Head(stream))
-                                           .position, *first, chain.SEAL_ROWS_MAX)).fetchall()
-             for stream, first in chain_from.items()}
+    below: dict[str, list[Any]] = {}
+    streams = list(chain_from.items())
+    for start in range(0, len(streams), BELOW_STREAMS_MAX):
+        params: list[Any] = []
+        for stream, first in streams[start:start + BELOW_STREAMS_MAX]:
+            params += [stream, stream, *heads.get(stream, chain.Head(stream)).position,
+                       *first, chain.SEAL_ROWS_MAX]
+        for row in db.execute(_below_sql(len(params) // 7), params):
+            below.setdefault(row[0], []).append(row[1:])
     return chain.link_batch(entries, chain_from, heads, below)
+
+
+@functools.cache
+def _below_sql(streams: int) -> str:
+    """Each stream's rows after its head and below the batch (SEAL_SQL's rows, behind the
+    stream's name), for ``streams`` streams in one statement: a batch touches every
+    stream, and one statement each cost more than the few rows they find."""
+    one = f"SELECT * FROM (SELECT ? AS chain_stream, {SEAL_SQL[len('SELECT '):]})"
+    return " UNION ALL ".join([one] * streams)
 
 
 def _position_of(db: sqlite3.Connection, entry_id: str) -> tuple[int, int] | None:
