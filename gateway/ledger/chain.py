@@ -94,8 +94,9 @@ def chain_rows(head: Head, rows: Sequence[Sequence[Any]]) -> tuple[list[tuple[st
     with this, in the transaction that inserts them (sqlite.py, postgres.py)."""
     linked: list[tuple[str, str]] = []
     prev = head.hash
+    sha256, fromhex = hashlib.sha256, bytes.fromhex  # link(), inline: once per ledger row
     for row in rows:
-        digest = link(prev, row)
+        digest = sha256(fromhex(prev) + canonical(row)).hexdigest()
         linked.append((prev, digest))
         prev = digest
     if not rows:
@@ -309,30 +310,29 @@ def link_batch(entries: Sequence[Sequence[Any]], chain_from: Mapping[str, Positi
     sealed_below: list[Sealed] = []
     new_heads: list[Head] = []
     for stream, indexes in by_stream.items():
-        start = _start_of(stream, [entries[i] for i in indexes], chain_from[stream],
-                          heads.get(stream, Head(stream)), below.get(stream, ()))
-        if start is None:
+        rows = [entries[i] for i in indexes]
+        head = heads.get(stream) or Head(stream)
+        if not _chainable(rows, chain_from[stream], head):
             continue
-        linked, head = chain_rows(start.head, [entries[i] for i in indexes])
+        rows_below = below.get(stream)
+        if rows_below:  # rare: rows another writer committed without sealing them
+            start = plan_seal(head, rows_below) if len(rows_below) < SEAL_ROWS_MAX else None
+            if start is None:
+                continue  # tampered, or a long stretch the pass takes in its own transactions
+            sealed_below.append(start)
+            head = start.head
+        linked, head = chain_rows(head, rows)
         for i, pair in zip(indexes, linked, strict=True):
             links[i] = pair
-        if start.links:
-            sealed_below.append(start)
         new_heads.append(head)
     return BatchLinks(links, sealed_below, new_heads)
 
 
-def _start_of(stream: str, rows: Sequence[Sequence[Any]], first: Position, head: Head,
-              below: Sequence[Sequence[Any]]) -> Sealed | None:
-    """The rows below the batch chained after the head (their links and the head after
-    them), or None when the batch's rows cannot be chained now."""
-    positions = [(int(row[2]), int(row[3])) for row in rows]
-    in_order = all(a < b for a, b in itertools.pairwise(positions))
-    if not in_order or positions[0] < first or head.position >= first:
-        return None
-    if len(below) >= SEAL_ROWS_MAX:
-        return None  # a long unsealed stretch: the pass takes it in its own transactions
-    return plan_seal(head, below)
+def _chainable(rows: Sequence[Sequence[Any]], first: Position, head: Head) -> bool:
+    """The rows are in stream order, from ``first`` on, and all after the head."""
+    if (rows[0][2], rows[0][3]) < first or head.position >= first:
+        return False
+    return all((a[2], a[3]) < (b[2], b[3]) for a, b in itertools.pairwise(rows))
 
 
 def parse_floor(floor: str) -> Position:

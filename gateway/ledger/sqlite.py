@@ -34,6 +34,9 @@ BUSY_TIMEOUT_MS = 10_000
 # Streams per statement reading the unsealed rows below a batch (SQLite allows 500 terms
 # in a compound SELECT).
 BELOW_STREAMS_MAX = 64
+IDS_PER_PROBE = 100  # entry ids per statement looking for rows already there
+PROBE_IDS = (f"SELECT 1 FROM ledger_entries WHERE entry_id IN ({','.join('?' * IDS_PER_PROBE)})"
+             " LIMIT 1")
 T = TypeVar("T")
 
 
@@ -191,23 +194,33 @@ def _insert(db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
 def _insert_linked(db: sqlite3.Connection, entries: list[LedgerEntry],
                    chain_from: Mapping[str, chain.Position]) -> int | None:
     """Insert the rows chained from the rows in hand (see chain.link_batch); None, with
-    nothing written, when a row to chain was in the ledger already: its link would then
-    name a row this batch did not write."""
+    nothing written, when one of them is in the ledger already: its link would then name
+    a row this batch did not write. Checked first rather than undone after (a savepoint
+    copies every page the batch touches into a sub-journal: measured, it cost more than
+    the sealing it serves)."""
+    if _any_there(db, [e.entry_id for e in entries]):
+        return None
     linked = _link_batch(db, entries, chain_from)
-    db.execute("SAVEPOINT linked")
     for sealed in linked.below:
         db.executemany(SEAL_UPDATE, sealed.links)
     before = db.total_changes
     db.executemany(schema.INSERT_LINKED_ENTRY,
                    [(*e, *link) for e, link in zip(entries, linked.links, strict=True)])
     inserted = db.total_changes - before
-    if inserted != len(entries):
-        db.execute("ROLLBACK TO linked")
-        db.execute("RELEASE linked")
-        return None
     db.executemany(chain.UPSERT_HEAD, [chain.head_params(h) for h in linked.heads])
-    db.execute("RELEASE linked")
     return inserted
+
+
+def _any_there(db: sqlite3.Connection, entry_ids: list[str]) -> bool:
+    """Whether a row of these ids is in the ledger (read under the write lock: none can
+    arrive before the insert). Chunks of one size (the last padded with its own ids), so
+    one prepared statement serves every batch."""
+    for start in range(0, len(entry_ids), IDS_PER_PROBE):
+        chunk = entry_ids[start:start + IDS_PER_PROBE]
+        chunk += [chunk[0]] * (IDS_PER_PROBE - len(chunk))
+        if db.execute(PROBE_IDS, chunk).fetchone() is not None:
+            return True
+    return False
 
 
 def _link_batch(db: sqlite3.Connection, entries: list[LedgerEntry],
