@@ -10,8 +10,9 @@ arguments. The faults:
   a batch, or just after the commit and before the XACK, to prove that no crash point
   loses or doubles rows;
 - ``mid_seal``: a ledger writer kills itself now and then (PROBABILITY per stream of a
-  sealing pass) inside the transaction that chains the ledger's rows (gateway/ledger/chain.py),
-  after the links of earlier streams were written and before the commit;
+  sealing pass, and per batch chained as it is inserted) inside the transaction that chains
+  the ledger's rows (gateway/ledger/chain.py), after the links of earlier streams were
+  written and before the commit;
 - ``batch_item``: in ``iou serve`` (one worker: uvicorn runs it in this process), a batch
   item whose metadata is ``{"iou_fault": "raise"}`` raises after its charge (the worst
   moment), the first time only (a replayed item answers normally).
@@ -61,6 +62,14 @@ def _seal_crashes(probability: float) -> None:
         return planned
 
     chain.plan_seal = plan_then_crash  # type: ignore[assignment]
+    link = chain.link_batch
+
+    def link_then_crash(*args: Any) -> Any:
+        linked = link(*args)
+        _crash_sometimes(probability)  # in the batch's insert transaction, before the insert
+        return linked
+
+    chain.link_batch = link_then_crash  # type: ignore[assignment]
 
 
 def _batch_item_raises(probability: float) -> None:

@@ -17,6 +17,10 @@ dead-lettered). A sealing pass reads the stream's head (last chained position an
 writer killed mid-pass leaves the head and the rows as they were, and the next pass redoes it.
 Rows written before this migration are chained from GENESIS by the first pass.
 
+Most rows are sealed without a pass: a writer whose batch starts at its stream's lowest
+unacknowledged entry chains the batch's rows from the rows in hand, in the transaction that
+inserts them (link_batch), with no read-back and no update; the pass takes the rest.
+
 Verifying recomputes every chain up to its head inside one read snapshot (so it runs beside a
 live writer) and names the first row that was changed, removed or inserted. Rows above the
 head are the tail not sealed yet: counted, not judged.

@@ -42,11 +42,13 @@ BATCH_SIZE_MAX = 1000
 # How long an idle read waits inside Redis for new entries. It also bounds how long stop()
 # waits for the loop and how late a due claim or trim runs (every 1 to 5 s).
 BLOCK_MS = 500
-# While entries trickle in, read at most this often: a read then brings a batch of tens
-# to hundreds of rows instead of one or two per stream, and the per-batch costs (17
-# XREADGROUPs, a transaction and its fsync, the XACKs) are shared by all of them. It
-# adds at most this much to the ledger lag (target: p99 under 1 s).
-LINGER_MS = 50
+# While entries trickle in, read at most this often: a read then brings a batch of hundreds
+# of rows instead of one or two per stream, and the per-batch costs (the XREADGROUP, an
+# XPENDING and an XACK per stream, a transaction with its chain heads and its fsync) are
+# shared by all of them. Measured (loadtests.bench_writer --cpu): about 90 rows a batch
+# cost 55-63 µs of writer CPU per row, about 400 rows 38-40 µs. It adds at most this much
+# to the ledger lag (target: p99 under 1 s).
+LINGER_MS = 200
 BATCH_FULL = 500  # a read that brought this many rows is followed at once by the next
 CLAIM_IDLE_MS = 30_000
 CLAIM_EVERY_S = 5.0
