@@ -203,6 +203,23 @@ class LagSampler:
                 "lag_p99_s": round(ordered[max(int(len(ordered) * 0.99) - 1, 0)], 3)}
 
 
+def ledger_settled(redis_url: str, timeout_s: float = 60.0) -> float:
+    """Wait until the ledger writer has committed every event (no backlog); seconds waited."""
+    async def wait() -> float:
+        conn = RedisConnection(parse_redis_url(redis_url))
+        partitions = int(await conn.call_or_raise(b"HGET", b"iou:meta", b"partitions"))
+        started = time.monotonic()
+        try:
+            while (await ledger_backlog(conn, partitions))[1] > 0:
+                assert time.monotonic() - started < timeout_s, "the ledger writer fell behind"
+                await asyncio.sleep(0.02)
+        finally:
+            conn.close()
+        return time.monotonic() - started
+
+    return asyncio.run(wait())
+
+
 def batch_body(size: int = 100) -> str:
     return orjson.dumps({"charges": [{"tool": "web_search"}] * size}).decode()
 
@@ -257,13 +274,14 @@ def measure_workers(workers: int, agents: int, duration_s: float, rounds: int,
             store.config_resetstat()
             sampler = LagSampler(redis_url)
             charge = _timed(gw, duration_s, gw_url, [
-                str(keys_file), "/v1/charge", '{"tool":"web_search"}', f"c{workers}-{r}"])
+                str(keys_file), "/v1/charge", '{"tool":"web_search"}', f"c{workers}-{r}"],
+                redis_url)
             charge.update(sampler.stop())
             stats = script_stats(store)
             charge["redis_cpu_us_per_charge"] = round(stats["usec"] / max(stats["calls"], 1), 2)
             runs["charge"].append(charge)
             batch = _timed(gw, duration_s, gw_url, [
-                str(keys_file), "/v1/charges", batch_body(), f"b{workers}-{r}"])
+                str(keys_file), "/v1/charges", batch_body(), f"b{workers}-{r}"], redis_url)
             batch["charges_per_s"] = batch["rps"] * 100
             runs["batch"].append(batch)
         best = {name: _best(items) for name, items in runs.items()}
@@ -305,10 +323,12 @@ def _is_redis(pid: int) -> bool:
     return b"redis-server" in cmd or b"valkey" in cmd
 
 
-def _timed(server: Server, duration_s: float, url: str, script_args: list[str]
-           ) -> dict[str, float]:
+def _timed(server: Server, duration_s: float, url: str, script_args: list[str],
+           redis_url: str | None = None) -> dict[str, float]:
     """A wrk run plus the server's CPU-µs per request over it, and that of its Redis and
-    of its ledger writer apart (the writer's per request is per ledger row for a charge)."""
+    of its ledger writer apart (the writer's per request is per ledger row for a charge).
+    With ``redis_url`` the writer's CPU is read once it has committed every event of the
+    run (it commits the last ones after wrk stops: up to a linger and a batch later)."""
     pids = server_pids(server.process.pid)
     others = [p for p in descendants(server.process.pid) if p not in pids]  # Redis, writer
     redis_pids = [p for p in others if _is_redis(p)]
@@ -316,7 +336,10 @@ def _timed(server: Server, duration_s: float, url: str, script_args: list[str]
     before = {"server": cpu_s(pids), "redis": cpu_s(redis_pids), "writer": cpu_s(writer_pids)}
     result = wrk(url, duration_s, script_args)
     requests = max(result["rps"] * duration_s, 1)
-    after = {"server": cpu_s(pids), "redis": cpu_s(redis_pids), "writer": cpu_s(writer_pids)}
+    after = {"server": cpu_s(pids), "redis": cpu_s(redis_pids)}
+    if redis_url is not None:
+        result["writer_settle_s"] = round(ledger_settled(redis_url), 3)
+    after["writer"] = cpu_s(writer_pids)
     per_request = {name: (after[name] - before[name]) / requests * 1e6 for name in after}
     result["server_cpu_us_per_request"] = round(per_request["server"], 1)
     result["redis_cpu_us_per_request"] = round(per_request["redis"], 1)
