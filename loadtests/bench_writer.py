@@ -8,7 +8,9 @@ with charges, drain them with one writer in this process (CPU from ``time.proces
 the store's thread included; Redis is another process and is not counted), and time the
 store's batched inserts the same way, in the same run. ``--per-stream`` caps the entries one
 read takes from each stream (under HTTP load the gateway's writer reads about 6 a stream per
-batch: 50 ms of linger at about 2,000 charges/s over 17 streams).
+batch: 50 ms of linger at about 2,000 charges/s over 17 streams). ``--cpu --paced RATE``
+runs an `iou writer` process instead, as `iou serve` does (its linger and batches), under
+charges made here at RATE per second for ``--load-s`` seconds.
 
 Also the stores alone: batched inserts of 100,000 charge rows, 1,000 per transaction.
 Starts its own redis-server (appendfsync always, as the embedded default) and PostgreSQL
@@ -226,6 +228,73 @@ async def _drain_cpu(url: str, partitions: int, store: LedgerStore, per_stream: 
             "rows_per_s": round(rows / wall_s), "cpu_us_per_row": round(cpu_s / rows * 1e6, 2)}
 
 
+async def paced_cpu(rate_per_s: int, seconds: float) -> dict[str, Any]:
+    """An `iou writer` process (as `iou serve` runs it: its linger, its batches) draining
+    charges made here at ``rate_per_s`` for ``seconds``: its CPU-µs per row from /proc,
+    read once it has committed them all, ÷ the SQLite store's own batched-insert CPU-µs per
+    row measured in this process in the same run."""
+    with redis_server("--appendfsync", "always") as (url, _), \
+            tempfile.TemporaryDirectory() as tmp, _fresh_ledgers("sqlite", Path(tmp)) as fresh:
+        engine = await engine_on(url)
+        await fill(engine, AGENTS)  # the agents, and a first batch for the writer's start-up
+        store = open_store(load_settings({"IOU_LEDGER_URL": fresh()}))
+        await store.migrate()
+        before_s = time.process_time()
+        insert = await insert_rate(store, rows=20_000)
+        insert["cpu_us_per_row"] = round((time.process_time() - before_s) / 20_000 * 1e6, 2)
+        await store.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOU_")}
+        env.update({"IOU_REDIS_URL": url, "IOU_LEDGER_URL": fresh()})
+        writer = subprocess.Popen([sys.executable, "-m", "gateway.cli.main", "writer"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await _settled(engine)
+            cpu_before = _cpu_s(writer.pid)
+            charged, lags = await _charge_at(engine, rate_per_s, seconds)
+            await _settled(engine)
+            cpu_us_per_row = (_cpu_s(writer.pid) - cpu_before) / charged * 1e6
+        finally:
+            writer.terminate()
+            writer.wait()
+        engine.conn.close()
+    lags.sort()
+    return {"rate_per_s": rate_per_s, "seconds": seconds, "rows": charged,
+            "insert": insert, "writer_cpu_us_per_row": round(cpu_us_per_row, 2),
+            "writer_ratio": round(cpu_us_per_row / insert["cpu_us_per_row"], 2),
+            "lag_p99_s": round(lags[int(len(lags) * 0.99) - 1], 3) if lags else None,
+            "load_average": os.getloadavg()[0]}
+
+
+async def _charge_at(engine: Engine, rate_per_s: int, seconds: float
+                     ) -> tuple[int, list[float]]:
+    """Charges in waves every 50 ms at ``rate_per_s``; (charges made, lag samples)."""
+    names = [f"bench-{i}" for i in range(AGENTS)]
+    wave = max(rate_per_s // 20, 1)
+    charged, lags = 0, []
+    started = time.perf_counter()
+    while (now := time.perf_counter() - started) < seconds:
+        await asyncio.gather(*(engine.charge(names[(charged + i) % AGENTS], "web_search")
+                               for i in range(wave)))
+        charged += wave
+        if charged % (wave * 4) == 0:
+            lags.append((await ledger_backlog(engine.conn, engine.partitions))[0])
+        await asyncio.sleep(max(charged / rate_per_s - (time.perf_counter() - started), 0))
+    assert charged >= 0.9 * rate_per_s * now, "this process could not charge at that rate"
+    return charged, lags
+
+
+async def _settled(engine: Engine, timeout_s: float = 120.0) -> None:
+    started = time.perf_counter()
+    while (await ledger_backlog(engine.conn, engine.partitions))[1] > 0:
+        assert time.perf_counter() - started < timeout_s, "the writer did not catch up"
+        await asyncio.sleep(0.05)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")  # utime stime
+
+
 @contextlib.contextmanager
 def _fresh_ledgers(ledger: str, tmp: Path) -> Iterator[Callable[[], str]]:
     """A function giving the URL of an empty ledger each time it is called."""
@@ -250,8 +319,12 @@ def cli() -> None:
                         help="only the writer's CPU per row ÷ the store's (one writer, here)")
     parser.add_argument("--per-stream", type=int, default=1000)
     parser.add_argument("--ledger", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--paced", type=int, default=0, metavar="CHARGES_PER_S",
+                        help="with --cpu: an `iou writer` process under charges at this rate")
     args = parser.parse_args()
-    if args.cpu:
+    if args.cpu and args.paced:
+        results = asyncio.run(paced_cpu(args.paced, args.load_s))
+    elif args.cpu:
         results = asyncio.run(cpu_per_row(args.events, args.per_stream, args.ledger))
     else:
         results = asyncio.run(main(args.events, args.load_s))
