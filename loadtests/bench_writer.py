@@ -7,8 +7,8 @@
 with charges, drain them with one writer in this process (CPU from ``time.process_time``,
 the store's thread included; Redis is another process and is not counted), and time the
 store's batched inserts the same way, in the same run. ``--per-stream`` caps the entries one
-read takes from each stream (under HTTP load the gateway's writer reads about 6 a stream per
-batch: 50 ms of linger at about 2,000 charges/s over 17 streams). ``--cpu --paced RATE``
+read takes from each stream (6 is what 50 ms of linger gathers at about 2,000 charges/s over
+17 streams). ``--cpu --paced RATE``
 runs an `iou writer` process instead, as `iou serve` does (its linger and batches), under
 charges made here at RATE per second for ``--load-s`` seconds.
 
@@ -250,7 +250,9 @@ async def paced_cpu(rate_per_s: int, seconds: float) -> dict[str, Any]:
         try:
             await _settled(engine)
             cpu_before = _cpu_s(writer.pid)
+            started = time.perf_counter()
             charged, lags = await _charge_at(engine, rate_per_s, seconds)
+            achieved_per_s = charged / (time.perf_counter() - started)
             await _settled(engine)
             cpu_us_per_row = (_cpu_s(writer.pid) - cpu_before) / charged * 1e6
         finally:
@@ -258,7 +260,10 @@ async def paced_cpu(rate_per_s: int, seconds: float) -> dict[str, Any]:
             writer.wait()
         engine.conn.close()
     lags.sort()
-    return {"rate_per_s": rate_per_s, "seconds": seconds, "rows": charged,
+    # Under a loaded machine this process may fall short of the rate: the batches are then
+    # smaller than the rate implies; the rate reached is reported.
+    return {"rate_per_s": rate_per_s, "reached_per_s": round(achieved_per_s),
+            "seconds": seconds, "rows": charged,
             "insert": insert, "writer_cpu_us_per_row": round(cpu_us_per_row, 2),
             "writer_ratio": round(cpu_us_per_row / insert["cpu_us_per_row"], 2),
             "lag_p99_s": round(lags[int(len(lags) * 0.99) - 1], 3) if lags else None,
@@ -272,14 +277,13 @@ async def _charge_at(engine: Engine, rate_per_s: int, seconds: float
     wave = max(rate_per_s // 20, 1)
     charged, lags = 0, []
     started = time.perf_counter()
-    while (now := time.perf_counter() - started) < seconds:
+    while time.perf_counter() - started < seconds:
         await asyncio.gather(*(engine.charge(names[(charged + i) % AGENTS], "web_search")
                                for i in range(wave)))
         charged += wave
         if charged % (wave * 4) == 0:
             lags.append((await ledger_backlog(engine.conn, engine.partitions))[0])
         await asyncio.sleep(max(charged / rate_per_s - (time.perf_counter() - started), 0))
-    assert charged >= 0.9 * rate_per_s * now, "this process could not charge at that rate"
     return charged, lags
 
 
