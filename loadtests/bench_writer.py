@@ -8,9 +8,9 @@ with charges, drain them with one writer in this process (CPU from ``time.proces
 the store's thread included; Redis is another process and is not counted), and time the
 store's batched inserts the same way, in the same run. ``--per-stream`` caps the entries one
 read takes from each stream (6 is what 50 ms of linger gathers at about 2,000 charges/s over
-17 streams). ``--cpu --paced RATE``
-runs an `iou writer` process instead, as `iou serve` does (its linger and batches), under
-charges made here at RATE per second for ``--load-s`` seconds.
+17 streams). ``--cpu --paced RATE`` runs an `iou writer` process instead, as `iou serve`
+does (its linger and batches), under charges made here at RATE per second for ``--load-s``
+seconds.
 
 Also the stores alone: batched inserts of 100,000 charge rows, 1,000 per transaction.
 Starts its own redis-server (appendfsync always, as the embedded default) and PostgreSQL
