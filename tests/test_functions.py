@@ -35,6 +35,22 @@ async def test_charge_runs_as_a_function(real_engine: Engine, real_redis_url: st
     client.close()
 
 
+async def test_hold_capture_release_run_as_functions(real_engine: Engine,
+                                                     real_redis_url: str) -> None:
+    await setup_catalog(real_engine)
+    await real_engine.create_agent("fh", grant_micros=10 * T)
+    client = redis.Redis.from_url(real_redis_url)
+    client.config_resetstat()
+    held = await real_engine.hold("fh", "web_search")
+    await real_engine.capture("fh", held.hold_id)
+    released = await real_engine.hold("fh", "web_search")
+    await real_engine.release("fh", released.hold_id)
+    assert _calls(client, "fcall") == 4
+    assert _calls(client, "evalsha") == 0
+    assert (await real_engine.agent_state("fh")).balance_micros == 10 * T - 50_000
+    client.close()
+
+
 async def test_missing_function_recovered_exactly_once(engine: Engine) -> None:
     """FUNCTION FLUSH before a charge: it runs once (EVAL of the source), the library is
     loaded again, and the next charge is an FCALL again."""
