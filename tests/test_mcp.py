@@ -481,7 +481,9 @@ async def test_any_worker_answers_any_request(gateway_redis: tuple[str, Any],
             async with agent_client(two, key, mode) as client:  # on either worker
                 results += await asyncio.gather(*(client.call_tool("up.echo", {})
                                                   for _ in range(20)))
-    assert [r.is_error for r in results] == [False] * 60
+        warned = [line for line in two.log_path.read_text().splitlines() if "WARN" in line]
+    errors = [r.content for r in results if r.is_error]
+    assert len(results) == 60 and not errors, (errors[:3], warned[-5:])
     assert agent_state(mcp_gateway, name)["balance"] == "5.8"
 
 

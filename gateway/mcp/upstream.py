@@ -131,9 +131,12 @@ class _Connection:
             self.broken = True
             if not self.ready.done():
                 self.ready.set_exception(UpstreamFailed.of(exc))
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.warning("MCP upstream %s: could not connect (%s)", self.upstream.name,
+                                _cause(exc))
             elif not isinstance(exc, asyncio.CancelledError):
                 log.warning("MCP upstream %s: connection ended (%s)", self.upstream.name,
-                            type(exc).__name__)
+                            _cause(exc))
         finally:
             self.broken = True
 
@@ -144,6 +147,15 @@ class _Connection:
                 await asyncio.wait_for(asyncio.shield(self.task), CONNECT_TIMEOUT_S)
             if not self.task.done():
                 self.task.cancel()
+
+
+def _cause(exc: BaseException) -> str:
+    """What ended a connection, for the operator's log: the first failure inside the SDK's
+    exception groups, with its message (the caller's answer names its type only)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc).replace("\n", " ")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 class UpstreamPool:
