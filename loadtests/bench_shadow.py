@@ -12,7 +12,12 @@ appendfsync always) on one agent of each kind, rounds alternating, the median of
     its category and the tool), set so high that no call is refused;
   - shadow: the same caps as shadow limits, never firing;
   - shadow firing: the same with a shadow per-call cap below the price, so every call is a
-    would-be refusal (the sums' two HINCRBY and the event's field are written each time).
+    would-be refusal (the sums' two HINCRBY and the event's field are written each time);
+  - enforced, full hour: every wall enforced, the walls hash first filled as a long-running
+    agent's is (``fill_long_running``): 59 minutes of spending (agent and category), 40
+    other tools and 10 other categories used today, counters of earlier periods. It is
+    written in the counters' layout before #16's cost fix (one field per period), which the
+    scripts of today migrate on their first touch, so one bench compares both layouts.
 The figures go into docs/benchmarks.md with this command.
 """
 
@@ -50,7 +55,33 @@ KINDS: dict[str, dict[str, str]] = {
     "shadow firing": {**{"s." + f: v for f, v in CAPS.items()}, "s.pc": "1", "x": "1",
                       "sx": "1"},
 }
+KINDS["enforced, full hour"] = KINDS["enforced"]
 PRICE_MICROS = 2  # above the firing kind's shadow per-call cap of 1
+OTHER_TOOLS = 40
+OTHER_CATEGORIES = 10
+
+
+def fill_long_running(client: redis.Redis, walls_key: str) -> None:
+    """A long-running agent's walls hash, in the layout of one field per counter and period
+    (``H<minute>``, ``N<minute>``, ``O<hour>``, ``D<day>``, ``W<week>``, ``M<month>``, scope
+    '', ':<category>' or '/<tool>'): spending in each of the last 59 minutes, calls of today
+    by other tools and categories, and counters of past periods."""
+    from gateway.metering.walls import periods
+
+    now_s, _ = client.time()
+    p = periods(int(now_s) * 1000)
+    fields: dict[str, str] = {}
+    for minute in range(p.minute - 59, p.minute):
+        for scope in ("", ":tool"):
+            fields[f"H{minute}{scope}"] = "2000"
+    for i in range(OTHER_TOOLS):
+        for name in (f"O{p.hour}/t{i}", f"D{p.day}/t{i}", f"D{p.day - 1}/t{i}"):
+            fields[name] = "3"
+    for i in range(OTHER_CATEGORIES):
+        for name in (f"W{p.week}:c{i}", f"M{p.month}:c{i}", f"D{p.day}:c{i}",
+                     f"H{p.minute - 1}:c{i}"):
+            fields[name] = "5"
+    client.hset(walls_key, mapping=fields)
 
 
 def _start(binary: str, data_dir: str) -> tuple[subprocess.Popen[bytes], str, redis.Redis]:
@@ -79,6 +110,8 @@ def one_run(client: redis.Redis, sock: str, sha: str, kind: str, requests: int) 
     client.hset(k.agent_hash, mapping={"bal": BIG, "held": "0", "frozen": "0", "lowf": "0"})
     for field, value in KINDS[kind].items():
         client.hset(k.agent_hash, field, value)
+    if kind == "enforced, full hour":
+        fill_long_running(client, k.walls)
     client.hset(k.tools, "web_search", f"1 {PRICE_MICROS} tool fixed")
     client.config_resetstat()
     subprocess.run(["redis-benchmark", "-s", sock, "-n", str(requests), "-c", "50", "-P", "16",
@@ -93,7 +126,7 @@ def one_run(client: redis.Redis, sock: str, sha: str, kind: str, requests: int) 
     return float(client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"])
 
 
-def measure(rounds: int, requests: int) -> dict[str, Any]:
+def measure(rounds: int, requests: int, kinds: list[str] | None = None) -> dict[str, Any]:
     from gateway.store.scripts import load_script
 
     binary = shutil.which("redis-server") or "redis-server"
@@ -102,9 +135,9 @@ def measure(rounds: int, requests: int) -> dict[str, Any]:
         try:
             version = client.info("server").get("redis_version", "?")
             sha = client.script_load(load_script("charge").source)
-            runs: dict[str, list[float]] = {kind: [] for kind in KINDS}
+            runs: dict[str, list[float]] = {kind: [] for kind in kinds or KINDS}
             for _ in range(rounds):
-                for kind in KINDS:
+                for kind in runs:
                     runs[kind].append(one_run(client, sock, sha, kind, requests))
             client.close()
         finally:
@@ -119,12 +152,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--kind", action="append", choices=list(KINDS),
+                        help="only these kinds (repeatable; default: every kind)")
     args = parser.parse_args()
-    result = measure(args.rounds, args.requests)
+    result = measure(args.rounds, args.requests, args.kind)
     print(f"{result['server']}, {args.rounds} alternating rounds of {args.requests} "
           "EVALSHA charge.lua (-c 50 -P 16, unix socket, appendfsync always):")
     for kind, us in result["median_us"].items():
-        print(f"  {kind:15s} {us:6.2f} µs of Redis CPU per charge (median)")
+        print(f"  {kind:20s} {us:6.2f} µs of Redis CPU per charge (median)")
+    none = result["median_us"].get("none")
+    for kind in ("enforced", "enforced, full hour"):
+        if none and kind in result["median_us"]:
+            print(f"  {kind} ÷ none: {result['median_us'][kind] / none:.2f}")
 
 
 if __name__ == "__main__":

@@ -198,20 +198,25 @@ end
 
 -- ---- Walls beyond the balance: rolling-hour, weekly and monthly spend windows, call caps.
 -- An agent that sets any of them has x = '1' in its hash (set_limits.lua keeps the flag), and
--- only then do the scripts read its caps (one HMGET) and its walls hash (one HGETALL): an agent
--- without walls pays one more HMGET field, nothing else.
--- The walls hash holds counters named <kind><period><scope>: scope '' is the agent,
--- ':<category>' a category, '/<tool>' a tool; the period is part of the name, so a counter of
--- a past period is simply stale (skipped when summing, deleted by the next write):
---   H<minute>  spent in that minute (the rolling hour sums the last 60 minutes)
---   h          held by open holds taken while walls were on (counts in the hour until closed)
---   W<week> / w<week>    spent / held in that ISO week (Monday 00:00 UTC)
---   M<month> / m<month>  spent / held in that calendar month (year * 12 + month - 1)
---   N<minute>, O<hour>, D<day>  calls in that UTC minute, clock hour, day
+-- only then do the scripts read its caps (one HMGET) and its walls hash (one HMGET of three
+-- fields): an agent without walls pays one more HMGET field, nothing else.
+-- The walls hash holds one record per scope, the counters of the periods of the minute T it
+-- was last written in, as decimal numbers separated by spaces, so that a call reads exactly
+-- its three records and nothing stale is left in the hash to scan:
+--   '@'            the agent's      "T N O D H R h W w M m"
+--   '@:<category>' a category's     the same
+--   '@/<tool>'     a tool's         "T N O D"
+-- N, O, D: calls in T's UTC minute, clock hour and day; H: spent in minute T; R: spent in the
+-- earlier minutes of T's rolling hour, each of which is also a field H<minute><scope> (scope ''
+-- or ':<category>'; R is their sum, and none is 0), so that a call in a later minute takes the
+-- minutes that have left the hour out of R (reading them once, then deleting them); h: held by
+-- open holds taken while walls were on (counts in the hour until closed); W / w: spent / held
+-- in T's ISO week (Monday 00:00 UTC); M / m: in T's calendar month. A record read in a later
+-- minute counts from zero the periods that have ended since T.
 local MINUTE_MS = 60000
 local HOUR_MS = 3600000
 local WALLS_TTL_MS = 35 * DAY_MS -- outlives a month without a call
-local STALE_DELETE_MAX = 256     -- bounds one call's clean-up; the next write continues it
+local RECORD = { 'T', 'N', 'O', 'D', 'H', 'R', 'h', 'W', 'w', 'M', 'm' }
 
 -- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
 local function days_from_civil(y, m, d)
@@ -249,6 +254,14 @@ local function periods(ms)
     month_end = days_from_civil(ny, nm, 1) * DAY_MS }
 end
 
+-- A cap as set_limits.lua (or restore.lua) wrote it, after their digit-only check: tonumber
+-- alone, guarded against what never passes that check (nan, inf, below zero).
+local function cap_num(s)
+  local n = tonumber(s)
+  if n and n >= 0 and n <= MICROS_MAX then return n end
+  return nil
+end
+
 -- The caps that concern one call: {[field] = number}; fields of the agent hash 'hr', 'wk',
 -- 'mo' (spend), 'nm', 'nh', 'nd' (calls a minute/hour/day), the same prefixed 'c:<cat>:' for
 -- the category, calls and 'pc' prefixed 't:<tool>:' for the tool.
@@ -262,50 +275,149 @@ local function caps_read(agent_key, cat, tool)
     c .. 'wk', c .. 'mo', c .. 'nm', c .. 'nh', c .. 'nd', t .. 'nm', t .. 'nh', t .. 'nd',
     t .. 'pc')
   local caps = {}
-  for i, short in ipairs(CAP_NAMES) do
-    if v[i] then caps[short] = uint(v[i], MICROS_MAX) end
-  end
+  for i, short in ipairs(CAP_NAMES) do caps[short] = cap_num(v[i]) end
   return caps
 end
 
--- The wall a live counter belongs to at periods p ('hr', 'wk', 'mo', 'nm', 'nh', 'nd'), or
--- nil when it is stale.
-local function counter_wall(kind, period, p)
-  if kind == 'h' then return 'hr' end
-  if kind == 'H' then return (period and period > p.min - 60) and 'hr' or nil end
-  if kind == 'W' or kind == 'w' then return period == p.week and 'wk' or nil end
-  if kind == 'M' or kind == 'm' then return period == p.month and 'mo' or nil end
-  if kind == 'N' then return period == p.min and 'nm' or nil end
-  if kind == 'O' then return period == p.hour and 'nh' or nil end
-  if kind == 'D' then return period == p.day and 'nd' or nil end
-  return nil
+-- A record's counters by name (RECORD), zeros and T nil for a record never written.
+local function record_read(text)
+  local r = { N = 0, O = 0, D = 0, H = 0, R = 0, h = 0, W = 0, w = 0, M = 0, m = 0 }
+  if not text then return r end
+  local i = 1
+  for n in string.gmatch(text, '%-?%d+') do
+    r[RECORD[i]] = tonumber(n)
+    i = i + 1
+  end
+  return r
 end
 
--- The walls hash summed for one call: used[<wall><scope>] with scope 'a' (agent), 'c' (the
--- call's category), 't' (its tool); the rolling hour's minute buckets (for Retry-After); the
--- live counters' values (writes add to them); the stale counters (to delete).
-local function walls_read(key, p, cat, tool)
+-- A record as the hash keeps it; a tool's keeps its calls only.
+local function record_text(r, sfx)
+  if string.sub(sfx, 1, 1) == '/' then
+    return string.format('%.0f %.0f %.0f %.0f', r.T, r.N, r.O, r.D)
+  end
+  return string.format('%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f', r.T, r.N, r.O,
+    r.D, r.H, r.R, r.h, r.W, r.w, r.M, r.m)
+end
+
+-- The walls hash in its layout before records (one field per counter and period, named
+-- <kind><period><scope>: H<minute>, N<minute>, O<hour>, D<day>, W<week>, w<week>, M<month>,
+-- m<month>, h), as scripts older than the records left it: its counters of the periods of `p`
+-- become records, its minutes of the rolling hour stay as they are named, the rest is
+-- deleted. Runs once, on the first touch that finds no agent record; false when the hash is
+-- empty (then there is nothing to read).
+local OLD_PERIODS = { N = 'min', O = 'hour', D = 'day', W = 'week', w = 'week', M = 'month',
+  m = 'month' }
+local function walls_migrate(key, p)
   local flat = redis.call('HGETALL', key)
-  local st = { used = {}, mins = { a = {}, c = {} }, vals = {}, stale = {} }
-  local csfx, tsfx = ':' .. cat, '/' .. tool
+  if #flat == 0 then return false end
+  local recs, drop = { [''] = record_read(nil) }, {}
   for i = 1, #flat, 2 do
-    local f = flat[i]
-    local kind, period, scope = string.match(f, '^(%a)(%d*)(.*)$')
-    local pn = tonumber(period)
-    local wall = counter_wall(kind, pn, p)
-    if not wall then
-      if #st.stale < STALE_DELETE_MAX then st.stale[#st.stale + 1] = f end
-    else
-      local n = tonumber(flat[i + 1])
-      st.vals[f] = n
-      local s = (scope == '' and 'a') or (scope == csfx and 'c') or (scope == tsfx and 't')
-      if s then
-        st.used[wall .. s] = (st.used[wall .. s] or 0) + n
-        if kind == 'H' and s ~= 't' then st.mins[s][pn] = n end
+    local kind, period, scope = string.match(flat[i], '^(%a)(%d*)(.*)$')
+    if kind then
+      local pn, n = tonumber(period), tonumber(flat[i + 1])
+      recs[scope] = recs[scope] or record_read(nil)
+      local r = recs[scope]
+      if kind == 'H' and pn and pn > p.min - 60 and pn < p.min then
+        r.R = r.R + n -- an earlier minute of the hour: it stays, as it is named
+      else
+        drop[#drop + 1] = flat[i]
+        if kind == 'H' and pn == p.min then r.H = r.H + n end
+        if kind == 'h' and period == '' then r.h = r.h + n end
+        if OLD_PERIODS[kind] and pn == p[OLD_PERIODS[kind]] then r[kind] = r[kind] + n end
       end
     end
   end
+  local out = {}
+  for scope, r in pairs(recs) do
+    r.T = p.min
+    out[#out + 1] = '@' .. scope
+    out[#out + 1] = record_text(r, scope)
+  end
+  redis.call('HSET', key, unpack(out))
+  if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
+  return true
+end
+
+-- The records of `sfxs` ('' the agent, ':<cat>', '/<tool>'), migrating an older hash first.
+local function records_get(key, p, sfxs)
+  local names = {}
+  for i, sfx in ipairs(sfxs) do names[i] = '@' .. sfx end
+  local v = redis.call('HMGET', key, unpack(names))
+  if not v[1] and walls_migrate(key, p) then v = redis.call('HMGET', key, unpack(names)) end
+  return v
+end
+
+-- Record r brought to minute p.min, for a call that will write it: the periods that ended
+-- since T count from zero; minute T's spending becomes a field of its own while it is still
+-- in the hour (st.out; st.moved by name), and the minutes that have left the hour come out of R (read here,
+-- deleted by the write: st.drop). Nothing is written here: a refused call writes nothing.
+local function record_roll(key, r, p, sfx, st)
+  if not r.T or r.T == p.min then
+    r.T = p.min
+    return r
+  end
+  local t = periods(r.T * MINUTE_MS)
+  r.N = 0
+  if t.hour ~= p.hour then r.O = 0 end
+  if t.day ~= p.day then r.D = 0 end
+  if t.week ~= p.week then r.W, r.w = 0, 0 end
+  if t.month ~= p.month then r.M, r.m = 0, 0 end
+  if r.R > 0 then
+    local names = {}
+    for m = r.T - 59, math.min(r.T - 1, p.min - 60) do names[#names + 1] = 'H' .. istr(m) .. sfx end
+    if #names > 0 then
+      local v = redis.call('HMGET', key, unpack(names))
+      for i, f in ipairs(names) do
+        if v[i] then
+          r.R = r.R - tonumber(v[i])
+          st.drop[#st.drop + 1] = f
+        end
+      end
+    end
+  end
+  if r.H > 0 and r.T > p.min - 60 then
+    local f = 'H' .. istr(r.T) .. sfx
+    st.out[#st.out + 1] = f
+    st.out[#st.out + 1] = istr(r.H)
+    st.moved[f] = r.H
+    r.R = r.R + r.H
+  end
+  r.H = 0
+  r.T = p.min
+  return r
+end
+
+-- The walls of one call: its three records brought to p (rec.a the agent's, rec.c its
+-- category's, rec.t its tool's) and what they hold, used[<wall><scope>] ('hra', 'wkc', 'ndt',
+-- ...: spend walls count spent and held, call walls calls).
+local function walls_read(key, p, cat, tool)
+  local sfx = { a = '', c = ':' .. cat, t = '/' .. tool }
+  local v = records_get(key, p, { sfx.a, sfx.c, sfx.t })
+  local st = { key = key, p = p, sfx = sfx, rec = {}, used = {}, out = {}, moved = {},
+    drop = {} }
+  for i, s in ipairs({ 'a', 'c', 't' }) do
+    local r = record_roll(key, record_read(v[i]), p, sfx[s], st)
+    st.rec[s] = r
+    st.used['hr' .. s] = r.H + r.R + r.h
+    st.used['wk' .. s] = r.W + r.w
+    st.used['mo' .. s] = r.M + r.m
+    st.used['nm' .. s] = r.N
+    st.used['nh' .. s] = r.O
+    st.used['nd' .. s] = r.D
+  end
   return st
+end
+
+-- Spending of the rolling hour by minute, of the agent ('a') or the category ('c'), as the
+-- call's write would leave it: read only for a refusal's Retry-After.
+local function hour_minutes(st, s)
+  local names, mins = {}, {}
+  for m = st.p.min - 59, st.p.min - 1 do names[#names + 1] = 'H' .. istr(m) .. st.sfx[s] end
+  local v = redis.call('HMGET', st.key, unpack(names))
+  for i = 1, #names do mins[st.p.min - 60 + i] = tonumber(v[i]) or st.moved[names[i]] end
+  mins[st.p.min] = st.rec[s].H
+  return mins
 end
 
 -- Seconds until enough minutes of the rolling hour have passed for `cost` to fit `cap`
@@ -330,10 +442,10 @@ local function spend_refusal(caps, st, p, cost, cat, skip)
   for _, w in ipairs({ 'hr', 'wk', 'mo' }) do
     if not skip[w] then
       for _, s in ipairs({ 'a', 'c' }) do
-        local cap, used = caps[s == 'a' and w or 'c' .. w], st.used[w .. s] or 0
+        local cap, used = caps[s == 'a' and w or 'c' .. w], st.used[w .. s]
         if cap and used + cost > cap then
           local retry = ceil_s(p.week_end - p.ms)
-          if w == 'hr' then retry = hour_retry_s(st.mins[s], used, cost, cap, p.ms) end
+          if w == 'hr' then retry = hour_retry_s(hour_minutes(st, s), used, cost, cap, p.ms) end
           if w == 'mo' then retry = ceil_s(p.month_end - p.ms) end
           local name = ({ hr = 'hourly', wk = 'weekly', mo = 'monthly' })[w]
           return { C.LIMIT_WINDOW, (s == 'c' and 'category_' or '') .. name, cap, used, retry,
@@ -353,7 +465,7 @@ local function calls_refusal(caps, st, p, cat, tool)
   for _, w in ipairs({ 'nm', 'nh', 'nd' }) do
     for _, s in ipairs({ 'a', 'c', 't' }) do
       local cap = caps[s == 'a' and w or s .. w]
-      if cap and (st.used[w .. s] or 0) + 1 > cap then
+      if cap and st.used[w .. s] + 1 > cap then
         local scope = ({ a = 'agent', c = 'category', t = 'tool' })[s]
         return { C.LIMIT_CALLS, names[w], scope, cap, ceil_s(ends[w] - p.ms), cat, tool }
       end
@@ -379,71 +491,99 @@ local function walls_near(caps, st, cost)
   local flags = 0
   for _, w in ipairs({ 'hr', 'wk', 'mo' }) do
     local cap, ccap = caps[w], caps['c' .. w]
-    if (cap and ((st.used[w .. 'a'] or 0) + cost) * 5 > cap * 4)
-        or (ccap and ((st.used[w .. 'c'] or 0) + cost) * 5 > ccap * 4) then
+    if (cap and (st.used[w .. 'a'] + cost) * 5 > cap * 4)
+        or (ccap and (st.used[w .. 'c'] + cost) * 5 > ccap * 4) then
       flags = flags + NEAR_BITS[w]
     end
   end
   for _, w in ipairs({ 'nm', 'nh', 'nd' }) do
     for _, s in ipairs({ 'a', 'c', 't' }) do
       local cap = caps[s == 'a' and w or s .. w]
-      if cap and ((st.used[w .. s] or 0) + 1) * 5 > cap * 4 then return flags + F.CALLS_NEAR end
+      if cap and (st.used[w .. s] + 1) * 5 > cap * 4 then return flags + F.CALLS_NEAR end
     end
   end
   return flags
 end
 
--- One call's writes to the walls hash, in one HSET of the values walls_read returned (exact:
--- nothing else runs in between): `spent` and `held` micros in the hour, week and month of
--- the agent and the category, one call in the agent's, category's and tool's counters.
-local function walls_write(key, st, p, cat, tool, spent, held)
-  local out = {}
-  local function add(f, n)
-    if n ~= 0 then
-      out[#out + 1] = f
-      out[#out + 1] = istr((st.vals[f] or 0) + n)
-    end
+-- One call's writes to the walls hash, in one HSET of the records walls_read brought to its
+-- minute (exact: nothing else runs in between): `spent` and `held` micros in the agent's and
+-- the category's records, `calls` (1, or 0 for a capture) in all three; the minute that left
+-- its record, and the minutes that left the hour.
+local function walls_write(st, spent, held, calls)
+  local out = st.out
+  for _, s in ipairs({ 'a', 'c', 't' }) do
+    local r = st.rec[s]
+    r.N, r.O, r.D = r.N + calls, r.O + calls, r.D + calls
+    r.H, r.W, r.M = r.H + spent, r.W + spent, r.M + spent
+    r.h, r.w, r.m = r.h + held, r.w + held, r.m + held
+    out[#out + 1] = '@' .. st.sfx[s]
+    out[#out + 1] = record_text(r, st.sfx[s])
   end
-  local mn, wk, mo = istr(p.min), istr(p.week), istr(p.month)
-  local hr, dy = istr(p.hour), istr(p.day)
-  for _, sfx in ipairs({ '', ':' .. cat }) do
-    add('H' .. mn .. sfx, spent)
-    add('W' .. wk .. sfx, spent)
-    add('M' .. mo .. sfx, spent)
-    add('h' .. sfx, held)
-    add('w' .. wk .. sfx, held)
-    add('m' .. mo .. sfx, held)
-  end
-  for _, sfx in ipairs({ '', ':' .. cat, '/' .. tool }) do
-    add('N' .. mn .. sfx, 1)
-    add('O' .. hr .. sfx, 1)
-    add('D' .. dy .. sfx, 1)
-  end
-  redis.call('HSET', key, unpack(out))
-  if #st.stale > 0 then redis.call('HDEL', key, unpack(st.stale)) end
-  redis.call('PEXPIRE', key, WALLS_TTL_MS)
+  redis.call('HSET', st.key, unpack(out))
+  if #st.drop > 0 then redis.call('HDEL', st.key, unpack(st.drop)) end
+  redis.call('PEXPIRE', st.key, WALLS_TTL_MS)
 end
 
--- A capture's spending in the hour, week and month it lands in (agent and category).
-local function walls_spend(key, p, cat, cost)
-  for _, sfx in ipairs({ '', ':' .. cat }) do
-    incr(key, 'H' .. istr(p.min) .. sfx, cost)
-    incr(key, 'W' .. istr(p.week) .. sfx, cost)
-    incr(key, 'M' .. istr(p.month) .. sfx, cost)
+-- `fix(r, t, sfx)` on the records of the agent and of `cat` that exist (t: the periods of the
+-- record's minute), written back as they are (not brought to now): a hold's close and a
+-- refund change counters of the periods they were counted in.
+local function records_fix(key, p, cat, fix)
+  local sfxs = { '', ':' .. cat }
+  local v = records_get(key, p, sfxs)
+  local out = {}
+  for i, sfx in ipairs(sfxs) do
+    if v[i] then
+      local r = record_read(v[i])
+      fix(r, periods(r.T * MINUTE_MS), sfx)
+      out[#out + 1] = '@' .. sfx
+      out[#out + 1] = record_text(r, sfx)
+    end
   end
-  redis.call('PEXPIRE', key, WALLS_TTL_MS)
+  if #out > 0 then redis.call('HSET', key, unpack(out)) end
 end
 
 -- A closing hold that was counted in the walls (xw) leaves the held counters: the hour's
--- always, the week's and the month's while they are still the hold's own.
+-- always, the week's and the month's while the record is still of the hold's week and month.
 local function walls_unhold(key, h, ms)
   if not h.xw then return end
-  local p = periods(ms)
-  for _, sfx in ipairs({ '', ':' .. h.category }) do
-    incr(key, 'h' .. sfx, -h.amount)
-    if h.wk == p.week then incr(key, 'w' .. istr(p.week) .. sfx, -h.amount) end
-    if h.mo == p.month then incr(key, 'm' .. istr(p.month) .. sfx, -h.amount) end
+  records_fix(key, periods(ms), h.category, function(r, t)
+    r.h = r.h - h.amount
+    if t.week == h.wk then r.w = r.w - h.amount end
+    if t.month == h.mo then r.m = r.m - h.amount end
+  end)
+end
+
+-- What a refund takes out of the field of an earlier minute (`less` of its value; a minute
+-- left at zero is deleted, as R's minutes are never 0); 0 when the field is gone.
+local function minute_less(key, f, less)
+  local n = tonumber(redis.call('HGET', key, f))
+  if not n then return 0 end
+  if less(n) > 0 then
+    redis.call('HSET', key, f, istr(less(n)))
+  else
+    redis.call('HDEL', key, f)
   end
+  return n - less(n)
+end
+
+-- A refund of `amount` of a call made at periods c gives it back to the spending the walls
+-- counted it in (agent and category; never below zero, no counter created) while that is
+-- current at ms: its minute while in the rolling hour (the record's H, or the minute's own
+-- field and R), its week, its month. Call counts stay: the call happened.
+local function walls_refund(key, ms, c, cat, amount)
+  local p = periods(ms)
+  local function less(n) return n > amount and n - amount or 0 end
+  records_fix(key, p, cat, function(r, _, sfx)
+    if c.min > p.min - 60 then
+      if c.min == r.T then
+        r.H = less(r.H)
+      else
+        r.R = r.R - minute_less(key, 'H' .. istr(c.min) .. sfx, less)
+      end
+    end
+    if c.week == p.week then r.W = less(r.W) end
+    if c.month == p.month then r.M = less(r.M) end
+  end)
 end
 
 -- ---- Tasks (budget envelopes). A task is a hash iou:{pNN}:task:<agent>:<task_id> (the

@@ -92,21 +92,22 @@ if h.day ~= day then
     return refusal
   end
 end
-local p = nil
+local st = nil
 if a[5] == '1' then
-  p = periods(ms)
-  local st = walls_read(KEYS[8], p, h.category, h.tool)
+  local p = periods(ms)
+  st = walls_read(KEYS[8], p, h.category, h.tool)
   local counted = { hr = h.xw, wk = h.xw and h.wk == p.week, mo = h.xw and h.mo == p.month }
   local refusal = spend_refusal(caps_read(KEYS[1], h.category, h.tool), st, p, cost,
     h.category, counted)
   if refusal then return refusal end
 end
 
--- Writes only from here on.
+-- Writes only from here on. The cost goes into the walls' records first: the hold's close
+-- then takes its amount out of the records as they are after that write.
+if st then walls_write(st, cost, 0, 0) end
 local released = h.amount - cost
 local bal = hold_close(KEYS[1], KEYS[2], KEYS[8], KEYS[3], KEYS[4], ARGV[3], h, 'captured',
   released, ms)
-if p then walls_spend(KEYS[8], p, h.category, cost) end
 local cost_text = istr(cost)
 redis.call('HSET', KEYS[3], 'captured', cost_text)
 win = win or window_read(KEYS[2], day, h.category)

@@ -157,7 +157,7 @@ elseif low and bal < low then
   flags = F.LOW_BALANCE
 end
 if walls then
-  walls_write(KEYS[7], walls.st, walls.p, cat, ARGV[3], cost, 0)
+  walls_write(walls.st, cost, 0, 1)
   flags = flags + walls_near(walls.caps, walls.st, cost)
 end
 if task then task_count(KEYS[8], task, ARGV[3], cat, cost, 0, '') end

@@ -166,7 +166,7 @@ redis.call('ZADD', KEYS[4], istr(expires), ARGV[3])
 if walls then
   -- The hold counts in the walls while open (the call itself is counted now, not at capture);
   -- its periods tell its close which held counters are still its own.
-  walls_write(KEYS[9], walls.st, walls.p, cat, ARGV[4], 0, amount)
+  walls_write(walls.st, 0, amount, 1)
   redis.call('HSET', KEYS[3], 'xw', '1', 'wk', istr(walls.p.week), 'mo', istr(walls.p.month))
 end
 if task then

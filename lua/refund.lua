@@ -110,14 +110,7 @@ local day = math.floor(ms / DAY_MS)
 if math.floor(at_ms / DAY_MS) == day and num(redis.call('HGET', KEYS[2], 'day')) == day then
   give_back(KEYS[2], { 's', 's:' .. cat })
 end
-local p, c = periods(ms), periods(at_ms)
-local walls = {}
-for _, sfx in ipairs({ '', ':' .. cat }) do
-  if c.min > p.min - 60 then walls[#walls + 1] = 'H' .. istr(c.min) .. sfx end
-  if c.week == p.week then walls[#walls + 1] = 'W' .. istr(c.week) .. sfx end
-  if c.month == p.month then walls[#walls + 1] = 'M' .. istr(c.month) .. sfx end
-end
-if #walls > 0 then give_back(KEYS[6], walls) end
+walls_refund(KEYS[6], ms, periods(at_ms), cat, amount)
 if ARGV[15] ~= '' then
   local t = redis.call('HMGET', KEYS[7], 'state', 'exp')
   if t[1] == 'open' and ms < num(t[2]) then

@@ -24,9 +24,10 @@
 --           expiry: what idem_store kept)
 --   tool:   name, price micros, category, pricing 'fixed'/'variable', upstream URL or '',
 --           sealed upstream headers or ''
---   walls:  counter, value pairs of the walls hash as _lib.lua names them (H<minute>,
---           W<week>, M<month>, N<minute>, O<hour>, D<day>, h, w<week>, m<month>, each
---           optionally ':<category>' or '/<tool>'); the hash is replaced, with its expiry
+--   walls:  field, value pairs of the walls hash as _lib.lua names them: the records '@',
+--           '@:<category>' (11 numbers "T N O D H R h W w M m") and '@/<tool>' (4, "T N O D"),
+--           the minutes of the rolling hour 'H<minute>' and 'H<minute>:<category>' (micros);
+--           the hash is replaced, with its expiry
 -- Returns:
 --   code OK = 0: {0, written} the number of keys written
 --   code BAD_ARGUMENT = 30: {30, argv_index}
@@ -115,17 +116,36 @@ local function restore_idem()
   return { C.OK, 1 }
 end
 
+-- The number of values a walls field holds (_lib.lua's records and minutes), nil for a name
+-- the scripts do not write: '@' and '@:<category>' 11, '@/<tool>' 4, 'H<minute>' and
+-- 'H<minute>:<category>' 1.
+local function walls_width(f)
+  local kind, scope = string.match(f, '^(@)(.*)$')
+  if not kind then kind, scope = string.match(f, '^(H)%d+(.*)$') end
+  if not kind then return nil end
+  if scope == '' then return kind == '@' and 11 or 1 end
+  local sep = string.sub(scope, 1, 1)
+  if not name(string.sub(scope, 2)) or (sep ~= ':' and sep ~= '/') then return nil end
+  if kind == 'H' then return sep == ':' and 1 or nil end
+  return sep == ':' and 11 or 4
+end
+
+-- True when `text` is exactly `width` unsigned integers separated by one space each.
+local function uints_ok(text, width)
+  local n = 0
+  for word in string.gmatch(text .. ' ', '([^ ]*) ') do
+    if not uint(word, MICROS_MAX) then return false end
+    n = n + 1
+  end
+  return n == width
+end
+
 local function restore_walls()
   if #ARGV < 3 or #ARGV % 2 ~= 1 then return { C.BAD_ARGUMENT, #ARGV } end
   for i = 2, #ARGV, 2 do
-    local counter = string.match(ARGV[i], '^[HWMNOD]%d+') or string.match(ARGV[i], '^[wm]%d+')
-      or string.match(ARGV[i], '^h')
-    local scope = counter and string.sub(ARGV[i], #counter + 1)
-    if not counter or (scope ~= '' and not (string.match(scope, '^[:/]')
-        and name(string.sub(scope, 2)))) then
-      return { C.BAD_ARGUMENT, i }
-    end
-    if not uint(ARGV[i + 1], MICROS_MAX) then return { C.BAD_ARGUMENT, i + 1 } end
+    local width = walls_width(ARGV[i])
+    if not width then return { C.BAD_ARGUMENT, i } end
+    if not uints_ok(ARGV[i + 1], width) then return { C.BAD_ARGUMENT, i + 1 } end
   end
   redis.call('DEL', KEYS[1])
   for i = 2, #ARGV, 2 do

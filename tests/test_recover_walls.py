@@ -18,6 +18,7 @@ from gateway.ledger.refunds import charge_ref
 from gateway.ledger.store import LedgerStore
 from gateway.metering import errors
 from gateway.metering.engine import Engine
+from gateway.metering.walls import usage
 from gateway.store.keys import TEST_CLOCK_KEY
 from tests.conftest import flush
 from tests.helpers import shift_to
@@ -57,25 +58,10 @@ async def probe(engine: Engine, agent: str, tool: str, cost: int | None) -> dict
 
 
 def live(fields: dict[str, str], now_ms: int) -> dict[str, int]:
-    """The walls counters that count at ``now_ms`` (the scripts skip the others), non-zero."""
-    minute, hour, day = now_ms // MINUTE_MS, now_ms // HOUR_MS, now_ms // DAY_MS
-    week = (day + 3) // 7
-    y, m = (2026, 11)
-    current = {"W": week, "w": week, "M": y * 12 + m - 1, "m": y * 12 + m - 1, "N": minute,
-               "O": hour, "D": day}
-    out: dict[str, int] = {}
-    for name, value in fields.items():
-        kind, rest = name[0], name[1:]
-        digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
-        if kind == "h" and not digits:
-            keep = True
-        elif kind == "H":
-            keep = int(digits) > minute - 60
-        else:
-            keep = kind in current and digits != "" and int(digits) == current[kind]
-        if keep and int(value) != 0:
-            out[name] = int(value)
-    return out
+    """What the walls hash holds at ``now_ms`` by wall and scope, non-zero (what the scripts
+    read for a call then), and that it is in records."""
+    assert "@" in fields, fields
+    return {wall: n for wall, n in usage(fields, now_ms).items() if n != 0}
 
 
 async def walls_of(engine: Engine, agent: str) -> dict[str, str]:

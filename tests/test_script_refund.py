@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.script_helpers import AGENT, AMAX, DAY_MS, MICROS_MAX, Lua
+from tests.walls_helpers import minutes, records
 
 OK, REPLAY, NOT_FOUND, CONFLICT = 0, 1, 10, 12
 INSUFFICIENT, OVERFLOW, BAD, EXCEEDS = 17, 22, 30, 60
@@ -146,32 +147,52 @@ def test_refund_gives_back_to_the_walls_while_current(clocked_lua: Lua) -> None:
     lua.create(grant=10_000_000)
     lua.set_limits("hr", "9000000", "wk", "9000000", "mo", "9000000")
     cid = charged(lua, 100_000, "llm")
-    minute, week, month = now // MIN_MS, (now // DAY_MS + 3) // 7, 2026 * 12 + 10
-    walls = lua.hash(lua.k().walls)
-    for f in (f"H{minute}", f"W{week}", f"M{month}"):
-        assert walls[f] == walls[f + ":llm"] == "100000", f
+
+    def spent() -> list[tuple[int, int, int]]:
+        recs = records(lua)
+        return [(recs[s]["H"], recs[s]["W"], recs[s]["M"]) for s in ("", ":llm")]
+
+    assert spent() == [(100_000, 100_000, 100_000)] * 2
     assert refund(lua, 100_000, 30_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
-    walls = lua.hash(lua.k().walls)
-    for f in (f"H{minute}", f"W{week}", f"M{month}"):
-        assert walls[f] == walls[f + ":llm"] == "70000", f
-    assert walls[f"D{now // DAY_MS}"] == "1"  # the call happened: call counts stay
+    assert spent() == [(70_000, 70_000, 70_000)] * 2
+    assert records(lua)[""]["D"] == 1  # the call happened: call counts stay
     # 59 minutes later the charge's minute is still in the rolling hour; 60 minutes later it
     # has left it (the hour is the last 60 minutes, its own included): only the week and
     # month get a refund then.
     lua.shift_to(now + 59 * MIN_MS)
     assert refund(lua, 100_000, 10_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
-    walls = lua.hash(lua.k().walls)
-    assert walls[f"H{minute}"] == walls[f"H{minute}:llm"] == "60000"
+    assert spent() == [(60_000, 60_000, 60_000)] * 2
     lua.shift_to(now + 60 * MIN_MS)
     assert refund(lua, 100_000, 10_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
-    walls = lua.hash(lua.k().walls)
-    assert walls[f"H{minute}"] == walls[f"H{minute}:llm"] == "60000"
-    assert walls[f"W{week}"] == walls[f"M{month}"] == "50000"
+    assert spent() == [(60_000, 50_000, 50_000)] * 2
     lua.shift_to(now + 61 * MIN_MS)
     assert refund(lua, 100_000, 20_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
-    walls = lua.hash(lua.k().walls)
-    assert walls[f"H{minute}"] == "60000" and walls[f"W{week}"] == "30000"
-    assert walls[f"M{month}"] == walls[f"M{month}:llm"] == "30000"
+    assert spent() == [(60_000, 30_000, 30_000)] * 2
+
+
+def test_refund_gives_back_to_a_minute_of_its_own(clocked_lua: Lua) -> None:
+    """A charge whose minute has passed (a later call moved it to its own field) gets its
+    refund there and in the hour's sum R; a minute refunded to zero is deleted."""
+    lua = clocked_lua
+    now = at(2026, 11, 25, 12, 30)
+    lua.shift_to(now)
+    lua.create(grant=10_000_000)
+    lua.set_limits("hr", "100001")
+    cid = charged(lua, 100_000, "llm")
+    lua.shift_to(now + MIN_MS)
+    assert lua.charge(1, cat="llm")[0] == OK
+    minute = now // MIN_MS
+    assert minutes(lua) == {f"H{minute}": 100_000, f"H{minute}:llm": 100_000}
+    assert refund(lua, 100_000, 30_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
+    assert minutes(lua) == {f"H{minute}": 70_000, f"H{minute}:llm": 70_000}
+    recs = records(lua)
+    assert [(recs[s]["H"], recs[s]["R"]) for s in ("", ":llm")] == [(1, 70_000)] * 2
+    assert refund(lua, 100_000, 70_000, charge_id=cid, at_ms=now, cat="llm")[0] == OK
+    assert minutes(lua) == {}
+    recs = records(lua)
+    assert [(recs[s]["H"], recs[s]["R"]) for s in ("", ":llm")] == [(1, 0)] * 2
+    assert lua.charge(100_000, cat="llm")[0] == OK  # 1 + 100000: the cap exactly
+    assert lua.charge(1, cat="llm")[0] == 31
 
 
 def test_a_charge_of_last_week_and_month_gives_back_to_neither(clocked_lua: Lua) -> None:
@@ -181,17 +202,16 @@ def test_a_charge_of_last_week_and_month_gives_back_to_neither(clocked_lua: Lua)
     lua.create(grant=10_000_000)
     lua.set_limits("wk", "9000000", "mo", "9000000")
     cid = charged(lua, 100_000)
-    week, month = (then // DAY_MS + 3) // 7, 2026 * 12 + 10
     lua.shift_to(at(2026, 12, 1, 0, 5))  # same week, next month
     assert refund(lua, 100_000, 10_000, charge_id=cid, at_ms=then)[0] == OK
-    walls = lua.hash(lua.k().walls)
-    assert (walls[f"W{week}"], walls[f"M{month}"]) == ("90000", "100000")
+    rec = records(lua)[""]
+    assert (rec["T"], rec["W"], rec["M"]) == (then // MIN_MS, 90_000, 100_000)
     lua.shift_to(at(2026, 12, 7, 0, 5))  # next week
     assert refund(lua, 100_000, 10_000, charge_id=cid, at_ms=then)[0] == OK
-    walls = lua.hash(lua.k().walls)
-    assert (walls[f"W{week}"], walls[f"M{month}"]) == ("90000", "100000")
+    rec = records(lua)[""]
+    assert (rec["W"], rec["M"]) == (90_000, 100_000)
     # 15 minutes after the charge it was still in the rolling hour; a week later it is not.
-    assert walls[f"H{then // MIN_MS}"] == "90000"
+    assert rec["H"] == 90_000
 
 
 def test_refund_creates_no_wall_counter(lua: Lua) -> None:

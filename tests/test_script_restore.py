@@ -199,21 +199,39 @@ def test_a_hold_counted_in_the_walls_is_marked_as_hold_marks_it(lua: Lua) -> Non
     assert lua.snapshot() == before
 
 
+REC = "29916630 2 2 2 20000 5000 7 25007 7 25007 7"  # T N O D H R h W w M m
+
+
 def test_walls_replace_the_stored_hash_and_expire_as_walls_do(lua: Lua) -> None:
     lua.r.hset(lua.k().walls, mapping={"H1": "5"})
-    counters = ("H29916630", "20000", "W2968:tool", "5", "N29916630/web_browse", "2",
-                "h", "7", "h:llm", "7", "m24322", "3")
-    assert lua.run("restore", *walls_call(lua, *counters)) == [0, 1]
-    assert lua.hash(lua.k().walls) == dict(zip(counters[::2], counters[1::2], strict=True))
+    fields = ("@", REC, "@:tool", REC, "@/web_browse", "29916630 2 2 2", "H29916629", "5000",
+              "H29916629:tool", "5000")
+    assert lua.run("restore", *walls_call(lua, *fields)) == [0, 1]
+    assert lua.hash(lua.k().walls) == dict(zip(fields[::2], fields[1::2], strict=True))
     assert 35 * DAY_MS - 10_000 < lua.r.pttl(lua.k().walls) <= 35 * DAY_MS
-    fields = [("x", True), ("H", True), ("h1", True), ("Hx", True), ("H1:", True),
-              ("H1:A", True), ("H1:Ab", True), ("H1-web", True), ("w", True),
-              ("D7/web_browse", False),
-              ("O7:l.l-m_1", False), ("h:llm", False), ("M1", False)]
-    _check(lua, walls_call(lua, "H1", "1"), 2, fields)
-    _check(lua, walls_call(lua, "H1", "1", "h", "1"), 4, fields)
+    bad_names = [("x", True), ("@x", True), ("@:", True), ("@/", True), ("@:A", True),
+                 ("@-web", True), ("@@", True), ("H", True), ("Hx", True), ("H1:", True),
+                 ("H1:A", True), ("H1-web", True), ("h", True), ("W1", True), ("1", True)]
+    _check(lua, walls_call(lua, "@", REC), 2,
+           [*bad_names, ("@", False), ("@:l.l-m_1", False)])
+    _check(lua, walls_call(lua, "@/t", "1 2 3 4"), 2,
+           [("@/web_browse", False), ("@/A", True), ("@/", True)])
+    _check(lua, walls_call(lua, "H1", "5"), 2,
+           [("H1:llm", False), ("H1", False), ("H1/web", True), ("H1:", True)])
+    # A valid name with the other kind's number of values: the value is refused.
+    _check(lua, walls_call(lua, "@/web", REC), 3, [(REC, True), ("1 2 3 4", False)])
+    _check(lua, walls_call(lua, "H1", REC), 3, [(REC, True), ("1", False)])
+    ten = " ".join(str(n) for n in range(1, 11))
+    _check(lua, walls_call(lua, "@", REC), 3,
+           [(ten, True), (ten + " 11 12", True), (" " + ten + " 11", True),
+            (ten + " 11 ", True), (ten.replace(" ", "  ", 1) + " 11", True),
+            (ten + " -1", True), (ten + " x", True), (ten + " 1.5", True), ("", True),
+            (ten + " " + str(MICROS_MAX + 1), True), (ten + " " + str(MICROS_MAX), False)])
+    _check(lua, walls_call(lua, "@/t", "1 2 3 4"), 3,
+           [("1 2 3", True), ("1 2 3 4 5", True), ("1 2 3 4", False), (REC, True)])
     _check(lua, walls_call(lua, "H1", "1"), 3, [(v, bad) for v, bad in uint_cases(MICROS_MAX)])
+    _check(lua, walls_call(lua, "H1", "1", "@", REC), 4, [("@", False), ("@q", True)])
     before = lua.snapshot()
     assert lua.run("restore", *walls_call(lua)) == [30, 1]
-    assert lua.run("restore", *walls_call(lua, "H1", "1", "h")) == [30, 4]
+    assert lua.run("restore", *walls_call(lua, "H1", "1", "@")) == [30, 4]
     assert lua.snapshot() == before

@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from tests.script_helpers import DAY_MS, Lua
+from tests.walls_helpers import records
 
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
@@ -142,8 +143,8 @@ def test_expired_hold_leaves_the_walls(clocked_lua: Lua) -> None:
     assert lua.charge(1)[0] == WINDOW
     lua.shift_to(lua.now_ms() + 2_000)
     assert lua.expire()[:2] == [0, 1]
-    walls = lua.hash(lua.k().walls)
-    assert walls["h"] == "0" and walls["h:llm"] == "0"
+    recs = records(lua)
+    assert recs[""]["h"] == recs[":llm"]["h"] == 0
     assert lua.charge(100_000)[0] == 0
 
 
@@ -269,14 +270,16 @@ def test_tool_per_call_cap(lua: Lua) -> None:
     assert lua.charge(5000, cat="tool")[0] == 0
 
 
-def test_stale_counters_are_deleted(clocked_lua: Lua) -> None:
+def test_minutes_that_left_the_hour_are_deleted(clocked_lua: Lua) -> None:
     lua = clocked_lua
     walled(lua, "hr", "1000000", "nm", "100")
     assert lua.charge(10)[0] == 0
-    stale = set(lua.hash(lua.k().walls))
+    lua.shift_to(lua.now_ms() + MIN_MS)
+    assert lua.charge(10)[0] == 0
+    minute = set(lua.hash(lua.k().walls)) - {"@", "@:tool", "@/v_tool"}
+    assert len(minute) == 2  # the first call's minute, the agent's and the category's
     lua.shift_to(lua.now_ms() + 2 * HOUR_MS)
     assert lua.charge(10)[0] == 0
-    fields = set(lua.hash(lua.k().walls))
-    gone = {f for f in stale if f[0] in "HNO"}
-    assert len(gone) == 8 and not gone & fields  # the old minute's and hour's counters
+    assert set(lua.hash(lua.k().walls)) == {"@", "@:tool", "@/v_tool"}
+    assert records(lua)[""]["R"] == 0 and records(lua)[""]["H"] == 10
     assert 0 < lua.r.pttl(lua.k().walls) <= 35 * DAY_MS

@@ -1,7 +1,8 @@
 """Script-level tests of the walls beyond the balance that the mutation runner's full run of
-the walls (scripts/mutate_lua.py --walls) found missing: the counters' exact names, the
-calendar far from today, the tool named in a hold's refusals, the clean-up of stale and
-unknown counters. Each kills mutants no other money test did."""
+the walls (scripts/mutate_lua.py --walls) found missing: the records' exact contents, the
+calendar far from today, the tool named in a hold's refusals, the migration of the layout
+before records (stale and unknown counters deleted). Each kills mutants no other money test
+did."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.script_helpers import DAY_MS, Lua
 from tests.test_script_expiry_edges import run_at
+from tests.walls_helpers import minutes, records
 
 MIN_MS = 60_000
 HOUR_MS = 3_600_000
@@ -19,7 +21,6 @@ WINDOW = 31
 CALLS = 32
 TOOL_PER_CALL = 33
 ERA_DAYS = 146_097  # days in 400 Gregorian years
-STALE_DELETE_MAX = 256  # _lib.lua: stale counters one call deletes at most
 
 
 def days_since_epoch(y: int, m: int, d: int) -> int:
@@ -51,32 +52,41 @@ def test_days_since_epoch_counts_across_eras() -> None:
     assert days_since_epoch(9999, 12, 31) + 1 == days_since_epoch(10_000, 1, 1)
 
 
-# ---- the counters' names: the layout _lib.lua documents ------------------------------------
+# ---- the records: the layout _lib.lua documents --------------------------------------------
 
-def test_counters_are_named_by_minute_hour_day_iso_week_and_month(clocked_lua: Lua) -> None:
+def spend_record(t: int, n: int, o: int, d: int, *rest: int) -> dict[str, int]:
+    return dict(zip(("T", "N", "O", "D", "H", "R", "h", "W", "w", "M", "m"), (t, n, o, d, *rest),
+                    strict=True))
+
+
+def test_records_hold_the_minute_and_its_counters(clocked_lua: Lua) -> None:
     lua = clocked_lua
     walled(lua, "nd", "100")
     ms = at(2027, 3, 10, 12, 34, 56)  # a Wednesday
     lua.shift_to(ms)
     assert lua.charge(700)[0] == 0
+    t = ms // MIN_MS
+    spent = spend_record(t, 1, 1, 1, 700, 0, 0, 700, 0, 700, 0)
+    assert records(lua) == {"": spent, ":tool": spent,
+                            "/v_tool": {"T": t, "N": 1, "O": 1, "D": 1}}
+    assert set(lua.hash(lua.k().walls)) == {"@", "@:tool", "@/v_tool"}
+    assert lua.hold(300, "h1")[0] == 0  # llm: held, and one more call
+    recs = records(lua)
+    assert recs[""] == spend_record(t, 2, 2, 2, 700, 0, 300, 700, 300, 700, 300)
+    assert recs[":llm"] == spend_record(t, 1, 1, 1, 0, 0, 300, 0, 300, 0, 300)
+    assert recs[":tool"] == spent and recs["/v_llm"] == {"T": t, "N": 1, "O": 1, "D": 1}
     day = ms // DAY_MS
     monday = day - dt.date(2027, 3, 10).weekday()
     week = (monday + 3) // 7  # the week's number: its Monday's (day 0 was a Thursday)
-    month = 2027 * 12 + 3 - 1
-    spent = {f"{kind}{n}{sfx}": "700" for sfx in ("", ":tool")
-             for kind, n in (("H", ms // MIN_MS), ("W", week), ("M", month))}
-    calls = {f"{kind}{n}{sfx}": "1" for sfx in ("", ":tool", "/v_tool")
-             for kind, n in (("N", ms // MIN_MS), ("O", ms // HOUR_MS), ("D", day))}
-    assert lua.hash(lua.k().walls) == {**spent, **calls}
-    assert lua.hold(300, "h1")[0] == 0  # llm: held, and one more call
-    held = {f"{kind}{sfx}": "300" for sfx in ("", ":llm")
-            for kind in ("h", f"w{week}", f"m{month}")}
-    calls = {f: str(int(n) + 1) if f[-4:] != "tool" else n for f, n in calls.items()}
-    calls |= {f"{kind}{n}{sfx}": "1" for sfx in (":llm", "/v_llm")
-              for kind, n in (("N", ms // MIN_MS), ("O", ms // HOUR_MS), ("D", day))}
-    assert lua.hash(lua.k().walls) == {**spent, **calls, **held}
     hold = lua.hash(lua.k().hold("h1"))
-    assert (hold["xw"], hold["wk"], hold["mo"]) == ("1", str(week), str(month))
+    assert (hold["xw"], hold["wk"], hold["mo"]) == ("1", str(week), str(2027 * 12 + 3 - 1))
+    # The next minute: minute t's spending gets a field of its own, and counts in R.
+    lua.shift_to(ms + 10_000)
+    assert lua.charge(5)[0] == 0
+    assert minutes(lua) == {f"H{t}": 700, f"H{t}:tool": 700}
+    assert records(lua)[""] == spend_record(t + 1, 1, 3, 3, 5, 700, 300, 705, 300, 705, 300)
+    assert records(lua)[":tool"] == spend_record(t + 1, 1, 2, 2, 5, 700, 0, 705, 0, 705, 0)
+    assert records(lua)[":llm"]["T"] == t  # a record is written only by its own calls
 
 
 @pytest.mark.parametrize("y,m,d", [(2026, 12, 28), (2027, 1, 3), (2020, 12, 31), (2021, 1, 4),
@@ -87,13 +97,21 @@ def test_week_and_month_numbers_across_year_ends(clocked_lua: Lua, y: int, m: in
     walled(lua, "wk", "1000000")
     ms = at(y, m, d, 23, 59, 59)
     lua.shift_to(ms)
-    assert lua.charge(5)[0] == 0
+    assert lua.hold(5, "h1")[0] == 0
     day = ms // DAY_MS
     iso = dt.date(y % 400 + 2000, m, d).isocalendar()  # same weekday every 400 years
     week = (day - (iso.weekday - 1) + 3) // 7
-    walls = lua.hash(lua.k().walls)
-    assert walls[f"W{week}"] == "5"
-    assert walls[f"M{y * 12 + m - 1}"] == "5"
+    hold = lua.hash(lua.k().hold("h1"))
+    assert (hold["wk"], hold["mo"]) == (str(week), str(y * 12 + m - 1))
+    # A second later: a new week on a Monday, a new month on the 1st, and nothing else.
+    lua.shift_to(ms + 1000)
+    assert lua.charge(7)[0] == 0
+    new_week = iso.weekday == 7
+    new_month = d == month_days(y, m)
+    rec = records(lua)[""]
+    assert (rec["W"], rec["w"]) == ((7, 0) if new_week else (7, 5))
+    assert (rec["M"], rec["m"]) == ((7, 0) if new_month else (7, 5))
+    assert (rec["O"], rec["D"]) == (1, 1)  # a new hour and day
 
 
 # ---- the calendar far from today ----------------------------------------------------------
@@ -140,23 +158,12 @@ def test_hold_refused_by_the_tools_caps_names_the_tool(clocked_lua: Lua) -> None
     assert lua.hold(10, "h2") == [CALLS, "calls_per_minute", "tool", 1, 50, "llm", "v_llm"]
 
 
-# ---- stale and unknown counters -------------------------------------------------------------
-
-def test_one_call_deletes_at_most_256_stale_counters(clocked_lua: Lua) -> None:
-    lua = clocked_lua
-    walled(lua, "nd", "100")
-    stale = {f"H{minute}" for minute in range(1, 301)}  # minutes of 1970
-    lua.r.hset(lua.k().walls, mapping={f: "5" for f in stale})
-    assert lua.charge(10)[0] == 0
-    left = set(lua.hash(lua.k().walls)) & stale
-    assert len(left) == len(stale) - STALE_DELETE_MAX
-    assert lua.charge(10)[0] == 0
-    assert not set(lua.hash(lua.k().walls)) & stale
-
+# ---- the layout before records: stale and unknown counters ---------------------------------
 
 def test_a_counter_of_an_unknown_kind_is_stale(clocked_lua: Lua) -> None:
-    """A field the scripts never write (another version's, a hand edit) counts in no wall,
-    however it is named, and is deleted by the next write."""
+    """A field the scripts never wrote (another version's, a hand edit) in a hash of the
+    layout before records counts in no wall, however it is named, and is deleted when the
+    hash is migrated."""
     lua = clocked_lua
     walled(lua, "nd", "2", "nm", "2", "nh", "2", "hr", "100", "wk", "100", "mo", "100")
     ms = lua.now_ms()
@@ -186,9 +193,7 @@ def test_hold_released_in_the_next_month_leaves_that_month_alone(clocked_lua: Lu
     assert lua.hold(60_000, "h1", ttl_ms=60_000)[0] == 0
     lua.shift_to(at(2027, 4, 1, 0, 0, 10))
     assert lua.release("h1")[0] == 0
-    april = f"m{2027 * 12 + 4 - 1}"
-    walls = lua.hash(lua.k().walls)
-    assert april not in walls and april + ":llm" not in walls
+    assert records(lua)[""]["m"] == records(lua)[":llm"]["m"] == 0  # March's record
     assert lua.charge(100_000, cat="llm")[0] == 0  # April spent nothing, held nothing
     assert lua.charge(1, cat="llm")[:4] == [WINDOW, "monthly", 100_000, 100_000]
 
@@ -200,7 +205,7 @@ def test_capture_that_creates_the_walls_hash_gives_it_its_expiry(clocked_lua: Lu
     lua.set_limits("hr", "100000")
     assert not lua.r.exists(lua.k().walls)
     assert lua.capture(50_000, "h1")[0] == 0
-    assert lua.hash(lua.k().walls)["H" + str(lua.now_ms() // MIN_MS)] == "50000"
+    assert records(lua)[""]["H"] == records(lua)[":llm"]["H"] == 50_000
     assert 34 * DAY_MS < lua.r.pttl(lua.k().walls) <= 35 * DAY_MS
 
 

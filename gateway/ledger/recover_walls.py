@@ -1,13 +1,15 @@
-"""iou recover's rebuild of the walls beyond the balance: the counters of lua/_lib.lua's walls
-hash for the periods current at recovery, from the ledger.
+"""iou recover's rebuild of the walls beyond the balance: lua/_lib.lua's walls hash for the
+periods current at recovery, from the ledger: one record per scope (gateway/metering/walls.py),
+each of the minute of the recovery, and the earlier minutes of the rolling hour.
 
-- the rolling hour's minute buckets ``H<minute>``, the ISO week's ``W<week>`` and the calendar
-  month's ``M<month>`` spending (agent and category): charges and captures, less the refunds
-  of those same calls (refund.lua gives back to the period its charge was in);
-- the call counts ``N<minute>``, ``O<hour>``, ``D<day>`` (agent, category, tool): charges
-  (free ones too) and holds, each counted once, when it was taken;
-- the held counters ``h``, ``w<week>``, ``m<month>`` of the open holds taken while the walls
-  were on, which are restored marked as counted (xw) so that closing one gives back.
+- spending (agent and category): the current minute's ``H``, the earlier minutes of the
+  rolling hour (fields ``H<minute>`` and their sum ``R``), the ISO week's ``W`` and the calendar
+  month's ``M``: charges and captures, less the refunds of those same calls (refund.lua gives
+  back to the period its charge was in);
+- the call counts ``N``, ``O``, ``D`` of the current minute, hour and day (agent, category,
+  tool): charges (free ones too) and holds, each counted once, when it was taken;
+- the held counters ``h``, ``w``, ``m`` of the open holds taken while the walls were on, which
+  are restored marked as counted (xw) so that closing one gives back.
 
 The scripts count only while the agent's walls are on (its x flag), so only the calls after
 the limits event that last turned them on count: an agent whose walls were set this morning
@@ -24,7 +26,7 @@ import orjson
 
 from gateway.ledger.store import LedgerStore, OpenHold
 from gateway.metering.limits import keeps_walls
-from gateway.metering.walls import HOUR_MINUTES, MINUTE_MS, Periods, periods
+from gateway.metering.walls import HOUR_MINUTES, MINUTE_MS, Periods, periods, record_text
 
 MINUTES_A_DAY = 1440
 
@@ -56,11 +58,19 @@ class WallsOn:
     stream_seq: int
 
 
+def _record() -> dict[str, int]:
+    return defaultdict(int)
+
+
 @dataclass
 class Walls:
-    """One agent's rebuilt walls: counter -> value (non-zero), and the open holds counted."""
+    """One agent's rebuilt walls: the records by scope and the earlier minutes of the hour
+    while they are built, then ``counters``, the hash's fields; and the open holds counted."""
 
-    counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    records: dict[str, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(_record))
+    minutes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    counters: dict[str, str] = field(default_factory=dict)
     holds: dict[str, tuple[int, int]] = field(default_factory=dict)  # hold id -> week, month
 
 
@@ -99,38 +109,48 @@ async def rebuild(store: LedgerStore, agent: str, on: WallsOn, now: Periods,
     for h in open_holds:
         if h.at_ms >= on.at_ms:
             _count_held(walls, now, h)
-    walls.counters = {f: v for f, v in walls.counters.items() if v != 0}
+    walls.records[""]["T"] = now.minute  # the agent's record marks the hash as records
+    walls.counters = {"@" + scope: record_text({**r, "T": now.minute}, scope)
+                      for scope, r in walls.records.items()}
+    # R's minutes are never 0 (the scripts delete a minute refunded to zero).
+    walls.counters.update({f: str(v) for f, v in walls.minutes.items() if v != 0})
     return walls
 
 
 def _count_spent(walls: Walls, now: Periods, category: str, minute: int, micros: int) -> None:
     start_ms = minute * MINUTE_MS
     for scope in ("", ":" + category):
-        if minute > now.minute - HOUR_MINUTES:
-            walls.counters[f"H{minute}{scope}"] += micros
+        r = walls.records[scope]
+        if minute == now.minute:
+            r["H"] += micros
+        elif minute > now.minute - HOUR_MINUTES and micros > 0:
+            walls.minutes[f"H{minute}{scope}"] += micros
+            r["R"] += micros
         if start_ms >= now.week_start_ms:
-            walls.counters[f"W{now.week}{scope}"] += micros
+            r["W"] += micros
         if start_ms >= now.month_start_ms:
-            walls.counters[f"M{now.month}{scope}"] += micros
+            r["M"] += micros
 
 
 def _count_calls(walls: Walls, now: Periods, tool: str, category: str, minute: int,
                  count: int) -> None:
     for scope in ("", ":" + category, "/" + tool):
+        r = walls.records[scope]
         if minute == now.minute:
-            walls.counters[f"N{now.minute}{scope}"] += count
+            r["N"] += count
         if minute // HOUR_MINUTES == now.hour:
-            walls.counters[f"O{now.hour}{scope}"] += count
+            r["O"] += count
         if minute // MINUTES_A_DAY == now.day:
-            walls.counters[f"D{now.day}{scope}"] += count
+            r["D"] += count
 
 
 def _count_held(walls: Walls, now: Periods, h: OpenHold) -> None:
     taken = periods(h.at_ms)
     walls.holds[h.hold_id] = (taken.week, taken.month)
     for scope in ("", ":" + h.category):
-        walls.counters["h" + scope] += h.amount
+        r = walls.records[scope]
+        r["h"] += h.amount
         if taken.week == now.week:
-            walls.counters[f"w{now.week}{scope}"] += h.amount
+            r["w"] += h.amount
         if taken.month == now.month:
-            walls.counters[f"m{now.month}{scope}"] += h.amount
+            r["m"] += h.amount

@@ -592,10 +592,11 @@ class ScriptCalls:
             ["hold", hold_id, agent, tool, category, str(amount_micros), str(at_ms),
              str(expires_at_ms), *counted])
 
-    async def restore_walls(self, agent: str, counters: Mapping[str, int]
+    async def restore_walls(self, agent: str, fields: Mapping[str, str]
                             ) -> RestoreReply | Refused:
-        """The agent's walls hash: counter name -> micros or calls (_lib.lua names them)."""
-        pairs = [item for name, value in counters.items() for item in (name, str(value))]
+        """The agent's walls hash: field -> value as _lib.lua writes them (its records and the
+        minutes of the rolling hour, gateway/metering/walls.py)."""
+        pairs = [item for name, value in fields.items() for item in (name, value)]
         return await self._restore([self.agent_keys(agent).walls], ["walls", *pairs])
 
     async def restore_window(self, agent: str, day_ms: int, micros: Mapping[str, int]

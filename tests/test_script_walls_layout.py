@@ -1,0 +1,166 @@
+"""The walls hash's records (issue #16's cost: a call reads exactly its three records, never the
+whole hash) at the edges of the rolling hour, and the migration of a hash of the layout before
+records (one field per counter and period), which a live Redis keeps after an upgrade: its
+counts are carried over exactly, by the first script that touches it (a call, a hold's close,
+a refund), never read as zero."""
+
+from __future__ import annotations
+
+from gateway.metering.walls import periods, usage
+from tests.script_helpers import Lua
+from tests.test_script_refund import refund
+from tests.test_script_walls_mutants import at, spend_record, walled
+from tests.walls_helpers import minutes, records
+
+MIN_MS = 60_000
+WINDOW = 31
+MS = at(2027, 3, 10, 12, 34, 56)  # a Wednesday
+
+
+def old_layout(ms: int) -> dict[str, str]:
+    """A walls hash as the scripts before records left it at ``ms``: live counters of the
+    agent, its category 'tool' and tool 'v_tool', another category's, stale ones, a
+    foreign one."""
+    p = periods(ms)
+    return {
+        f"H{p.minute}": "1000", f"H{p.minute}:tool": "1000",  # this minute
+        f"H{p.minute - 59}": "2000", f"H{p.minute - 59}:tool": "2000",  # still in the hour
+        f"H{p.minute - 60}": "4000", f"H{p.minute - 60}:tool": "4000",  # left it
+        f"N{p.minute}": "3", f"N{p.minute - 1}": "9", f"O{p.hour}": "7", f"O{p.hour - 1}": "70",
+        f"D{p.day}": "11", f"D{p.day}/v_tool": "2", f"D{p.day - 1}": "99",
+        f"W{p.week}": "30000", f"W{p.week - 1}": "1", f"w{p.week}": "500",
+        f"M{p.month}": "40000", f"M{p.month - 1}": "1", f"m{p.month}": "500",
+        "h": "500", "h:tool": "500", f"D{p.day}:llm": "4", f"W{p.week}:llm": "6",
+        "Z1": "5",
+    }
+
+
+def test_the_first_call_migrates_every_live_counter(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "100000", "nm", "10")
+    lua.shift_to(MS)
+    lua.r.hset(lua.k().walls, mapping=old_layout(MS))
+    assert lua.charge(10)[0] == 0
+    t = MS // MIN_MS
+    assert records(lua) == {
+        "": spend_record(t, 4, 8, 12, 1010, 2000, 500, 30010, 500, 40010, 500),
+        ":tool": spend_record(t, 1, 1, 1, 1010, 2000, 500, 10, 0, 10, 0),
+        "/v_tool": {"T": t, "N": 1, "O": 1, "D": 3},
+        ":llm": spend_record(t, 0, 0, 4, 0, 0, 0, 6, 0, 0, 0)}
+    assert minutes(lua) == {f"H{t - 59}": 2000, f"H{t - 59}:tool": 2000}
+    assert set(lua.hash(lua.k().walls)) == {"@", "@:tool", "@/v_tool", "@:llm",
+                                            f"H{t - 59}", f"H{t - 59}:tool"}
+    # The hour holds 1010 + 2000 + 500 held: 96490 more fit, and then the minute of 59
+    # minutes ago must leave (4 s later, at the next minute).
+    assert lua.charge(96_490)[0] == 0
+    assert lua.charge(1) == [WINDOW, "hourly", 100_000, 100_000, 4, "tool"]
+
+
+def nonzero(used: dict[str, int]) -> dict[str, int]:
+    return {wall: n for wall, n in used.items() if n != 0}
+
+
+def test_python_reads_both_layouts_alike(clocked_lua: Lua) -> None:
+    """The agent detail route reads a hash no script touched since the upgrade as the
+    scripts would migrate it."""
+    lua = clocked_lua
+    walled(lua, "hr", "1000", "c:tool:hr", "1000", "wk", "100", "nd", "1000")
+    lua.shift_to(MS)
+    old = old_layout(MS)
+    lua.r.hset(lua.k().walls, mapping=old)
+    assert lua.charge(10)[0] == WINDOW  # refused: the migration alone is written
+    new = lua.hash(lua.k().walls)
+    assert "@" in new and "@" not in old
+    assert nonzero(usage(new, MS)) == nonzero(usage(old, MS))
+    assert usage(new, MS)["hr"] == 3500 and usage(new, MS)["nd/v_tool"] == 2
+    later = MS + 60 * MIN_MS
+    assert nonzero(usage(new, later)) == nonzero(usage(old, later))
+
+
+def test_a_holds_close_migrates_first(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "100000", "wk", "100000", "mo", "100000")
+    lua.shift_to(MS)
+    assert lua.hold(60_000, "h1")[0] == 0
+    p = periods(MS)
+    # The same hold as the scripts before records counted it.
+    lua.r.delete(lua.k().walls)
+    lua.r.hset(lua.k().walls, mapping={
+        "h": "60000", "h:llm": "60000", f"w{p.week}": "60000", f"w{p.week}:llm": "60000",
+        f"m{p.month}": "60000", f"m{p.month}:llm": "60000", f"N{p.minute}/v_llm": "1"})
+    assert lua.release("h1")[0] == 0
+    recs = records(lua)
+    assert [(recs[s]["h"], recs[s]["w"], recs[s]["m"]) for s in ("", ":llm")] == [(0, 0, 0)] * 2
+    assert set(lua.hash(lua.k().walls)) == {"@", "@:llm", "@/v_llm"}
+    assert lua.charge(100_000)[0] == 0
+
+
+def test_a_refund_migrates_first(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "1000000", "wk", "1000000", "mo", "1000000")
+    lua.shift_to(MS)
+    p = periods(MS)
+    lua.r.hset(lua.k().walls, mapping={
+        f"H{p.minute}": "100000", f"W{p.week}": "100000", f"M{p.month}": "100000"})
+    assert refund(lua, 100_000, 30_000, at_ms=MS)[0] == 0
+    rec = records(lua)[""]
+    assert (rec["H"], rec["W"], rec["M"]) == (70_000, 70_000, 70_000)
+
+
+def test_an_empty_hash_is_not_written_by_a_refund_or_a_close(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    lua.create(grant=10_000_000)
+    lua.shift_to(MS)
+    assert refund(lua, 100_000, 30_000, at_ms=MS)[0] == 0
+    assert not lua.r.exists(lua.k().walls)
+
+
+# ---- the rolling hour's edges ---------------------------------------------------------------
+
+def test_many_minutes_leave_the_hour_at_once(clocked_lua: Lua) -> None:
+    """A call after 30 idle minutes takes the 30 minutes that left out of R, and exactly
+    those; their fields are deleted."""
+    lua = clocked_lua
+    walled(lua, "hr", "1000000")
+    t0 = (MS // MIN_MS) * MIN_MS
+    for i in range(50):  # 50 minutes, each 100 * (i + 1)
+        lua.shift_to(t0 + i * MIN_MS)
+        assert lua.charge(100 * (i + 1))[0] == 0
+    assert len(minutes(lua)) == 2 * 49
+    lua.shift_to(t0 + 79 * MIN_MS + 30_000)  # minutes 0..19 have left the hour
+    assert lua.charge(1)[0] == 0
+    left = sum(100 * (i + 1) for i in range(20, 50))
+    rec = records(lua)[""]
+    assert (rec["H"], rec["R"]) == (1, left)
+    assert sorted(int(f[1:]) for f in minutes(lua) if ":" not in f) == [
+        t0 // MIN_MS + i for i in range(20, 50)]
+    assert usage(lua.hash(lua.k().walls), lua.now_ms())["hr"] == left + 1
+
+
+def test_an_idle_hour_then_a_call(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "1000")
+    t0 = (MS // MIN_MS) * MIN_MS
+    for i in range(3):
+        lua.shift_to(t0 + i * MIN_MS)
+        assert lua.charge(300)[0] == 0
+    assert lua.charge(101)[0] == WINDOW
+    lua.shift_to(t0 + 62 * MIN_MS)  # minute 2, the last one spent in, has just left
+    assert lua.charge(1000)[0] == 0
+    assert minutes(lua) == {}
+    assert records(lua)[""]["R"] == 0
+
+
+def test_the_hour_rolls_at_its_exact_minute(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "1000")
+    t0 = (MS // MIN_MS) * MIN_MS
+    lua.shift_to(t0)
+    assert lua.charge(600)[0] == 0
+    lua.shift_to(t0 + 30 * MIN_MS)
+    assert lua.charge(400)[0] == 0
+    lua.shift_to(t0 + 60 * MIN_MS - 1)  # minute 0 still in the hour
+    assert lua.charge(1) == [WINDOW, "hourly", 1000, 1000, 1, "tool"]
+    lua.shift_to(t0 + 60 * MIN_MS)  # minute 0 left: 600 free
+    assert lua.charge(600)[0] == 0
+    assert lua.charge(1)[:2] == [WINDOW, "hourly"]
