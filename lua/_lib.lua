@@ -216,7 +216,9 @@ end
 local MINUTE_MS = 60000
 local HOUR_MS = 3600000
 local WALLS_TTL_MS = 35 * DAY_MS -- outlives a month without a call
-local RECORD = { 'T', 'N', 'O', 'D', 'H', 'R', 'h', 'W', 'w', 'M', 'm' }
+local SPEND_RECORD = '^(%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) '
+  .. '(%-?%d+) (%-?%d+) (%-?%d+)$'
+local CALLS_RECORD = '^(%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+)$'
 
 -- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
 local function days_from_civil(y, m, d)
@@ -254,46 +256,41 @@ local function periods(ms)
     month_end = days_from_civil(ny, nm, 1) * DAY_MS }
 end
 
--- A cap as set_limits.lua (or restore.lua) wrote it, after their digit-only check: tonumber
--- alone, guarded against what never passes that check (nan, inf, below zero).
-local function cap_num(s)
-  local n = tonumber(s)
-  if n and n >= 0 and n <= MICROS_MAX then return n end
-  return nil
-end
-
 -- The caps that concern one call: {[field] = number}; fields of the agent hash 'hr', 'wk',
 -- 'mo' (spend), 'nm', 'nh', 'nd' (calls a minute/hour/day), the same prefixed 'c:<cat>:' for
 -- the category, calls and 'pc' prefixed 't:<tool>:' for the tool.
 -- The caps come back under short names: the agent's as is, 'c<cap>' and 't<cap>' for the
--- category's and the tool's (e.g. 'chr', 'tnd', 'tpc').
-local CAP_NAMES = { 'hr', 'wk', 'mo', 'nm', 'nh', 'nd', 'chr', 'cwk', 'cmo', 'cnm', 'cnh', 'cnd',
-  'tnm', 'tnh', 'tnd', 'tpc' }
+-- category's and the tool's (e.g. 'chr', 'tnd', 'tpc'). set_limits.lua and restore.lua store
+-- digits only (uint-checked, below 2^53), so tonumber alone reads them; a field that is not a
+-- number still counts as unset (nil), as uint's nil did.
 local function caps_read(agent_key, cat, tool)
   local c, t = 'c:' .. cat .. ':', 't:' .. tool .. ':'
   local v = redis.call('HMGET', agent_key, 'hr', 'wk', 'mo', 'nm', 'nh', 'nd', c .. 'hr',
     c .. 'wk', c .. 'mo', c .. 'nm', c .. 'nh', c .. 'nd', t .. 'nm', t .. 'nh', t .. 'nd',
     t .. 'pc')
-  local caps = {}
-  for i, short in ipairs(CAP_NAMES) do caps[short] = cap_num(v[i]) end
-  return caps
+  return { hr = tonumber(v[1]), wk = tonumber(v[2]), mo = tonumber(v[3]), nm = tonumber(v[4]),
+    nh = tonumber(v[5]), nd = tonumber(v[6]), chr = tonumber(v[7]), cwk = tonumber(v[8]),
+    cmo = tonumber(v[9]), cnm = tonumber(v[10]), cnh = tonumber(v[11]), cnd = tonumber(v[12]),
+    tnm = tonumber(v[13]), tnh = tonumber(v[14]), tnd = tonumber(v[15]), tpc = tonumber(v[16]) }
 end
 
--- A record's counters by name (RECORD), zeros and T nil for a record never written.
-local function record_read(text)
-  local r = { N = 0, O = 0, D = 0, H = 0, R = 0, h = 0, W = 0, w = 0, M = 0, m = 0 }
-  if not text then return r end
-  local i = 1
-  for n in string.gmatch(text, '%-?%d+') do
-    r[RECORD[i]] = tonumber(n)
-    i = i + 1
+-- A record's counters by name, zeros (and T nil) for a record never written; `calls`: a
+-- tool's record (its calls only).
+local function record_read(text, calls)
+  local T, N, O, D, H, R, h, W, w, M, m = nil, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+  if text and calls then
+    T, N, O, D = string.match(text, CALLS_RECORD)
+  elseif text then
+    T, N, O, D, H, R, h, W, w, M, m = string.match(text, SPEND_RECORD)
   end
-  return r
+  return { T = tonumber(T), N = tonumber(N), O = tonumber(O), D = tonumber(D), H = tonumber(H),
+    R = tonumber(R), h = tonumber(h), W = tonumber(W), w = tonumber(w), M = tonumber(M),
+    m = tonumber(m) }
 end
 
--- A record as the hash keeps it; a tool's keeps its calls only.
-local function record_text(r, sfx)
-  if string.sub(sfx, 1, 1) == '/' then
+-- A record as the hash keeps it; a tool's (`calls`) keeps its calls only.
+local function record_text(r, calls)
+  if calls then
     return string.format('%.0f %.0f %.0f %.0f', r.T, r.N, r.O, r.D)
   end
   return string.format('%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f', r.T, r.N, r.O,
@@ -332,7 +329,7 @@ local function walls_migrate(key, p)
   for scope, r in pairs(recs) do
     r.T = p.min
     out[#out + 1] = '@' .. scope
-    out[#out + 1] = record_text(r, scope)
+    out[#out + 1] = record_text(r, string.sub(scope, 1, 1) == '/')
   end
   redis.call('HSET', key, unpack(out))
   if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
@@ -350,8 +347,9 @@ end
 
 -- Record r brought to minute p.min, for a call that will write it: the periods that ended
 -- since T count from zero; minute T's spending becomes a field of its own while it is still
--- in the hour (st.out; st.moved by name), and the minutes that have left the hour come out of R (read here,
--- deleted by the write: st.drop). Nothing is written here: a refused call writes nothing.
+-- in the hour (st.out; st.moved by name), and the minutes that have left the hour come out of
+-- R (read here, deleted by the write: st.drop). Nothing is written here: a refused call
+-- writes nothing.
 local function record_roll(key, r, p, sfx, st)
   if not r.T or r.T == p.min then
     r.T = p.min
@@ -365,7 +363,9 @@ local function record_roll(key, r, p, sfx, st)
   if t.month ~= p.month then r.M, r.m = 0, 0 end
   if r.R > 0 then
     local names = {}
-    for m = r.T - 59, math.min(r.T - 1, p.min - 60) do names[#names + 1] = 'H' .. istr(m) .. sfx end
+    for m = r.T - 59, math.min(r.T - 1, p.min - 60) do
+      names[#names + 1] = 'H' .. istr(m) .. sfx
+    end
     if #names > 0 then
       local v = redis.call('HMGET', key, unpack(names))
       for i, f in ipairs(names) do
@@ -394,18 +394,16 @@ end
 local function walls_read(key, p, cat, tool)
   local sfx = { a = '', c = ':' .. cat, t = '/' .. tool }
   local v = records_get(key, p, { sfx.a, sfx.c, sfx.t })
-  local st = { key = key, p = p, sfx = sfx, rec = {}, used = {}, out = {}, moved = {},
-    drop = {} }
-  for i, s in ipairs({ 'a', 'c', 't' }) do
-    local r = record_roll(key, record_read(v[i]), p, sfx[s], st)
-    st.rec[s] = r
-    st.used['hr' .. s] = r.H + r.R + r.h
-    st.used['wk' .. s] = r.W + r.w
-    st.used['mo' .. s] = r.M + r.m
-    st.used['nm' .. s] = r.N
-    st.used['nh' .. s] = r.O
-    st.used['nd' .. s] = r.D
-  end
+  local st = { key = key, p = p, sfx = sfx, out = {}, moved = {}, drop = {} }
+  local a = record_read(v[1])
+  st.fresh = a.T ~= p.min -- the hash's expiry is renewed by the first write of a minute
+  a = record_roll(key, a, p, sfx.a, st)
+  local c = record_roll(key, record_read(v[2]), p, sfx.c, st)
+  local t = record_roll(key, record_read(v[3], true), p, sfx.t, st)
+  st.rec = { a = a, c = c, t = t }
+  st.used = { hra = a.H + a.R + a.h, hrc = c.H + c.R + c.h, wka = a.W + a.w, wkc = c.W + c.w,
+    moa = a.M + a.m, moc = c.M + c.m, nma = a.N, nmc = c.N, nmt = t.N, nha = a.O, nhc = c.O,
+    nht = t.O, nda = a.D, ndc = c.D, ndt = t.D }
   return st
 end
 
@@ -435,40 +433,52 @@ end
 
 local function ceil_s(ms) return math.floor((ms + 999) / 1000) end
 
+-- The spend walls in the order they are checked: the window, the cap's and the usage's short
+-- names, the scope, the refusal's limit.
+local SPEND_WALLS = {
+  { w = 'hr', cap = 'hr', used = 'hra', s = 'a', limit = 'hourly' },
+  { w = 'hr', cap = 'chr', used = 'hrc', s = 'c', limit = 'category_hourly' },
+  { w = 'wk', cap = 'wk', used = 'wka', s = 'a', limit = 'weekly' },
+  { w = 'wk', cap = 'cwk', used = 'wkc', s = 'c', limit = 'category_weekly' },
+  { w = 'mo', cap = 'mo', used = 'moa', s = 'a', limit = 'monthly' },
+  { w = 'mo', cap = 'cmo', used = 'moc', s = 'c', limit = 'category_monthly' } }
+
 -- Spend windows: nil when `cost` fits every window not in `skip` (the windows a hold being
 -- captured was already counted in), else the refusal reply.
 local function spend_refusal(caps, st, p, cost, cat, skip)
   if cost == 0 then return nil end
-  for _, w in ipairs({ 'hr', 'wk', 'mo' }) do
-    if not skip[w] then
-      for _, s in ipairs({ 'a', 'c' }) do
-        local cap, used = caps[s == 'a' and w or 'c' .. w], st.used[w .. s]
-        if cap and used + cost > cap then
-          local retry = ceil_s(p.week_end - p.ms)
-          if w == 'hr' then retry = hour_retry_s(hour_minutes(st, s), used, cost, cap, p.ms) end
-          if w == 'mo' then retry = ceil_s(p.month_end - p.ms) end
-          local name = ({ hr = 'hourly', wk = 'weekly', mo = 'monthly' })[w]
-          return { C.LIMIT_WINDOW, (s == 'c' and 'category_' or '') .. name, cap, used, retry,
-            cat }
-        end
-      end
+  for _, x in ipairs(SPEND_WALLS) do
+    local cap, used = caps[x.cap], st.used[x.used]
+    if cap and not skip[x.w] and used + cost > cap then
+      local retry = ceil_s(p.week_end - p.ms)
+      if x.w == 'hr' then retry = hour_retry_s(hour_minutes(st, x.s), used, cost, cap, p.ms) end
+      if x.w == 'mo' then retry = ceil_s(p.month_end - p.ms) end
+      return { C.LIMIT_WINDOW, x.limit, cap, used, retry, cat }
     end
   end
   return nil
 end
 
+-- The call walls in the order they are checked: the cap's and the usage's short names, the
+-- period's length (ms), the refusal's limit and scope.
+local CALL_WALLS = {
+  { cap = 'nm', used = 'nma', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'agent' },
+  { cap = 'cnm', used = 'nmc', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'category' },
+  { cap = 'tnm', used = 'nmt', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'tool' },
+  { cap = 'nh', used = 'nha', span = HOUR_MS, limit = 'calls_per_hour', scope = 'agent' },
+  { cap = 'cnh', used = 'nhc', span = HOUR_MS, limit = 'calls_per_hour', scope = 'category' },
+  { cap = 'tnh', used = 'nht', span = HOUR_MS, limit = 'calls_per_hour', scope = 'tool' },
+  { cap = 'nd', used = 'nda', span = DAY_MS, limit = 'calls_per_day', scope = 'agent' },
+  { cap = 'cnd', used = 'ndc', span = DAY_MS, limit = 'calls_per_day', scope = 'category' },
+  { cap = 'tnd', used = 'ndt', span = DAY_MS, limit = 'calls_per_day', scope = 'tool' } }
+
 -- Call caps (free calls count too): nil when one more call fits, else the refusal reply.
 local function calls_refusal(caps, st, p, cat, tool)
-  local ends = { nm = (p.min + 1) * MINUTE_MS, nh = (p.hour + 1) * HOUR_MS,
-    nd = (p.day + 1) * DAY_MS }
-  local names = { nm = 'calls_per_minute', nh = 'calls_per_hour', nd = 'calls_per_day' }
-  for _, w in ipairs({ 'nm', 'nh', 'nd' }) do
-    for _, s in ipairs({ 'a', 'c', 't' }) do
-      local cap = caps[s == 'a' and w or s .. w]
-      if cap and st.used[w .. s] + 1 > cap then
-        local scope = ({ a = 'agent', c = 'category', t = 'tool' })[s]
-        return { C.LIMIT_CALLS, names[w], scope, cap, ceil_s(ends[w] - p.ms), cat, tool }
-      end
+  for _, x in ipairs(CALL_WALLS) do
+    local cap = caps[x.cap]
+    if cap and st.used[x.used] + 1 > cap then
+      local ends = (math.floor(p.ms / x.span) + 1) * x.span
+      return { C.LIMIT_CALLS, x.limit, x.scope, cap, ceil_s(ends - p.ms), cat, tool }
     end
   end
   return nil
@@ -486,21 +496,20 @@ end
 -- weekly or monthly cap (the agent's or the call's category's, this call's `cost` counted),
 -- and CALLS_NEAR over 80 % of a call cap (agent, category or tool, this call counted), so
 -- the warning comes on the calls that still pass, before calls start to fail.
-local NEAR_BITS = { hr = F.HOURLY_NEAR, wk = F.WEEKLY_NEAR, mo = F.MONTHLY_NEAR }
+local NEAR_BITS = { { F.HOURLY_NEAR, 1, 2 }, { F.WEEKLY_NEAR, 3, 4 }, { F.MONTHLY_NEAR, 5, 6 } }
 local function walls_near(caps, st, cost)
   local flags = 0
-  for _, w in ipairs({ 'hr', 'wk', 'mo' }) do
-    local cap, ccap = caps[w], caps['c' .. w]
-    if (cap and (st.used[w .. 'a'] + cost) * 5 > cap * 4)
-        or (ccap and (st.used[w .. 'c'] + cost) * 5 > ccap * 4) then
-      flags = flags + NEAR_BITS[w]
+  for _, bit in ipairs(NEAR_BITS) do
+    local a, c = SPEND_WALLS[bit[2]], SPEND_WALLS[bit[3]]
+    local cap, ccap = caps[a.cap], caps[c.cap]
+    if (cap and (st.used[a.used] + cost) * 5 > cap * 4)
+        or (ccap and (st.used[c.used] + cost) * 5 > ccap * 4) then
+      flags = flags + bit[1]
     end
   end
-  for _, w in ipairs({ 'nm', 'nh', 'nd' }) do
-    for _, s in ipairs({ 'a', 'c', 't' }) do
-      local cap = caps[s == 'a' and w or s .. w]
-      if cap and (st.used[w .. s] + 1) * 5 > cap * 4 then return flags + F.CALLS_NEAR end
-    end
+  for _, x in ipairs(CALL_WALLS) do
+    local cap = caps[x.cap]
+    if cap and (st.used[x.used] + 1) * 5 > cap * 4 then return flags + F.CALLS_NEAR end
   end
   return flags
 end
@@ -510,18 +519,20 @@ end
 -- the category's records, `calls` (1, or 0 for a capture) in all three; the minute that left
 -- its record, and the minutes that left the hour.
 local function walls_write(st, spent, held, calls)
-  local out = st.out
-  for _, s in ipairs({ 'a', 'c', 't' }) do
-    local r = st.rec[s]
+  local a, c, t = st.rec.a, st.rec.c, st.rec.t
+  t.N, t.O, t.D = t.N + calls, t.O + calls, t.D + calls
+  for _, r in ipairs({ a, c }) do
     r.N, r.O, r.D = r.N + calls, r.O + calls, r.D + calls
     r.H, r.W, r.M = r.H + spent, r.W + spent, r.M + spent
     r.h, r.w, r.m = r.h + held, r.w + held, r.m + held
-    out[#out + 1] = '@' .. st.sfx[s]
-    out[#out + 1] = record_text(r, st.sfx[s])
   end
+  local out, n = st.out, #st.out
+  out[n + 1], out[n + 2] = '@', record_text(a)
+  out[n + 3], out[n + 4] = '@' .. st.sfx.c, record_text(c)
+  out[n + 5], out[n + 6] = '@' .. st.sfx.t, record_text(t, true)
   redis.call('HSET', st.key, unpack(out))
   if #st.drop > 0 then redis.call('HDEL', st.key, unpack(st.drop)) end
-  redis.call('PEXPIRE', st.key, WALLS_TTL_MS)
+  if st.fresh then redis.call('PEXPIRE', st.key, WALLS_TTL_MS) end
 end
 
 -- `fix(r, t, sfx)` on the records of the agent and of `cat` that exist (t: the periods of the
@@ -536,7 +547,7 @@ local function records_fix(key, p, cat, fix)
       local r = record_read(v[i])
       fix(r, periods(r.T * MINUTE_MS), sfx)
       out[#out + 1] = '@' .. sfx
-      out[#out + 1] = record_text(r, sfx)
+      out[#out + 1] = record_text(r)
     end
   end
   if #out > 0 then redis.call('HSET', key, unpack(out)) end
@@ -787,10 +798,11 @@ local function shadow_read(agent_key, cat, tool)
     t .. 'nd', t .. 'pc' }
   for i, n in ipairs(names) do names[i] = 's.' .. n end
   local v = redis.call('HMGET', agent_key, unpack(names))
-  local caps = {}
-  for i, short in ipairs(CAP_NAMES) do
-    if v[i + 5] then caps[short] = uint(v[i + 5], MICROS_MAX) end
-  end
+  local caps = { hr = tonumber(v[6]), wk = tonumber(v[7]), mo = tonumber(v[8]),
+    nm = tonumber(v[9]), nh = tonumber(v[10]), nd = tonumber(v[11]), chr = tonumber(v[12]),
+    cwk = tonumber(v[13]), cmo = tonumber(v[14]), cnm = tonumber(v[15]), cnh = tonumber(v[16]),
+    cnd = tonumber(v[17]), tnm = tonumber(v[18]), tnh = tonumber(v[19]), tnd = tonumber(v[20]),
+    tpc = tonumber(v[21]) }
   return { pc = uint(v[1], MICROS_MAX), dl = uint(v[2], MICROS_MAX),
     cpc = uint(v[3], MICROS_MAX), cdl = uint(v[4], MICROS_MAX), rt = v[5] == '1', caps = caps }
 end
