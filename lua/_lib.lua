@@ -288,13 +288,15 @@ local function record_read(text, calls)
     m = tonumber(m) }
 end
 
--- A record as the hash keeps it; a tool's (`calls`) keeps its calls only.
+-- A record as the hash keeps it; a tool's (`calls`) keeps its calls only. '%d' (a C long:
+-- 64 bits where Redis runs) is exact for integers below 2^53 and twice as fast as istr's
+-- '%.0f', which matters here: a call writes three records.
 local function record_text(r, calls)
   if calls then
-    return string.format('%.0f %.0f %.0f %.0f', r.T, r.N, r.O, r.D)
+    return string.format('%d %d %d %d', r.T, r.N, r.O, r.D)
   end
-  return string.format('%.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f', r.T, r.N, r.O,
-    r.D, r.H, r.R, r.h, r.W, r.w, r.M, r.m)
+  return string.format('%d %d %d %d %d %d %d %d %d %d %d', r.T, r.N, r.O, r.D, r.H, r.R, r.h,
+    r.W, r.w, r.M, r.m)
 end
 
 -- The walls hash in its layout before records (one field per counter and period, named
