@@ -81,7 +81,7 @@ def fill_long_running(client: redis.Redis, walls_key: str) -> None:
         for name in (f"W{p.week}:c{i}", f"M{p.month}:c{i}", f"D{p.day}:c{i}",
                      f"H{p.minute - 1}:c{i}"):
             fields[name] = "5"
-    client.hset(walls_key, mapping=fields)
+    client.hset(walls_key, items=[x for pair in fields.items() for x in pair])
 
 
 def _start(binary: str, data_dir: str) -> tuple[subprocess.Popen[bytes], str, redis.Redis]:

@@ -35,11 +35,15 @@ def old_layout(ms: int) -> dict[str, str]:
     }
 
 
+def plant(lua: Lua, fields: dict[str, str]) -> None:
+    lua.r.hset(lua.k().walls, items=[x for pair in fields.items() for x in pair])
+
+
 def test_the_first_call_migrates_every_live_counter(clocked_lua: Lua) -> None:
     lua = clocked_lua
     walled(lua, "hr", "100000", "nm", "10")
     lua.shift_to(MS)
-    lua.r.hset(lua.k().walls, mapping=old_layout(MS))
+    plant(lua, old_layout(MS))
     assert lua.charge(10)[0] == 0
     t = MS // MIN_MS
     assert records(lua) == {
@@ -67,7 +71,7 @@ def test_python_reads_both_layouts_alike(clocked_lua: Lua) -> None:
     walled(lua, "hr", "1000", "c:tool:hr", "1000", "wk", "100", "nd", "1000")
     lua.shift_to(MS)
     old = old_layout(MS)
-    lua.r.hset(lua.k().walls, mapping=old)
+    plant(lua, old)
     assert lua.charge(10)[0] == WINDOW  # refused: the migration alone is written
     new = lua.hash(lua.k().walls)
     assert "@" in new and "@" not in old
