@@ -1,6 +1,7 @@
 """Redis CPU per charge with shadow limits, against the same limits enforced, and none.
 
-    python -m loadtests.bench_shadow [--rounds 5] [--requests 200000]
+    python -m loadtests.bench_shadow [--rounds 5] [--requests 200000] [--kind K ...]
+        [--baseline-lua DIR]
 
 redis-benchmark EVALSHA of the real lua/charge.lua (50 clients, pipeline 16, unix socket,
 appendfsync always) on one agent of each kind, rounds alternating, the median of Redis's own
@@ -18,6 +19,8 @@ appendfsync always) on one agent of each kind, rounds alternating, the median of
     other tools and 10 other categories used today, counters of earlier periods. It is
     written in the counters' layout before #16's cost fix (one field per period), which the
     scripts of today migrate on their first touch, so one bench compares both layouts.
+With ``--baseline-lua DIR`` (e.g. the lua/ folder of an older checkout) each kind runs also
+on DIR's charge.lua in the same rounds, as "<kind> (baseline)": before and after in one run.
 The figures go into docs/benchmarks.md with this command.
 """
 
@@ -102,9 +105,14 @@ def _start(binary: str, data_dir: str) -> tuple[subprocess.Popen[bytes], str, re
             time.sleep(0.05)
 
 
-def one_run(client: redis.Redis, sock: str, sha: str, kind: str, requests: int) -> float:
-    """Redis µs per charge of one redis-benchmark run on a fresh agent of ``kind``."""
-    agent = "bench-" + re.sub(r"\W", "-", kind)
+BASELINE = " (baseline)"
+
+
+def one_run(client: redis.Redis, sock: str, sha: str, label: str, requests: int) -> float:
+    """Redis µs per charge of one redis-benchmark run on a fresh agent of the kind ``label``
+    names (a baseline's label ends in BASELINE)."""
+    kind = label.removesuffix(BASELINE)
+    agent = "bench-" + re.sub(r"\W", "-", label)
     k = keys.agent_keys(agent, 16)
     client.delete(k.agent_hash, k.window, k.walls)
     client.hset(k.agent_hash, mapping={"bal": BIG, "held": "0", "frozen": "0", "lowf": "0"})
@@ -126,7 +134,8 @@ def one_run(client: redis.Redis, sock: str, sha: str, kind: str, requests: int) 
     return float(client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"])
 
 
-def measure(rounds: int, requests: int, kinds: list[str] | None = None) -> dict[str, Any]:
+def measure(rounds: int, requests: int, kinds: list[str] | None = None,
+            baseline_lua: Path | None = None) -> dict[str, Any]:
     from gateway.store.scripts import load_script
 
     binary = shutil.which("redis-server") or "redis-server"
@@ -134,11 +143,16 @@ def measure(rounds: int, requests: int, kinds: list[str] | None = None) -> dict[
         server, sock, client = _start(binary, data_dir)
         try:
             version = client.info("server").get("redis_version", "?")
-            sha = client.script_load(load_script("charge").source)
-            runs: dict[str, list[float]] = {kind: [] for kind in kinds or KINDS}
+            shas = {kind: client.script_load(load_script("charge").source)
+                    for kind in kinds or KINDS}
+            if baseline_lua is not None:
+                source = ((baseline_lua / "_lib.lua").read_text() + "\n"
+                          + (baseline_lua / "charge.lua").read_text())
+                shas |= {kind + BASELINE: client.script_load(source) for kind in kinds or KINDS}
+            runs: dict[str, list[float]] = {label: [] for label in shas}
             for _ in range(rounds):
-                for kind in runs:
-                    runs[kind].append(one_run(client, sock, sha, kind, requests))
+                for label, sha in shas.items():
+                    runs[label].append(one_run(client, sock, sha, label, requests))
             client.close()
         finally:
             server.terminate()
@@ -154,16 +168,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--kind", action="append", choices=list(KINDS),
                         help="only these kinds (repeatable; default: every kind)")
+    parser.add_argument("--baseline-lua", type=Path,
+                        help="also run each kind on this folder's _lib.lua + charge.lua")
     args = parser.parse_args()
-    result = measure(args.rounds, args.requests, args.kind)
+    result = measure(args.rounds, args.requests, args.kind, args.baseline_lua)
     print(f"{result['server']}, {args.rounds} alternating rounds of {args.requests} "
           "EVALSHA charge.lua (-c 50 -P 16, unix socket, appendfsync always):")
     for kind, us in result["median_us"].items():
-        print(f"  {kind:20s} {us:6.2f} µs of Redis CPU per charge (median)")
-    none = result["median_us"].get("none")
-    for kind in ("enforced", "enforced, full hour"):
-        if none and kind in result["median_us"]:
-            print(f"  {kind} ÷ none: {result['median_us'][kind] / none:.2f}")
+        print(f"  {kind:31s} {us:6.2f} µs of Redis CPU per charge (median)")
+    medians = result["median_us"]
+    for suffix in ("", BASELINE):
+        for kind in ("enforced", "enforced, full hour"):
+            if medians.get("none" + suffix) and kind + suffix in medians:
+                print(f"  {kind}{suffix} ÷ none{suffix}: "
+                      f"{medians[kind + suffix] / medians['none' + suffix]:.2f}")
 
 
 if __name__ == "__main__":

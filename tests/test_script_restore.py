@@ -211,7 +211,8 @@ def test_walls_replace_the_stored_hash_and_expire_as_walls_do(lua: Lua) -> None:
     assert 35 * DAY_MS - 10_000 < lua.r.pttl(lua.k().walls) <= 35 * DAY_MS
     bad_names = [("x", True), ("@x", True), ("@:", True), ("@/", True), ("@:A", True),
                  ("@-web", True), ("@@", True), ("H", True), ("Hx", True), ("H1:", True),
-                 ("H1:A", True), ("H1-web", True), ("h", True), ("W1", True), ("1", True)]
+                 ("H1:A", True), ("H1-web", True), ("h", True), ("W1", True), ("1", True),
+                 ("@:Allm", True), ("H1:Allm", True), ("@/Aweb", True)]
     _check(lua, walls_call(lua, "@", REC), 2,
            [*bad_names, ("@", False), ("@:l.l-m_1", False)])
     _check(lua, walls_call(lua, "@/t", "1 2 3 4"), 2,

@@ -168,3 +168,35 @@ def test_the_hour_rolls_at_its_exact_minute(clocked_lua: Lua) -> None:
     lua.shift_to(t0 + 60 * MIN_MS)  # minute 0 left: 600 free
     assert lua.charge(600)[0] == 0
     assert lua.charge(1)[:2] == [WINDOW, "hourly"]
+
+
+def test_the_hour_slides_minute_by_minute_in_two_categories(clocked_lua: Lua) -> None:
+    """130 minutes of one call a minute, alternating two categories, against a model of the
+    rolling hour: after each call every touched record's R is the sum of its scope's earlier
+    minutes in the hour, each of which is a field of its own (none 0, none older), and the
+    hour the refusals see is the last 60 minutes' spending."""
+    lua = clocked_lua
+    walled(lua, "hr", "10000000", "nd", "100000")
+    t0 = (MS // MIN_MS) * MIN_MS
+    spent: dict[tuple[str, int], int] = {}  # (scope, minute) -> micros
+    last: dict[str, int] = {}  # scope -> the minute its record was last written in
+    for i in range(130):
+        cat = ("llm", "tool")[i % 2]
+        cost = 0 if i % 7 == 3 else 10 * (i + 1)  # some minutes spend nothing
+        minute = t0 // MIN_MS + i
+        lua.shift_to(t0 + i * MIN_MS + 5_000)
+        assert lua.charge(cost, cat=cat)[0] == 0
+        for scope in ("", ":" + cat):
+            spent[(scope, minute)] = cost
+            last[scope] = minute
+        expected = {f"H{m}{s}": v for (s, m), v in spent.items()
+                    if last[s] - 60 < m < last[s] and v > 0}
+        assert minutes(lua) == expected, i
+        recs = records(lua)
+        for scope in ("", ":" + cat):
+            assert recs[scope]["T"] == minute
+            assert recs[scope]["H"] == cost
+            assert recs[scope]["R"] == sum(v for f, v in expected.items()
+                                           if f[1:].lstrip("0123456789") == scope)
+        hour = sum(v for (s, m), v in spent.items() if s == "" and m > minute - 60)
+        assert usage(lua.hash(lua.k().walls), lua.now_ms())["hr"] == hour
