@@ -44,15 +44,18 @@ def test_the_first_call_migrates_every_live_counter(clocked_lua: Lua) -> None:
     walled(lua, "hr", "100000", "nm", "10")
     lua.shift_to(MS)
     plant(lua, old_layout(MS))
+    other = "1 2 3 4 5 6 7 8 9 10 11"  # a record already there: the migration leaves it
+    lua.r.hset(lua.k().walls, "@:other", other)
     assert lua.charge(10)[0] == 0
     t = MS // MIN_MS
     assert records(lua) == {
         "": spend_record(t, 4, 8, 12, 1010, 2000, 500, 30010, 500, 40010, 500),
         ":tool": spend_record(t, 1, 1, 1, 1010, 2000, 500, 10, 0, 10, 0),
         "/v_tool": {"T": t, "N": 1, "O": 1, "D": 3},
-        ":llm": spend_record(t, 0, 0, 4, 0, 0, 0, 6, 0, 0, 0)}
+        ":llm": spend_record(t, 0, 0, 4, 0, 0, 0, 6, 0, 0, 0),
+        ":other": spend_record(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)}
     assert minutes(lua) == {f"H{t - 59}": 2000, f"H{t - 59}:tool": 2000}
-    assert set(lua.hash(lua.k().walls)) == {"@", "@:tool", "@/v_tool", "@:llm",
+    assert set(lua.hash(lua.k().walls)) == {"@", "@:tool", "@/v_tool", "@:llm", "@:other",
                                             f"H{t - 59}", f"H{t - 59}:tool"}
     # The hour holds 1010 + 2000 + 500 held: 96490 more fit, and then the minute of 59
     # minutes ago must leave (4 s later, at the next minute).
@@ -200,3 +203,32 @@ def test_the_hour_slides_minute_by_minute_in_two_categories(clocked_lua: Lua) ->
                                            if f[1:].lstrip("0123456789") == scope)
         hour = sum(v for (s, m), v in spent.items() if s == "" and m > minute - 60)
         assert usage(lua.hash(lua.k().walls), lua.now_ms())["hr"] == hour
+
+
+def test_a_hash_of_minutes_only_is_migrated(clocked_lua: Lua) -> None:
+    """An older hash holding nothing but earlier minutes of the hour: they stay, nothing is
+    deleted, and the hour counts them."""
+    lua = clocked_lua
+    walled(lua, "hr", "1000")
+    lua.shift_to(MS)
+    t = MS // MIN_MS
+    plant(lua, {f"H{t - 1}": "300", f"H{t - 2}:tool": "200"})
+    assert lua.charge(700)[0] == 0
+    assert minutes(lua) == {f"H{t - 1}": 300, f"H{t - 2}:tool": 200}
+    assert records(lua)[""]["R"] == 300 and records(lua)[":tool"]["R"] == 200
+    assert lua.charge(1)[:2] == [WINDOW, "hourly"]
+
+
+def test_a_minute_of_one_micro_leaves_the_hour_too(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "1000")
+    t0 = (MS // MIN_MS) * MIN_MS
+    lua.shift_to(t0)
+    assert lua.charge(1)[0] == 0
+    lua.shift_to(t0 + MIN_MS)
+    assert lua.charge(999)[0] == 0
+    assert records(lua)[""]["R"] == 1
+    lua.shift_to(t0 + 60 * MIN_MS)  # minute 0 has left, minute 1 has not
+    assert lua.charge(1)[0] == 0
+    assert records(lua)[""]["R"] == 999
+    assert minutes(lua) == {f"H{t0 // MIN_MS + 1}": 999, f"H{t0 // MIN_MS + 1}:tool": 999}
