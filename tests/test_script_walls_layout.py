@@ -232,3 +232,67 @@ def test_a_minute_of_one_micro_leaves_the_hour_too(clocked_lua: Lua) -> None:
     assert lua.charge(1)[0] == 0
     assert records(lua)[""]["R"] == 999
     assert minutes(lua) == {f"H{t0 // MIN_MS + 1}": 999, f"H{t0 // MIN_MS + 1}:tool": 999}
+
+
+def test_a_clock_gone_back_neither_fails_nor_lets_more_through(clocked_lua: Lua) -> None:
+    """Redis TIME behind a record's minute (a failover to a replica whose clock lags): the
+    call is checked against everything the hour counted, later minutes included."""
+    lua = clocked_lua
+    walled(lua, "hr", "1000")
+    t0 = (MS // MIN_MS) * MIN_MS
+    lua.shift_to(t0 + 5 * MIN_MS)
+    assert lua.charge(600)[0] == 0
+    lua.shift_to(t0 + 6 * MIN_MS)
+    assert lua.charge(300)[0] == 0
+    lua.shift_to(t0 + 3 * MIN_MS)
+    assert lua.charge(100)[0] == 0
+    assert lua.charge(1)[:4] == [WINDOW, "hourly", 1000, 1000]
+
+
+def test_refunds_of_a_minute_down_to_one_micro_then_gone(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "hr", "10000000")
+    lua.shift_to(MS)
+    assert lua.charge(100_000)[0] == 0
+    lua.shift_to(MS + MIN_MS)
+    assert lua.charge(5)[0] == 0
+    t = MS // MIN_MS
+    assert refund(lua, 300_000, 99_999, at_ms=MS)[0] == 0  # 1 micro left in minute t
+    assert minutes(lua) == {f"H{t}": 1, f"H{t}:tool": 1}
+    assert records(lua)[""]["R"] == 1
+    assert refund(lua, 300_000, 50_000, at_ms=MS, charge_id="c2")[0] == 0
+    assert minutes(lua) == {}
+    assert refund(lua, 300_000, 50_000, at_ms=MS, charge_id="c3")[0] == 0  # the field is gone
+    rec = records(lua)[""]
+    assert (rec["H"], rec["R"]) == (5, 0)
+
+
+def test_a_refund_without_the_categorys_record_gives_back_to_the_agents(clocked_lua: Lua) -> None:
+    """A charge in a category the walls never counted (made before they were set) is refunded
+    from the agent's record alone."""
+    lua = clocked_lua
+    lua.create(grant=10_000_000)
+    lua.shift_to(MS)
+    assert lua.charge(100_000, cat="llm")[0] == 0  # no walls yet
+    lua.set_limits("wk", "1000000")
+    assert lua.charge(200_000)[0] == 0
+    assert set(records(lua)) == {"", ":tool", "/v_tool"}
+    assert refund(lua, 100_000, 30_000, at_ms=MS, cat="llm")[0] == 0
+    assert records(lua)[""]["W"] == 170_000
+    assert ":llm" not in records(lua)
+
+
+def test_a_hold_closed_after_its_month_turned_leaves_the_new_month_alone(
+        clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "mo", "100000", "wk", "1000000")
+    lua.shift_to(at(2027, 3, 31, 23, 59, 30))  # a Wednesday: the week goes on
+    assert lua.hold(60_000, "h1", ttl_ms=120_000)[0] == 0
+    lua.shift_to(at(2027, 4, 1, 0, 0, 10))
+    assert lua.charge(10_000, cat="llm")[0] == 0  # April's first call: the record turns
+    assert lua.release("h1")[0] == 0
+    rec = records(lua)[""]
+    assert (rec["M"], rec["m"]) == (10_000, 0)
+    assert (rec["W"], rec["w"]) == (10_000, 0)  # the week's held leaves: same week
+    assert lua.charge(90_000, cat="llm")[0] == 0
+    assert lua.charge(1, cat="llm")[:4] == [WINDOW, "monthly", 100_000, 100_000]
