@@ -296,3 +296,21 @@ def test_a_hold_closed_after_its_month_turned_leaves_the_new_month_alone(
     assert (rec["W"], rec["w"]) == (10_000, 0)  # the week's held leaves: same week
     assert lua.charge(90_000, cat="llm")[0] == 0
     assert lua.charge(1, cat="llm")[:4] == [WINDOW, "monthly", 100_000, 100_000]
+
+
+def test_a_capture_is_checked_against_the_month_it_lands_in_and_counts_no_call(
+        clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "mo", "100000", "nd", "100")
+    lua.shift_to(at(2027, 3, 31, 23, 50))
+    assert lua.hold(60_000, "h1", ttl_ms=3_600_000)[0] == 0
+    assert lua.hold(60_000, "h2", ttl_ms=3_600_000)[0] == WINDOW  # 120000 held > 100000
+    assert lua.capture(60_000, "h1")[0] == 0  # its own month counted it already
+    assert records(lua)[""]["N"] == 1 and records(lua)[":llm"]["D"] == 1
+    assert lua.hold(40_000, "h3", ttl_ms=3_600_000)[0] == 0
+    lua.shift_to(at(2027, 4, 1, 0, 5))
+    assert lua.charge(70_000, cat="llm")[0] == 0
+    # April: 70000 spent; h3's 40000 was held in March, so April checks it as new spending.
+    assert lua.capture(40_000, "h3")[:2] == [WINDOW, "monthly"]
+    assert lua.capture(30_000, "h3")[0] == 0
+    assert records(lua)[""]["D"] == 1  # April's one charge; the capture counted no call
