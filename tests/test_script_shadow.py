@@ -170,6 +170,15 @@ def test_set_limits_keeps_the_shadow_flag_and_the_walls_flag(lua: Lua) -> None:
     assert lua.agent()["sx"] == "1"
 
 
+def test_a_shadow_category_call_cap_a_minute_fires(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    lua.shift_to((lua.now_ms() // 60_000 + 1) * 60_000 + 10_000)  # both calls in one minute
+    lua.create()
+    lua.set_limits("s.c:tool:nm", "1", "s.c:tool:nh", "5")
+    assert lua.charge(1)[-1] == ""
+    assert lua.charge(1)[-1] == "calls_per_minute"
+
+
 def test_a_shadow_wall_keeps_its_counters_without_an_enforced_one(lua: Lua) -> None:
     lua.create()
     lua.set_limits("s.t:v_tool:nd", "1")

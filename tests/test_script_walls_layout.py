@@ -174,7 +174,7 @@ def test_the_hour_rolls_at_its_exact_minute(clocked_lua: Lua) -> None:
 
 
 def test_the_hour_slides_minute_by_minute_in_two_categories(clocked_lua: Lua) -> None:
-    """130 minutes of one call a minute, alternating two categories, against a model of the
+    """130 minutes of one call a minute, in two categories, against a model of the
     rolling hour: after each call every touched record's R is the sum of its scope's earlier
     minutes in the hour, each of which is a field of its own (none 0, none older), and the
     hour the refusals see is the last 60 minutes' spending."""
@@ -184,7 +184,7 @@ def test_the_hour_slides_minute_by_minute_in_two_categories(clocked_lua: Lua) ->
     spent: dict[tuple[str, int], int] = {}  # (scope, minute) -> micros
     last: dict[str, int] = {}  # scope -> the minute its record was last written in
     for i in range(130):
-        cat = ("llm", "tool")[i % 2]
+        cat = "llm" if i % 7 == 0 else "tool"  # 60 % 7 != 0: minutes leave one scope alone
         cost = 0 if i % 7 == 3 else 10 * (i + 1)  # some minutes spend nothing
         minute = t0 // MIN_MS + i
         lua.shift_to(t0 + i * MIN_MS + 5_000)
@@ -314,3 +314,14 @@ def test_a_capture_is_checked_against_the_month_it_lands_in_and_counts_no_call(
     assert lua.capture(40_000, "h3")[:2] == [WINDOW, "monthly"]
     assert lua.capture(30_000, "h3")[0] == 0
     assert records(lua)[""]["D"] == 1  # April's one charge; the capture counted no call
+
+
+def test_the_categorys_hour_counts_its_earlier_minutes(clocked_lua: Lua) -> None:
+    lua = clocked_lua
+    walled(lua, "c:tool:hr", "1000")
+    t0 = (MS // MIN_MS) * MIN_MS
+    lua.shift_to(t0)
+    assert lua.charge(600)[0] == 0
+    lua.shift_to(t0 + MIN_MS)
+    assert lua.charge(400)[0] == 0
+    assert lua.charge(1)[:4] == [WINDOW, "category_hourly", 1000, 1000]
