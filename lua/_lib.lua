@@ -216,8 +216,8 @@ end
 local MINUTE_MS = 60000
 local HOUR_MS = 3600000
 local WALLS_TTL_MS = 35 * DAY_MS -- outlives a month without a call
-local SPEND_RECORD = '^(%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) '
-  .. '(%-?%d+) (%-?%d+) (%-?%d+)$'
+-- (One literal: a concatenation would run on every script call, walls or not.)
+local SPEND_RECORD = '^(%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+)$'
 local CALLS_RECORD = '^(%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+)$'
 
 -- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
@@ -305,11 +305,11 @@ end
 -- become records, its minutes of the rolling hour stay as they are named, the rest is
 -- deleted. Runs once, on the first touch that finds no agent record; false when the hash is
 -- empty (then there is nothing to read).
-local OLD_PERIODS = { N = 'min', O = 'hour', D = 'day', W = 'week', w = 'week', M = 'month',
-  m = 'month' }
 local function walls_migrate(key, p)
   local flat = redis.call('HGETALL', key)
   if #flat == 0 then return false end
+  local periods_of = { N = 'min', O = 'hour', D = 'day', W = 'week', w = 'week', M = 'month',
+    m = 'month' }
   local recs, drop = { [''] = record_read(nil) }, {}
   for i = 1, #flat, 2 do
     local kind, period, scope = string.match(flat[i], '^(%a)(%d*)(.*)$')
@@ -323,7 +323,7 @@ local function walls_migrate(key, p)
         drop[#drop + 1] = flat[i]
         if kind == 'H' and pn == p.min then r.H = r.H + n end
         if kind == 'h' and period == '' then r.h = r.h + n end
-        if OLD_PERIODS[kind] and pn == p[OLD_PERIODS[kind]] then r[kind] = r[kind] + n end
+        if periods_of[kind] and pn == p[periods_of[kind]] then r[kind] = r[kind] + n end
       end
     end
   end
@@ -435,21 +435,44 @@ end
 
 local function ceil_s(ms) return math.floor((ms + 999) / 1000) end
 
--- The spend walls in the order they are checked: the window, the cap's and the usage's short
--- names, the scope, the refusal's limit.
-local SPEND_WALLS = {
-  { w = 'hr', cap = 'hr', used = 'hra', s = 'a', limit = 'hourly' },
-  { w = 'hr', cap = 'chr', used = 'hrc', s = 'c', limit = 'category_hourly' },
-  { w = 'wk', cap = 'wk', used = 'wka', s = 'a', limit = 'weekly' },
-  { w = 'wk', cap = 'cwk', used = 'wkc', s = 'c', limit = 'category_weekly' },
-  { w = 'mo', cap = 'mo', used = 'moa', s = 'a', limit = 'monthly' },
-  { w = 'mo', cap = 'cmo', used = 'moc', s = 'c', limit = 'category_monthly' } }
+-- The walls in the order they are checked: spend walls (the window, the cap's and the usage's
+-- short names, the scope, the refusal's limit), call walls (the cap's and the usage's short
+-- names, the period's length in ms, the refusal's limit and scope), and the near bits (the
+-- bit, the spend walls of the agent and the category). Built by the first check that needs
+-- them: the scripts' top level runs on every call, walls or not, and these tables would cost
+-- every call their construction.
+local wall_tables_built = nil
+local function wall_tables()
+  if not wall_tables_built then
+    local spend = {
+      { w = 'hr', cap = 'hr', used = 'hra', s = 'a', limit = 'hourly' },
+      { w = 'hr', cap = 'chr', used = 'hrc', s = 'c', limit = 'category_hourly' },
+      { w = 'wk', cap = 'wk', used = 'wka', s = 'a', limit = 'weekly' },
+      { w = 'wk', cap = 'cwk', used = 'wkc', s = 'c', limit = 'category_weekly' },
+      { w = 'mo', cap = 'mo', used = 'moa', s = 'a', limit = 'monthly' },
+      { w = 'mo', cap = 'cmo', used = 'moc', s = 'c', limit = 'category_monthly' } }
+    wall_tables_built = { spend = spend, calls = {
+      { cap = 'nm', used = 'nma', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'agent' },
+      { cap = 'cnm', used = 'nmc', span = MINUTE_MS, limit = 'calls_per_minute',
+        scope = 'category' },
+      { cap = 'tnm', used = 'nmt', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'tool' },
+      { cap = 'nh', used = 'nha', span = HOUR_MS, limit = 'calls_per_hour', scope = 'agent' },
+      { cap = 'cnh', used = 'nhc', span = HOUR_MS, limit = 'calls_per_hour', scope = 'category' },
+      { cap = 'tnh', used = 'nht', span = HOUR_MS, limit = 'calls_per_hour', scope = 'tool' },
+      { cap = 'nd', used = 'nda', span = DAY_MS, limit = 'calls_per_day', scope = 'agent' },
+      { cap = 'cnd', used = 'ndc', span = DAY_MS, limit = 'calls_per_day', scope = 'category' },
+      { cap = 'tnd', used = 'ndt', span = DAY_MS, limit = 'calls_per_day', scope = 'tool' } },
+      near = { { F.HOURLY_NEAR, spend[1], spend[2] }, { F.WEEKLY_NEAR, spend[3], spend[4] },
+        { F.MONTHLY_NEAR, spend[5], spend[6] } } }
+  end
+  return wall_tables_built
+end
 
 -- Spend windows: nil when `cost` fits every window not in `skip` (the windows a hold being
 -- captured was already counted in), else the refusal reply.
 local function spend_refusal(caps, st, p, cost, cat, skip)
   if cost == 0 then return nil end
-  for _, x in ipairs(SPEND_WALLS) do
+  for _, x in ipairs(wall_tables().spend) do
     local cap, used = caps[x.cap], st.used[x.used]
     if cap and not skip[x.w] and used + cost > cap then
       local retry = ceil_s(p.week_end - p.ms)
@@ -461,22 +484,9 @@ local function spend_refusal(caps, st, p, cost, cat, skip)
   return nil
 end
 
--- The call walls in the order they are checked: the cap's and the usage's short names, the
--- period's length (ms), the refusal's limit and scope.
-local CALL_WALLS = {
-  { cap = 'nm', used = 'nma', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'agent' },
-  { cap = 'cnm', used = 'nmc', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'category' },
-  { cap = 'tnm', used = 'nmt', span = MINUTE_MS, limit = 'calls_per_minute', scope = 'tool' },
-  { cap = 'nh', used = 'nha', span = HOUR_MS, limit = 'calls_per_hour', scope = 'agent' },
-  { cap = 'cnh', used = 'nhc', span = HOUR_MS, limit = 'calls_per_hour', scope = 'category' },
-  { cap = 'tnh', used = 'nht', span = HOUR_MS, limit = 'calls_per_hour', scope = 'tool' },
-  { cap = 'nd', used = 'nda', span = DAY_MS, limit = 'calls_per_day', scope = 'agent' },
-  { cap = 'cnd', used = 'ndc', span = DAY_MS, limit = 'calls_per_day', scope = 'category' },
-  { cap = 'tnd', used = 'ndt', span = DAY_MS, limit = 'calls_per_day', scope = 'tool' } }
-
 -- Call caps (free calls count too): nil when one more call fits, else the refusal reply.
 local function calls_refusal(caps, st, p, cat, tool)
-  for _, x in ipairs(CALL_WALLS) do
+  for _, x in ipairs(wall_tables().calls) do
     local cap = caps[x.cap]
     if cap and st.used[x.used] + 1 > cap then
       local ends = (math.floor(p.ms / x.span) + 1) * x.span
@@ -498,18 +508,17 @@ end
 -- weekly or monthly cap (the agent's or the call's category's, this call's `cost` counted),
 -- and CALLS_NEAR over 80 % of a call cap (agent, category or tool, this call counted), so
 -- the warning comes on the calls that still pass, before calls start to fail.
-local NEAR_BITS = { { F.HOURLY_NEAR, 1, 2 }, { F.WEEKLY_NEAR, 3, 4 }, { F.MONTHLY_NEAR, 5, 6 } }
 local function walls_near(caps, st, cost)
   local flags = 0
-  for _, bit in ipairs(NEAR_BITS) do
-    local a, c = SPEND_WALLS[bit[2]], SPEND_WALLS[bit[3]]
+  for _, bit in ipairs(wall_tables().near) do
+    local a, c = bit[2], bit[3]
     local cap, ccap = caps[a.cap], caps[c.cap]
     if (cap and (st.used[a.used] + cost) * 5 > cap * 4)
         or (ccap and (st.used[c.used] + cost) * 5 > ccap * 4) then
       flags = flags + bit[1]
     end
   end
-  for _, x in ipairs(CALL_WALLS) do
+  for _, x in ipairs(wall_tables().calls) do
     local cap = caps[x.cap]
     if cap and (st.used[x.used] + 1) * 5 > cap * 4 then return flags + F.CALLS_NEAR end
   end
