@@ -95,13 +95,19 @@ class Binding:
         await records.unbind(self.engine.conn, self.name, self.digest)
 
 
+BIND_TRIES = 64
+
+
 @maps_store_errors
 async def bind(engine: Engine, scope: str, key: str, digest: str,
                ttl_ms: int = RECORD_TTL_MS) -> Binding:
     """Bind ``key`` to ``digest`` for ``ttl_ms``, or find the earlier binding of the same
     request; another request's binding is 409 ``idempotency_conflict``."""
     name = records.record_name(scope, key, engine.partitions)
-    for _ in range(3):  # the earlier record may expire between the two commands
+    # The earlier binding may vanish between the two commands: it expired, or a copy of this
+    # request was refused and gave it back. Each miss is another request's whole turn, so
+    # copies sent at once take up to one try each: 3 tries sent 409 to copies of one request.
+    for _ in range(BIND_TRIES):
         if await records.bind(engine.conn, name, digest, ttl_ms):
             return Binding(engine, name, digest, None)
         raw = await records.read(engine.conn, name)
