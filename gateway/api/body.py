@@ -26,7 +26,7 @@ from gateway.metering.errors import (
     RequestIncomplete,
     UnsupportedMediaType,
 )
-from gateway.metering.limits import check_name
+from gateway.metering.limits import NAME_RULE, check_name
 
 WHOLE_FRACTION_RE = re.compile(r"(?<=[0-9])\.0+$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -267,8 +267,7 @@ class Fields:
         try:
             return check_name(name, value)
         except InvalidRequest:
-            raise InvalidRequest(self.prefix + name,
-                                 "must be 1 to 64 characters of a-z 0-9 - _ .") from None
+            raise InvalidRequest(self.prefix + name, NAME_RULE) from None
 
     def amount(self, name: str, required: bool = True, *, allow_zero: bool = False,
                max_micros: int = money.AMOUNT_MAX_MICROS_DEFAULT) -> int | None:

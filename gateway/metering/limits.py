@@ -20,6 +20,8 @@ from gateway.metering.errors import InvalidRequest
 from gateway.metering.models import CallCaps, CategoryLimits, Limits, LoopLimit, ToolLimits
 
 NAME_RE = re.compile(r"[a-z0-9_.-]{1,64}", re.ASCII)
+# Said in words, not as a character list: a list ending in "." read as ". ." in the message.
+NAME_RULE = "must be 1 to 64 characters, each a-z, 0-9, - (hyphen), _ or . (dot)"
 HOLD_TTL_S_MAX = 3600  # the longest hold a caller may ask for
 LIMIT_FIELDS = {"per_call": "pc", "daily": "dl", "low_balance": "low"}
 # Spend caps (micros) by their name in the limits object.
@@ -39,7 +41,7 @@ CAP_FIELDS = frozenset(SPEND_CAPS.values()) | frozenset(CALL_CAPS.values())
 
 def check_name(field: str, value: str) -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise InvalidRequest(field, "must be 1 to 64 characters of a-z 0-9 - _ .")
+        raise InvalidRequest(field, NAME_RULE)
     return value
 
 
