@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ FUNCTION_SCRIPTS = ("charge", "hold", "capture", "release")
 _NO_FUNCTIONS = ("ERR unknown command", "ERR unknown subcommand")
 # One line of a header's Returns: "--   code NAME = N: {N, field, field (note), ...} ...".
 _SHAPE_RE = re.compile(r"^--\s+code (\w+) = (\d+): \{\d+((?:, [^,}]+)*)\}", re.M)
+# FCALL of a function no library defines: "Function not found" where the user may run
+# FCALL, NOPERM where its ACL denies it (nothing runs either way).
+_FCALL_PROBE = "iou_fcall_probe"
+
+log = logging.getLogger(__name__)
 
 
 def lua_dir() -> Path:
@@ -154,6 +160,21 @@ class Scripts:
         await self._load_functions()
 
     async def _load_functions(self) -> None:
+        try:
+            await self._load_libraries()
+            if self.functions:
+                await self._conn.call(b"FCALL", _FCALL_PROBE, 0)
+        except RedisRefused as refused:
+            if refused.kind != "NOPERM":
+                raise
+            # A user whose ACL allows EVALSHA but not FUNCTION or FCALL: the same scripts
+            # run by EVALSHA, rather than a gateway that cannot start or refuses every call.
+            self.functions.clear()
+            log.warning("this Redis user may not run FUNCTION LOAD or FCALL: charge, hold, "
+                        "capture and release run by EVALSHA (grant +function +fcall to run "
+                        "them as Redis Functions)")
+
+    async def _load_libraries(self) -> None:
         for name in FUNCTION_SCRIPTS:
             script = self.by_name[name]
             reply = await self._conn.call(b"FUNCTION", b"LOAD", script.library)
