@@ -19,7 +19,8 @@ async def test_user_without_functions_charges_by_evalsha(
         denied: str, caplog: pytest.LogCaptureFixture) -> None:
     with redis_server() as (url, _process):
         admin = redis.Redis.from_url(url)
-        admin.execute_command("ACL", "SETUSER", "gw", "on", ">pw", "~*", "&*", "+@all", denied)
+        admin.acl_setuser("gw", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                          commands=["+@all", denied])
         admin.close()
         user_url = url.replace("redis://", "redis://gw:pw@")
         with caplog.at_level(logging.WARNING):
