@@ -17,6 +17,7 @@ then the library loaded again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -71,20 +72,24 @@ class Script:
     # Where the script's own file starts in ``source`` (before it: ``_lib.lua``).
     body_at: int = 0
 
-    @property
+    @functools.cached_property
     def function(self) -> str:
-        """The name of the script as a Redis Function (and of its library): one per source,
-        so gateways of two versions (or a test clock) on one server never replace each
-        other's."""
-        return f"iou_{self.name}_{self.sha[:16]}"
+        """The name of the script as a Redis Function (and of its library): one per library
+        text (the source and the wrapper around it), so gateways of two versions (or a test
+        clock) on one server never replace, nor take for their own, each other's."""
+        digest = hashlib.sha1(self._library_named("").encode()).hexdigest()
+        return f"iou_{self.name}_{digest[:16]}"
 
     @property
     def library(self) -> str:
         """The script as a Redis Function library: ``_lib.lua`` at its top level (run once,
         at FUNCTION LOAD) and the script's own file as the body of its one function, which
         takes KEYS and ARGV as EVAL gives them."""
-        return (f"#!lua name={self.function}\n{self.source[:self.body_at]}\n"
-                f"redis.register_function('{self.function}', function(KEYS, ARGV)\n"
+        return self._library_named(self.function)
+
+    def _library_named(self, function: str) -> str:
+        return (f"#!lua name={function}\n{self.source[:self.body_at]}\n"
+                f"redis.register_function('{function}', function(KEYS, ARGV)\n"
                 f"{self.source[self.body_at:]}\nend)\n")
 
 
