@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -30,6 +31,8 @@ log = logging.getLogger("iou.embedded")
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 UNIX_PATH_MAX = 100
+# "<server pid> <owner pid>": the server's process and the process that stops it.
+OWNER_FILE = "redis.owner"
 
 
 @dataclass
@@ -39,9 +42,17 @@ class EmbeddedRedis:
     process: subprocess.Popen[bytes] | None = None
     owned: bool = False
     _fake: object | None = field(default=None, repr=False)
+    # The pid of a server adopted from a process that is gone (no Popen of ours to wait on).
+    pid: int | None = None
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.pid is None or _pid_alive(self.pid)
 
     def stop(self) -> None:
-        """Stop the server if this process started it (SIGTERM lets it flush the AOF)."""
+        """Stop the server if this process started or adopted it (SIGTERM lets it flush
+        the AOF)."""
         if not self.owned:
             return
         if self.process is not None and self.process.poll() is None:
@@ -51,6 +62,8 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        elif self.pid is not None:
+            _stop_pid(self.pid)
         if self._fake is not None:
             self._fake.shutdown()  # type: ignore[attr-defined]
         self.owned = False
@@ -84,6 +97,58 @@ def ping(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purpose (its parent has not reaped it yet)
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM a server that is not our child, wait for it to end, SIGKILL past the timeout."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+
+
+def _server_of(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is a Redis-compatible server running in ``data_dir`` (its ``dir``
+    is its working directory): never signal a process that reused a dead server's pid."""
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return cwd == str(data_dir) and (b"redis-server" in cmdline or b"valkey-server" in cmdline)
+
+
+def _adopt(data_dir: Path, url: str, kind: str) -> EmbeddedRedis | None:
+    """The running server of ``data_dir`` as ours to stop, when the process that started it
+    is gone (``iou serve``'s process group killed with SIGKILL leaves the server, in a session
+    of its own, running: the next ``iou serve`` would use it and never stop it)."""
+    try:
+        server_pid, owner_pid = (int(x) for x in (data_dir / OWNER_FILE).read_text().split())
+    except (OSError, ValueError):
+        return None
+    if _pid_alive(owner_pid) or not _server_of(server_pid, data_dir):
+        return None
+    (data_dir / OWNER_FILE).write_text(f"{server_pid} {os.getpid()}\n")
+    log.info("embedded %s (pid %d) was left running by process %d, which is gone: this "
+             "process stops it when it stops", kind, server_pid, owner_pid)
+    return EmbeddedRedis(url, kind, None, True, pid=server_pid)
+
+
 @contextlib.contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
     with open(data_dir / "embedded.lock", "a") as lock:
@@ -109,13 +174,17 @@ def start_embedded(data_dir: Path, attach: bool = False) -> EmbeddedRedis:
         if url is not None:
             kind = (data_dir / "redis.kind").read_text().strip() if (
                 data_dir / "redis.kind").exists() else "redis-server"
-            if attach or ping(url):
+            if attach:
                 return EmbeddedRedis(url, kind)
+            if ping(url):
+                return _adopt(data_dir, url, kind) or EmbeddedRedis(url, kind)
         found = find_server_binary()
         server = _start_fakeredis() if found is None else _start_binary(
             data_dir, *found, previous_url=url)
         url_file.write_text(server.url + "\n")
         (data_dir / "redis.kind").write_text(server.kind + "\n")
+        if server.process is not None:
+            (data_dir / OWNER_FILE).write_text(f"{server.process.pid} {os.getpid()}\n")
         return server
 
 
@@ -148,12 +217,13 @@ class EmbeddedSupervisor:
     def _watch(self) -> None:
         pause_s = WATCH_S
         while not self._stopping.wait(pause_s):
-            process = self.server.process
-            if process is None or process.poll() is None:
+            if self.server.alive():
                 pause_s = WATCH_S
                 continue
-            log.warning("embedded %s (pid %d) exited with %s; starting it again on its AOF",
-                        self.server.kind, process.pid, process.returncode)
+            process = self.server.process
+            log.warning("embedded %s (pid %s) exited with %s; starting it again on its AOF",
+                        self.server.kind, process.pid if process else self.server.pid,
+                        process.returncode if process else "?")
             try:
                 # Reuses a server another local command started meanwhile; never two.
                 self.server = start_embedded(self.data_dir)
