@@ -232,7 +232,10 @@ class Scripts:
         """FCALL the script's function; when the server does not have it (it did not run),
         EVAL the whole source, as for NOSCRIPT, and load the library again."""
         reply = await self._conn.call(b"FCALL", script.function, len(keys), *keys, *args)
-        if isinstance(reply, ReplyError) and str(reply).startswith(_FUNCTION_MISSING):
+        # Missing, or no FCALL at all (the server was replaced by one without functions):
+        # it did not run either way, and the reload finds which.
+        if isinstance(reply, ReplyError) and str(reply).startswith(
+                (_FUNCTION_MISSING, *_NO_FUNCTIONS)):
             self.reloads += 1
             reply = await self._conn.call(b"EVAL", script.source, len(keys), *keys, *args)
             await self._reload_functions()
