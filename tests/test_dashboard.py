@@ -16,6 +16,10 @@ from tests.http_helpers import new_agent, unique
 from tests.mcp_helpers import mcp_upstream
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
+# Playwright's default of 5 s per expectation: what a card shows after the ledger writer and
+# the card's poll took more than that on a loaded 2-core machine (CI saw the balance chart
+# missing at 5 s). A deadline, not a sleep: passing expectations return as soon as they hold.
+expect.set_options(timeout=15_000)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
