@@ -6,6 +6,7 @@ stopped by the loop breaker; then a commerce task stopped at its second purchase
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -29,6 +30,8 @@ SHOP_TOOL = ("buy_item", "1.5", "commerce", "fixed")
 SHOP_GRANT = "10"
 SHOP_BUDGET = "5"
 Echo = Callable[[str], None]
+LEDGER_WAIT_S = 10.0  # the ledger writer's lag is well under a second; a bound, not a pause
+LEDGER_POLL_S = 0.1
 WARNING_WORDS = {"low_balance": "low balance", "calls_near": "near the call cap"}
 
 
@@ -78,8 +81,8 @@ def run_demo(admin: Client, echo: Echo) -> dict[str, Any]:
     calls = Calls(echo)
     with Client(admin.url, created["api_key"]) as iou:
         refusal = _agent(iou, calls, t)
-    ledger = _print_ledger(admin, agent, echo)
     state = admin.request("GET", f"/v1/agents/{agent}")
+    ledger = _print_ledger(admin, agent, state["balance"], echo)
     return {"agent": agent, "grant": created["balance"], "calls": calls.played,
             "refusal": refusal, "ledger": ledger, "balance": state["balance"],
             "monitor": _looping_monitor(admin, echo, t),
@@ -202,10 +205,22 @@ def _spend_down(iou: Client, calls: Calls, browse: str) -> dict[str, Any]:
     raise RuntimeError("the balance never ran out; is the gateway metering?")
 
 
-def _print_ledger(admin: Client, agent: str, echo: Echo) -> list[dict[str, Any]]:
+def _print_ledger(admin: Client, agent: str, balance: str, echo: Echo
+                  ) -> list[dict[str, Any]]:
+    """The agent's last ledger entries, once the ledger writer has caught up with its last
+    change (the newest entry's balance is ``balance``; the writer commits in batches, so a
+    read right after the calls could show the grant alone), or after LEDGER_WAIT_S."""
     from gateway.cli.commands import LEDGER_NOTE, ledger_columns
 
-    page = admin.request("GET", f"/v1/agents/{agent}/ledger", params={"limit": "8"})
+    deadline = time.monotonic() + LEDGER_WAIT_S
+    while True:
+        page = admin.request("GET", f"/v1/agents/{agent}/ledger", params={"limit": "8"})
+        entries_now = page["entries"]
+        caught_up = bool(entries_now) and (
+            Decimal(entries_now[0]["balance_after"]) == Decimal(balance))
+        if caught_up or time.monotonic() > deadline:
+            break
+        time.sleep(LEDGER_POLL_S)
     echo(f"last {len(page['entries'])} ledger entries of {agent}:")
     echo(f"  {'at':<24}  {'kind':<8} {'tool':<14} {'amount':>7} {'held':>6}  balance after")
     for e in page["entries"]:
