@@ -78,6 +78,7 @@ MONEY_TESTS = (
     "tests/test_script_restore.py",
     "tests/test_script_walls.py",
     "tests/test_script_walls_mutants.py",
+    "tests/test_script_walls_layout.py",
     "tests/test_script_shadow.py",
     "tests/test_script_expiry_edges.py",
     "tests/test_script_loops.py",

@@ -56,12 +56,22 @@ def _fuzz_gateway() -> Iterator[Gateway]:
 # exist), 409 (exists already, hold closed), 423 agent_frozen, 403/429 caps. Never 422:
 # the schema promised the request was valid. A schema-invalid request must be refused as
 # a client error, never acted on (2xx) nor charged (402) nor a server error.
+# Two operations have a 422 that depends on the store's state, not on the request's shape:
+# a capture without a cost is valid for a hold of a fixed-price tool and refused (cost
+# required) for a variable-priced one; a child's limits must be at least as tight as its
+# parent's current limits (a loop breaker null under a parent that has one is refused).
+STATE_DEPENDENT_422 = ("POST /v1/holds/{hold_id}/capture", "POST /v1/agents/{agent}/children")
 CONFIG = """
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "402", "403", "404", "409", "423", "429"]
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "409", "413", "415", "422", "429"]
-"""
+""" + "".join(f"""
+[[operations]]
+include-name = "{name}"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "402", "403", "404",
+                                                     "409", "422", "423", "429"]
+""" for name in STATE_DEPENDENT_422)
 
 
 # ---- the document's amount patterns ----------------------------------------------------
